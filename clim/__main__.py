@@ -1,0 +1,5 @@
+import sys
+
+from clim.cli import main
+
+sys.exit(main())

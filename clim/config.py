@@ -1,0 +1,257 @@
+"""One config system: typed dataclass defaults, YAML presets, ``--set key=value`` overrides.
+
+A preset is a YAML file of overrides (``clim/presets/NAME.yaml``); it may name another preset under
+``base:``. Every key is checked against the dataclasses, so a typo fails at once with a one-line
+:class:`ConfigError` that names the key, instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PRESET_DIR = Path(__file__).parent / "presets"
+
+
+class ConfigError(ValueError):
+    """A bad config key or value; the CLI prints it on one line and exits with code 2."""
+
+
+@dataclass
+class DataConfig:
+    name: str = "fmnist-mini"
+    root: str | None = None
+    image_size: int | None = None  # None: the dataset's native size (28 for Fashion-MNIST)
+    num_workers: int = 2
+    # Where augmentation runs: "batched" (whole uint8 batches on the training device, array data),
+    # "loader" (per-sample torchvision transforms in DataLoader workers), or "auto" (batched for
+    # array datasets, loader for image folders).
+    augment: str = "auto"
+    crop_min_scale: float = 0.2
+    jitter_strength: float = 0.4  # brightness/contrast/saturation; hue = strength / 4
+    jitter_p: float = 0.8
+    grayscale_p: float = 0.2
+    blur_p: float = 0.5
+    flip_p: float = 0.5
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "resnet18"
+    small_stem: bool | None = None  # None: a 3x3 stride-1 stem without max-pool for inputs <= 64 px
+    head_dim: int = 128
+    queue_size: int = 65536
+    momentum: float = 0.999
+    temperature: float = 0.2
+    symmetric: bool = False
+    bn_splits: int = 8  # split-batch BN groups on a single device (METHOD §1)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 200
+    batch_size: int = 256
+    lr: float | None = None  # None: 0.03 x batch_size / 256 (METHOD §1)
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_epochs: int = 0
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    amp: bool | None = None  # None: bf16 autocast on CUDA only
+    channels_last: bool | None = None  # None: on CUDA only
+    knn_every: int = 5  # kNN monitor period in epochs (0: never)
+    knn_k: int = 20
+    knn_temperature: float = 0.07
+    deterministic: bool = False
+    log_every: int = 10  # TensorBoard scalars every N steps
+
+
+@dataclass
+class MethodConfig:
+    name: str = "mocov2"  # mocov2 | clim
+    selection: str = "center_wise"  # random | knn | kmeans | knn_kmeans | center_wise
+    mixing: str = "cutmix"  # none | cutmix | mixup
+    alpha: float = 2.0  # Beta(alpha, alpha) for CutMix (METHOD §3)
+    mixup_alpha: float = 0.2
+    num_clusters: int | None = None  # None: N / 100 (METHOD §2)
+    knn_k: int = 40
+    num_positives: int = 10
+    refresh_every: int = 5
+    selection_features: str = "head"  # head | backbone
+    resolutions: list[int] | None = None  # None: [image_size]; e.g. [224, 160] (METHOD §4)
+    multicrop: bool = False  # Table 7 baseline: + 2 small crops (scale 0.05-0.14)
+    multicrop_size: int | None = None  # None: 96/224 of image_size
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "Config":
+        config = cls()
+        for key, value in _flatten(values).items():
+            config.set(key, value)
+        config.validate()
+        return config
+
+    def set(self, key: str, value: Any) -> None:
+        section_name, _, name = key.partition(".")
+        section = getattr(self, section_name, None)
+        if not name or not dataclasses.is_dataclass(section):
+            raise ConfigError(f"unknown config key '{key}' (sections: {', '.join(_sections())})")
+        fields = {f.name: f for f in dataclasses.fields(section)}
+        if name not in fields:
+            raise ConfigError(
+                f"unknown config key '{key}' (valid in '{section_name}': {', '.join(fields)})")
+        hint = typing.get_type_hints(type(section))[name]
+        setattr(section, name, _coerce(key, value, hint))
+
+    def validate(self) -> None:
+        choices = {
+            "data.augment": ("auto", "batched", "loader"),
+            "train.device": ("auto", "cpu", "cuda"),
+            "method.name": ("mocov2", "clim"),
+            "method.selection": ("random", "knn", "kmeans", "knn_kmeans", "center_wise"),
+            "method.mixing": ("none", "cutmix", "mixup"),
+            "method.selection_features": ("head", "backbone"),
+            "model.backbone": ("resnet10", "resnet18", "resnet34", "resnet50"),
+        }
+        for key, allowed in choices.items():
+            value = self.get(key)
+            if value not in allowed:
+                raise ConfigError(f"invalid value {value!r} for '{key}' (choose from {', '.join(allowed)})")
+        positive = ["train.epochs", "train.batch_size", "model.queue_size", "model.bn_splits",
+                    "method.knn_k", "method.num_positives", "method.refresh_every", "model.head_dim"]
+        for key in positive:
+            if self.get(key) <= 0:
+                raise ConfigError(f"invalid value {self.get(key)!r} for '{key}' (must be > 0)")
+        if self.method.num_positives > self.method.knn_k:
+            raise ConfigError("'method.num_positives' must not exceed 'method.knn_k'")
+        if not 0.0 <= self.model.momentum < 1.0:
+            raise ConfigError(f"invalid value {self.model.momentum!r} for 'model.momentum' (0 <= m < 1)")
+        if self.method.resolutions is not None and not self.method.resolutions:
+            raise ConfigError("'method.resolutions' must list at least one size")
+        if self.method.multicrop and self.method.resolutions and len(self.method.resolutions) > 1:
+            raise ConfigError("'method.multicrop' and several 'method.resolutions' are exclusive (Table 7)")
+
+    def get(self, key: str) -> Any:
+        section, _, name = key.partition(".")
+        return getattr(getattr(self, section), name)
+
+    @property
+    def lr(self) -> float:
+        """Learning rate; METHOD §1 scales 0.03 per 256 images."""
+        return self.train.lr if self.train.lr is not None else 0.03 * self.train.batch_size / 256
+
+
+def _sections() -> list[str]:
+    return [f.name for f in dataclasses.fields(Config)]
+
+
+def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        full = f"{prefix}{key}"
+        if isinstance(value, dict) and "." not in full:
+            flat.update(_flatten(value, full + "."))
+        else:
+            flat[full] = value
+    return flat
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """Check ``value`` against the field's type hint, converting YAML-ish strings."""
+    if isinstance(value, str) and hint is not str:
+        value = yaml.safe_load(value) if value.strip() else None
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"invalid value None for '{key}' (a value is required)")
+    base = next((a for a in args if a is not type(None)), hint) if args else hint
+    origin = typing.get_origin(base)
+    if origin is list:
+        (item,) = typing.get_args(base)
+        items = value if isinstance(value, (list, tuple)) else [value]
+        return [_coerce(key, v, item) for v in items]
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"invalid value {value!r} for '{key}' (expected true or false)")
+    if base is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"invalid value {value!r} for '{key}' (expected an integer)")
+    if base is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"invalid value {value!r} for '{key}' (expected a number)")
+    if base is str:
+        return str(value)
+    raise ConfigError(f"unsupported type for '{key}'")
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def _load_yaml(path: Path) -> dict[str, Any]:
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"cannot parse {path}: {str(error).splitlines()[0]}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path} must hold a mapping of config keys")
+    return values
+
+
+def _resolve(values: dict[str, Any], seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Apply ``base:`` inheritance: the base preset's keys, then these."""
+    base = values.pop("base", None)
+    if base is None:
+        return _flatten(values)
+    if base in seen:
+        raise ConfigError(f"preset inheritance loops through '{base}'")
+    merged = _resolve(_load_yaml(_preset_path(base)), seen + (base,))
+    merged.update(_flatten(values))
+    return merged
+
+
+def _preset_path(name: str) -> Path:
+    path = PRESET_DIR / f"{name}.yaml"
+    if not path.exists():
+        raise ConfigError(f"unknown preset '{name}' (known: {', '.join(preset_names())})")
+    return path
+
+
+def load_config(preset: str | None = None, config_file: str | None = None,
+                overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Build a validated config from a preset or a YAML file, then ``key=value`` overrides."""
+    if preset is not None:
+        values = _resolve(_load_yaml(_preset_path(preset)))
+    elif config_file is not None:
+        path = Path(config_file)
+        if not path.exists():
+            raise ConfigError(f"config file not found: {config_file}")
+        values = _resolve(_load_yaml(path))
+    else:
+        values = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override '{item}' must look like key=value")
+        values[key.strip()] = value
+    return Config.from_dict(values)

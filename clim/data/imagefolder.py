@@ -1,0 +1,261 @@
+"""Folders of image files: ImageNet layout, class folders directly, or a flat unlabelled folder.
+
+Real-world folders contain broken files. They are found once, at construction (extension,
+then a cheap PIL check), counted and reported in ONE warning instead of crashing an epoch hours
+later. Files that pass the check but still fail to decode in a worker are replaced by the next
+decodable image (see ``ImageFolderDataset.__getitem__``).
+
+Layouts (``root`` is ``data.root``):
+- ``root/train/<class>/**/*`` and ``root/val/<class>/**/*`` (``root/test`` is accepted for val);
+- ``root/<class>/**/*``: the train split only;
+- ``root/*.jpg`` with no class folders: unlabelled images (labels -1), split ``pretrain`` only.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from clim.data.transforms import ensure_mode
+
+__all__ = ["IMAGE_EXTENSIONS", "ImageFolderDataset", "ImageFolderScan", "check_image", "scan_image_folder"]
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".pbm", ".bmp", ".tif", ".tiff",
+                              ".webp", ".gif"})
+_LISTED = 20  # skipped paths named in the warning; the rest are counted
+_FALLBACK_TRIES = 64  # consecutive undecodable files tolerated before __getitem__ gives up
+_VERIFY_BATCH = 8192  # files per thread-pool batch, so huge folders do not queue a million futures
+
+
+def _is_hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+def _has_image_ext(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _walk(folder: Path) -> Iterator[Path]:
+    """Every non-hidden file under ``folder``, in a deterministic (sorted) order."""
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))
+        for name in sorted(filenames):
+            if not _is_hidden(name):
+                yield Path(dirpath, name)
+
+
+def _has_images(folder: Path) -> bool:
+    return any(_has_image_ext(p.name) for p in _walk(folder))
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not _is_hidden(p.name))
+
+
+def _top_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and not _is_hidden(p.name))
+
+
+def _jpeg_ends_with_eoi(path: Path) -> bool:
+    with open(path, "rb") as f:
+        f.seek(-2, os.SEEK_END)
+        return f.read(2) == b"\xff\xd9"
+
+
+def check_image(path: str | os.PathLike) -> str | None:
+    """None if ``path`` looks like a decodable image, else the reason it does not.
+
+    ``Image.verify`` parses headers (and checks PNG CRCs) without decoding, ~30 us per JPEG.
+    It cannot see a truncated JPEG, so a JPEG whose last bytes are not the end-of-image marker
+    is fully decoded to decide (files padded after the marker are kept if they decode).
+    """
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            return "empty file"
+        with Image.open(path) as image:
+            fmt = image.format
+            image.verify()
+        if fmt == "JPEG" and not _jpeg_ends_with_eoi(path):
+            with Image.open(path) as image:
+                image.load()
+    except Exception as error:  # PIL signals bad data with many types (OSError, SyntaxError, struct.error, ...)
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
+@dataclass
+class ImageFolderScan:
+    """Result of scanning one split: files relative to ``folder``, their labels, what was skipped."""
+
+    folder: Path
+    files: list[str]
+    labels: list[int]
+    classes: list[str] | None  # None for a flat, unlabelled folder
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    empty_classes: list[str] = field(default_factory=list)
+
+
+def _split_folder(root: Path, split: str) -> tuple[Path, Path]:
+    """-> (folder of the requested split, folder that defines the class ids = the train folder)."""
+    train = root / "train"
+    if split in ("pretrain", "train"):
+        folder = train if train.is_dir() else root
+        return folder, folder
+    if not train.is_dir():
+        raise FileNotFoundError(f"imagefolder: split '{split}' needs {train} and {root / 'val'} "
+                                f"(class folders in each); {root} has no 'train' folder")
+    for name in ("val", "test"):
+        if (root / name).is_dir():
+            return root / name, train
+    raise FileNotFoundError(f"imagefolder: no test split: neither {root / 'val'} nor {root / 'test'} exists")
+
+
+def _classes(train_folder: Path) -> tuple[list[str], list[str]]:
+    """Class names (sorted sub-folders holding at least one image file) and the empty ones."""
+    classes, empty = [], []
+    for sub in _subdirs(train_folder):
+        (classes if _has_images(sub) else empty).append(sub.name)
+    return classes, empty
+
+
+def _verify_all(paths: list[Path], threads: int) -> list[str | None]:
+    """check_image over all paths with a thread pool (the check is file I/O bound)."""
+    reasons: list[str | None] = []
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        for lo in range(0, len(paths), _VERIFY_BATCH):
+            reasons.extend(pool.map(check_image, paths[lo:lo + _VERIFY_BATCH]))
+    return reasons
+
+
+def scan_image_folder(root: str | os.PathLike, split: str = "pretrain", verify: bool = True,
+                      threads: int | None = None) -> ImageFolderScan:
+    """Find the split's images and labels; warn once about everything skipped.
+
+    ``verify=False`` keeps every file with an image extension (for folders too large to check;
+    broken files are then only caught, and replaced, at load time).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"imagefolder root not found: {root}")
+    folder, train_folder = _split_folder(root, split)
+    classes, empty = _classes(train_folder)
+    skipped: list[tuple[str, str]] = []
+    candidates: list[tuple[Path, int]] = []
+
+    if classes:
+        class_to_idx = {name: i for i, name in enumerate(classes)}
+        for sub in _subdirs(folder):
+            if sub.name in class_to_idx:
+                candidates += [(p, class_to_idx[sub.name]) for p in _walk(sub)]
+            elif folder != train_folder and _has_images(sub):
+                skipped.append((str(sub), f"class folder not present in {train_folder}"))
+        skipped += [(str(p), "file outside the class folders") for p in _top_files(folder)]
+    else:
+        if split != "pretrain":
+            raise ValueError(f"imagefolder: {train_folder} has no class folders with images, so it has no labels; "
+                             f"a flat folder of images only provides split='pretrain' (asked: '{split}')")
+        candidates = [(p, -1) for p in _top_files(folder)]
+
+    images = [(p, y) for p, y in candidates if _has_image_ext(p.name)]
+    skipped += [(str(p), "not an image file extension") for p, _ in candidates if not _has_image_ext(p.name)]
+    if verify and images:
+        reasons = _verify_all([p for p, _ in images], threads or min(32, 4 * (os.cpu_count() or 1)))
+        skipped += [(str(p), r) for (p, _), r in zip(images, reasons) if r is not None]
+        images = [item for item, r in zip(images, reasons) if r is None]
+    if not images:
+        raise FileNotFoundError(f"imagefolder: no readable images in {folder}"
+                                + (f" ({len(skipped)} files skipped, e.g. {skipped[0]})" if skipped else ""))
+
+    scan = ImageFolderScan(
+        folder=folder,
+        files=[os.path.relpath(p, folder) for p, _ in images],
+        labels=[y for _, y in images],
+        classes=classes or None,
+        skipped=skipped,
+        empty_classes=empty,
+    )
+    _warn_skipped(scan)
+    return scan
+
+
+def _warn_skipped(scan: ImageFolderScan) -> None:
+    if not scan.skipped and not scan.empty_classes:
+        return
+    lines = [f"imagefolder {scan.folder}:"]
+    if scan.skipped:
+        lines.append(f"skipped {len(scan.skipped)} file(s):")
+        lines += [f"  {path} ({reason})" for path, reason in scan.skipped[:_LISTED]]
+        if len(scan.skipped) > _LISTED:
+            lines.append(f"  ... and {len(scan.skipped) - _LISTED} more")
+    if scan.empty_classes:
+        lines.append(f"skipped {len(scan.empty_classes)} class folder(s) without images (no label id): "
+                     + ", ".join(scan.empty_classes))
+    warnings.warn("\n".join(lines), stacklevel=3)
+
+
+class ImageFolderDataset(Dataset):
+    """``dataset[i] -> (transform(RGB PIL image), i, label)`` over a scanned folder.
+
+    Paths are kept in one numpy bytes array rather than a list of str: DataLoader workers forked
+    from the main process would otherwise copy every string page as reference counts change.
+    """
+
+    def __init__(self, scan: ImageFolderScan, info, transform: Callable | None = None):
+        self.root = scan.folder
+        self._files = np.array([os.fsencode(f) for f in scan.files])
+        self.labels = torch.tensor(scan.labels, dtype=torch.long)
+        self.classes = scan.classes
+        self.skipped = scan.skipped
+        self.info = info
+        self.transform = transform
+        self._warned_decode = False
+
+    def __len__(self) -> int:
+        return len(self._files)
+
+    def path(self, index: int) -> Path:
+        return self.root / os.fsdecode(self._files[index])
+
+    def _load(self, index: int) -> Image.Image:
+        with Image.open(self.path(index)) as image:
+            image.load()
+            return ensure_mode(image, self.info.in_channels)
+
+    def __getitem__(self, index):
+        """A file that fails to decode (it passed the scan, or changed since) is replaced by the
+        next decodable one, so one bad file cannot stop training. The returned index and label
+        stay those of ``index``: index-keyed tables (positives, features) remain complete, at the
+        cost of one mislabelled image per bad file. One warning per worker process.
+        """
+        index = int(index)
+        for step in range(min(_FALLBACK_TRIES, len(self))):
+            candidate = (index + step) % len(self)
+            try:
+                image = self._load(candidate)
+                break
+            except Exception as error:  # any decoding failure; see check_image
+                if not self._warned_decode:
+                    self._warned_decode = True
+                    warnings.warn(f"imagefolder: cannot decode {self.path(candidate)} ({type(error).__name__}: "
+                                  f"{error}); using the next decodable image instead (further failures in "
+                                  "this process are handled silently)", stacklevel=2)
+        else:
+            raise RuntimeError(f"imagefolder: {min(_FALLBACK_TRIES, len(self))} consecutive files from "
+                               f"{self.path(index)} on cannot be decoded")
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, index, int(self.labels[index])
+
+    def __repr__(self) -> str:
+        classes = len(self.classes) if self.classes else "unlabelled"
+        return f"{type(self).__name__}({self.root}, n={len(self)}, classes={classes})"

@@ -1,0 +1,278 @@
+"""Dataset registry: ``build_dataset(name, root, split)`` -> dataset of ``(image, index, label)``.
+
+Splits: ``pretrain`` (images for self-supervised training; STL-10: train + unlabeled),
+``train`` (the labelled training set: kNN bank, linear train set) and ``test``.
+Every dataset has ``.info`` (DatasetInfo), ``.labels`` (long [N], -1 = unknown) and ``.classes``
+(names or None); array-backed ones also ``.images`` (uint8 [N, C, H, W]).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from clim.data.arrays import ArrayDataset, read_cifar_batches, read_cifar_meta, read_stl10_images, read_stl10_labels
+from clim.data.idx import read_idx
+from clim.data.imagefolder import ImageFolderDataset, scan_image_folder
+
+__all__ = ["BUILDERS", "DatasetInfo", "SPLITS", "build_dataset", "dataset_names"]
+
+SPLITS = ("pretrain", "train", "test")
+CACHE_DIR = Path.home() / ".cache" / "clim"  # downloads and the default root of cifar / stl10
+FMNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist package
+FMNIST_MINI = Path(__file__).resolve().parent / "embedded" / "fmnist_mini.npz"
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What the rest of the code needs to know about a dataset without touching its images.
+
+    ``image_size``: the native side length; for imagefolder (arbitrary sizes) the configured one.
+    ``fixed_size``: every image has ``image_size`` already (False for imagefolder), which is what
+    decides between resizing and resize + centre crop at evaluation.
+    """
+
+    name: str
+    num_classes: int | None
+    in_channels: int
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    fixed_size: bool = True
+
+
+@dataclass(frozen=True)
+class _Request:
+    name: str
+    root: Path | None
+    split: str
+    transform: Callable | None
+    image_size: int | None
+    download: bool
+    verify: bool
+
+
+# ---------------------------------------------------------------- Fashion-MNIST
+
+FMNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                  "Ankle boot")
+_FMNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+                 "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+
+
+def _fmnist_info(name: str) -> DatasetInfo:
+    return DatasetInfo(name, 10, 1, 28, (0.2860,), (0.3530,))
+
+
+def _find_idx(folder: Path, stem: str) -> Path | None:
+    for name in (stem, stem + ".gz"):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def _find_fmnist(folders: list[Path], split: str) -> tuple[Path, Path] | None:
+    """The (images, labels) idx files of a split, both from the same folder, or None."""
+    for folder in folders:
+        found = [_find_idx(folder, stem) for stem in _FMNIST_FILES[split]]
+        if all(found):
+            return found[0], found[1]
+    return None
+
+
+def _download_fashion_mnist(cache: Path) -> Path:
+    """Fetch the idx files with torchvision into ``cache``; returns the folder holding them."""
+    from torchvision.datasets import FashionMNIST
+
+    for train in (True, False):
+        FashionMNIST(cache, train=train, download=True)
+    return cache / "FashionMNIST" / "raw"
+
+
+def _build_fmnist(req: _Request) -> ArrayDataset:
+    base = req.root or FMNIST_ROOT
+    cache_raw = CACHE_DIR / "FashionMNIST" / "raw"
+    folders = [base, base / "FashionMNIST" / "raw", cache_raw]
+    split = "test" if req.split == "test" else "train"
+    files = _find_fmnist(folders, split)
+    if files is None:
+        try:
+            files = _find_fmnist([_download_fashion_mnist(CACHE_DIR)], split)
+        except Exception as error:  # offline, proxy, disk: the message below says what to do
+            looked = ", ".join(str(f) for f in folders)
+            raise FileNotFoundError(
+                f"fmnist: {'/'.join(_FMNIST_FILES[split])}(.gz) not found in {looked}, and downloading into "
+                f"{CACHE_DIR} failed ({type(error).__name__}: {error}). Install the files with "
+                "`apt-get install dataset-fashion-mnist` or pass data.root=DIR holding the idx files "
+                "(or use dataset fmnist-mini, which is embedded)."
+            ) from error
+        if files is None:
+            raise FileNotFoundError(f"fmnist: download into {CACHE_DIR} did not produce the idx files")
+    images, labels = read_idx(files[0]), read_idx(files[1])
+    return ArrayDataset(images[:, None], labels.astype(np.int64), _fmnist_info("fmnist"), req.transform,
+                        FMNIST_CLASSES)
+
+
+def _build_fmnist_mini(req: _Request) -> ArrayDataset:
+    """The embedded subset (10,000 train + 2,000 test, stratified); ``root`` is ignored."""
+    prefix = "test" if req.split == "test" else "train"
+    with np.load(FMNIST_MINI) as data:
+        images, labels = data[f"{prefix}_images"], data[f"{prefix}_labels"]
+    return ArrayDataset(images[:, None], labels.astype(np.int64), _fmnist_info("fmnist-mini"), req.transform,
+                        FMNIST_CLASSES)
+
+
+# ---------------------------------------------------------------- sklearn digits
+
+# Mean / std of all 1,797 images after scaling 0..16 -> 0..255 (fixed, so both splits agree).
+_DIGITS_MEAN, _DIGITS_STD = (0.3053,), (0.3759,)
+
+
+def _build_digits(req: _Request) -> ArrayDataset:
+    """sklearn's 8x8 digits (bundled with sklearn), stratified 80/20 split with seed 0."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    images = np.rint(digits.images * (255 / 16)).astype(np.uint8)[:, None]
+    train_idx, test_idx = train_test_split(np.arange(len(images)), test_size=0.2, stratify=digits.target,
+                                           random_state=0)
+    idx = np.sort(test_idx if req.split == "test" else train_idx)
+    info = DatasetInfo("digits", 10, 1, 8, _DIGITS_MEAN, _DIGITS_STD)
+    return ArrayDataset(images[idx], digits.target[idx].astype(np.int64), info, req.transform,
+                        [str(d) for d in range(10)])
+
+
+# ---------------------------------------------------------------- CIFAR
+
+
+@dataclass(frozen=True)
+class _CifarSpec:
+    folder: str
+    train: tuple[str, ...]
+    test: tuple[str, ...]
+    label_key: str
+    meta: tuple[str, str]  # (file, key of the class names)
+    info: DatasetInfo
+    torchvision_class: str
+
+
+_CIFAR = {
+    "cifar10": _CifarSpec("cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)), ("test_batch",),
+                          "labels", ("batches.meta", "label_names"),
+                          DatasetInfo("cifar10", 10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+                          "CIFAR10"),
+    "cifar100": _CifarSpec("cifar-100-python", ("train",), ("test",), "fine_labels", ("meta", "fine_label_names"),
+                           DatasetInfo("cifar100", 100, 3, 32, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+                           "CIFAR100"),
+}
+
+
+def _torchvision_download(class_name: str, root: Path, **kwargs) -> None:
+    import torchvision.datasets
+
+    getattr(torchvision.datasets, class_name)(root, download=True, **kwargs)
+
+
+def _data_folder(root: Path, folder: str, probe: str) -> Path:
+    """``root/folder`` (torchvision's layout), or ``root`` itself when it already is that folder."""
+    return root if not (root / folder).is_dir() and (root / probe).is_file() else root / folder
+
+
+def _build_cifar(req: _Request) -> ArrayDataset:
+    spec = _CIFAR[req.name]
+    files = spec.test if req.split == "test" else spec.train
+    root = req.root or CACHE_DIR
+    folder = _data_folder(root, spec.folder, files[0])
+    if req.download and not all((folder / f).is_file() for f in files):
+        _torchvision_download(spec.torchvision_class, root)
+        folder = root / spec.folder
+    missing = [f for f in files if not (folder / f).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{req.name}: {', '.join(missing)} not found in {folder}. Expected torchvision's layout "
+            f"<root>/{spec.folder}/ (python pickles); pass data.root=DIR, or download=True where a network exists."
+        )
+    images, labels = read_cifar_batches(folder, files, spec.label_key)
+    return ArrayDataset(images, labels, spec.info, req.transform, read_cifar_meta(folder / spec.meta[0], spec.meta[1]))
+
+
+# ---------------------------------------------------------------- STL-10
+
+_STL10_INFO = DatasetInfo("stl10", 10, 3, 96, (0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713))
+
+
+def _build_stl10(req: _Request) -> ArrayDataset:
+    """Binaries read directly (torchvision layout ``<root>/stl10_binary``); pretrain adds the
+    100,000 unlabelled images (label -1) after the 5,000 labelled train images."""
+    root = req.root or CACHE_DIR
+    prefix = "test" if req.split == "test" else "train"
+    data_files = [f"{prefix}_X.bin"] + (["unlabeled_X.bin"] if req.split == "pretrain" else [])
+    needed = data_files + [f"{prefix}_y.bin"]
+    folder = _data_folder(root, "stl10_binary", needed[0])
+    if req.download and not all((folder / f).is_file() for f in needed):
+        _torchvision_download("STL10", root, split="train+unlabeled")
+        folder = root / "stl10_binary"
+    missing = [f for f in needed if not (folder / f).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"stl10: {', '.join(missing)} not found in {folder}. Expected torchvision's layout "
+            "<root>/stl10_binary/; pass data.root=DIR, or download=True where a network exists."
+        )
+    images = read_stl10_images([folder / f for f in data_files])
+    labels = np.full(len(images), -1, dtype=np.int64)
+    known = read_stl10_labels(folder / f"{prefix}_y.bin")
+    labels[:len(known)] = known
+    names_file = folder / "class_names.txt"
+    classes = names_file.read_text().split() if names_file.is_file() else None
+    return ArrayDataset(images, labels, _STL10_INFO, req.transform, classes)
+
+
+# ---------------------------------------------------------------- folders of images
+
+
+def _build_imagefolder(req: _Request) -> ImageFolderDataset:
+    if req.root is None:
+        raise ValueError("imagefolder needs a root folder (data.root)")
+    scan = scan_image_folder(req.root, req.split, verify=req.verify)
+    info = DatasetInfo("imagefolder", len(scan.classes) if scan.classes else None, 3, req.image_size or 224,
+                       (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), fixed_size=False)
+    return ImageFolderDataset(scan, info, req.transform)
+
+
+BUILDERS: dict[str, Callable[[_Request], object]] = {
+    "fmnist": _build_fmnist,
+    "fmnist-mini": _build_fmnist_mini,
+    "digits": _build_digits,
+    "cifar10": _build_cifar,
+    "cifar100": _build_cifar,
+    "stl10": _build_stl10,
+    "imagefolder": _build_imagefolder,
+}
+
+
+def dataset_names() -> list[str]:
+    return sorted(BUILDERS)
+
+
+def build_dataset(name: str, root: str | Path | None = None, split: str = "pretrain",
+                  transform: Callable | None = None, image_size: int | None = None, *,
+                  download: bool = False, verify: bool = True):
+    """Build a dataset whose items are ``(transform(PIL image), index, label)``.
+
+    ``image_size`` only matters for imagefolder (recorded in ``info``; default 224): array datasets
+    report their native size. ``download`` lets cifar10/cifar100/stl10 fetch missing files through
+    torchvision (fmnist always falls back to a download into ~/.cache/clim). ``verify=False`` skips
+    imagefolder's per-file check for folders too large to scan.
+    """
+    key = name.lower()
+    if key not in BUILDERS:
+        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(dataset_names())}")
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+    request = _Request(key, Path(root).expanduser() if root is not None else None, split, transform, image_size,
+                       download, verify)
+    return BUILDERS[key](request)

@@ -1,0 +1,74 @@
+"""One logging path: a progress bar per epoch, ``metrics.jsonl`` per epoch, TensorBoard per step.
+
+``metrics.jsonl`` holds exactly one JSON object per finished epoch (key ``"epoch"``). The same
+records are kept in the checkpoint, and on resume the file is rewritten from them, so a kill between
+checkpoint and log line can neither lose nor duplicate an epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+METRICS_NAME = "metrics.jsonl"
+
+
+class RunLogger:
+    def __init__(self, out_dir: str | Path, enabled: bool = True):
+        self.out_dir = Path(out_dir)
+        self.enabled = enabled
+        self._writer = None
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.out_dir / METRICS_NAME
+
+    def rewrite(self, history: list[dict]) -> None:
+        """Make metrics.jsonl hold exactly ``history`` (used on resume)."""
+        if not self.enabled:
+            return
+        tmp = self.metrics_path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(record) + "\n" for record in history))
+        os.replace(tmp, self.metrics_path)
+
+    def epoch(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.metrics_path, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        if self.writer is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key != "epoch":
+                    self.writer.add_scalar(f"epoch/{key}", value, record["epoch"])
+            self.writer.flush()
+
+    def step(self, step: int, scalars: dict[str, float]) -> None:
+        if self.writer is not None:
+            for key, value in scalars.items():
+                self.writer.add_scalar(f"train/{key}", value, step)
+
+    @property
+    def writer(self):
+        if self._writer is None and self.enabled:
+            from torch.utils.tensorboard import SummaryWriter  # slow import: only when logging
+
+            self._writer = SummaryWriter(str(self.out_dir / "tensorboard"))
+        return self._writer
+
+    def progress(self, total: int, epoch: int, epochs: int):
+        return tqdm(total=total, desc=f"epoch {epoch + 1}/{epochs}", disable=not self.enabled,
+                    mininterval=0.5 if sys.stderr.isatty() else 10.0, dynamic_ncols=True, leave=True)
+
+    def message(self, text: str) -> None:
+        if self.enabled:
+            tqdm.write(text, file=sys.stderr)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()

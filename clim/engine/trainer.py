@@ -1,0 +1,218 @@
+"""Pretraining, top to bottom: set-up → data → model → resume → epochs (refresh, steps, monitor, save).
+
+Running the same command again on the same output folder resumes from ``checkpoint.pt``: both
+encoders, queue, positives table, optimiser, AMP scaler, step, epoch, RNG states and the metrics
+history. ``train.epochs`` may be raised to go on (the cosine schedule is then stretched to the new
+length from the resumed step on).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from clim.config import Config, ConfigError
+from clim.data import build_dataset
+from clim.data.pipeline import build_pipeline
+from clim.data.transforms import eval_transform
+from clim.engine import checkpoint, distributed
+from clim.engine.logging import RunLogger
+from clim.evaluation.features import extract_features
+from clim.evaluation.knn import weighted_knn
+from clim.models.moco import MoCo, build_moco
+from clim.objective import compute_step
+from clim.positives import is_refresh_epoch, needs_table, refresh_positives
+
+# Keys that must match to resume: the rest (epochs, logging, eval cadence) may change.
+FIXED_ON_RESUME = ("data.name", "data.image_size", "model.backbone", "model.head_dim", "model.queue_size",
+                   "model.small_stem", "method.name", "method.num_positives", "train.batch_size")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def cosine_lr(base_lr: float, step: int, total_steps: int, warmup_steps: int) -> float:
+    """Per-step cosine schedule with optional linear warm-up (METHOD §1)."""
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return base_lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def data_info_dict(info, image_size: int) -> dict:
+    return {"name": info.name, "num_classes": info.num_classes, "in_channels": info.in_channels,
+            "image_size": image_size, "mean": list(info.mean), "std": list(info.std)}
+
+
+class KnnMonitor:
+    """Weighted kNN top-1 on the labelled splits (METHOD §5), query backbone features."""
+
+    def __init__(self, config: Config, info, image_size: int, device: torch.device):
+        self.config = config
+        self.device = device
+        data = config.data
+        transform = eval_transform(image_size, info.mean, info.std, info.in_channels)
+        self.train = build_dataset(data.name, data.root, "train", transform=transform, image_size=data.image_size)
+        self.test = build_dataset(data.name, data.root, "test", transform=transform, image_size=data.image_size)
+        self.num_classes = self.train.info.num_classes
+
+    @classmethod
+    def create(cls, config: Config, info, image_size: int, device: torch.device):
+        if config.train.knn_every <= 0:
+            return None
+        try:
+            monitor = cls(config, info, image_size, device)
+        except (FileNotFoundError, ValueError):
+            return None  # no labelled splits (e.g. a flat folder): nothing to monitor
+        return monitor if monitor.num_classes else None
+
+    def __call__(self, backbone: torch.nn.Module) -> float:
+        kwargs = dict(batch_size=256, device=self.device, num_workers=self.config.data.num_workers)
+        train_feats, train_labels = extract_features(backbone, self.train, **kwargs)
+        test_feats, test_labels = extract_features(backbone, self.test, **kwargs)
+        return weighted_knn(train_feats.to(self.device), train_labels.to(self.device), test_feats.to(self.device),
+                            test_labels.to(self.device), self.config.train.knn_k,
+                            self.config.train.knn_temperature, self.num_classes)
+
+
+def _check_resume(saved: dict, config: Config) -> None:
+    saved_config = Config.from_dict(saved["config"])
+    for key in FIXED_ON_RESUME:
+        if saved_config.get(key) != config.get(key):
+            raise ConfigError(f"cannot resume: '{key}' was {saved_config.get(key)!r} in the checkpoint, "
+                              f"now {config.get(key)!r} (use a new --out)")
+
+
+def pretrain(config: Config, out_dir: str | Path) -> list[dict]:
+    """Train (or resume) into ``out_dir``; returns the per-epoch metrics history."""
+    out_dir = Path(out_dir)
+    runtime = distributed.setup(config.train.device)
+    device = runtime.device
+    seed_everything(config.train.seed + runtime.rank)
+    if config.train.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    on_cuda = device.type == "cuda"
+    use_amp = on_cuda if config.train.amp is None else config.train.amp
+    channels_last = on_cuda if config.train.channels_last is None else config.train.channels_last
+    logger = RunLogger(out_dir, enabled=runtime.is_main)
+
+    # Data
+    dataset = build_dataset(config.data.name, config.data.root, "pretrain", image_size=config.data.image_size)
+    info = dataset.info
+    image_size = config.data.image_size or info.image_size
+    pipeline = build_pipeline(dataset, config, image_size, device, runtime.rank, runtime.world_size)
+    selection_dataset = None
+    if config.method.name == "clim":
+        selection_dataset = build_dataset(
+            config.data.name, config.data.root, "pretrain", image_size=config.data.image_size,
+            transform=eval_transform(image_size, info.mean, info.std, info.in_channels))
+    monitor = KnnMonitor.create(config, info, image_size, device)
+
+    # Model and optimiser
+    model: MoCo = build_moco(config, info.in_channels, image_size, len(dataset)).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.encoder_q.parameters(), lr=config.lr, momentum=config.train.momentum,
+                                weight_decay=config.train.weight_decay)
+    steps = len(pipeline)
+    total_steps = config.train.epochs * steps
+    warmup_steps = config.train.warmup_epochs * steps
+
+    # Resume
+    ckpt_path = out_dir / checkpoint.CHECKPOINT_NAME
+    start_epoch, step, history = 0, 0, []
+    if ckpt_path.exists():
+        saved = checkpoint.load(ckpt_path, map_location=device)
+        _check_resume(saved, config)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        checkpoint.set_rng_state(saved["rng"])
+        start_epoch, step, history = saved["epoch"], saved["step"], list(saved["history"])
+        logger.rewrite(history)
+        logger.message(f"resumed from {ckpt_path} at epoch {start_epoch}")
+    elif runtime.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+    if start_epoch >= config.train.epochs:
+        logger.message(f"nothing to do: {start_epoch} of {config.train.epochs} epochs done")
+
+    autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16) if use_amp else nullcontext())
+    for epoch in range(start_epoch, config.train.epochs):
+        record: dict = {"epoch": epoch + 1}
+        if is_refresh_epoch(config, epoch) or (needs_table(config, epoch) and not model.has_positives):
+            model.eval()
+            record["selection"] = refresh_positives(model, selection_dataset, dataset.labels, config, epoch, device)
+            if "positive_precision" in record["selection"]:
+                logger.message(f"positives refreshed: precision {record['selection']['positive_precision']:.3f}")
+        table = model.positives if needs_table(config, epoch) else None
+
+        model.train()
+        loss_sum, seen, started = 0.0, 0, time.perf_counter()
+        bar = logger.progress(steps, epoch, config.train.epochs)
+        for batch in pipeline.epoch(epoch, table):
+            lr = cosine_lr(config.lr, step, total_steps, warmup_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            if channels_last:
+                batch = {k: ([v.contiguous(memory_format=torch.channels_last) for v in batch[k]]
+                             if isinstance(batch[k], list) else batch[k]) for k in batch}
+            with autocast:
+                out = compute_step(model, batch, config)
+            if not torch.isfinite(out.loss):
+                raise TrainingDiverged(
+                    f"loss became {out.loss.item()} at epoch {epoch + 1}, step {step}; "
+                    f"the last good checkpoint ({ckpt_path}) is kept — lower train.lr and resume")
+            optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            distributed.average_gradients(model.encoder_q.parameters())
+            optimizer.step()
+            model.enqueue(out.keys.float())
+
+            batch_images = len(batch["index"]) * runtime.world_size
+            loss_value = out.loss.item()
+            loss_sum += loss_value * batch_images
+            seen += batch_images
+            step += 1
+            images_per_s = seen / (time.perf_counter() - started)
+            bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.4f}", img_s=f"{images_per_s:.0f}", refresh=False)
+            bar.update()
+            if step % config.train.log_every == 0:
+                scalars = {"loss": loss_value, "lr": lr}
+                if out.lam_mean is not None:
+                    scalars["lambda"] = out.lam_mean
+                logger.step(step, scalars)
+        bar.close()
+        elapsed = time.perf_counter() - started
+        record.update(loss=loss_sum / max(1, seen), lr=lr if steps else config.lr,
+                      images_per_s=seen / elapsed, epoch_seconds=elapsed)
+
+        last = epoch + 1 == config.train.epochs
+        if monitor is not None and ((epoch + 1) % config.train.knn_every == 0 or last):
+            record["knn_top1"] = monitor(model.backbone_q)
+            logger.message(f"epoch {epoch + 1}: kNN top-1 {record['knn_top1']:.2f}%")
+        history.append(record)
+        if runtime.is_main:
+            checkpoint.save_atomic({
+                "config": config.to_dict(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "epoch": epoch + 1, "step": step, "rng": checkpoint.rng_state(), "history": history,
+                "data_info": data_info_dict(info, image_size), "num_samples": len(dataset),
+            }, ckpt_path)
+            logger.epoch(record)
+        distributed.barrier()
+    logger.close()
+    distributed.teardown()
+    return history

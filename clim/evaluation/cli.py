@@ -1,0 +1,270 @@
+"""``clim eval knn|linear|semisup|similarity|tsne`` and ``clim export`` (METHOD §5).
+
+Every protocol reads a trainer checkpoint (``--ckpt``), evaluates its query backbone on the
+labelled splits of the pretraining dataset (or others via ``--set data.name=... data.root=...``)
+and writes one JSON file (default ``<checkpoint folder>/eval/<protocol>.json``) holding the numbers
+(accuracy keys contain ``top1``) and every setting that produced them. Handlers return an exit
+code; a missing file or a bad key raises FileNotFoundError / ConfigError, which ``clim``'s main()
+prints as one line with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from clim.config import ConfigError
+from clim.evaluation import common
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ckpt", required=True, help="trainer checkpoint (or its run folder)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="evaluate on other data, e.g. --set data.name=cifar10 --set data.root=DIR")
+    parser.add_argument("--out", help="result JSON (default: <checkpoint folder>/eval/<protocol>.json)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--num-workers", type=int, help="DataLoader workers (default: the checkpoint's data.num_workers)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+class _Session:
+    """The state every handler starts from: checkpoint, device, data spec, output path."""
+
+    def __init__(self, args: argparse.Namespace, protocol: str):
+        if args.batch_size <= 0:
+            raise ConfigError(f"--batch-size must be > 0, got {args.batch_size}")
+        torch.manual_seed(args.seed)
+        self.args = args
+        self.device = common.resolve_device(args.device)
+        self.run = common.load_run(args.ckpt, self.device)
+        self.spec = common.eval_spec(self.run.config, self.run.data_info, args.overrides)
+        self.out = Path(args.out) if args.out else common.default_out(self.run.path, protocol)
+        self.progress = False if args.no_progress else None
+        self.num_workers = (args.num_workers if args.num_workers is not None
+                            else self.run.config.data.num_workers)
+
+    def datasets(self, train_transform=None):
+        return common.eval_datasets(self.run.config, self.run.data_info, self.args.overrides, train_transform)
+
+    def dataset(self, split: str):
+        return common.eval_dataset(self.run.config, self.run.data_info, self.args.overrides, split)
+
+    def features(self, module, dataset):
+        from clim.evaluation.features import extract_features
+
+        return extract_features(module, dataset, self.args.batch_size, self.device, self.num_workers,
+                                self.progress)
+
+    def settings(self, protocol: str, **splits) -> dict:
+        """Shared settings; ``splits`` maps split names to the datasets used (for their sizes)."""
+        sizes = {name: len(dataset) for name, dataset in splits.items()}
+        return {"protocol": protocol,
+                **common.run_settings(self.run, self.spec, sizes, self.args.seed, self.device)}
+
+    def finish(self, record: dict, summary: str) -> int:
+        path = common.write_result(self.out, record)
+        print(f"{summary} -> {path}")
+        return 0
+
+
+def _knn(args: argparse.Namespace) -> int:
+    from clim.evaluation.knn import KNN_SETTINGS, run_knn
+
+    session = _Session(args, "knn")
+    train_ds, test_ds = session.datasets()
+    backbone = session.run.model.backbone_q
+    train_feats, train_labels = session.features(backbone, train_ds)
+    test_feats, test_labels = session.features(backbone, test_ds)
+    results = run_knn(train_feats, train_labels, test_feats, test_labels, common.num_classes_of(train_ds),
+                      device=session.device)
+    record = {**session.settings("knn", train=train_ds, test=test_ds), **results,
+              "knn_settings": [{"k": k, "temperature": t} for k, t in KNN_SETTINGS],
+              "features": "query backbone, pooled, L2-normalised; cosine similarity; votes exp(s/T)"}
+    return session.finish(record, "kNN " + ", ".join(f"{k}: {v:.2f}%" for k, v in results.items()))
+
+
+def _scaled_milestones(milestones, old_epochs: int, new_epochs: int) -> tuple[int, ...]:
+    """Keep the decay points at the same fractions of training when ``--epochs`` changes it."""
+    return tuple(sorted({max(1, round(m * new_epochs / old_epochs)) for m in milestones if m < old_epochs}))
+
+
+def _linear(args: argparse.Namespace) -> int:
+    from clim.evaluation.linear import (LINEAR_PRESETS, linear_on_backbone, linear_on_features,
+                                        preset_settings, resolve_preset)
+
+    session = _Session(args, "linear")
+    name, preset = resolve_preset(args.preset, session.spec.image_size, LINEAR_PRESETS)
+    if args.epochs is not None:
+        preset = replace(preset, epochs=args.epochs,
+                         milestones=_scaled_milestones(preset.milestones, preset.epochs, args.epochs))
+    preset = replace(preset, batch_size=args.batch_size, lr=args.lr if args.lr is not None else preset.lr)
+    backbone = session.run.model.backbone_q
+    classes = None
+    if args.cached_features:
+        train_ds, test_ds = session.datasets()
+        classes = common.num_classes_of(train_ds)
+        train_feats, train_labels = session.features(backbone, train_ds)
+        test_feats, test_labels = session.features(backbone, test_ds)
+        keep = train_labels >= 0
+        results = linear_on_features(train_feats[keep], train_labels[keep], test_feats, test_labels, classes,
+                                     preset, args.seed, session.device, session.progress)
+    else:
+        train_ds, test_ds = session.datasets(common.crop_flip_transform(session.spec, preset.crop_scale))
+        classes = common.num_classes_of(train_ds)
+        results = linear_on_backbone(backbone, train_ds, test_ds, classes, preset, args.seed, session.device,
+                                     session.num_workers, session.progress)
+    record = {**session.settings("linear", train=train_ds, test=test_ds), **results, **preset_settings(name, preset),
+              "num_classes": classes, "cached_features": args.cached_features,
+              "train_augmentation": ("none (cached features of un-augmented images; deviation from METHOD §5)"
+                                     if args.cached_features else
+                                     f"RandomResizedCrop(scale={list(preset.crop_scale)}) + horizontal flip")}
+    top1 = results["linear_top1"]
+    return session.finish(record, f"linear top-1 {top1:.2f}% ({name}, {preset.epochs} epochs)")
+
+
+def _sample_paths(dataset) -> list[str]:
+    if not hasattr(dataset, "path"):
+        raise ConfigError("--split-file needs an image-folder dataset (file names to match)")
+    return [dataset.path(i).name for i in range(len(dataset))]
+
+
+def _semisup(args: argparse.Namespace) -> int:
+    from torch.utils.data import Subset
+
+    from clim.evaluation.semisup import SEMISUP_PRESETS, balanced_subset, finetune, save_subset, split_file_subset
+    from clim.evaluation.linear import preset_settings, resolve_preset
+
+    if (args.fraction is None) == (args.split_file is None):
+        raise ConfigError("eval semisup needs exactly one of --fraction and --split-file")
+    if args.fraction is not None and not 0.0 < args.fraction <= 1.0:
+        raise ConfigError(f"--fraction must be in (0, 1], got {args.fraction}")
+    tag = f"{args.fraction * 100:g}pct" if args.fraction is not None else Path(args.split_file).stem
+    session = _Session(args, f"semisup_{tag}")
+    name, preset = resolve_preset(args.preset, session.spec.image_size, SEMISUP_PRESETS)
+    if args.epochs is not None:
+        preset = replace(preset, epochs=args.epochs,
+                         step_every=max(1, round(preset.step_every * args.epochs / preset.epochs)))
+    preset = replace(preset, batch_size=args.batch_size,
+                     lr_backbone=args.lr_backbone if args.lr_backbone is not None else preset.lr_backbone,
+                     lr_fc=args.lr_fc if args.lr_fc is not None else preset.lr_fc,
+                     weight_decay=args.weight_decay if args.weight_decay is not None else preset.weight_decay)
+    train_ds, test_ds = session.datasets(common.crop_flip_transform(session.spec, preset.crop_scale))
+    if args.split_file is not None:
+        indices = split_file_subset(_sample_paths(train_ds), args.split_file)
+        subset_source = {"split_file": str(Path(args.split_file).resolve())}
+    else:
+        indices = balanced_subset(train_ds.labels, args.fraction, args.seed)
+        subset_source = {"fraction": args.fraction, "seed": args.seed, "class_balanced": True}
+    subset_path = save_subset(session.out.with_suffix(".subset.json"), indices, dataset=session.spec.name,
+                              **subset_source)
+    classes = common.num_classes_of(train_ds)
+    backbone, feature_dim = common.plain_backbone(session.run.config, session.run.data_info, session.run.model)
+    results = finetune(backbone, feature_dim, Subset(train_ds, indices.tolist()), test_ds, classes, preset,
+                       args.seed, session.device, session.num_workers, session.progress)
+    record = {**session.settings("semisup", train=train_ds, test=test_ds), **results, **preset_settings(name, preset),
+              **subset_source, "labelled_size": int(indices.numel()), "subset_file": str(subset_path),
+              "num_classes": classes,
+              "train_augmentation": f"RandomResizedCrop(scale={list(preset.crop_scale)}) + horizontal flip"}
+    return session.finish(record, f"semi-supervised ({tag}) top-1 {results['semisup_top1']:.2f}%")
+
+
+def _similarity(args: argparse.Namespace) -> int:
+    from clim.evaluation.similarity import intra_class_similarity
+
+    session = _Session(args, "similarity")
+    dataset = session.dataset(args.split)
+    feats, labels = session.features(session.run.model.backbone_q, dataset)
+    results = intra_class_similarity(feats, labels)
+    results["per_class"] = {str(k): v for k, v in results["per_class"].items()}
+    record = {**session.settings("similarity", **{args.split: dataset}), "split": args.split, **results,
+              "features": "query backbone, pooled; cosine over intra-class pairs i != j, mean over classes"}
+    return session.finish(record, f"intra-class similarity {results['intra_class_similarity']:.4f} "
+                                  f"(all pairs {results['all_pairs_similarity']:.4f})")
+
+
+def _class_list(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(c) for c in text.split(",") if c.strip()]
+    except ValueError:
+        raise ConfigError(f"--classes must be comma-separated integers, got '{text}'") from None
+
+
+def _tsne(args: argparse.Namespace) -> int:
+    from clim.evaluation.tsne import run_tsne
+
+    session = _Session(args, "tsne")
+    dataset = session.dataset(args.split)
+    feats, labels = session.features(session.run.model.backbone_q, dataset)
+    title = f"{session.run.config.method.name} {session.run.config.model.backbone}, epoch {session.run.epoch}"
+    results = run_tsne(feats, labels, session.out.with_suffix(".png"), _class_list(args.classes),
+                       args.max_points, args.seed, args.perplexity, getattr(dataset, "classes", None), title)
+    record = {**session.settings("tsne", **{args.split: dataset}), "split": args.split, **results}
+    return session.finish(record, f"t-SNE of {results['num_points']} points -> {results['png']}")
+
+
+def _export(args: argparse.Namespace) -> int:
+    from clim.export import export_detectron2, export_torchvision
+
+    exporter = export_torchvision if args.to == "torchvision" else export_detectron2
+    info = exporter(args.ckpt, args.out)
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add ``eval`` (with its protocols) and ``export`` to the ``clim`` argparse sub-commands."""
+    evaluate = subparsers.add_parser("eval", help="evaluate a checkpoint (kNN, linear, semi-supervised, ...)")
+    protocols = evaluate.add_subparsers(dest="protocol", required=True)
+
+    knn = protocols.add_parser("knn", help="weighted kNN top-1 (k=20 T=0.07 and k=200 T=0.1)")
+    _add_common(knn)
+    knn.set_defaults(func=_knn)
+
+    linear = protocols.add_parser("linear", help="linear classifier on the frozen backbone")
+    _add_common(linear)
+    linear.add_argument("--preset", default="auto", choices=["auto", "paper", "small", "quick"],
+                        help="auto: paper above 64 px, small at or below (see clim.evaluation.linear)")
+    linear.add_argument("--epochs", type=int, help="override the preset's epochs (decay points scale along)")
+    linear.add_argument("--lr", type=float, help="override the preset's learning rate (paper: 30)")
+    linear.add_argument("--cached-features", action="store_true",
+                        help="train on features of un-augmented images extracted once (fast; "
+                             "drops the train augmentation, a deviation from the protocol)")
+    linear.set_defaults(func=_linear)
+
+    semisup = protocols.add_parser("semisup", help="fine-tune all layers on 1%% / 10%% of the labels")
+    _add_common(semisup)
+    semisup.add_argument("--fraction", type=float, help="labelled fraction, e.g. 0.01 or 0.1 (class-balanced, seeded)")
+    semisup.add_argument("--split-file", help="SimCLR split file (image file names, one per line) for image folders")
+    semisup.add_argument("--preset", default="auto", choices=["auto", "paper", "small", "quick"])
+    semisup.add_argument("--epochs", type=int, help="override the preset's epochs (decay period scales along)")
+    semisup.add_argument("--lr-backbone", type=float, help="paper: 1e-4")
+    semisup.add_argument("--lr-fc", type=float, help="paper: 10")
+    semisup.add_argument("--weight-decay", type=float, help="default 0")
+    semisup.set_defaults(func=_semisup)
+
+    similarity = protocols.add_parser("similarity", help="mean intra-class cosine similarity (Table 12)")
+    _add_common(similarity)
+    similarity.add_argument("--split", default="test", choices=["train", "test"])
+    similarity.set_defaults(func=_similarity)
+
+    tsne = protocols.add_parser("tsne", help="t-SNE plot of 10 classes (Fig. 3), PNG next to the JSON")
+    _add_common(tsne)
+    tsne.add_argument("--split", default="test", choices=["train", "test"])
+    tsne.add_argument("--classes", help="comma-separated labels (default: the first 10)")
+    tsne.add_argument("--max-points", type=int, default=2000)
+    tsne.add_argument("--perplexity", type=float, default=30.0)
+    tsne.set_defaults(func=_tsne)
+
+    export = subparsers.add_parser("export", help="export the backbone for torchvision or detectron2")
+    export.add_argument("--ckpt", required=True, help="trainer checkpoint (or its run folder)")
+    export.add_argument("--to", required=True, choices=["torchvision", "detectron2"])
+    export.add_argument("--out", required=True, help="output file (.pth / .safetensors, or .pkl)")
+    export.set_defaults(func=_export)

@@ -1,0 +1,198 @@
+"""What every evaluation protocol shares: loading a checkpoint, the labelled splits, result files.
+
+Evaluation data default to the checkpoint's own dataset (its labelled ``train`` and ``test``
+splits) at the pretraining image size, normalised with the pretraining mean/std (the model's input
+convention, as in MoCo's transfer code). ``--set data.name=cifar10 data.root=...`` points the same
+model at other data; keys and values follow :mod:`clim.config`'s rules, so a typo is a one-line
+:class:`ConfigError`. Images are converted to the model's channel count.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from clim.config import Config, ConfigError
+from clim.engine import checkpoint
+from clim.models.backbones import build_backbone, uses_small_stem
+from clim.models.moco import MoCo, build_moco
+
+RESIZE_RATIO = 0.875  # ImageNet convention: resize to size / 0.875, centre-crop size
+
+
+@dataclass
+class PretrainedRun:
+    """A loaded checkpoint: the model plus what the result files need to say about it."""
+
+    path: Path
+    config: Config
+    model: MoCo
+    data_info: dict[str, Any]
+    epoch: int | None
+    step: int | None
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None`` / ``"auto"``: CUDA when available, else CPU."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_run(ckpt_path: str | Path, device: str | torch.device | None = "cpu") -> PretrainedRun:
+    """Rebuild the pretrained MoCo from a trainer checkpoint (eval mode, on ``device``)."""
+    path = Path(ckpt_path)
+    if path.is_dir():
+        path = path / checkpoint.CHECKPOINT_NAME
+    state = checkpoint.load(path)
+    missing = [key for key in ("config", "model", "data_info") if key not in state]
+    if missing:
+        raise ConfigError(f"{path} is not a clim checkpoint (missing {', '.join(missing)})")
+    config = Config.from_dict(state["config"])
+    info = dict(state["data_info"])
+    model = build_moco(config, info["in_channels"], info["image_size"], state.get("num_samples", 0))
+    model.load_state_dict(state["model"])
+    model.to(resolve_device(device)).eval()
+    return PretrainedRun(path, config, model, info, state.get("epoch"), state.get("step"))
+
+
+def load_pretrained(ckpt_path: str | Path, device: str | torch.device | None = "cpu"
+                    ) -> tuple[Config, MoCo, dict[str, Any]]:
+    """``(config, model, data_info)`` of a trainer checkpoint; see :func:`load_run`."""
+    run = load_run(ckpt_path, device)
+    return run.config, run.model, run.data_info
+
+
+def plain_backbone(config: Config, data_info: dict[str, Any], model: MoCo) -> tuple[nn.Module, int]:
+    """A fresh torchvision ResNet (plain BatchNorm) holding the query backbone's weights.
+
+    Fine-tuning needs ordinary BatchNorm rather than MoCo's split-batch BN; for frozen features
+    both are the same in eval mode.
+    """
+    net, feature_dim = build_backbone(config.model.backbone, data_info["in_channels"],
+                                      uses_small_stem(data_info["image_size"], config.model.small_stem))
+    net.load_state_dict(model.backbone_q.state_dict())
+    return net.to(next(model.parameters()).device), feature_dim
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """Which data to evaluate on and how the images are brought to the model's input format."""
+
+    name: str
+    root: str | None
+    image_size: int
+    in_channels: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+def apply_overrides(config: Config, overrides: Sequence[str]) -> Config:
+    """A copy of ``config`` with ``key=value`` overrides (clim.config's parsing and checks)."""
+    config = copy.deepcopy(config)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override '{item}' must look like key=value")
+        config.set(key.strip(), value)
+    config.validate()
+    return config
+
+
+def eval_spec(config: Config, data_info: dict[str, Any], overrides: Sequence[str] = ()) -> EvalSpec:
+    """The evaluation data after overrides; the image size stays the pretraining one unless
+    ``data.image_size`` is overridden."""
+    updated = apply_overrides(config, overrides)
+    size_overridden = any(item.partition("=")[0].strip() == "data.image_size" for item in overrides)
+    image_size = updated.data.image_size if size_overridden and updated.data.image_size else data_info["image_size"]
+    return EvalSpec(updated.data.name, updated.data.root, int(image_size), int(data_info["in_channels"]),
+                    tuple(data_info["mean"]), tuple(data_info["std"]))
+
+
+def crop_flip_transform(spec: EvalSpec, crop_scale: tuple[float, float]):
+    """RandomResizedCrop + horizontal flip only (linear / semi-supervised training, METHOD §5):
+    MoCo v2's transform with every photometric step switched off."""
+    from clim.data.transforms import moco_v2_transform
+
+    return moco_v2_transform(spec.image_size, spec.mean, spec.std, spec.in_channels, crop_scale=crop_scale,
+                             jitter_p=0.0, grayscale_p=0.0, blur_p=0.0, flip_p=0.5)
+
+
+def eval_dataset(config: Config, data_info: dict[str, Any], overrides: Sequence[str], split: str,
+                 transform: Callable | None = None):
+    """One labelled split (``train`` or ``test``) with ``transform``, by default the eval transform:
+    fixed-size (array) data resized straight to the image size, image folders resized + centre
+    cropped (ratio 0.875)."""
+    from clim.data import build_dataset
+    from clim.data.transforms import eval_transform
+
+    spec = eval_spec(config, data_info, overrides)
+    try:
+        dataset = build_dataset(spec.name, spec.root, split, transform=None, image_size=spec.image_size)
+    except ValueError as error:  # unknown dataset name, a folder without labels: user errors
+        raise ConfigError(str(error)) from None
+    if not (dataset.labels >= 0).any():
+        raise ConfigError(f"the '{split}' split of dataset '{spec.name}' has no labels to evaluate with")
+    dataset.transform = transform or eval_transform(
+        spec.image_size, spec.mean, spec.std, spec.in_channels,
+        resize_ratio=None if dataset.info.fixed_size else RESIZE_RATIO)
+    return dataset
+
+
+def eval_datasets(config: Config, data_info: dict[str, Any], overrides: Sequence[str] = (),
+                  train_transform: Callable | None = None):
+    """``(train_ds, test_ds)``: the labelled splits with the eval transform; ``train_transform``
+    replaces it on the train split (the crop + flip of the linear and semi-supervised protocols)."""
+    return (eval_dataset(config, data_info, overrides, "train", train_transform),
+            eval_dataset(config, data_info, overrides, "test"))
+
+
+def num_classes_of(dataset) -> int:
+    known = getattr(dataset.info, "num_classes", None)
+    return int(known) if known else int(dataset.labels.max()) + 1
+
+
+def default_out(ckpt_path: str | Path, protocol: str) -> Path:
+    """``<checkpoint folder>/eval/<protocol>.json``."""
+    path = Path(ckpt_path)
+    folder = path if path.is_dir() else path.parent
+    return folder / "eval" / f"{protocol}.json"
+
+
+def run_settings(run: PretrainedRun, spec: EvalSpec, sizes: dict[str, int], seed: int,
+                 device: torch.device) -> dict[str, Any]:
+    """The settings every result file records beside its numbers."""
+    return {
+        "checkpoint": str(run.path.resolve()),
+        "checkpoint_epoch": run.epoch,
+        "checkpoint_step": run.step,
+        "method": run.config.method.name,
+        "backbone": run.config.model.backbone,
+        "pretrain_dataset": run.data_info["name"],
+        "dataset": spec.name,
+        "data_root": spec.root,
+        "image_size": spec.image_size,
+        **{f"{split}_size": size for split, size in sizes.items()},
+        "seed": seed,
+        "device": str(device),
+    }
+
+
+def write_result(path: str | Path, result: dict[str, Any]) -> Path:
+    """Write ``result`` (metrics whose keys contain ``top1`` for accuracies, plus the settings that
+    produced them) as JSON, atomically, with a UTC timestamp."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {**result, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+    return path

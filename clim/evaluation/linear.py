@@ -1,0 +1,183 @@
+"""Linear evaluation: a linear classifier on the frozen backbone's pooled features (METHOD §5).
+
+``paper`` is the protocol as MoCo / CLIM run it on ImageNet: the backbone in eval mode, SGD lr 30,
+momentum 0.9, weight decay 0, 100 epochs, lr ×0.1 at epochs 60 and 80, batch 256, RandomResizedCrop
+(scale 0.08–1) + horizontal flip for training, resize + centre crop for validation.
+
+Scaled presets (documented deviations, chosen with ``--preset``; ``auto`` picks ``paper`` above
+64 px and ``small`` at or below):
+
+* ``small`` — 30 epochs, ×0.1 at 18 and 24 (the same 60 % / 80 % points), crop scale 0.5–1: at
+  28–64 px a crop of 8 % of the image keeps only a few pixels, so a milder crop keeps the training
+  images recognisable. Validation uses the eval transform at native size (no crop).
+* ``quick`` — 5 epochs, ×0.1 at 3 and 4, crop scale 0.5–1: a CPU smoke test, not a result.
+
+``cached_features=True`` trains on features of un-augmented training images extracted once. It is
+much faster (one backbone pass instead of one per epoch) but drops the training augmentation, a
+deviation from the protocol that the result JSON records; numbers are usually close but not equal.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import asdict, dataclass
+from typing import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from clim.evaluation.features import extract_features
+
+
+@dataclass(frozen=True)
+class LinearPreset:
+    epochs: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    milestones: tuple[int, ...]
+    batch_size: int
+    crop_scale: tuple[float, float]
+
+
+LINEAR_PRESETS = {
+    "paper": LinearPreset(100, 30.0, 0.9, 0.0, (60, 80), 256, (0.08, 1.0)),
+    "small": LinearPreset(30, 30.0, 0.9, 0.0, (18, 24), 256, (0.5, 1.0)),
+    "quick": LinearPreset(5, 30.0, 0.9, 0.0, (3, 4), 256, (0.5, 1.0)),
+}
+SMALL_IMAGE_MAX = 64
+
+
+def resolve_preset(name: str, image_size: int, presets: dict) -> tuple[str, object]:
+    """``auto`` -> ``paper`` for images larger than 64 px, else ``small``."""
+    if name == "auto":
+        name = "paper" if image_size > SMALL_IMAGE_MAX else "small"
+    if name not in presets:
+        raise ValueError(f"unknown preset '{name}' (choose from auto, {', '.join(presets)})")
+    return name, presets[name]
+
+
+def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks: Iterable[int]) -> dict[int, float]:
+    """Top-k accuracy (%) for each k."""
+    ks = list(ks)
+    top = logits.topk(max(ks), dim=1).indices
+    hits = top == labels.to(top.device)[:, None]
+    return {k: 100.0 * hits[:, :k].any(dim=1).float().mean().item() for k in ks}
+
+
+def accuracy_report(logits: torch.Tensor, labels: torch.Tensor, prefix: str) -> dict[str, float]:
+    """``{prefix}_top1`` and, with at least 5 classes, ``{prefix}_top5``."""
+    ks = [1, 5] if logits.shape[1] >= 5 else [1]
+    return {f"{prefix}_top{k}": value for k, value in topk_accuracy(logits, labels, ks).items()}
+
+
+def _progress(show: bool | None) -> bool:
+    return sys.stderr.isatty() if show is None else show
+
+
+def fit_classifier(classifier: nn.Module, optimizer: torch.optim.Optimizer, milestones: Iterable[int],
+                   epochs: int, batches: Callable[[int], Iterable[tuple[torch.Tensor, torch.Tensor]]],
+                   progress: bool | None = None, desc: str = "linear") -> float:
+    """Cross-entropy training over ``batches(epoch)`` with a step schedule; returns the last epoch's loss.
+
+    ``batches`` yields ``(inputs, labels)`` already on the classifier's device; the schedule steps
+    once per epoch (×0.1 at each milestone).
+    """
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(milestones), gamma=0.1)
+    loss_sum, seen = 0.0, 0
+    for epoch in tqdm(range(epochs), desc=desc, disable=not _progress(progress), leave=False):
+        loss_sum, seen = 0.0, 0
+        for inputs, labels in batches(epoch):
+            loss = F.cross_entropy(classifier(inputs), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.item() * labels.shape[0]
+            seen += labels.shape[0]
+        scheduler.step()
+        if not math.isfinite(loss_sum):
+            raise FloatingPointError(f"{desc}: the loss became {loss_sum / seen} in epoch {epoch + 1}; "
+                                     "lower the learning rate (--lr)")
+    return loss_sum / max(1, seen)
+
+
+def linear_classifier(feature_dim: int, num_classes: int) -> nn.Linear:
+    """MoCo's initialisation: weights N(0, 0.01), bias 0."""
+    layer = nn.Linear(feature_dim, num_classes)
+    nn.init.normal_(layer.weight, std=0.01)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+def _sgd(classifier: nn.Module, preset: LinearPreset) -> torch.optim.SGD:
+    return torch.optim.SGD(classifier.parameters(), lr=preset.lr, momentum=preset.momentum,
+                           weight_decay=preset.weight_decay)
+
+
+def linear_on_features(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor,
+                       test_labels: torch.Tensor, num_classes: int, preset: LinearPreset, seed: int = 0,
+                       device: str | torch.device = "cpu", progress: bool | None = None) -> dict[str, float]:
+    """Train the linear classifier on fixed features (the ``--cached-features`` path)."""
+    torch.manual_seed(seed)
+    device = torch.device(device)
+    train_feats, train_labels = train_feats.to(device), train_labels.to(device)
+    classifier = linear_classifier(train_feats.shape[1], num_classes).to(device)
+    generator = torch.Generator().manual_seed(seed)
+
+    def batches(epoch: int):
+        order = torch.randperm(train_feats.shape[0], generator=generator).to(device)
+        for start in range(0, order.numel(), preset.batch_size):
+            rows = order[start:start + preset.batch_size]
+            yield train_feats[rows], train_labels[rows]
+
+    loss = fit_classifier(classifier, _sgd(classifier, preset), preset.milestones, preset.epochs, batches, progress)
+    with torch.no_grad():
+        logits = classifier(test_feats.to(device))
+    return {**accuracy_report(logits, test_labels, "linear"), "final_train_loss": loss}
+
+
+def linear_on_backbone(backbone: nn.Module, train_ds: Dataset, test_ds: Dataset, num_classes: int,
+                       preset: LinearPreset, seed: int = 0, device: str | torch.device = "cpu",
+                       num_workers: int = 0, progress: bool | None = None) -> dict[str, float]:
+    """The protocol: frozen backbone in eval mode, features of augmented images every epoch.
+
+    ``train_ds`` carries the training augmentation (RandomResizedCrop + flip), ``test_ds`` the
+    validation transform; items are ``(image, index, label)``.
+    """
+    torch.manual_seed(seed)
+    device = torch.device(device)
+    backbone = backbone.to(device)
+    was_training = backbone.training
+    backbone.eval()
+    probe = next(iter(DataLoader(train_ds, batch_size=2)))[0].to(device)
+    with torch.no_grad():
+        feature_dim = backbone(probe).flatten(1).shape[1]
+    classifier = linear_classifier(feature_dim, num_classes).to(device)
+    loader = DataLoader(train_ds, batch_size=preset.batch_size, shuffle=True, num_workers=num_workers,
+                        pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(seed),
+                        persistent_workers=num_workers > 0)
+
+    def batches(epoch: int):
+        for images, _, labels in loader:
+            with torch.no_grad():
+                feats = backbone(images.to(device, non_blocking=True)).flatten(1)
+            yield feats, labels.to(device)
+
+    try:
+        loss = fit_classifier(classifier, _sgd(classifier, preset), preset.milestones, preset.epochs,
+                              batches, progress)
+        test_feats, test_labels = extract_features(backbone, test_ds, preset.batch_size, device,
+                                                   num_workers, progress)
+    finally:
+        backbone.train(was_training)
+    with torch.no_grad():
+        logits = classifier(test_feats.to(device))
+    return {**accuracy_report(logits, test_labels, "linear"), "final_train_loss": loss}
+
+
+def preset_settings(name: str, preset) -> dict[str, object]:
+    return {"preset": name, **asdict(preset)}

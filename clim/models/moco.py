@@ -1,0 +1,157 @@
+"""The MoCo v2 core (METHOD §1) as one small module: encoders, queue, momentum update, BN tricks.
+
+All of the method's state lives here and is saved with it: the negative-key queue and CLIM's
+positives table are registered buffers, so a checkpoint of the module is a checkpoint of the method.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clim.config import Config
+from clim.engine import distributed
+from clim.models.backbones import build_backbone, uses_small_stem
+
+
+class SplitBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm over ``num_splits`` groups of the batch, each normalised alone.
+
+    On one device this mimics MoCo's multi-GPU setting, where each GPU normalises its own small
+    batch, which is what keeps BN from leaking information between query and key (METHOD §1).
+    When the batch does not divide evenly, the largest divisor of the batch size not above
+    ``num_splits`` is used, so any batch size works. Its state_dict is a plain BatchNorm2d's.
+    """
+
+    def __init__(self, num_features: int, num_splits: int = 1, **kwargs):
+        super().__init__(num_features, **kwargs)
+        self.num_splits = num_splits
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        splits = _largest_divisor(x.shape[0], self.num_splits)
+        if not self.training or splits == 1:
+            return super().forward(x)
+        n, c, h, w = x.shape
+        mean = self.running_mean.repeat(splits)
+        var = self.running_var.repeat(splits)
+        out = F.batch_norm(
+            x.reshape(n // splits, c * splits, h, w), mean, var,
+            self.weight.repeat(splits), self.bias.repeat(splits),
+            True, self.momentum, self.eps)
+        with torch.no_grad():
+            self.running_mean.copy_(mean.view(splits, c).mean(0))
+            self.running_var.copy_(var.view(splits, c).mean(0))
+            self.num_batches_tracked += 1
+        return out.view(n, c, h, w)
+
+
+def _largest_divisor(n: int, at_most: int) -> int:
+    return next(d for d in range(min(n, at_most), 0, -1) if n % d == 0)
+
+
+def _use_split_bn(module: nn.Module) -> nn.Module:
+    """Replace every BatchNorm2d of ``module`` with a SplitBatchNorm2d holding the same state."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d) and not isinstance(child, SplitBatchNorm2d):
+            split = SplitBatchNorm2d(child.num_features, eps=child.eps, momentum=child.momentum)
+            split.load_state_dict(child.state_dict())
+            setattr(module, name, split)
+        else:
+            _use_split_bn(child)
+    return module
+
+
+def projection_head(in_dim: int, out_dim: int) -> nn.Sequential:
+    """MoCo v2 MLP head: Linear(D, D) -> ReLU -> Linear(D, out_dim) (METHOD §1)."""
+    return nn.Sequential(nn.Linear(in_dim, in_dim), nn.ReLU(inplace=True), nn.Linear(in_dim, out_dim))
+
+
+class MoCo(nn.Module):
+    def __init__(self, backbone: str = "resnet18", in_channels: int = 3, small_stem: bool = False,
+                 head_dim: int = 128, queue_size: int = 65536, momentum: float = 0.999,
+                 bn_splits: int = 8, num_samples: int = 0, num_positives: int = 10):
+        super().__init__()
+        net, feature_dim = build_backbone(backbone, in_channels, small_stem)
+        self.encoder_q = nn.Sequential(_use_split_bn(net), projection_head(feature_dim, head_dim))
+        self.encoder_k = copy.deepcopy(self.encoder_q)
+        for param in self.encoder_k.parameters():
+            param.requires_grad_(False)
+        self.momentum = momentum
+        self.feature_dim = feature_dim
+        self.set_bn_splits(bn_splits)
+        self.register_buffer("queue", F.normalize(torch.randn(queue_size, head_dim), dim=1))
+        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+        # CLIM's positives table (METHOD §2): -1 until the first refresh; int32 halves its size.
+        self.register_buffer("positives", torch.full((num_samples, num_positives), -1, dtype=torch.int32))
+
+    @property
+    def backbone_q(self) -> nn.Module:
+        return self.encoder_q[0]
+
+    @property
+    def backbone_k(self) -> nn.Module:
+        return self.encoder_k[0]
+
+    @property
+    def has_positives(self) -> bool:
+        return self.positives.numel() > 0 and bool((self.positives[:, 0] >= 0).all())
+
+    def set_bn_splits(self, splits: int) -> None:
+        for module in self.modules():
+            if isinstance(module, SplitBatchNorm2d):
+                module.num_splits = splits
+
+    def encode_query(self, images: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.encoder_q(images), dim=1)
+
+    @torch.no_grad()
+    def encode_key(self, images: torch.Tensor) -> torch.Tensor:
+        """Key embeddings with shuffled BN groups: across ranks under DDP (MoCo's shuffle-BN),
+        within the batch on one device, so query and key never share BN statistics."""
+        if distributed.world_size() > 1:
+            return self._encode_key_shuffled_across_ranks(images)
+        order = torch.randperm(images.shape[0], device=images.device)
+        keys = F.normalize(self.encoder_k(images[order]), dim=1)
+        return keys[torch.argsort(order)]
+
+    def _encode_key_shuffled_across_ranks(self, images: torch.Tensor) -> torch.Tensor:
+        local = images.shape[0]
+        everything = distributed.all_gather_cat(images)
+        order = distributed.broadcast(torch.randperm(everything.shape[0], device=images.device))
+        mine = order.view(distributed.world_size(), local)[distributed.rank()]
+        keys = F.normalize(self.encoder_k(everything[mine]), dim=1)
+        gathered = distributed.all_gather_cat(keys)
+        return gathered[torch.argsort(order)].view(distributed.world_size(), local, -1)[distributed.rank()]
+
+    @torch.no_grad()
+    def momentum_update(self) -> None:
+        for param_q, param_k in zip(self.encoder_q.parameters(), self.encoder_k.parameters()):
+            param_k.mul_(self.momentum).add_(param_q.detach(), alpha=1.0 - self.momentum)
+
+    @torch.no_grad()
+    def enqueue(self, keys: torch.Tensor) -> None:
+        """Write the keys of all ranks into the ring buffer; any batch size wraps around K."""
+        keys = distributed.all_gather_cat(keys.to(self.queue.dtype))[-self.queue.shape[0]:]
+        size = self.queue.shape[0]
+        slots = (self.queue_ptr + torch.arange(keys.shape[0], device=keys.device)) % size
+        self.queue[slots] = keys
+        self.queue_ptr.copy_((self.queue_ptr + keys.shape[0]) % size)
+
+
+def build_moco(config: Config, in_channels: int, image_size: int, num_samples: int) -> MoCo:
+    single_device = distributed.world_size() == 1
+    return MoCo(
+        backbone=config.model.backbone,
+        in_channels=in_channels,
+        small_stem=uses_small_stem(image_size, config.model.small_stem),
+        head_dim=config.model.head_dim,
+        queue_size=config.model.queue_size,
+        momentum=config.model.momentum,
+        # Under DDP each rank normalises its own batch (per-GPU BN) and shuffle-BN mixes ranks.
+        bn_splits=config.model.bn_splits if single_device else 1,
+        num_samples=num_samples if config.method.name == "clim" else 0,
+        num_positives=config.method.num_positives,
+    )

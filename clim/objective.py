@@ -1,0 +1,83 @@
+"""The training objective of one step: MoCo v2 (METHOD §1) or CLIM (METHOD §3, §4).
+
+Given the views of a step (see :mod:`clim.data.pipeline`) it encodes queries and keys, updates the
+momentum encoder (before encoding keys, as MoCo does) and returns the loss and the keys to enqueue.
+
+* MoCo v2: ``L_nce(q, k)``.
+* CLIM, ``mixing: none``:   ``L_nce(q, k) + L_nce(q, k~)``.
+* CLIM, ``cutmix``/``mixup``: ``L_nce(q, k) + λ·L_nce(q_mix, k) + (1−λ)·L_nce(q_mix, k~)``,
+  where ``q_mix`` encodes the anchor's query view with a box (or a blend) of an independently
+  augmented positive view, ``k`` a second anchor view and ``k~`` a view of the positive.
+* Multi-resolution: the mean over ordered pairs (r, r') of the above with queries at r and keys at r'
+  (the paper sums; the mean keeps the learning rate comparable — documented deviation).
+* Multi-crop baseline: + the mean over small crops of ``L_nce(q_small, k)``.
+Before the first positives refresh CLIM has no positives and trains exactly as MoCo v2.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from clim.config import Config
+from clim.losses import info_nce, mixed_info_nce
+from clim.mixing import cutmix, mixup
+from clim.models.moco import MoCo
+
+
+@dataclass
+class StepOutput:
+    loss: torch.Tensor
+    keys: torch.Tensor  # to enqueue after the optimiser step
+    lam_mean: float | None = None
+
+
+def _mix(config: Config, anchor: torch.Tensor, positive: torch.Tensor, generator: torch.Generator):
+    if config.method.mixing == "cutmix":
+        return cutmix(anchor, positive, config.method.alpha, generator=generator)
+    return mixup(anchor, positive, config.method.mixup_alpha, generator=generator)
+
+
+def _resize_like(images: torch.Tensor, views: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The mixed batch (built at the largest resolution) at every resolution of ``views``."""
+    return [images] + [F.interpolate(images, size=v.shape[-2:], mode="bilinear", antialias=True,
+                                     align_corners=False) for v in views[1:]]
+
+
+def compute_step(model: MoCo, batch: dict, config: Config) -> StepOutput:
+    temperature = config.model.temperature
+    queue = model.queue.clone()
+    queries = [model.encode_query(view) for view in batch["query"]]
+    use_positives = config.method.name == "clim" and batch["positive_key"] is not None
+    mixing = use_positives and config.method.mixing != "none"
+    lam = None
+    if mixing:
+        mixed, lam = _mix(config, batch["query"][0], batch["positive_query"][0], batch["generator"])
+        mixed_queries = [model.encode_query(view) for view in _resize_like(mixed, batch["query"])]
+    symmetric_queries = [model.encode_query(view) for view in batch["key"]] if config.model.symmetric else None
+
+    with torch.no_grad():
+        model.momentum_update()
+        keys = [model.encode_key(view) for view in batch["key"]]
+        positive_keys = [model.encode_key(view) for view in batch["positive_key"]] if use_positives else None
+        symmetric_keys = [model.encode_key(view) for view in batch["query"]] if symmetric_queries else None
+
+    terms = []
+    for i, query in enumerate(queries):
+        for j, key in enumerate(keys):
+            term = info_nce(query, key, queue, temperature)
+            if symmetric_queries is not None:
+                term = 0.5 * (term + info_nce(symmetric_queries[i], symmetric_keys[j], queue, temperature))
+            if mixing:
+                term = term + mixed_info_nce(mixed_queries[i], key, positive_keys[j], queue, lam, temperature)
+            elif use_positives:
+                term = term + info_nce(query, positive_keys[j], queue, temperature)
+            terms.append(term)
+    loss = torch.stack(terms).mean()
+    if batch["small_crops"] is not None:
+        small = [info_nce(model.encode_query(view), keys[0], queue, temperature) for view in batch["small_crops"]]
+        loss = loss + torch.stack(small).mean()
+    enqueue = keys[0] if symmetric_keys is None else torch.cat([keys[0], symmetric_keys[0]])
+    return StepOutput(loss, enqueue, None if lam is None else float(lam.float().mean()))

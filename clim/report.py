@@ -1,0 +1,111 @@
+"""``clim report DIR``: a Markdown report with PNG plots of a run and every evaluation found for it.
+
+Reads ``DIR/metrics.jsonl`` (one record per epoch), ``DIR/config.json`` and ``DIR/eval/*.json``;
+writes ``DIR/report.md`` and ``DIR/plots/*.png``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from clim.engine.logging import METRICS_NAME  # noqa: E402
+
+
+def read_history(run_dir: str | Path) -> list[dict]:
+    path = Path(run_dir) / METRICS_NAME
+    if not path.exists():
+        raise FileNotFoundError(f"no {METRICS_NAME} in {run_dir}: is it a `clim pretrain --out` folder?")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _plot(path: Path, title: str, ylabel: str, series: dict[str, tuple[list, list]]) -> None:
+    figure, axis = plt.subplots(figsize=(5, 3.2), dpi=110)
+    for label, (xs, ys) in series.items():
+        axis.plot(xs, ys, marker="o", markersize=3, label=label)
+    axis.set_xlabel("epoch")
+    axis.set_ylabel(ylabel)
+    axis.set_title(title)
+    axis.grid(alpha=0.3)
+    if len(series) > 1:
+        axis.legend()
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def _series(history: list[dict], key: str, sub: str | None = None) -> tuple[list, list]:
+    xs, ys = [], []
+    for record in history:
+        value = record.get(key) if sub is None else (record.get(key) or {}).get(sub)
+        if isinstance(value, (int, float)):
+            xs.append(record["epoch"])
+            ys.append(value)
+    return xs, ys
+
+
+def _table(rows: list[list], header: list[str]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+    return lines
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def write_report(run_dir: str | Path) -> Path:
+    run_dir = Path(run_dir)
+    history = read_history(run_dir)
+    plots = run_dir / "plots"
+    plots.mkdir(exist_ok=True)
+    lines = [f"# Run report: `{run_dir}`", ""]
+    config_path = run_dir / "config.json"
+    if config_path.exists():
+        config = json.loads(config_path.read_text())
+        lines += ["## Configuration", "", "```json", json.dumps(config, indent=1), "```", ""]
+
+    lines += ["## Training", ""]
+    _plot(plots / "loss.png", "training loss", "loss", {"loss": _series(history, "loss")})
+    lines += ["![loss](plots/loss.png)", ""]
+    knn = _series(history, "knn_top1")
+    if knn[0]:
+        _plot(plots / "knn.png", "weighted kNN top-1 (k=20)", "top-1 %", {"kNN": knn})
+        lines += ["![kNN top-1](plots/knn.png)", ""]
+    rows = [[r["epoch"], r.get("loss"), r.get("lr"), r.get("images_per_s"), r.get("knn_top1", "")]
+            for r in history]
+    lines += _table(rows, ["epoch", "loss", "lr", "images/s", "kNN top-1 %"]) + [""]
+
+    refreshes = [r for r in history if "selection" in r]
+    if refreshes:
+        lines += ["## Positive selection (METHOD §2)", ""]
+        precision = _series(history, "selection", "positive_precision")
+        if precision[0]:
+            _plot(plots / "positive_precision.png", "positive precision at each refresh", "precision",
+                  {"positives": precision, "kNN neighbours": _series(history, "selection", "knn_precision")})
+            lines += ["![positive precision](plots/positive_precision.png)", ""]
+        keys = ["positive_precision", "knn_precision", "omega_mean", "fill_fraction", "cluster_size_min",
+                "cluster_size_median", "cluster_size_max", "seconds"]
+        rows = [[r["epoch"]] + [r["selection"].get(k, "") for k in keys] for r in refreshes]
+        lines += _table(rows, ["epoch"] + keys) + [""]
+
+    evaluations = sorted((run_dir / "eval").glob("*.json")) if (run_dir / "eval").exists() else []
+    if evaluations:
+        lines += ["## Evaluations", ""]
+        for path in evaluations:
+            result = json.loads(path.read_text())
+            lines += [f"### {path.stem}", ""]
+            flat = {k: v for k, v in result.items() if not isinstance(v, (dict, list))}
+            lines += _table([[k, v] for k, v in flat.items()], ["key", "value"]) + [""]
+            for image in sorted(path.parent.glob(f"{path.stem}*.png")):
+                lines += [f"![{image.stem}](eval/{image.name})", ""]
+    out = run_dir / "report.md"
+    out.write_text("\n".join(lines))
+    return out

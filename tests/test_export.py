@@ -1,0 +1,102 @@
+import pickle
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from safetensors.torch import load_file
+
+from clim.config import Config
+from clim.engine.checkpoint import save_atomic
+from clim.export import detectron2_name, export_detectron2, export_torchvision
+from clim.models.backbones import build_backbone
+from clim.models.moco import build_moco
+
+
+def _checkpoint(tmp_path, backbone="resnet18", in_channels=3, image_size=224):
+    torch.manual_seed(0)
+    config = Config()
+    config.model.backbone = backbone
+    config.model.queue_size = 64
+    model = build_moco(config, in_channels, image_size, num_samples=0)
+    with torch.no_grad():  # non-default BN statistics and affine terms, so that exporting them matters
+        for module in model.backbone_q.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.2, 0.2)
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.2, 0.2)
+    info = {"name": "x", "num_classes": 10, "in_channels": in_channels, "image_size": image_size,
+            "mean": [0.5] * in_channels, "std": [0.25] * in_channels}
+    path = tmp_path / "checkpoint.pt"
+    save_atomic({"config": config.to_dict(), "model": model.state_dict(), "epoch": 1, "step": 1,
+                 "data_info": info, "num_samples": 0}, path)
+    return path, model
+
+
+@pytest.fixture(scope="module")
+def resnet18_ckpt(tmp_path_factory):
+    """ImageNet stem, 3 channels: the layout torchvision and detectron2 take as is."""
+    return _checkpoint(tmp_path_factory.mktemp("r18"))
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_torchvision_round_trip_gives_identical_features(resnet18_ckpt, tmp_path, suffix):
+    path, model = resnet18_ckpt
+    out = tmp_path / f"backbone{suffix}"
+    info = export_torchvision(path, out)
+    assert info["torchvision_compatible"] is True
+    weights = load_file(str(out)) if suffix == ".safetensors" else torch.load(out, weights_only=True)
+    net = torchvision.models.resnet18(num_classes=10)
+    result = net.load_state_dict(weights, strict=False)
+    assert sorted(result.missing_keys) == ["fc.bias", "fc.weight"] and result.unexpected_keys == []
+    net.fc = torch.nn.Identity()
+    net.eval()
+    ours = model.backbone_q.eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(net(x), ours(x), atol=1e-5)
+
+
+def test_small_stem_export_says_how_to_load(tmp_path):
+    path, model = _checkpoint(tmp_path, backbone="resnet10", in_channels=1, image_size=28)
+    info = export_torchvision(path, tmp_path / "small.pth")
+    assert info["torchvision_compatible"] is False and info["small_stem"] is True
+    assert "build_backbone" in info["load"]
+    net, _ = build_backbone("resnet10", in_channels=1, small_stem=True)
+    net.load_state_dict(torch.load(tmp_path / "small.pth", weights_only=True))  # strict: everything fits
+
+
+def test_detectron2_pickle_names_and_shapes(resnet18_ckpt, tmp_path):
+    path, model = resnet18_ckpt
+    info = export_detectron2(path, tmp_path / "d2.pkl")
+    assert info["detectron2_compatible"] is True
+    with open(tmp_path / "d2.pkl", "rb") as handle:
+        obj = pickle.load(handle)
+    assert obj["__author__"] == "clim" and obj["matching_heuristics"] is True
+    weights = obj["model"]
+    assert all(isinstance(v, np.ndarray) for v in weights.values())
+    shapes = {
+        "stem.conv1.weight": (64, 3, 7, 7),
+        "stem.conv1.norm.running_mean": (64,),
+        "stem.conv1.norm.weight": (64,),
+        "res2.0.conv1.weight": (64, 64, 3, 3),
+        "res2.1.conv2.norm.running_var": (64,),
+        "res5.1.conv2.norm.bias": (512,),
+        "res3.0.shortcut.weight": (128, 64, 1, 1),
+        "res3.0.shortcut.norm.running_mean": (128,),
+    }
+    for name, shape in shapes.items():
+        assert weights[name].shape == shape, name
+    source = model.backbone_q.state_dict()
+    assert np.array_equal(weights["res5.1.conv2.norm.bias"], source["layer4.1.bn2.bias"].numpy())
+    assert not any(k.endswith("num_batches_tracked") or k.startswith(("layer", "bn1", "conv1", "fc"))
+                   for k in weights)
+    assert len(weights) == sum(not k.endswith("num_batches_tracked") for k in source)
+
+
+def test_detectron2_names_for_bottleneck_blocks():
+    assert detectron2_name("layer1.0.bn3.running_var") == "res2.0.conv3.norm.running_var"
+    assert detectron2_name("layer4.2.conv3.weight") == "res5.2.conv3.weight"
+    assert detectron2_name("layer2.0.downsample.1.bias") == "res3.0.shortcut.norm.bias"
+    assert detectron2_name("bn1.running_mean") == "stem.conv1.norm.running_mean"
