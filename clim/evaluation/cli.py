@@ -21,13 +21,21 @@ from clim.config import ConfigError
 from clim.evaluation import common
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ckpt", required=True, help="trainer checkpoint (or its run folder)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="evaluate on other data, e.g. --set data.name=cifar10 --set data.root=DIR")
     parser.add_argument("--out", help="result JSON (default: <checkpoint folder>/eval/<protocol>.json)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=_positive_int, default=256,
+                        help="feature extraction and training batch (protocols: 256)")
     parser.add_argument("--num-workers", type=int, help="DataLoader workers (default: the checkpoint's data.num_workers)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -37,8 +45,6 @@ class _Session:
     """The state every handler starts from: checkpoint, device, data spec, output path."""
 
     def __init__(self, args: argparse.Namespace, protocol: str):
-        if args.batch_size <= 0:
-            raise ConfigError(f"--batch-size must be > 0, got {args.batch_size}")
         torch.manual_seed(args.seed)
         self.args = args
         self.device = common.resolve_device(args.device)
@@ -232,7 +238,7 @@ def register(subparsers) -> None:
     _add_common(linear)
     linear.add_argument("--preset", default="auto", choices=["auto", "paper", "small", "quick"],
                         help="auto: paper above 64 px, small at or below (see clim.evaluation.linear)")
-    linear.add_argument("--epochs", type=int, help="override the preset's epochs (decay points scale along)")
+    linear.add_argument("--epochs", type=_positive_int, help="override the preset's epochs (decay points scale along)")
     linear.add_argument("--lr", type=float, help="override the preset's learning rate (paper: 30)")
     linear.add_argument("--cached-features", action="store_true",
                         help="train on features of un-augmented images extracted once (fast; "
@@ -244,7 +250,7 @@ def register(subparsers) -> None:
     semisup.add_argument("--fraction", type=float, help="labelled fraction, e.g. 0.01 or 0.1 (class-balanced, seeded)")
     semisup.add_argument("--split-file", help="SimCLR split file (image file names, one per line) for image folders")
     semisup.add_argument("--preset", default="auto", choices=["auto", "paper", "small", "quick"])
-    semisup.add_argument("--epochs", type=int, help="override the preset's epochs (decay period scales along)")
+    semisup.add_argument("--epochs", type=_positive_int, help="override the preset's epochs (decay period scales along)")
     semisup.add_argument("--lr-backbone", type=float, help="paper: 1e-4")
     semisup.add_argument("--lr-fc", type=float, help="paper: 10")
     semisup.add_argument("--weight-decay", type=float, help="default 0")
@@ -259,7 +265,7 @@ def register(subparsers) -> None:
     _add_common(tsne)
     tsne.add_argument("--split", default="test", choices=["train", "test"])
     tsne.add_argument("--classes", help="comma-separated labels (default: the first 10)")
-    tsne.add_argument("--max-points", type=int, default=2000)
+    tsne.add_argument("--max-points", type=_positive_int, default=2000)
     tsne.add_argument("--perplexity", type=float, default=30.0)
     tsne.set_defaults(func=_tsne)
 

@@ -41,10 +41,16 @@ class PretrainedRun:
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None`` / ``"auto"``: CUDA when available, else CPU."""
+    """``None`` / ``"auto"``: CUDA when available, else CPU; an unusable choice is a ConfigError."""
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        device = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"invalid device '{device}' (use auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device '{device}' requested but CUDA is not available")
+    return device
 
 
 def load_run(ckpt_path: str | Path, device: str | torch.device | None = "cpu") -> PretrainedRun:
