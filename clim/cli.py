@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     from clim.evaluation.cli import register
 
     register(commands)
+    from clim.ablate import register as register_ablate
+
+    register_ablate(commands)
     return parser
 
 

@@ -29,8 +29,10 @@ class DataConfig:
     image_size: int | None = None  # None: the dataset's native size (28 for Fashion-MNIST)
     num_workers: int = 2
     # Where augmentation runs: "batched" (whole uint8 batches on the training device, array data),
-    # "loader" (per-sample torchvision transforms in DataLoader workers), or "auto" (batched for
-    # array datasets, loader for image folders).
+    # "loader" (per-sample torchvision transforms in DataLoader workers), "device" (workers only
+    # decode + crop + flip to uint8; jitter, grayscale, blur and normalisation run batched on the
+    # training device: large image folders on a GPU), or "auto" (batched for array datasets; for
+    # image folders device on CUDA, loader on CPU).
     augment: str = "auto"
     crop_min_scale: float = 0.2
     jitter_strength: float = 0.4  # brightness/contrast/saturation; hue = strength / 4
@@ -62,7 +64,8 @@ class TrainConfig:
     warmup_epochs: int = 0
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
-    amp: bool | None = None  # None: bf16 autocast on CUDA only
+    amp: bool | None = None  # None: autocast on CUDA only
+    amp_dtype: str = "bfloat16"  # bfloat16 | float16 (float16 adds a GradScaler, saved in checkpoints)
     channels_last: bool | None = None  # None: on CUDA only
     knn_every: int = 5  # kNN monitor period in epochs (0: never)
     knn_k: int = 20
@@ -120,8 +123,9 @@ class Config:
 
     def validate(self) -> None:
         choices = {
-            "data.augment": ("auto", "batched", "loader"),
+            "data.augment": ("auto", "batched", "loader", "device"),
             "train.device": ("auto", "cpu", "cuda"),
+            "train.amp_dtype": ("bfloat16", "float16"),
             "method.name": ("mocov2", "clim"),
             "method.selection": ("random", "knn", "kmeans", "knn_kmeans", "center_wise"),
             "method.mixing": ("none", "cutmix", "mixup"),
@@ -134,7 +138,8 @@ class Config:
                 raise ConfigError(f"invalid value {value!r} for '{key}' (choose from {', '.join(allowed)})")
         positive = ["train.epochs", "train.batch_size", "model.queue_size", "model.bn_splits",
                     "method.knn_k", "method.num_positives", "method.refresh_every", "model.head_dim"]
-        for key in positive:
+        optional_positive = ["method.num_clusters", "data.image_size", "train.lr"]  # None: automatic
+        for key in positive + [k for k in optional_positive if self.get(k) is not None]:
             if self.get(key) <= 0:
                 raise ConfigError(f"invalid value {self.get(key)!r} for '{key}' (must be > 0)")
         if self.method.num_positives > self.method.knn_k:
@@ -196,6 +201,11 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             return value
         raise ConfigError(f"invalid value {value!r} for '{key}' (expected an integer)")
     if base is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
         raise ConfigError(f"invalid value {value!r} for '{key}' (expected a number)")

@@ -6,7 +6,7 @@ random priority keys + sort). Only the loops over chunks and over the P ≤ k ta
 
 Backends (``backend=``):
 - ``"auto"``: faiss on CPU tensors; on CUDA tensors faiss-gpu when ``faiss.StandardGpuResources``
-  exists, else the torch implementation on the GPU.
+  exists, else the torch implementation on the GPU. Without faiss installed: torch everywhere.
 - ``"faiss"``: faiss (GPU indexes for CUDA tensors when faiss-gpu is installed, else CPU).
 - ``"torch"``: chunked matmul + topk kNN and a torch spherical k-means on the tensors' device
   (the GPU path without faiss-gpu; selectable on CPU so that it is tested without a GPU).
@@ -59,7 +59,17 @@ class SelectionResult:
 # ----------------------------------------------------------------------------------------------
 
 
+def _has_faiss() -> bool:
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def _has_faiss_gpu() -> bool:
+    if not _has_faiss():
+        return False
     import faiss
 
     return hasattr(faiss, "StandardGpuResources")
@@ -301,7 +311,8 @@ def select_positives(
 
     x = features.detach().float().contiguous()
     device = x.device
-    use_faiss = backend == "faiss" or (backend == "auto" and (device.type == "cpu" or _has_faiss_gpu()))
+    use_faiss = backend == "faiss" or (backend == "auto" and ((device.type == "cpu" and _has_faiss())
+                                                              or _has_faiss_gpu()))
     g = torch.Generator(device=device).manual_seed(seed)
 
     neighbors = _knn_faiss(x, k) if use_faiss else _knn_torch(x, k)

@@ -283,6 +283,13 @@ class MoCoV2BatchAugment(nn.Module):
         """Every per-sample random parameter of one view, drawn in one pass (see the class docstring)."""
         draw = _draw_device(generator, device)
         boxes = random_resized_crop_params(batch_size, height, width, self.crop_scale, self.ratio, generator, draw)
+        params = {"boxes": boxes, **self.sample_photometric_params(batch_size, generator, draw)}
+        return {name: value.to(device) for name, value in params.items()} if device is not None else params
+
+    def sample_photometric_params(self, batch_size: int, generator=None, device=None) -> dict:
+        """The per-sample parameters after the crop: ``flip`` and the photometric ones (same draws,
+        in the same order, as :meth:`sample_params` makes after the boxes)."""
+        draw = _draw_device(generator, device)
         coins = torch.rand((batch_size, 4), generator=generator, device=draw)
         low = torch.tensor(self.jitter_low, device=draw)
         high = torch.tensor(self.jitter_high, device=draw)
@@ -290,7 +297,6 @@ class MoCoV2BatchAugment(nn.Module):
         order = torch.rand((batch_size, 4), generator=generator, device=draw).argsort(dim=1)
         sigma = _uniform((batch_size,), *self.blur_sigma, generator, draw)
         params = {
-            "boxes": boxes,
             "flip": coins[:, 0] < self.flip_p,
             "jitter": coins[:, 1] < self.jitter_p,
             "jitter_factors": factors,
@@ -312,13 +318,37 @@ class MoCoV2BatchAugment(nn.Module):
             raise ValueError(
                 f"expected a uint8 [B, 1 or 3, H, W] batch, got {images_uint8.dtype} {tuple(images_uint8.shape)}"
             )
-        batch, channels, height, width = images_uint8.shape
+        batch, _, height, width = images_uint8.shape
         params = self.sample_params(batch, height, width, generator, images_uint8.device)
         views = resize_crop(images_uint8, params["boxes"], self.out_size, params["flip"]).div_(255)
-        views = _color_jitter(views, params["jitter_factors"], params["jitter_order"], params["jitter"])
-        if channels == 3:
+        views = self.photometric(views, params, dtype)
+        return (views, params) if return_params else views
+
+    def photometric(self, images: Tensor, params: dict, dtype: torch.dtype = torch.float32) -> Tensor:
+        """The photometric part alone: RandomApply(ColorJitter) → RandomGrayscale → RandomApply(GaussianBlur)
+        → Normalize, on float images in [0, 1] ``[B, C, out_size, out_size]`` (overwritten: pass a fresh
+        tensor), with the per-sample ``params`` of :meth:`sample_params` / :meth:`sample_photometric_params`
+        (``boxes`` and ``flip`` are not used here)."""
+        views = _color_jitter(images, params["jitter_factors"], params["jitter_order"], params["jitter"])
+        if images.shape[1] == 3:
             views = torch.where(params["grayscale"][:, None, None, None], _luma(views).expand_as(views), views)
         sigma_pixels = params["blur_sigma"] * self.blur_sigma_scale
         views = _gaussian_blur(views, sigma_pixels, params["blur"], self.blur_kernel_size)
-        views = _normalise(views, self.mean, self.std).to(dtype)
+        return _normalise(views, self.mean, self.std).to(dtype)
+
+    def augment_cropped(
+        self,
+        views_uint8: Tensor,
+        generator: torch.Generator | None = None,
+        return_params: bool = False,
+        dtype: torch.dtype = torch.float32,
+    ):
+        """Photometric augmentation of views already cropped and flipped elsewhere (the per-sample
+        geometric part done in DataLoader workers, ``data.augment=device``): uint8
+        ``[B, C, out_size, out_size]`` → normalised float. ``params["flip"]`` is drawn but not applied."""
+        if views_uint8.dtype != torch.uint8 or views_uint8.ndim != 4 or views_uint8.shape[1] not in (1, 3):
+            raise ValueError(f"expected a uint8 [B, 1 or 3, H, W] batch, got {views_uint8.dtype} "
+                             f"{tuple(views_uint8.shape)}")
+        params = self.sample_photometric_params(views_uint8.shape[0], generator, views_uint8.device)
+        views = self.photometric(views_uint8.to(torch.float32).div_(255), params, dtype)
         return (views, params) if return_params else views

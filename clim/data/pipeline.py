@@ -5,10 +5,16 @@ Two interchangeable implementations yield the same per-step dict:
 * :class:`BatchedPipeline` keeps an array dataset as one uint8 tensor on the training device and
   augments whole batches there (:mod:`clim.data.batch_augment`); no DataLoader, no worker start-up.
 * :class:`LoaderPipeline` runs per-sample torchvision transforms in DataLoader workers; it serves
-  image folders (ImageNet) and any dataset when ``data.augment=loader``.
+  image folders (ImageNet) on CPU and any dataset when ``data.augment=loader``.
+* :class:`DevicePipeline` splits the work for large file datasets on a GPU (``data.augment=device``,
+  the CUDA default for image folders): DataLoader workers only read, decode and crop + flip each view
+  to a fixed-size uint8 tensor; the photometric part (jitter, grayscale, blur, normalise) runs batched
+  on the training device (:meth:`MoCoV2BatchAugment.augment_cropped`).
 
 Randomness is seeded from ``(train.seed, epoch, rank)`` at the start of every epoch, so a run resumed
-at an epoch boundary draws exactly the same crops, positives and CutMix boxes as an uninterrupted one.
+at an epoch boundary draws exactly the same crops, positives and CutMix boxes as an uninterrupted one
+(the device path seeds each sample's crops from ``(train.seed, epoch, index)``, so they do not depend
+on the number of workers either).
 
 Multi-resolution (METHOD §4): each view is cropped and augmented once at the largest resolution and
 then resized (antialiased) to the others, so the views differ only in resolution.
@@ -16,11 +22,14 @@ then resized (antialiased) to the others, so the views differ only in resolution
 
 from __future__ import annotations
 
+import math
 from typing import Iterator
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torchvision.transforms import functional as TF
 
 from clim.config import Config
 from clim.data.batch_augment import MoCoV2BatchAugment
@@ -119,7 +128,12 @@ class BatchedPipeline:
 
 
 class _ViewsDataset(Dataset):
-    """Per-sample views for the DataLoader path; a positive is drawn inside the worker."""
+    """Per-sample views for the DataLoader path; a positive is drawn inside the worker.
+
+    The transforms draw from torch's global generator; each item seeds it (forked, so nothing else
+    is disturbed) from ``(train.seed, epoch, rank, index)``, so a sample's views depend on neither
+    the worker nor ``data.num_workers`` (with 0 workers they would otherwise follow the main process).
+    """
 
     def __init__(self, dataset, config: Config, image_size: int):
         info = dataset.info
@@ -133,6 +147,7 @@ class _ViewsDataset(Dataset):
                                                      info.in_channels, **augment_kwargs(config, MULTICROP_SCALE))
         self.with_positive_query = config.method.mixing != "none"
         self.positives: torch.Tensor | None = None
+        self.epoch_seed = 0  # set by LoaderPipeline.epoch
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -141,6 +156,11 @@ class _ViewsDataset(Dataset):
         return at_resolutions(self.transform(image), self.sizes)
 
     def __getitem__(self, i: int) -> dict:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.epoch_seed * 1_000_003 + int(i)) % 2**63)
+            return self._item(i)
+
+    def _item(self, i: int) -> dict:
         image, index, label = self.dataset[i]
         item = {"index": index, "label": label, "query": self._views(image), "key": self._views(image)}
         if self.positives is not None:
@@ -174,6 +194,7 @@ class LoaderPipeline:
     def epoch(self, epoch: int, positives: torch.Tensor | None = None) -> Iterator[dict]:
         self.sampler.set_epoch(epoch)
         self.views.positives = None if positives is None else positives.cpu()
+        self.views.epoch_seed = epoch_seed(self.seed, epoch, self.rank)
         loader = DataLoader(
             self.views, batch_size=self.batch_size, sampler=self.sampler, drop_last=True,
             num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
@@ -196,15 +217,158 @@ def _to_device(value, device: torch.device):
     return value.to(device, non_blocking=True)
 
 
-def build_pipeline(dataset, config: Config, image_size: int, device: torch.device,
-                   rank: int = 0, world_size: int = 1):
-    """``data.augment``: auto = batched for array datasets (held in memory), loader otherwise."""
+# ------------------------------------------------------------------ data.augment=device
+
+
+def crop_box(rng: np.random.Generator, height: int, width: int, scale: tuple[float, float],
+             ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+    """One RandomResizedCrop box ``(x0, y0, w, h)``: torchvision's algorithm (10 tries, then the
+    centre crop clamped to the ratio range), drawn from a numpy generator."""
+    area = height * width
+    log_low, log_high = math.log(ratio[0]), math.log(ratio[1])
+    for _ in range(10):
+        target_area = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(log_low, log_high))
+        w = round(math.sqrt(target_area * aspect))
+        h = round(math.sqrt(target_area / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            return int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1)), w, h
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        w, h = width, round(width / min(ratio))
+    elif in_ratio > max(ratio):
+        w, h = round(height * max(ratio)), height
+    else:
+        w, h = width, height
+    return (width - w) // 2, (height - h) // 2, w, h
+
+
+class _CroppedViewsDataset(Dataset):
+    """Per-sample geometric part for :class:`DevicePipeline`: read, decode, crop, flip → uint8 views.
+
+    Each view is RandomResizedCrop (antialiased, at the largest resolution) + horizontal flip of the
+    decoded image, as a uint8 tensor ``[C, S, S]``; everything photometric is left to the device.
+    The draws come from ``np.random.default_rng((seed, epoch, index))``, so a sample's views depend
+    on neither the worker that makes them nor the number of workers. A positive (METHOD §3) is drawn
+    here too, from the same per-sample generator.
+    """
+
+    def __init__(self, dataset, config: Config, image_size: int):
+        self.dataset = dataset
+        self.sizes = resolutions_of(config, image_size)
+        self.scale = (config.data.crop_min_scale, 1.0)
+        self.flip_p = config.data.flip_p
+        self.small_size = multicrop_size(config, image_size) if config.method.multicrop else None
+        self.with_positive_query = config.method.mixing != "none"
+        self.seed = config.train.seed
+        self.epoch = 0
+        self.positives: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def _view(self, image, rng: np.random.Generator, size: int, scale: tuple[float, float]) -> torch.Tensor:
+        x0, y0, w, h = crop_box(rng, image.height, image.width, scale)
+        view = TF.resized_crop(image, y0, x0, h, w, [size, size],
+                               interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
+        if rng.random() < self.flip_p:
+            view = TF.hflip(view)
+        return TF.pil_to_tensor(view)
+
+    def __getitem__(self, i: int) -> dict:
+        image, index, label = self.dataset[i]
+        rng = np.random.default_rng((self.seed, self.epoch, int(index)))
+        size = self.sizes[0]
+        item = {"index": index, "label": label, "query": self._view(image, rng, size, self.scale),
+                "key": self._view(image, rng, size, self.scale)}
+        if self.positives is not None:
+            row = self.positives[index]
+            positive = int(row[int(rng.integers(len(row)))])
+            positive_image = self.dataset[positive][0]
+            item["positive_index"] = positive
+            item["positive_key"] = self._view(positive_image, rng, size, self.scale)
+            if self.with_positive_query:
+                item["positive_query"] = self._view(positive_image, rng, size, self.scale)
+        if self.small_size is not None:
+            item["small_crops"] = torch.stack([self._view(image, rng, self.small_size, MULTICROP_SCALE)
+                                               for _ in range(MULTICROP_VIEWS)])
+        return item
+
+
+class DevicePipeline:
+    """Workers decode and crop (uint8), the device does the photometric part on whole batches."""
+
+    def __init__(self, dataset, config: Config, image_size: int, device: torch.device,
+                 rank: int = 0, world_size: int = 1):
+        info = dataset.info
+        self.views = _CroppedViewsDataset(dataset, config, image_size)
+        self.device = device
+        self.seed = config.train.seed
+        self.rank = rank
+        self.batch_size = config.train.batch_size
+        self.num_workers = config.data.num_workers
+        self.sizes = self.views.sizes
+        self.augment = MoCoV2BatchAugment(self.sizes[0], info.mean, info.std, **augment_kwargs(config)).to(device)
+        self.small_augment = None
+        if config.method.multicrop:
+            self.small_augment = MoCoV2BatchAugment(
+                self.views.small_size, info.mean, info.std, **augment_kwargs(config, MULTICROP_SCALE)).to(device)
+        self.sampler = DistributedSampler(self.views, num_replicas=world_size, rank=rank,
+                                          shuffle=True, seed=config.train.seed, drop_last=True)
+
+    def __len__(self) -> int:
+        return len(self.sampler) // self.batch_size
+
+    def _views(self, cropped: torch.Tensor, generator: torch.Generator) -> list[torch.Tensor]:
+        return at_resolutions(self.augment.augment_cropped(cropped, generator=generator), self.sizes)
+
+    def epoch(self, epoch: int, positives: torch.Tensor | None = None) -> Iterator[dict]:
+        self.sampler.set_epoch(epoch)
+        self.views.epoch = epoch
+        self.views.positives = None if positives is None else positives.cpu()
+        loader = DataLoader(
+            self.views, batch_size=self.batch_size, sampler=self.sampler, drop_last=True,
+            num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
+            generator=torch.Generator().manual_seed(epoch_seed(self.seed, epoch, self.rank)),
+            persistent_workers=False, prefetch_factor=4 if self.num_workers else None)
+        generator = torch.Generator(self.device).manual_seed(epoch_seed(self.seed, epoch, self.rank + 1))
+        for cropped in loader:
+            cropped = {key: value.to(self.device, non_blocking=True) for key, value in cropped.items()}
+            batch = {"index": cropped["index"], "label": cropped["label"], "generator": generator,
+                     "query": self._views(cropped["query"], generator),
+                     "key": self._views(cropped["key"], generator),
+                     "positive_index": cropped.get("positive_index"), "positive_query": None,
+                     "positive_key": None, "small_crops": None}
+            if "positive_key" in cropped:
+                batch["positive_key"] = self._views(cropped["positive_key"], generator)
+            if "positive_query" in cropped:
+                batch["positive_query"] = self._views(cropped["positive_query"], generator)
+            if self.small_augment is not None:
+                batch["small_crops"] = [self.small_augment.augment_cropped(cropped["small_crops"][:, v],
+                                                                           generator=generator)
+                                        for v in range(MULTICROP_VIEWS)]
+            yield batch
+
+
+def resolve_augment(config: Config, dataset, device: torch.device) -> str:
+    """The ``data.augment`` mode actually used: ``auto`` = batched for array datasets (held in memory);
+    for file datasets ``device`` on CUDA and ``loader`` elsewhere."""
     mode = config.data.augment
     if mode == "auto":
-        mode = "batched" if hasattr(dataset, "images") else "loader"
+        if hasattr(dataset, "images"):
+            mode = "batched"
+        else:
+            mode = "device" if torch.device(device).type == "cuda" else "loader"
+    return mode
+
+
+def build_pipeline(dataset, config: Config, image_size: int, device: torch.device,
+                   rank: int = 0, world_size: int = 1):
+    """``data.augment``: see :func:`resolve_augment` and ``DataConfig.augment``."""
+    mode = resolve_augment(config, dataset, device)
     if mode == "batched" and not hasattr(dataset, "images"):
         raise ValueError(f"data.augment=batched needs an array dataset; '{config.data.name}' is read from files")
-    pipeline_class = BatchedPipeline if mode == "batched" else LoaderPipeline
+    pipeline_class = {"batched": BatchedPipeline, "loader": LoaderPipeline, "device": DevicePipeline}[mode]
     pipeline = pipeline_class(dataset, config, image_size, device, rank, world_size)
     if len(pipeline) == 0:
         raise ValueError(f"{len(dataset)} images give no full batch of {config.train.batch_size}"

@@ -8,6 +8,7 @@ length from the resumed step on).
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import random
@@ -21,7 +22,7 @@ import torch
 from clim.config import Config, ConfigError
 from clim.data import build_dataset
 from clim.data.pipeline import build_pipeline
-from clim.data.transforms import eval_transform
+from clim.data.transforms import eval_transform_for
 from clim.engine import checkpoint, distributed
 from clim.engine.logging import RunLogger
 from clim.evaluation.features import extract_features
@@ -65,7 +66,7 @@ class KnnMonitor:
         self.config = config
         self.device = device
         data = config.data
-        transform = eval_transform(image_size, info.mean, info.std, info.in_channels)
+        transform = eval_transform_for(info, image_size)
         self.train = build_dataset(data.name, data.root, "train", transform=transform, image_size=data.image_size)
         self.test = build_dataset(data.name, data.root, "test", transform=transform, image_size=data.image_size)
         self.num_classes = self.train.info.num_classes
@@ -111,15 +112,17 @@ def pretrain(config: Config, out_dir: str | Path) -> list[dict]:
     logger = RunLogger(out_dir, enabled=runtime.is_main)
 
     # Data
-    dataset = build_dataset(config.data.name, config.data.root, "pretrain", image_size=config.data.image_size)
+    try:
+        dataset = build_dataset(config.data.name, config.data.root, "pretrain", image_size=config.data.image_size)
+    except ValueError as error:  # unknown data.name, imagefolder without data.root: a config error
+        raise ConfigError(str(error)) from None
     info = dataset.info
     image_size = config.data.image_size or info.image_size
     pipeline = build_pipeline(dataset, config, image_size, device, runtime.rank, runtime.world_size)
     selection_dataset = None
-    if config.method.name == "clim":
-        selection_dataset = build_dataset(
-            config.data.name, config.data.root, "pretrain", image_size=config.data.image_size,
-            transform=eval_transform(image_size, info.mean, info.std, info.in_channels))
+    if config.method.name == "clim":  # the same images, un-augmented, for the positives refresh
+        selection_dataset = copy.copy(dataset)
+        selection_dataset.transform = eval_transform_for(info, image_size)
     monitor = KnnMonitor.create(config, info, image_size, device)
 
     # Model and optimiser
@@ -128,6 +131,8 @@ def pretrain(config: Config, out_dir: str | Path) -> list[dict]:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.encoder_q.parameters(), lr=config.lr, momentum=config.train.momentum,
                                 weight_decay=config.train.weight_decay)
+    # float16 needs loss scaling (older GPUs); bfloat16, the default, does not.
+    scaler = torch.amp.GradScaler(device.type, enabled=use_amp and config.train.amp_dtype == "float16")
     steps = len(pipeline)
     total_steps = config.train.epochs * steps
     warmup_steps = config.train.warmup_epochs * steps
@@ -140,6 +145,7 @@ def pretrain(config: Config, out_dir: str | Path) -> list[dict]:
         _check_resume(saved, config)
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
+        scaler.load_state_dict(saved["scaler"])
         checkpoint.set_rng_state(saved["rng"])
         start_epoch, step, history = saved["epoch"], saved["step"], list(saved["history"])
         logger.rewrite(history)
@@ -150,7 +156,8 @@ def pretrain(config: Config, out_dir: str | Path) -> list[dict]:
     if start_epoch >= config.train.epochs:
         logger.message(f"nothing to do: {start_epoch} of {config.train.epochs} epochs done")
 
-    autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16) if use_amp else nullcontext())
+    amp_dtype = getattr(torch, config.train.amp_dtype)
+    autocast = torch.autocast(device_type=device.type, dtype=amp_dtype) if use_amp else nullcontext()
     for epoch in range(start_epoch, config.train.epochs):
         record: dict = {"epoch": epoch + 1}
         if is_refresh_epoch(config, epoch) or (needs_table(config, epoch) and not model.has_positives):
@@ -173,13 +180,15 @@ def pretrain(config: Config, out_dir: str | Path) -> list[dict]:
             with autocast:
                 out = compute_step(model, batch, config)
             if not torch.isfinite(out.loss):
+                bar.close()  # the error message then starts on its own line
                 raise TrainingDiverged(
                     f"loss became {out.loss.item()} at epoch {epoch + 1}, step {step}; "
                     f"the last good checkpoint ({ckpt_path}) is kept — lower train.lr and resume")
             optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
+            scaler.scale(out.loss).backward()
             distributed.average_gradients(model.encoder_q.parameters())
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             model.enqueue(out.keys.float())
 
             batch_images = len(batch["index"]) * runtime.world_size
@@ -208,7 +217,7 @@ def pretrain(config: Config, out_dir: str | Path) -> list[dict]:
         if runtime.is_main:
             checkpoint.save_atomic({
                 "config": config.to_dict(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "epoch": epoch + 1, "step": step, "rng": checkpoint.rng_state(), "history": history,
+                "scaler": scaler.state_dict(), "epoch": epoch + 1, "step": step, "rng": checkpoint.rng_state(), "history": history,
                 "data_info": data_info_dict(info, image_size), "num_samples": len(dataset),
             }, ckpt_path)
             logger.epoch(record)
