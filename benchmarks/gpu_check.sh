@@ -7,11 +7,15 @@
 #   3. the large-data path (issue 5): 224 px ResNet-50 on a folder of random JPEGs, ours with
 #      data.augment=device (auto on CUDA) and =loader, and lightly
 #   4. lightly's example as published (fp32) at 32 px, for reference
-#   5. `clim ablate --scale gpu`, if that command exists, in whatever time is left
+#   5. `clim ablate --scale gpu`, if that command exists: the whole matrix (18 variants, 3/2 seeds,
+#      each run sized for <= 8 min) cannot fit, so this is a probe that times the preset's most
+#      expensive headline run (full CLIM, 3 epochs: one with positives) in whatever time is left;
+#      the matrix listing (--dry-run) and the run's log come back
 #
-# The GPU machine has torch / torchvision but no lightly, faiss or network: run
+# The GPU machine has torch / torchvision but no lightly, faiss, Fashion-MNIST or network: run
 # benchmarks/prepare_gpu_wheels.sh here first, then through the device tool
-#     run(command="bash benchmarks/gpu_check.sh", carry=["benchmarks/wheels"], timeout_s=600)
+#     run(command="bash benchmarks/gpu_check.sh", carry=["benchmarks/wheels", "benchmarks/gpu_data"],
+#         timeout_s=600)
 # Every step has its own time limit and a failing step does not stop the others; summary.txt
 # lists each step's exit status (124 = stopped at its limit). At most 8 files are written to $OUT.
 set -uo pipefail
@@ -76,14 +80,24 @@ step folder-device 120 throughput_folder.txt $THROUGHPUT "${FOLDER[@]}" --varian
 step folder-loader 60 throughput_folder.txt $THROUGHPUT "${FOLDER[@]}" --variants ours-mocov2 --augment loader
 
 # --- 4. lightly as published (fp32), 32 px -----------------------------------------------------------
-step lightly-fp32 60 throughput_32px_lightly_fp32.txt $THROUGHPUT --dataset cifar10-random --backbone resnet18 \
+step lightly-fp32 60 throughput_32px.txt $THROUGHPUT --dataset cifar10-random --backbone resnet18 \
     --small-stem true --image-size 32 --batch-size 512 --steps 50 --warmup 10 --variants lightly --lightly-precision fp32
 
 # --- 5. ablation, if the command exists --------------------------------------------------------------
 if "$PY" -m clim ablate --help 2>/dev/null | grep -q -- "--scale"; then
-    step ablate $((BUDGET - SECONDS - 10)) ablate.txt "$PY" -m clim ablate --scale gpu --out /tmp/clim-ablate
-    report=$(find /tmp/clim-ablate -maxdepth 2 -name '*.md' 2>/dev/null | head -1)
-    [ -n "$report" ] && cp "$report" "$OUT/ablate_report.md"
+    FMNIST=benchmarks/gpu_data/fashion-mnist
+    if [ -e "$FMNIST/train-images-idx3-ubyte.gz" ] || [ -e "$FMNIST/train-images-idx3-ubyte" ]; then
+        DATA=(--set "data.root=$PWD/$FMNIST")
+    else
+        DATA=(--set data.name=fmnist-mini)  # no Fashion-MNIST carried: the embedded 10k subset
+    fi
+    step ablate-matrix 30 ablate.txt "$PY" -m clim ablate --scale gpu --out /tmp/clim-ablate "${DATA[@]}" --dry-run
+    step ablate-probe $((BUDGET - SECONDS - 10)) ablate.txt "$PY" -m clim ablate --scale gpu --out /tmp/clim-ablate \
+        --only clim --seeds-main 1 --set train.epochs=3 "${DATA[@]}"
+    run_log=$(find /tmp/clim-ablate -name ablate.log 2>/dev/null | head -1)
+    [ -n "$run_log" ] && cp "$run_log" "$OUT/ablate_probe_run.log"
+    results=$(find /tmp/clim-ablate -maxdepth 1 -name RESULTS.md 2>/dev/null | head -1)
+    [ -n "$results" ] && cat "$results" >>"$OUT/ablate.txt"
 else
     log "ablate: 'clim ablate --scale' not available in this version: skipped"
 fi

@@ -5,7 +5,7 @@ size, images, device and process:
 
 * ``ours-mocov2``: clim's real training step, exactly as ``clim/engine/trainer.py`` runs it:
   ``clim.data.pipeline.build_pipeline`` (``data.augment=auto``: batched augmentation on the device
-  for array data) + ``clim.objective.compute_step`` + SGD step + enqueue, with the trainer's
+  for array data) + the trainer's own ``StepRunner`` (objective, SGD step, enqueue), with the trainer's
   per-step lr update, channels-last / bf16-autocast defaults (CUDA only), finiteness check and
   ``loss.item()``.
 * ``ours-clim``: the same with ``method.name=clim`` (CutMix, one resolution) and the positives
@@ -44,18 +44,15 @@ import time
 from contextlib import nullcontext
 
 import torch
-from torch import nn
 
 from clim.config import Config
 from clim.data import build_dataset
 from clim.data.arrays import ArrayDataset
 from clim.data.pipeline import build_pipeline, resolve_augment
 from clim.data.registry import DatasetInfo
-from clim.engine import distributed
-from clim.engine.trainer import cosine_lr
+from clim.engine.trainer import StepRunner, cosine_lr
 from clim.models.backbones import build_backbone, uses_small_stem
 from clim.models.moco import build_moco
-from clim.objective import compute_step
 
 VARIANTS = ("ours-mocov2", "ours-clim", "lightly")
 LIGHTLY_PREFETCH = 2  # DataLoader's default prefetch_factor
@@ -101,6 +98,8 @@ def random_cifar10(n: int, seed: int = 0) -> ArrayDataset:
 def _write_jpegs(job: tuple[str, int, int]) -> None:
     folder, start, stop = job
     from PIL import Image
+
+    torch.set_num_threads(1)  # one writer process per core
 
     for i in range(start, stop):
         g = torch.Generator().manual_seed(i)
@@ -167,32 +166,17 @@ def sync(device: torch.device) -> None:
 
 
 class OursRunner:
-    """clim's training step, replicated line for line from clim/engine/trainer.py's inner loop."""
+    """clim's training step: the trainer's own ``StepRunner`` over the real pipeline."""
 
     prefetch = 0  # the batched pipeline augments synchronously, on demand
 
     def __init__(self, dataset, args, device: torch.device, method: str):
         self.config = config = make_config(args, method)
-        self.device = device
         image_size = args.image_size or dataset.info.image_size
-        on_cuda = device.type == "cuda"
-        self.channels_last = on_cuda if config.train.channels_last is None else config.train.channels_last
-        use_amp = on_cuda if config.train.amp is None else config.train.amp
-        amp_dtype = getattr(config.train, "amp_dtype", "bfloat16")
-        self.autocast = (torch.autocast(device_type=device.type, dtype=getattr(torch, amp_dtype)) if use_amp
-                         else nullcontext())
-        self.scaler = torch.amp.GradScaler(device.type, enabled=use_amp and amp_dtype == "float16")
-
         self.pipeline = build_pipeline(dataset, config, image_size, device)
         model = build_moco(config, dataset.info.in_channels, image_size, len(dataset)).to(device)
-        if self.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        self.model = model
-        self.optimizer = torch.optim.SGD(model.encoder_q.parameters(), lr=config.lr, momentum=config.train.momentum,
-                                         weight_decay=config.train.weight_decay)
-        self.table = None
-        if method == "clim":
-            self.table = fill_random_positives(model, len(dataset), seed=args.seed)
+        self.runner = StepRunner(model, config, device)
+        self.table = fill_random_positives(model, len(dataset), seed=args.seed) if method == "clim" else None
         self.total_steps = config.train.epochs * len(self.pipeline)
         self.step_index = 0
         self.batches = self._batches()
@@ -204,25 +188,10 @@ class OursRunner:
             epoch += 1
 
     def step(self) -> int:
-        config, model, optimizer = self.config, self.model, self.optimizer
         batch = next(self.batches)
-        lr = cosine_lr(config.lr, self.step_index, self.total_steps, 0)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        if self.channels_last:
-            batch = {k: ([v.contiguous(memory_format=torch.channels_last) for v in batch[k]]
-                         if isinstance(batch[k], list) else batch[k]) for k in batch}
-        with self.autocast:
-            out = compute_step(model, batch, config)
-        if not torch.isfinite(out.loss):
-            raise RuntimeError(f"loss became {out.loss.item()}")
-        optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(out.loss).backward()
-        distributed.average_gradients(model.encoder_q.parameters())
-        self.scaler.step(optimizer)
-        self.scaler.update()
-        model.enqueue(out.keys.float())
-        out.loss.item()
+        self.runner.set_lr(cosine_lr(self.config.lr, self.step_index, self.total_steps, 0))
+        out = self.runner(batch)
+        out.loss.item()  # wait for the step, as the trainer's logging does
         self.step_index += 1
         return len(batch["index"])
 

@@ -61,7 +61,7 @@ class Scale:
 
 SCALES = {
     "smoke": Scale("ablate-smoke", (8, 6), "quick", "quick", 1),
-    "cpu": Scale("ablate-cpu", (28, 20), "small", "small", 1),
+    "cpu": Scale("ablate-cpu", (16, 12), "small", "small", 1),
     "gpu": Scale("ablate-gpu", (28, 20), "small", "small", None),
 }
 
@@ -129,8 +129,8 @@ def plan_runs(scale_name: str, out: str | Path, seeds_main: int = 3, seeds_other
         raise ConfigError(f"unknown scale '{scale_name}' (choose from {', '.join(SCALES)})")
     scale = SCALES[scale_name]
     variants = select_variants(build_matrix(scale), only)
-    evaluation = {"knn": "k=20 T=0.07 and k=200 T=0.1", "linear_preset": scale.linear_preset,
-                  "semisup_preset": scale.semisup_preset, "semisup_fraction": SEMISUP_FRACTION}
+    evaluation = {"linear_preset": scale.linear_preset, "semisup_preset": scale.semisup_preset,
+                  "semisup_fraction": SEMISUP_FRACTION}
     runs = []
     for seed in range(max(seeds_main, seeds_other)):
         for variant in variants:
@@ -288,7 +288,8 @@ def run_matrix(scale: str, out: str | Path, seeds_main: int = 3, seeds_other: in
         left = len(todo) - position
         if left and durations:
             mean = sum(durations) / len(durations)
-            print(f"    matrix ETA {_duration(left * mean)} ({left} run(s) left at {_duration(mean)} each)", flush=True)
+            print(f"    matrix ETA {_duration(left * mean)}: {left} run(s) left at the mean so far, "
+                  f"{_duration(mean)} per run", flush=True)
     complete = plan_runs(scale, out, seeds_main, seeds_other, None, overrides)
     path = write_results(scale, out, complete, results, command, overrides, only)
     print(f"results: {path}" + (f"; {len(failed)} run(s) failed: {', '.join(failed)}" if failed else ""), flush=True)
@@ -424,8 +425,6 @@ class _Results:
         return summarize(record.get(metric) for record in self.records.get(variant, []))
 
     def cell(self, variant: str, metric: str, digits: int | None = None) -> str:
-        if variant not in self.planned:
-            return "—"
         if variant not in self.records:
             return "not run"
         return format_stat(self.stat(variant, metric), METRICS[metric][1] if digits is None else digits)
@@ -492,16 +491,18 @@ def _plots(results: _Results, folder: Path) -> list[str]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     folder.mkdir(parents=True, exist_ok=True)
     histories = results.histories()
-    colours = plt.get_cmap("tab20")
+    colours = plt.get_cmap("tab10")
     figures = {}
 
     figure, axis = plt.subplots(figsize=(8, 4.5), dpi=110)
     for position, (name, runs) in enumerate(histories.items()):
         epochs, values = _mean_curve(runs, lambda record: record.get("knn_top1"))
-        axis.plot(epochs, values, marker="o", markersize=3, color=colours(position % 20), label=f"{name} (n={len(runs)})")
+        axis.plot(epochs, values, "-" if position < 10 else "--", marker="o", markersize=3,
+                  color=colours(position % 10), label=f"{name} (n={len(runs)})")
     axis.set(xlabel="epoch", ylabel="kNN top-1 % (k=20, T=0.07)", title="kNN top-1 over epochs (mean over seeds)")
     figures["knn_over_epochs.png"] = (figure, axis, "kNN top-1 over epochs")
 
@@ -511,14 +512,15 @@ def _plots(results: _Results, folder: Path) -> list[str]:
             runs = histories.get(selection_variant(selection, mixing), [])
             epochs, values = _mean_curve(runs, lambda record: record.get("selection", {}).get("positive_precision"))
             if epochs:
-                axis.plot(epochs, values, style, marker="o", markersize=3, color=colours(2 * position),
+                axis.plot(epochs, values, style, marker="o", markersize=3, color=colours(position),
                           label=f"{selection}, {mixing} (n={len(runs)})")
-    axis.set(xlabel="epoch of the refresh", ylabel="positive precision",
-             title="selected positives with the anchor's label (mean over seeds)")
+    axis.set(xlabel="epoch (positives refreshed at its start)", ylabel="positive precision",
+             title="share of selected positives with the anchor's label (mean over seeds)")
     figures["positive_precision.png"] = (figure, axis, "positive precision over refreshes")
 
     lines = []
     for file_name, (figure, axis, title) in figures.items():
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.grid(alpha=0.3)
         if axis.lines:
             axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)

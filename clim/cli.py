@@ -1,4 +1,4 @@
-"""The ``clim`` command line: pretrain, demo, report, eval, export.
+"""The ``clim`` command line: pretrain, demo, report, eval, export, ablate.
 
 Expected user errors (bad config key or value, missing file or dataset) print one line on stderr
 and exit with code 2, without a traceback; a diverged run exits with code 1.

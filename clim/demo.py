@@ -70,7 +70,7 @@ def run_demo(out: str | Path, preset: str = "clim-demo-cpu", overrides: list[str
     print(table)
     if last_selection and "positive_precision" in last_selection:
         refreshes = [f"{r['epoch']}: {r['selection']['positive_precision']:.3f}" for r in history if "selection" in r]
-        print(f"\npositive precision at each refresh (epoch: share of positives with the anchor's label): "
+        print("\npositive precision at each refresh (epoch: share of positives with the anchor's label): "
               + ", ".join(refreshes))
     result = {"protocol": "demo", "preset": preset, "overrides": list(overrides), "epochs": config.train.epochs,
               "pretrain_seconds": round(train_seconds, 1), "images_per_s": history[-1]["images_per_s"],

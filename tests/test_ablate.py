@@ -5,8 +5,8 @@ import re
 
 import pytest
 
-from clim.ablate import (AGREES, DISAGREES, NOT_RUN, OPPOSITE_SINGLE, OPPOSITE_WITHIN, SAME_SINGLE, SAME_WITHIN, Stat,
-                         agreement_summary, compare, format_stat, plan_runs, run_matrix, summarize)
+from clim.ablate import (AGREES, DISAGREES, NOT_RUN, OPPOSITE_SINGLE, OPPOSITE_WITHIN, SAME_SINGLE, SAME_WITHIN, SCALES,
+                         Stat, agreement_summary, compare, format_stat, plan_runs, read_eval, run_matrix, summarize)
 from clim.cli import main
 from clim.config import ConfigError, load_config
 
@@ -33,17 +33,26 @@ def test_variants_differ_from_full_clim_only_in_their_keys(tmp_path):
     full = configs["clim"].method
     assert (full.name, full.selection, full.mixing, full.alpha, full.multicrop) == ("clim", "center_wise", "cutmix", 2.0,
                                                                                    False)
-    assert full.resolutions in (None, [28])
+    assert full.resolutions is None  # one resolution: the image size
     assert configs["mocov2"].method.name == "mocov2"
     for name in TABLE_6 - {"center_wise-cutmix"}:
         selection, mixing = name.split("-")
         assert (configs[name].method.selection, configs[name].method.mixing) == (selection, mixing)
     assert configs["mixup"].method.mixing == "mixup"
     assert configs["alpha1"].method.alpha == 1.0
-    assert configs["multires"].method.resolutions == [28, 20]
+    assert configs["multires"].method.resolutions == list(SCALES["cpu"].resolutions)
+    assert SCALES["cpu"].resolutions[0] == configs["clim"].data.image_size
     assert configs["multicrop"].method.multicrop is True
     epochs = {config.train.epochs for config in configs.values()}
     assert len(epochs) == 1  # equal epochs for every variant
+
+
+@pytest.mark.parametrize("scale", list(SCALES))
+def test_every_scale_builds_valid_configs_at_its_image_size(scale, tmp_path):
+    runs = plan_runs(scale, tmp_path, 1, 1)  # loads and validates every run's config
+    image_size = load_config(SCALES[scale].preset).data.image_size
+    assert image_size in (None, SCALES[scale].resolutions[0])  # None: digits' native 8 px
+    assert {run.spec["preset"] for run in runs} == {SCALES[scale].preset}
 
 
 def test_only_selects_by_glob_and_rejects_unknown_patterns(tmp_path):
@@ -100,4 +109,5 @@ def test_smoke_matrix_end_to_end_then_resume_skips_finished_runs(tmp_path, capsy
     assert code == 0
     assert "2 done, 0 to run" in capsys.readouterr().out
     assert checkpoint.stat().st_mtime_ns == written  # nothing retrained
-    assert run_matrix("smoke", out, 1, 1, only="mocov2,clim")["ran"] == 0
+    changed = plan_runs("smoke", out, 1, 1, only="clim", overrides=["train.lr=0.01"])[0]
+    assert read_eval(changed) is None  # another spec in the same folder is not taken as finished

@@ -93,6 +93,16 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def any_rank(flag: bool) -> bool:
+    """True on every rank when ``flag`` is true on at least one (e.g. a non-finite loss)."""
+    if world_size() == 1:
+        return bool(flag)
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    value = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(value)
+    return bool(value.item() > 0)
+
+
 def average_gradients(parameters) -> None:
     """Average gradients over ranks in one flat buffer per dtype.
 

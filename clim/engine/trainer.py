@@ -28,7 +28,7 @@ from clim.engine.logging import RunLogger
 from clim.evaluation.features import extract_features
 from clim.evaluation.knn import weighted_knn
 from clim.models.moco import MoCo, build_moco
-from clim.objective import compute_step
+from clim.objective import StepOutput, compute_step
 from clim.positives import is_refresh_epoch, needs_table, refresh_positives
 
 # Keys that must match to resume: the rest (epochs, logging, eval cadence) may change.
@@ -52,6 +52,50 @@ def cosine_lr(base_lr: float, step: int, total_steps: int, warmup_steps: int) ->
         return base_lr * (step + 1) / warmup_steps
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
     return base_lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+class StepRunner:
+    """One optimisation step, shared by the trainer and benchmarks/throughput.py.
+
+    Holds the precision settings (bf16 autocast and channels_last on CUDA by default; float16 adds
+    a GradScaler) and runs: objective → collective finiteness check → backward → gradient average
+    → SGD step → enqueue.
+    """
+
+    def __init__(self, model: MoCo, config: Config, device: torch.device):
+        on_cuda = device.type == "cuda"
+        use_amp = on_cuda if config.train.amp is None else config.train.amp
+        self.channels_last = on_cuda if config.train.channels_last is None else config.train.channels_last
+        self.autocast = (torch.autocast(device_type=device.type, dtype=getattr(torch, config.train.amp_dtype))
+                         if use_amp else nullcontext())
+        # float16 needs loss scaling (older GPUs); bfloat16, the default, does not.
+        self.scaler = torch.amp.GradScaler(device.type, enabled=use_amp and config.train.amp_dtype == "float16")
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.config = config
+        self.optimizer = torch.optim.SGD(model.encoder_q.parameters(), lr=config.lr, momentum=config.train.momentum,
+                                         weight_decay=config.train.weight_decay)
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def __call__(self, batch: dict) -> StepOutput:
+        if self.channels_last:
+            batch = {k: ([v.contiguous(memory_format=torch.channels_last) for v in value]
+                         if isinstance(value, list) else value) for k, value in batch.items()}
+        with self.autocast:
+            out = compute_step(self.model, batch, self.config)
+        if distributed.any_rank(not torch.isfinite(out.loss)):  # all ranks stop together
+            raise TrainingDiverged(f"loss became {out.loss.item()}")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(out.loss).backward()
+        distributed.average_gradients(self.model.encoder_q.parameters())
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.model.enqueue(out.keys.float())
+        return out
 
 
 def data_info_dict(info, image_size: int) -> dict:
@@ -106,9 +150,6 @@ def pretrain(config: Config, out_dir: str | Path) -> list[dict]:
     seed_everything(config.train.seed + runtime.rank)
     if config.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
-    on_cuda = device.type == "cuda"
-    use_amp = on_cuda if config.train.amp is None else config.train.amp
-    channels_last = on_cuda if config.train.channels_last is None else config.train.channels_last
     logger = RunLogger(out_dir, enabled=runtime.is_main)
 
     # Data
@@ -127,12 +168,8 @@ def pretrain(config: Config, out_dir: str | Path) -> list[dict]:
 
     # Model and optimiser
     model: MoCo = build_moco(config, info.in_channels, image_size, len(dataset)).to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.encoder_q.parameters(), lr=config.lr, momentum=config.train.momentum,
-                                weight_decay=config.train.weight_decay)
-    # float16 needs loss scaling (older GPUs); bfloat16, the default, does not.
-    scaler = torch.amp.GradScaler(device.type, enabled=use_amp and config.train.amp_dtype == "float16")
+    runner = StepRunner(model, config, device)
+    optimizer, scaler = runner.optimizer, runner.scaler
     steps = len(pipeline)
     total_steps = config.train.epochs * steps
     warmup_steps = config.train.warmup_epochs * steps
@@ -156,8 +193,6 @@ def pretrain(config: Config, out_dir: str | Path) -> list[dict]:
     if start_epoch >= config.train.epochs:
         logger.message(f"nothing to do: {start_epoch} of {config.train.epochs} epochs done")
 
-    amp_dtype = getattr(torch, config.train.amp_dtype)
-    autocast = torch.autocast(device_type=device.type, dtype=amp_dtype) if use_amp else nullcontext()
     for epoch in range(start_epoch, config.train.epochs):
         record: dict = {"epoch": epoch + 1}
         if is_refresh_epoch(config, epoch) or (needs_table(config, epoch) and not model.has_positives):
@@ -172,24 +207,14 @@ def pretrain(config: Config, out_dir: str | Path) -> list[dict]:
         bar = logger.progress(steps, epoch, config.train.epochs)
         for batch in pipeline.epoch(epoch, table):
             lr = cosine_lr(config.lr, step, total_steps, warmup_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            if channels_last:
-                batch = {k: ([v.contiguous(memory_format=torch.channels_last) for v in batch[k]]
-                             if isinstance(batch[k], list) else batch[k]) for k in batch}
-            with autocast:
-                out = compute_step(model, batch, config)
-            if not torch.isfinite(out.loss):
+            runner.set_lr(lr)
+            try:
+                out = runner(batch)
+            except TrainingDiverged as error:
                 bar.close()  # the error message then starts on its own line
                 raise TrainingDiverged(
-                    f"loss became {out.loss.item()} at epoch {epoch + 1}, step {step}; "
-                    f"the last good checkpoint ({ckpt_path}) is kept — lower train.lr and resume")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(out.loss).backward()
-            distributed.average_gradients(model.encoder_q.parameters())
-            scaler.step(optimizer)
-            scaler.update()
-            model.enqueue(out.keys.float())
+                    f"{error} at epoch {epoch + 1}, step {step}; the last good checkpoint "
+                    f"({ckpt_path}) is kept — lower train.lr and resume") from None
 
             batch_images = len(batch["index"]) * runtime.world_size
             loss_value = out.loss.item()
@@ -217,7 +242,8 @@ def pretrain(config: Config, out_dir: str | Path) -> list[dict]:
         if runtime.is_main:
             checkpoint.save_atomic({
                 "config": config.to_dict(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict(), "epoch": epoch + 1, "step": step, "rng": checkpoint.rng_state(), "history": history,
+                "scaler": scaler.state_dict(), "epoch": epoch + 1, "step": step, "rng": checkpoint.rng_state(),
+                "history": history,
                 "data_info": data_info_dict(info, image_size), "num_samples": len(dataset),
             }, ckpt_path)
             logger.epoch(record)
