@@ -13,29 +13,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import time
 
 import torch
 import torch.nn.functional as F
 
+from clim.machine import cpu_model
 from clim.selection import KMEANS_ITERS, select_positives, selection_diagnostics
 
 try:
     import faiss
 except ImportError:  # e.g. a GPU machine without faiss: select_positives then runs the torch backend
     faiss = None
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def clustered_features(n: int, d: int, true_clusters: int, noise: float, seed: int, device) -> torch.Tensor:

@@ -52,6 +52,7 @@ from clim.data.pipeline import build_pipeline, resolve_augment
 from clim.data.registry import DatasetInfo
 from clim.engine.trainer import StepRunner, cosine_lr
 from clim.models.backbones import build_backbone, uses_small_stem
+from clim.machine import cpu_model
 from clim.models.moco import build_moco
 
 VARIANTS = ("ours-mocov2", "ours-clim", "lightly")
@@ -60,17 +61,6 @@ CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
 
 # ------------------------------------------------------------------------------------------- setup
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def usable_cores() -> int:

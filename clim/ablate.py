@@ -25,7 +25,6 @@ import fnmatch
 import json
 import math
 import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -37,6 +36,7 @@ import yaml
 
 from clim.config import PRESET_DIR, ConfigError, load_config
 from clim.engine.checkpoint import CHECKPOINT_NAME
+from clim.machine import machine_info
 
 SPEC_NAME = "ablate.json"  # what the subprocess runs: preset, overrides, evaluation settings
 EVAL_NAME = "eval.json"  # written last, so its presence marks a finished run
@@ -153,20 +153,6 @@ def read_eval(run: Run) -> dict | None:
 
 
 # ---------------------------------------------------------------- one run (the subprocess)
-
-
-def machine_info(device) -> dict:
-    import torch
-
-    cpuinfo = Path("/proc/cpuinfo")
-    models = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-              if line.startswith("model name")] if cpuinfo.exists() else []
-    info = {"cpu": models[0] if models else (platform.processor() or platform.machine()),
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(), "platform": platform.platform(), "device": str(device)}
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
 
 
 def evaluate_run(run_dir: Path, evaluation: dict, seed: int) -> dict:

@@ -69,9 +69,12 @@ def run_demo(out: str | Path, preset: str = "clim-demo-cpu", overrides: list[str
           f"{history[-1]['images_per_s']:.0f} images/s in the last epoch):\n")
     print(table)
     if last_selection and "positive_precision" in last_selection:
-        refreshes = [f"{r['epoch']}: {r['selection']['positive_precision']:.3f}" for r in history if "selection" in r]
-        print("\npositive precision at each refresh (epoch: share of positives with the anchor's label): "
-              + ", ".join(refreshes))
+        print("\npositives table at each refresh (precision = share of positives with the anchor's label):")
+        for record in (r for r in history if "selection" in r):
+            selection = record["selection"]
+            print(f"  epoch {record['epoch']}: precision {selection['positive_precision']:.3f}"
+                  f" (kNN neighbours {selection['knn_precision']:.3f}), mean |Omega_p| {selection.get('omega_mean', 0):.1f},"
+                  f" anchors filled {100 * selection.get('fill_fraction', 0):.0f} %")
     result = {"protocol": "demo", "preset": preset, "overrides": list(overrides), "epochs": config.train.epochs,
               "pretrain_seconds": round(train_seconds, 1), "images_per_s": history[-1]["images_per_s"],
               "knn_settings": [list(s) for s in KNN_SETTINGS],

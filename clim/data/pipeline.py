@@ -135,9 +135,10 @@ class _ViewsDataset(Dataset):
     the worker nor ``data.num_workers`` (with 0 workers they would otherwise follow the main process).
     """
 
-    def __init__(self, dataset, config: Config, image_size: int):
+    def __init__(self, dataset, config: Config, image_size: int, rank: int = 0):
         info = dataset.info
         self.dataset = dataset
+        self.seed, self.rank = config.train.seed, rank
         self.sizes = resolutions_of(config, image_size)
         self.transform = moco_v2_transform(self.sizes[0], info.mean, info.std, info.in_channels,
                                            **augment_kwargs(config))
@@ -147,7 +148,7 @@ class _ViewsDataset(Dataset):
                                                      info.in_channels, **augment_kwargs(config, MULTICROP_SCALE))
         self.with_positive_query = config.method.mixing != "none"
         self.positives: torch.Tensor | None = None
-        self.epoch_seed = 0  # set by LoaderPipeline.epoch
+        self.epoch = 0  # set by the pipeline at every epoch
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -157,7 +158,7 @@ class _ViewsDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed((self.epoch_seed * 1_000_003 + int(i)) % 2**63)
+            torch.manual_seed((epoch_seed(self.seed, self.epoch, self.rank) * 1_000_003 + int(i)) % 2**63)
             return self._item(i)
 
     def _item(self, i: int) -> dict:
@@ -176,37 +177,47 @@ class _ViewsDataset(Dataset):
         return item
 
 
-class LoaderPipeline:
-    def __init__(self, dataset, config: Config, image_size: int, device: torch.device,
-                 rank: int = 0, world_size: int = 1):
-        self.views = _ViewsDataset(dataset, config, image_size)
+class _WorkerPipeline:
+    """What the DataLoader-based paths share: a DistributedSampler (disjoint shards, drop_last),
+    an epoch-seeded DataLoader over a per-sample views dataset, and the per-epoch device generator."""
+
+    def __init__(self, views: Dataset, config: Config, device: torch.device, rank: int, world_size: int):
+        self.views = views
         self.device = device
         self.seed = config.train.seed
         self.rank = rank
         self.batch_size = config.train.batch_size
         self.num_workers = config.data.num_workers
-        self.sampler = DistributedSampler(self.views, num_replicas=world_size, rank=rank,
+        self.sampler = DistributedSampler(views, num_replicas=world_size, rank=rank,
                                           shuffle=True, seed=config.train.seed, drop_last=True)
 
     def __len__(self) -> int:
         return len(self.sampler) // self.batch_size
 
-    def epoch(self, epoch: int, positives: torch.Tensor | None = None) -> Iterator[dict]:
+    def _loader(self, epoch: int, positives: torch.Tensor | None) -> tuple[DataLoader, torch.Generator]:
         self.sampler.set_epoch(epoch)
+        self.views.epoch = epoch
         self.views.positives = None if positives is None else positives.cpu()
-        self.views.epoch_seed = epoch_seed(self.seed, epoch, self.rank)
         loader = DataLoader(
             self.views, batch_size=self.batch_size, sampler=self.sampler, drop_last=True,
             num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
             generator=torch.Generator().manual_seed(epoch_seed(self.seed, epoch, self.rank)),
             persistent_workers=False, prefetch_factor=4 if self.num_workers else None)
         generator = torch.Generator(self.device).manual_seed(epoch_seed(self.seed, epoch, self.rank + 1))
+        return loader, generator
+
+
+class LoaderPipeline(_WorkerPipeline):
+    def __init__(self, dataset, config: Config, image_size: int, device: torch.device,
+                 rank: int = 0, world_size: int = 1):
+        super().__init__(_ViewsDataset(dataset, config, image_size, rank), config, device, rank, world_size)
+
+    def epoch(self, epoch: int, positives: torch.Tensor | None = None) -> Iterator[dict]:
+        loader, generator = self._loader(epoch, positives)
         for batch in loader:
             batch = {key: _to_device(value, self.device) for key, value in batch.items()}
-            batch.setdefault("positive_index", None)
-            batch.setdefault("positive_key", None)
-            batch.setdefault("positive_query", None)
-            batch.setdefault("small_crops", None)
+            for key in ("positive_index", "positive_key", "positive_query", "small_crops"):
+                batch.setdefault(key, None)
             batch["generator"] = generator
             yield batch
 
@@ -295,43 +306,25 @@ class _CroppedViewsDataset(Dataset):
         return item
 
 
-class DevicePipeline:
+class DevicePipeline(_WorkerPipeline):
     """Workers decode and crop (uint8), the device does the photometric part on whole batches."""
 
     def __init__(self, dataset, config: Config, image_size: int, device: torch.device,
                  rank: int = 0, world_size: int = 1):
         info = dataset.info
-        self.views = _CroppedViewsDataset(dataset, config, image_size)
-        self.device = device
-        self.seed = config.train.seed
-        self.rank = rank
-        self.batch_size = config.train.batch_size
-        self.num_workers = config.data.num_workers
+        super().__init__(_CroppedViewsDataset(dataset, config, image_size), config, device, rank, world_size)
         self.sizes = self.views.sizes
         self.augment = MoCoV2BatchAugment(self.sizes[0], info.mean, info.std, **augment_kwargs(config)).to(device)
         self.small_augment = None
         if config.method.multicrop:
             self.small_augment = MoCoV2BatchAugment(
                 self.views.small_size, info.mean, info.std, **augment_kwargs(config, MULTICROP_SCALE)).to(device)
-        self.sampler = DistributedSampler(self.views, num_replicas=world_size, rank=rank,
-                                          shuffle=True, seed=config.train.seed, drop_last=True)
-
-    def __len__(self) -> int:
-        return len(self.sampler) // self.batch_size
 
     def _views(self, cropped: torch.Tensor, generator: torch.Generator) -> list[torch.Tensor]:
         return at_resolutions(self.augment.augment_cropped(cropped, generator=generator), self.sizes)
 
     def epoch(self, epoch: int, positives: torch.Tensor | None = None) -> Iterator[dict]:
-        self.sampler.set_epoch(epoch)
-        self.views.epoch = epoch
-        self.views.positives = None if positives is None else positives.cpu()
-        loader = DataLoader(
-            self.views, batch_size=self.batch_size, sampler=self.sampler, drop_last=True,
-            num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
-            generator=torch.Generator().manual_seed(epoch_seed(self.seed, epoch, self.rank)),
-            persistent_workers=False, prefetch_factor=4 if self.num_workers else None)
-        generator = torch.Generator(self.device).manual_seed(epoch_seed(self.seed, epoch, self.rank + 1))
+        loader, generator = self._loader(epoch, positives)
         for cropped in loader:
             cropped = {key: value.to(self.device, non_blocking=True) for key, value in cropped.items()}
             batch = {"index": cropped["index"], "label": cropped["label"], "generator": generator,
