@@ -19,9 +19,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from clim.config import Config
+from clim.data.pipeline import at_resolutions
 from clim.losses import info_nce, mixed_info_nce
 from clim.mixing import cutmix, mixup
 from clim.models.moco import MoCo
@@ -40,12 +40,6 @@ def _mix(config: Config, anchor: torch.Tensor, positive: torch.Tensor, generator
     return mixup(anchor, positive, config.method.mixup_alpha, generator=generator)
 
 
-def _resize_like(images: torch.Tensor, views: list[torch.Tensor]) -> list[torch.Tensor]:
-    """The mixed batch (built at the largest resolution) at every resolution of ``views``."""
-    return [images] + [F.interpolate(images, size=v.shape[-2:], mode="bilinear", antialias=True,
-                                     align_corners=False) for v in views[1:]]
-
-
 def compute_step(model: MoCo, batch: dict, config: Config) -> StepOutput:
     temperature = config.model.temperature
     queue = model.queue.clone()
@@ -55,7 +49,9 @@ def compute_step(model: MoCo, batch: dict, config: Config) -> StepOutput:
     lam = None
     if mixing:
         mixed, lam = _mix(config, batch["query"][0], batch["positive_query"][0], batch["generator"])
-        mixed_queries = [model.encode_query(view) for view in _resize_like(mixed, batch["query"])]
+        # mixed once at the largest resolution, then resized like the views (METHOD §4)
+        sizes = [view.shape[-1] for view in batch["query"]]
+        mixed_queries = [model.encode_query(view) for view in at_resolutions(mixed, sizes)]
     symmetric_queries = [model.encode_query(view) for view in batch["key"]] if config.model.symmetric else None
 
     with torch.no_grad():
