@@ -46,6 +46,16 @@ def _uniform(shape: tuple[int, ...], low: float, high: float, generator, device)
     return torch.rand(shape, generator=generator, device=device) * (high - low) + low
 
 
+def fallback_crop_size(height: int, width: int, ratio: tuple[float, float]) -> tuple[int, int]:
+    """torchvision's RandomResizedCrop fallback: the whole image, clamped to the ratio range."""
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        return width, round(width / min(ratio))
+    if in_ratio > max(ratio):
+        return round(height * max(ratio)), height
+    return width, height
+
+
 def random_resized_crop_params(
     batch_size: int,
     height: int,
@@ -73,13 +83,7 @@ def random_resized_crop_params(
     w = widths.gather(1, first_fit).squeeze(1)
     h = heights.gather(1, first_fit).squeeze(1)
 
-    in_ratio = width / height
-    if in_ratio < min(ratio):
-        fallback_w, fallback_h = width, round(width / min(ratio))
-    elif in_ratio > max(ratio):
-        fallback_w, fallback_h = round(height * max(ratio)), height
-    else:
-        fallback_w, fallback_h = width, height
+    fallback_w, fallback_h = fallback_crop_size(height, width, ratio)
     found = fits.any(dim=1)
     w = torch.where(found, w, float(fallback_w))
     h = torch.where(found, h, float(fallback_h))

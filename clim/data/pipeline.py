@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision.transforms import functional as TF
 
 from clim.config import Config
-from clim.data.batch_augment import MoCoV2BatchAugment
+from clim.data.batch_augment import MoCoV2BatchAugment, fallback_crop_size
 from clim.data.transforms import moco_v2_transform
 
 MULTICROP_SCALE = (0.05, 0.14)  # Table 7 baseline: 2 x 96 px crops of a 224 px image
@@ -244,13 +244,7 @@ def crop_box(rng: np.random.Generator, height: int, width: int, scale: tuple[flo
         h = round(math.sqrt(target_area / aspect))
         if 0 < w <= width and 0 < h <= height:
             return int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1)), w, h
-    in_ratio = width / height
-    if in_ratio < min(ratio):
-        w, h = width, round(width / min(ratio))
-    elif in_ratio > max(ratio):
-        w, h = round(height * max(ratio)), height
-    else:
-        w, h = width, height
+    w, h = fallback_crop_size(height, width, ratio)
     return (width - w) // 2, (height - h) // 2, w, h
 
 
