@@ -165,6 +165,8 @@ def pretrain(config: Config, out_dir: str | Path) -> list[dict]:
         selection_dataset = copy.copy(dataset)
         selection_dataset.transform = eval_transform_for(info, image_size)
     monitor = KnnMonitor.create(config, info, image_size, device)
+    if monitor is None and config.train.knn_every > 0:
+        logger.message(f"kNN monitor off: '{config.data.name}' has no labelled train and test splits here")
 
     # Model and optimiser
     model: MoCo = build_moco(config, info.in_channels, image_size, len(dataset)).to(device)
