@@ -89,12 +89,12 @@ class BatchedPipeline:
         self.batch_size = config.train.batch_size
         self.seed = config.train.seed
         self.sizes = resolutions_of(config, image_size)
-        self.augment = MoCoV2BatchAugment(self.sizes[0], info.mean, info.std, **augment_kwargs(config))
+        self.augment = MoCoV2BatchAugment(self.sizes[0], info.mean, info.std, **augment_kwargs(config)).to(device)
         self.small_augment = None
         if config.method.multicrop:
             self.small_augment = MoCoV2BatchAugment(
                 multicrop_size(config, image_size), info.mean, info.std,
-                **augment_kwargs(config, MULTICROP_SCALE))
+                **augment_kwargs(config, MULTICROP_SCALE)).to(device)
         self.with_positive_query = config.method.mixing != "none"
 
     def __len__(self) -> int:
