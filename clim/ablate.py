@@ -36,6 +36,7 @@ import yaml
 
 from clim.config import PRESET_DIR, ConfigError, load_config
 from clim.engine.checkpoint import CHECKPOINT_NAME
+from clim.evaluation.cli import positive_int
 from clim.machine import machine_info
 
 SPEC_NAME = "ablate.json"  # what the subprocess runs: preset, overrides, evaluation settings
@@ -652,13 +653,6 @@ def write_results(scale_name: str, out: str | Path, runs: list[Run], path: str |
 # ---------------------------------------------------------------- command line
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return value
-
-
 def command_line(args: argparse.Namespace) -> str:
     """The call that reproduces the whole matrix (``--only`` left out), for RESULTS.md."""
     parts = ["clim", "ablate", "--scale", args.scale, "--out", args.out, "--seeds-main", str(args.seeds_main),
@@ -688,8 +682,8 @@ def register(subparsers) -> None:
     parser.add_argument("--scale", required=True, choices=list(SCALES),
                         help="smoke: seconds per run (tests); cpu: ~2 h on 2 cores; gpu: <= 8 min per run on an H100")
     parser.add_argument("--out", required=True, help="matrix folder (runs/<variant>/seed<k>/); rerun to resume")
-    parser.add_argument("--seeds-main", type=_positive_int, default=3, help="seeds of MoCo v2 and full CLIM")
-    parser.add_argument("--seeds-other", type=_positive_int, default=2, help="seeds of every other variant")
+    parser.add_argument("--seeds-main", type=positive_int, default=3, help="seeds of MoCo v2 and full CLIM")
+    parser.add_argument("--seeds-other", type=positive_int, default=2, help="seeds of every other variant")
     parser.add_argument("--only", help="comma-separated glob patterns of variants to run, e.g. 'mocov2,clim'")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key in every run (changes the runs' spec: they rerun)")

@@ -21,7 +21,8 @@ from clim.config import ConfigError
 from clim.evaluation import common
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+    """argparse type for counts (also used by `clim ablate`)."""
     value = int(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
@@ -34,7 +35,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                         help="evaluate on other data, e.g. --set data.name=cifar10 --set data.root=DIR")
     parser.add_argument("--out", help="result JSON (default: <checkpoint folder>/eval/<protocol>.json)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
-    parser.add_argument("--batch-size", type=_positive_int, default=256,
+    parser.add_argument("--batch-size", type=positive_int, default=256,
                         help="feature extraction and training batch (protocols: 256)")
     parser.add_argument("--num-workers", type=int, help="DataLoader workers (default: the checkpoint's data.num_workers)")
     parser.add_argument("--seed", type=int, default=0)
@@ -238,7 +239,7 @@ def register(subparsers) -> None:
     _add_common(linear)
     linear.add_argument("--preset", default="auto", choices=["auto", "paper", "small", "quick"],
                         help="auto: paper above 64 px, small at or below (see clim.evaluation.linear)")
-    linear.add_argument("--epochs", type=_positive_int, help="override the preset's epochs (decay points scale along)")
+    linear.add_argument("--epochs", type=positive_int, help="override the preset's epochs (decay points scale along)")
     linear.add_argument("--lr", type=float, help="override the preset's learning rate (paper: 30)")
     linear.add_argument("--cached-features", action="store_true",
                         help="train on features of un-augmented images extracted once (fast; "
@@ -250,7 +251,7 @@ def register(subparsers) -> None:
     semisup.add_argument("--fraction", type=float, help="labelled fraction, e.g. 0.01 or 0.1 (class-balanced, seeded)")
     semisup.add_argument("--split-file", help="SimCLR split file (image file names, one per line) for image folders")
     semisup.add_argument("--preset", default="auto", choices=["auto", "paper", "small", "quick"])
-    semisup.add_argument("--epochs", type=_positive_int, help="override the preset's epochs (decay period scales along)")
+    semisup.add_argument("--epochs", type=positive_int, help="override the preset's epochs (decay period scales along)")
     semisup.add_argument("--lr-backbone", type=float, help="paper: 1e-4")
     semisup.add_argument("--lr-fc", type=float, help="paper: 10")
     semisup.add_argument("--weight-decay", type=float, help="default 0")
@@ -265,7 +266,7 @@ def register(subparsers) -> None:
     _add_common(tsne)
     tsne.add_argument("--split", default="test", choices=["train", "test"])
     tsne.add_argument("--classes", help="comma-separated labels (default: the first 10)")
-    tsne.add_argument("--max-points", type=_positive_int, default=2000)
+    tsne.add_argument("--max-points", type=positive_int, default=2000)
     tsne.add_argument("--perplexity", type=float, default=30.0)
     tsne.set_defaults(func=_tsne)
 
