@@ -284,9 +284,45 @@ def test_diagnostics(results):
     assert len(d["cluster_size_hist"]) == len(d["cluster_size_bin_edges"]) - 1
     assert d["omega_mean"] == pytest.approx(res.omega_sizes.float().mean().item())
     assert d["fill_fraction"] == pytest.approx(res.filled.float().mean().item())
-    pairs = [(i, j) for i in range(7, N) for j in res.positives[i].tolist()]
-    assert d["positive_precision"] == pytest.approx(np.mean([labels[i] == labels[j] for i, j in pairs]))
-    pairs = [(i, j) for i in range(7, N) for j in res.neighbors[i].tolist()]
-    assert d["knn_precision"] == pytest.approx(np.mean([labels[i] == labels[j] for i, j in pairs]))
+    for table, prefix, name in ((res.positives, "", "positive_precision"), (res.neighbors, "knn_", "knn_precision")):
+        # only pairs whose two labels are known count (anchors 0..6 and entries 0..6 are unknown)
+        pairs = [(i, j) for i in range(N) for j in table[i].tolist() if labels[i] >= 0 and labels[j] >= 0]
+        assert 0 < len(pairs) < table.numel()
+        assert d[f"{prefix}labelled_pairs"] == len(pairs)
+        assert d[name] == pytest.approx(np.mean([labels[i] == labels[j] for i, j in pairs]))
     plain = selection_diagnostics(results[("knn", "faiss")])
     assert set(plain) == {"fill_fraction"}
+
+
+def _table_result(positives, neighbors):
+    n = positives.shape[0]
+    return SelectionResult(positives, neighbors, None, None, None, torch.zeros(n, dtype=torch.bool))
+
+
+def test_diagnostics_partly_labelled():
+    # STL-10-like: 20 images in 2 classes (parity), only every 5th labelled (0, 5, 10, 15); a perfect
+    # table (all 9 same-class images) must read precision 1, not about the labelled share
+    n = 20
+    truth = torch.arange(n) % 2
+    positives = torch.stack([torch.tensor([j for j in range(n) if j != i and truth[j] == truth[i]])
+                             for i in range(n)])
+    neighbors = torch.stack([torch.tensor([(i + 1) % n, (i + 5) % n, (i + 10) % n]) for i in range(n)])
+    labels = torch.full((n,), -1)
+    labels[::5] = truth[::5]
+    d = selection_diagnostics(_table_result(positives, neighbors), labels)
+    assert d["labelled_pairs"] == 4  # (0, 10), (10, 0), (5, 15), (15, 5)
+    assert d["positive_precision"] == 1.0
+    assert d["knn_labelled_pairs"] == 8  # i+5 (other class) and i+10 (same class) for the 4 labelled anchors
+    assert d["knn_precision"] == 0.5
+    wrong = labels.clone()
+    wrong[10] = 1  # now (0, 10) and (10, 0) disagree
+    assert selection_diagnostics(_table_result(positives, neighbors), wrong)["positive_precision"] == 0.5
+
+
+def test_diagnostics_no_labelled_pair():
+    positives = torch.tensor([[1], [0], [3], [2]])
+    labels = torch.tensor([0, -1, -1, 1])  # every pair has an unknown end
+    d = selection_diagnostics(_table_result(positives, positives), labels)
+    assert d["labelled_pairs"] == 0 and d["knn_labelled_pairs"] == 0
+    assert "positive_precision" not in d and "knn_precision" not in d
+    json.dumps(d)
