@@ -34,6 +34,11 @@ class DataConfig:
     # training device: large image folders on a GPU), or "auto" (batched for array datasets; for
     # image folders device on CUDA, loader on CPU).
     augment: str = "auto"
+    # JPEG decoding for data.augment=device: "gpu" (workers only read bytes; batched nvJPEG decode and
+    # per-view crops on the device, clim.data.gpu_decode), "cpu" (workers decode with PIL), "auto"
+    # (gpu for image folders on CUDA when torchvision can decode there, else cpu).
+    decode: str = "auto"
+    verify: bool = True  # imagefolder: check every file once (cached per folder); false trusts the folder
     crop_min_scale: float = 0.2
     jitter_strength: float = 0.4  # brightness/contrast/saturation; hue = strength / 4
     jitter_p: float = 0.8
@@ -124,6 +129,7 @@ class Config:
     def validate(self) -> None:
         choices = {
             "data.augment": ("auto", "batched", "loader", "device"),
+            "data.decode": ("auto", "cpu", "gpu"),
             "train.device": ("auto", "cpu", "cuda"),
             "train.amp_dtype": ("bfloat16", "float16"),
             "method.name": ("mocov2", "clim"),

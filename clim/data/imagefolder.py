@@ -5,6 +5,14 @@ then a cheap PIL check), counted and reported in ONE warning instead of crashing
 later. Files that pass the check but still fail to decode in a worker are replaced by the next
 decodable image (see ``ImageFolderDataset.__getitem__``).
 
+The check opens every file (about 2 minutes for ImageNet's 1.28M), so its result is cached: a small
+JSON index per split folder in ``$CLIM_CACHE/index`` (default ``~/.cache/clim/index``), keyed by the
+folder's absolute path and a fingerprint of the listing (every image path, and size + mtime of every
+directory holding one). A restart, a resume or an evaluation on an unchanged folder then only lists
+it; adding, removing or renaming a file changes the fingerprint and the folder is checked again.
+The index stores the rejected files, which are re-checked at every start (a repaired file comes
+back); a file broken in place after the check is replaced at load time as above.
+
 Layouts (``root`` is ``data.root``):
 - ``root/train/<class>/**/*`` and ``root/val/<class>/**/*`` (``root/test`` is accepted for val);
 - ``root/<class>/**/*``: the train split only;
@@ -13,7 +21,11 @@ Layouts (``root`` is ``data.root``):
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import sys
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -27,13 +39,15 @@ from torch.utils.data import Dataset
 
 from clim.data.transforms import ensure_mode
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageFolderDataset", "ImageFolderScan", "check_image", "scan_image_folder"]
+__all__ = ["IMAGE_EXTENSIONS", "ImageFolderDataset", "ImageFolderScan", "check_image", "index_cache_dir",
+           "scan_image_folder"]
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".pbm", ".bmp", ".tif", ".tiff",
                               ".webp", ".gif"})
 _LISTED = 20  # skipped paths named in the warning; the rest are counted
 _FALLBACK_TRIES = 64  # consecutive undecodable files tolerated before __getitem__ gives up
 _VERIFY_BATCH = 8192  # files per thread-pool batch, so huge folders do not queue a million futures
+_INDEX_VERSION = 1  # bump when check_image's verdicts change: older indexes are then ignored
 
 
 def _is_hidden(name: str) -> bool:
@@ -137,12 +151,101 @@ def _verify_all(paths: list[Path], threads: int) -> list[str | None]:
     return reasons
 
 
+def index_cache_dir() -> Path:
+    """Where verification indexes are kept: ``$CLIM_CACHE/index``, else ``~/.cache/clim/index``."""
+    base = os.environ.get("CLIM_CACHE")
+    return (Path(base).expanduser() if base else Path.home() / ".cache" / "clim") / "index"
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _relative(folder: Path, paths: list[Path]) -> list[str]:
+    """Paths relative to ``folder`` (string slicing: os.path.relpath costs seconds for a million files)."""
+    prefix = os.path.join(str(folder), "")
+    return [name[len(prefix):] if name.startswith(prefix) else os.path.relpath(name, folder)
+            for name in map(str, paths)]
+
+
+def _fingerprint(folder: Path, names: list[str]) -> str:
+    """sha256 of the image listing (relative to ``folder``) and of (mtime, size) of every directory
+    holding an image. A directory's mtime changes whenever an entry is added, removed or renamed in
+    it, so this sees every change of the listing at the cost of one ``stat`` per directory.
+    """
+    digest = hashlib.sha256(f"clim-index-v{_INDEX_VERSION}\0{len(names)}\0".encode())
+    directories = {""}
+    for name in names:
+        digest.update(os.fsencode(name) + b"\0")
+        directories.add(os.path.dirname(name))
+    for directory in sorted(directories):
+        stat = os.stat(os.path.join(folder, directory))
+        digest.update(os.fsencode(directory) + f"\0{stat.st_mtime_ns}\0{stat.st_size}\0".encode())
+    return digest.hexdigest()
+
+
+def _index_file(folder: Path) -> Path:
+    return index_cache_dir() / (hashlib.sha256(os.fsencode(str(folder))).hexdigest()[:32] + ".json")
+
+
+def _read_index(index_file: Path, folder: Path, fingerprint: str) -> dict | None:
+    try:
+        index = json.loads(index_file.read_text())
+    except (OSError, ValueError):
+        return None  # absent, unreadable or half-written: verify again
+    if (not isinstance(index, dict) or index.get("version") != _INDEX_VERSION or index.get("folder") != str(folder)
+            or index.get("fingerprint") != fingerprint):
+        return None
+    return index
+
+
+def _write_index(index_file: Path, index: dict) -> str | None:
+    """Atomic write (several ranks may scan at once); the reason on failure (a read-only home)."""
+    try:
+        index_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = index_file.with_name(f"{index_file.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(index))
+        os.replace(tmp, index_file)
+    except OSError as error:
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
+def _verify_with_index(folder: Path, paths: list[Path], threads: int) -> list[str | None]:
+    """check_image's verdict for every path (all under ``folder``), from the folder's cached index when
+    its fingerprint matches, else by checking every file (and caching the verdicts)."""
+    names = _relative(folder, paths)
+    fingerprint = _fingerprint(folder, names)
+    key = folder.resolve()
+    index_file = _index_file(key)
+    index = _read_index(index_file, key, fingerprint)
+    if index is not None:
+        rejected = dict(index["rejected"])
+        reasons = [rejected.get(name) for name in names]
+        recheck = [i for i, reason in enumerate(reasons) if reason is not None]
+        for i in recheck:  # few: a file repaired since comes back
+            reasons[i] = check_image(paths[i])
+        _log(f"dataset index: reused cached verification of {len(paths)} files ({key}, checked "
+             f"{index.get('created', '?')}; {len(recheck)} rejected file(s) re-checked; index {index_file})")
+        return reasons
+    started = time.perf_counter()
+    reasons = _verify_all(paths, threads)
+    rejected = [[name, reason] for name, reason in zip(names, reasons) if reason is not None]
+    failed = _write_index(index_file, {
+        "version": _INDEX_VERSION, "folder": str(key), "fingerprint": fingerprint, "files": len(paths),
+        "created": time.strftime("%Y-%m-%d %H:%M:%S"), "rejected": rejected})
+    _log(f"dataset index: verified {len(paths)} files in {time.perf_counter() - started:.1f} s ({key}, "
+         f"{len(rejected)} rejected); " + (f"not cached ({failed})" if failed else f"cached in {index_file}"))
+    return reasons
+
+
 def scan_image_folder(root: str | os.PathLike, split: str = "pretrain", verify: bool = True,
                       threads: int | None = None) -> ImageFolderScan:
     """Find the split's images and labels; warn once about everything skipped.
 
     ``verify=False`` keeps every file with an image extension (for folders too large to check;
-    broken files are then only caught, and replaced, at load time).
+    broken files are then only caught, and replaced, at load time). ``verify=True`` reuses the
+    cached verification of an unchanged folder (see the module docstring).
     """
     root = Path(root)
     if not root.is_dir():
@@ -169,7 +272,7 @@ def scan_image_folder(root: str | os.PathLike, split: str = "pretrain", verify: 
     images = [(p, y) for p, y in candidates if _has_image_ext(p.name)]
     skipped += [(str(p), "not an image file extension") for p, _ in candidates if not _has_image_ext(p.name)]
     if verify and images:
-        reasons = _verify_all([p for p, _ in images], threads or min(32, 4 * (os.cpu_count() or 1)))
+        reasons = _verify_with_index(folder, [p for p, _ in images], threads or min(32, 4 * (os.cpu_count() or 1)))
         skipped += [(str(p), r) for (p, _), r in zip(images, reasons) if r is not None]
         images = [item for item, r in zip(images, reasons) if r is None]
     if not images:
@@ -178,7 +281,7 @@ def scan_image_folder(root: str | os.PathLike, split: str = "pretrain", verify: 
 
     scan = ImageFolderScan(
         folder=folder,
-        files=[os.path.relpath(p, folder) for p, _ in images],
+        files=_relative(folder, [p for p, _ in images]),
         labels=[y for _, y in images],
         classes=classes or None,
         skipped=skipped,

@@ -111,8 +111,10 @@ class KnnMonitor:
         self.device = device
         data = config.data
         transform = eval_transform_for(info, image_size)
-        self.train = build_dataset(data.name, data.root, "train", transform=transform, image_size=data.image_size)
-        self.test = build_dataset(data.name, data.root, "test", transform=transform, image_size=data.image_size)
+        self.train = build_dataset(data.name, data.root, "train", transform=transform, image_size=data.image_size,
+                                   verify=data.verify)
+        self.test = build_dataset(data.name, data.root, "test", transform=transform, image_size=data.image_size,
+                                   verify=data.verify)
         self.num_classes = self.train.info.num_classes
 
     @classmethod
@@ -154,7 +156,8 @@ def pretrain(config: Config, out_dir: str | Path) -> list[dict]:
 
     # Data
     try:
-        dataset = build_dataset(config.data.name, config.data.root, "pretrain", image_size=config.data.image_size)
+        dataset = build_dataset(config.data.name, config.data.root, "pretrain", image_size=config.data.image_size,
+                                verify=config.data.verify)
     except ValueError as error:  # unknown data.name, imagefolder without data.root: a config error
         raise ConfigError(str(error)) from None
     info = dataset.info

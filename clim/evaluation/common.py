@@ -99,6 +99,7 @@ class EvalSpec:
     in_channels: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    verify: bool = True  # data.verify: check image-folder files (cached per folder) or trust them
 
 
 def apply_overrides(config: Config, overrides: Sequence[str]) -> Config:
@@ -120,7 +121,7 @@ def eval_spec(config: Config, data_info: dict[str, Any], overrides: Sequence[str
     size_overridden = any(item.partition("=")[0].strip() == "data.image_size" for item in overrides)
     image_size = updated.data.image_size if size_overridden and updated.data.image_size else data_info["image_size"]
     return EvalSpec(updated.data.name, updated.data.root, int(image_size), int(data_info["in_channels"]),
-                    tuple(data_info["mean"]), tuple(data_info["std"]))
+                    tuple(data_info["mean"]), tuple(data_info["std"]), updated.data.verify)
 
 
 def crop_flip_transform(spec: EvalSpec, crop_scale: tuple[float, float]):
@@ -142,7 +143,8 @@ def eval_dataset(config: Config, data_info: dict[str, Any], overrides: Sequence[
 
     spec = eval_spec(config, data_info, overrides)
     try:
-        dataset = build_dataset(spec.name, spec.root, split, transform=None, image_size=spec.image_size)
+        dataset = build_dataset(spec.name, spec.root, split, transform=None, image_size=spec.image_size,
+                                verify=spec.verify)
     except ValueError as error:  # unknown dataset name, a folder without labels: user errors
         raise ConfigError(str(error)) from None
     if not (dataset.labels >= 0).any():
