@@ -1,0 +1,115 @@
+"""What a pretraining run prints before its first step and after its last (issue 11, part 5).
+
+:func:`run_summary` states what will run — data, model, method, the global batch, the batch per
+process, the BatchNorm group size, the effective learning rate and where the outputs go — so a user
+sees the resolved configuration without reading YAML. :func:`output_paths` lists the files a finished
+run left and the commands that read them. Both are plain text, one item per line, and import nothing
+but :mod:`clim.config` (no torch), so they can be tested and called anywhere.
+
+``train.batch_size`` is the global batch (what papers report); each of ``world_size`` processes takes
+``batch_size / world_size``. BatchNorm normalises groups of ``per-process batch / model.bn_splits``
+images on a single device (split-BN) and the whole per-process batch under DDP (per-GPU BN).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from clim.config import Config
+
+__all__ = ["CHECKPOINT_FILE", "CONFIG_FILE", "METRICS_FILE", "TENSORBOARD_DIR", "output_paths", "run_summary"]
+
+# The names the trainer writes (clim.engine.checkpoint.CHECKPOINT_NAME, clim.engine.logging.METRICS_NAME;
+# a test keeps them equal).
+CHECKPOINT_FILE = "checkpoint.pt"
+METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+CONFIG_FILE = "config.json"
+
+SMALL_IMAGE_MAX = 64  # clim.models.backbones.SMALL_IMAGE_MAX: the automatic small-image stem
+
+
+def _batch_line(config: Config, world_size: int) -> str:
+    batch = config.train.batch_size
+    per_process = batch // world_size if batch % world_size == 0 else None
+    if per_process is None:
+        return f"batch     {batch} in all does not divide over {world_size} processes"
+    if world_size > 1:
+        return (f"batch     {batch} in all = {world_size} processes x {per_process}; "
+                f"BatchNorm per process: groups of {per_process} (shuffle-BN for keys)")
+    splits = config.model.bn_splits
+    group = f"groups of {per_process // splits}" if per_process % splits == 0 else \
+        f"{splits} groups do not divide {per_process}"
+    return f"batch     {batch}, one process; split-BN in {splits} groups: {group}"
+
+
+def _lr_line(config: Config) -> str:
+    rule = "" if config.train.lr is not None else f" (0.03 x {config.train.batch_size}/256)"
+    warmup = f", {config.train.warmup_epochs} warm-up epochs" if config.train.warmup_epochs else ""
+    return (f"lr        {config.lr:g}{rule}, SGD momentum {config.train.momentum:g}, weight decay "
+            f"{config.train.weight_decay:g}, cosine per step over {config.train.epochs} epochs{warmup}")
+
+
+def _method_line(config: Config, num_samples: int | None) -> str:
+    method = config.method
+    sizes = f", resolutions {method.resolutions}" if method.resolutions and len(method.resolutions) > 1 else ""
+    crops = ", + 2 small crops (multi-crop)" if method.multicrop else ""
+    if method.name != "clim":
+        return f"method    MoCo v2{sizes}{crops}"
+    mixing = {"cutmix": f"CutMix (alpha {method.alpha:g})", "mixup": f"Mixup (alpha {method.mixup_alpha:g})",
+              "none": "no mixing"}[method.mixing]
+    if method.num_clusters is not None:
+        clusters = method.num_clusters
+    else:  # clim.positives.num_clusters' rule
+        clusters = f"{max(2, num_samples // 100)} (N/100)" if num_samples else "N/100"
+    return (f"method    CLIM: {method.selection} positives ({method.num_positives} per image, k {method.knn_k}, "
+            f"{clusters} clusters, {method.selection_features} features), {mixing}{sizes}{crops}; "
+            f"MoCo v2 until the first refresh at epoch {method.refresh_every}, then every {method.refresh_every}")
+
+
+def run_summary(config: Config, world_size: int, out_dir: str | Path,
+                data_info: dict[str, Any] | None = None) -> str:
+    """The lines a run prints before its first step (no trailing newline).
+
+    ``data_info`` (the dataset's ``DatasetInfo`` as a dict: ``image_size``, ``in_channels``; and
+    ``num_samples`` if known) fills in what the config leaves automatic.
+    """
+    data, model = config.data, config.model
+    info = data_info or {}
+    size = data.image_size or info.get("image_size")
+    where = f" at {data.root}" if data.root else ""
+    samples = f", {info['num_samples']} images" if info.get("num_samples") else ""
+    size_text = f"{size} px" if size else "native size"
+    channels = f", {info['in_channels']} channel(s)" if info.get("in_channels") else ""
+    if model.small_stem is None:
+        stem = ("small-image stem" if size <= SMALL_IMAGE_MAX else "ImageNet stem") if size else \
+            f"stem auto (small-image at <= {SMALL_IMAGE_MAX} px)"
+    else:
+        stem = "small-image stem" if model.small_stem else "ImageNet stem"
+    symmetric = ", symmetric loss" if model.symmetric else ""
+    lines = [
+        "clim pretrain",
+        f"data      {data.name}{where}{samples}, {size_text}{channels}, augmentation {data.augment}",
+        f"model     {model.backbone} ({stem}), queue K {model.queue_size}, key momentum {model.momentum:g}, "
+        f"temperature {model.temperature:g}{symmetric}",
+        _method_line(config, info.get("num_samples")),
+        _batch_line(config, world_size),
+        _lr_line(config),
+        f"output    {Path(out_dir).expanduser().resolve()}",
+    ]
+    return "\n".join(lines)
+
+
+def output_paths(out_dir: str | Path) -> str:
+    """The lines a run prints after its last epoch: the files it left and what reads them."""
+    out = Path(out_dir).expanduser().resolve()
+    ckpt = out / CHECKPOINT_FILE
+    return "\n".join([
+        f"outputs in {out}:",
+        f"  {ckpt}  (weights, queue, positives, optimiser; resume: run the same command again)",
+        f"  {out / METRICS_FILE}  (one JSON line per epoch)",
+        f"  {out / TENSORBOARD_DIR}  (tensorboard --logdir {out / TENSORBOARD_DIR})",
+        f"  {out / CONFIG_FILE}  (the resolved configuration)",
+        f"next: clim report {out}; clim eval knn --ckpt {ckpt}",
+    ])

@@ -1,0 +1,71 @@
+"""The run summary printed before pretraining and the output list printed after it."""
+
+import subprocess
+import sys
+
+from clim.config import load_config
+from clim.summary import output_paths, run_summary
+
+
+def _line(text, start):
+    (line,) = [l for l in text.splitlines() if l.startswith(start)]
+    return line
+
+
+def test_summary_of_the_paper_recipe_on_eight_processes(tmp_path):
+    config = load_config("clim-imagenet-r50", overrides=["data.root=/data/imagenet"])
+    text = run_summary(config, world_size=8, out_dir=tmp_path / "run")
+    assert "imagefolder at /data/imagenet" in _line(text, "data") and "224 px" in text
+    assert "resnet50 (ImageNet stem)" in _line(text, "model") and "queue K 65536" in text
+    method = _line(text, "method")
+    assert "CLIM" in method and "center_wise" in method and "CutMix (alpha 2)" in method
+    assert "resolutions [224, 160]" in method and "first refresh at epoch 5" in method
+    assert _line(text, "batch") == ("batch     512 in all = 8 processes x 64; BatchNorm per process: "
+                                    "groups of 64 (shuffle-BN for keys)")
+    assert _line(text, "lr").startswith("lr        0.06, SGD momentum 0.9")  # the preset's lr
+    assert _line(text, "output") == f"output    {(tmp_path / 'run').resolve()}"
+
+
+def test_summary_single_process_split_bn_and_explicit_lr(tmp_path):
+    config = load_config("demo-cpu", overrides=["train.batch_size=64", "model.bn_splits=4", "train.lr=0.01"])
+    text = run_summary(config, 1, "relative/run", data_info={"image_size": 28, "in_channels": 1,
+                                                             "num_samples": 10000})
+    assert _line(text, "batch") == "batch     64, one process; split-BN in 4 groups: groups of 16"
+    assert _line(text, "lr").startswith("lr        0.01, SGD")  # no rule shown for an explicit lr
+    assert "MoCo v2" in _line(text, "method")
+    clim = run_summary(load_config("clim-demo-cpu"), 1, "x", data_info={"num_samples": 10000})
+    assert "100 (N/100) clusters" in _line(clim, "method")
+    assert "10000 images, 28 px, 1 channel(s)" in _line(text, "data")
+    assert str((tmp_path.cwd() / "relative/run").resolve()) in _line(text, "output")
+
+
+def test_summary_shows_the_lr_rule():
+    config = load_config("demo-cpu", overrides=["train.batch_size=128", "train.lr=null"])
+    assert _line(run_summary(config, 2, "x"), "lr").startswith("lr        0.015 (0.03 x 128/256), SGD")
+
+
+def test_summary_names_a_batch_that_does_not_divide():
+    config = load_config("demo-cpu", overrides=["train.batch_size=30", "model.bn_splits=4"])
+    assert "4 groups do not divide 30" in run_summary(config, 1, "x")
+    assert "30 in all does not divide over 4 processes" in run_summary(config, 4, "x")
+
+
+def test_output_paths_are_absolute_and_match_the_trainer(tmp_path, monkeypatch):
+    from clim.engine.checkpoint import CHECKPOINT_NAME
+    from clim.engine.logging import METRICS_NAME
+    from clim.models.backbones import SMALL_IMAGE_MAX
+    from clim import summary
+
+    assert (summary.CHECKPOINT_FILE, summary.METRICS_FILE, summary.SMALL_IMAGE_MAX) == \
+        (CHECKPOINT_NAME, METRICS_NAME, SMALL_IMAGE_MAX)
+    monkeypatch.chdir(tmp_path)
+    text = output_paths("run")
+    assert text.splitlines()[0] == f"outputs in {tmp_path / 'run'}:"
+    for name in ("checkpoint.pt", "metrics.jsonl", "tensorboard", "config.json"):
+        assert f"  {tmp_path / 'run' / name}  (" in text
+    assert f"clim eval knn --ckpt {tmp_path / 'run' / 'checkpoint.pt'}" in text
+
+
+def test_summary_module_does_not_import_torch():
+    code = "import sys, clim.summary; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
