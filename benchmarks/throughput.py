@@ -44,11 +44,13 @@ import time
 from contextlib import nullcontext
 
 import torch
+import yaml
 
 from clim.config import Config
 from clim.data import build_dataset
 from clim.data.arrays import ArrayDataset
 from clim.data.pipeline import build_pipeline, resolve_augment
+from clim.data.prefetch import prefetched
 from clim.data.registry import DatasetInfo
 from clim.engine.trainer import StepRunner, cosine_lr
 from clim.models.backbones import build_backbone, uses_small_stem
@@ -143,6 +145,9 @@ def make_config(args, method: str) -> Config:
     }
     for key, value in values.items():
         config.set(key, value)
+    for item in args.overrides:
+        key, _, value = item.partition("=")
+        config.set(key.strip(), yaml.safe_load(value))
     config.validate()
     return config
 
@@ -166,6 +171,8 @@ class OursRunner:
         self.pipeline = build_pipeline(dataset, config, image_size, device)
         model = build_moco(config, dataset.info.in_channels, image_size, len(dataset)).to(device)
         self.runner = StepRunner(model, config, device)
+        self.device = device
+        self.prefetch_batches = args.prefetch
         self.table = fill_random_positives(model, len(dataset), seed=args.seed) if method == "clim" else None
         self.total_steps = config.train.epochs * len(self.pipeline)
         self.step_index = 0
@@ -174,15 +181,19 @@ class OursRunner:
     def _batches(self):
         epoch = 0
         while True:
-            yield from self.pipeline.epoch(epoch, self.table)
+            if self.prefetch_batches:
+                yield from prefetched(self.pipeline.epoch(epoch, self.table), self.device)
+            else:
+                yield from self.pipeline.epoch(epoch, self.table)
             epoch += 1
 
     def step(self) -> int:
         batch = next(self.batches)
         self.runner.set_lr(cosine_lr(self.config.lr, self.step_index, self.total_steps, 0))
-        out = self.runner(batch)
-        out.loss.item()  # wait for the step, as the trainer's logging does
+        self.runner(batch, self.step_index)
         self.step_index += 1
+        if self.step_index % self.config.train.log_every == 0:
+            self.runner.meter.read()  # the loss read and NaN check, as often as the trainer does them
         return len(batch["index"])
 
 
@@ -315,6 +326,11 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads in the main process (default: torch's; --quick: 1)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--prefetch", default=True, type=lambda s: s.lower() in ("1", "true", "yes"),
+                        help="ours: make the next batch while the step runs (side CUDA stream), as the "
+                             "trainer does (default true)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="ours: any config override, e.g. train.compile=true or model.bn_splits=1 (repeatable)")
     parser.add_argument("--quick", action="store_true",
                         help="small CPU run, < 3 min on 2 shared cores: fmnist-mini, ImageNet stem, batch 32, "
                              "2 rounds of 6 steps after 1 warm-up, 1 torch thread; options still override")
@@ -377,6 +393,7 @@ def main(argv=None) -> int:
           f"queue {args.queue_size} | {args.steps} timed steps x {args.rounds} round(s) after {args.warmup} warm-up | "
           f"lightly: {args.workers} DataLoader workers, precision {args.lightly_precision}")
     ours_mode = resolve_augment(make_config(args, "mocov2"), dataset, device)
+    print(f"ours: prefetch={args.prefetch} overrides={args.overrides or 'none'}")
     print(f"ours: data.augment={args.augment} -> {ours_mode}"
           + (f" ({args.workers} DataLoader workers)" if ours_mode in ("loader", "device") else ""))
     sys.stdout.flush()

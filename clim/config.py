@@ -76,7 +76,8 @@ class TrainConfig:
     knn_k: int = 20
     knn_temperature: float = 0.07
     deterministic: bool = False
-    log_every: int = 10  # TensorBoard scalars every N steps
+    log_every: int = 10  # loss read (the loop's only host sync), NaN check and TensorBoard scalars every N steps
+    compile: bool | None = None  # torch.compile both encoders (None: off; see BENCHMARKS.md for measured gains)
 
 
 @dataclass

@@ -31,7 +31,7 @@ from clim.models.moco import MoCo
 class StepOutput:
     loss: torch.Tensor
     keys: torch.Tensor  # to enqueue after the optimiser step
-    lam_mean: float | None = None
+    lam_mean: torch.Tensor | None = None  # mean λ of the batch, a device scalar (read it at log time)
 
 
 def _mix(config: Config, anchor: torch.Tensor, positive: torch.Tensor, generator: torch.Generator):
@@ -76,4 +76,4 @@ def compute_step(model: MoCo, batch: dict, config: Config) -> StepOutput:
         small = [info_nce(model.encode_query(view), keys[0], queue, temperature) for view in batch["small_crops"]]
         loss = loss + torch.stack(small).mean()
     enqueue = keys[0] if symmetric_keys is None else torch.cat([keys[0], symmetric_keys[0]])
-    return StepOutput(loss, enqueue, None if lam is None else float(lam.float().mean()))
+    return StepOutput(loss, enqueue, None if lam is None else lam.detach().float().mean())

@@ -205,19 +205,32 @@ def _adjust_hue(images: Tensor, shift: Tensor) -> Tensor:
 _JITTER_OPS = (_adjust_brightness, _adjust_contrast, _adjust_saturation, _adjust_hue)
 
 
-def _color_jitter(images: Tensor, factors: Tensor, order: Tensor, applied: Tensor) -> Tensor:
+_NEUTRAL_FACTORS = (1.0, 1.0, 1.0, 0.0)  # brightness, contrast, saturation, hue: the identity
+
+
+def _color_jitter(images: Tensor, factors: Tensor, order: Tensor, applied: Tensor,
+                  gather: bool | None = None) -> Tensor:
     """ColorJitter with a per-sample op order: in round r every jittered sample gets its r-th op.
 
-    Each (round, op) pair touches only the samples that need it, so the cost is that of applying the
-    four ops once per sample (at the price of 16 small host syncs on CUDA). One-channel images only
-    get brightness and contrast (torchvision makes saturation and hue no-ops there).
+    On CPU each (round, op) pair touches only the samples that need it (gathered by index), so the
+    cost is that of applying the four ops once per sample. On other devices that indexing would
+    cost a host synchronisation per pair, so every op runs on the whole batch with the identity
+    factor (and a ``where``) for the samples that do not take it in that round: more arithmetic,
+    no sync, same values (``gather`` forces one way, for tests). One-channel images only get brightness and contrast (torchvision makes
+    saturation and hue no-ops there).
     """
     ops = _JITTER_OPS if images.shape[1] == 3 else _JITTER_OPS[:2]
+    gather = images.device.type == "cpu" if gather is None else gather
     for round_index in range(len(_JITTER_OPS)):
         for op_index, op in enumerate(ops):
-            selected = torch.nonzero(applied & (order[:, round_index] == op_index)).squeeze(1)
-            if selected.numel():
-                images[selected] = op(images[selected], factors[selected, op_index])
+            chosen = applied & (order[:, round_index] == op_index)
+            if gather:
+                selected = torch.nonzero(chosen).squeeze(1)
+                if selected.numel():
+                    images[selected] = op(images[selected], factors[selected, op_index])
+            else:
+                factor = torch.where(chosen, factors[:, op_index], _NEUTRAL_FACTORS[op_index])
+                images = torch.where(chosen[:, None, None, None], op(images, factor), images)
     return images
 
 

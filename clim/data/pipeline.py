@@ -71,6 +71,13 @@ def augment_kwargs(config: Config, scale: tuple[float, float] | None = None) -> 
     )
 
 
+def make_step_generator(device: torch.device, seed: int, epoch: int, rank: int) -> torch.Generator:
+    """The generator of the step's own draws (CutMix boxes, λ), ``batch["generator"]``: separate from
+    the views' generator, so that making batches ahead of the step (:mod:`clim.data.prefetch`) draws
+    exactly the same numbers as making them in turn."""
+    return torch.Generator(device).manual_seed(epoch_seed(seed + 1, epoch, rank) + 7)
+
+
 def draw_positives(table: torch.Tensor, index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """One positive per anchor, uniformly among its table entries (METHOD §3)."""
     rows = table[index.to(table.device)]
@@ -100,27 +107,34 @@ class BatchedPipeline:
     def __len__(self) -> int:
         return len(self.images) // (self.batch_size * self.world_size)
 
-    def _views(self, index: torch.Tensor, generator: torch.Generator) -> list[torch.Tensor]:
-        return at_resolutions(self.augment(self.images[index], generator=generator), self.sizes)
+    def _view_pair(self, index: torch.Tensor, generator: torch.Generator) -> tuple[list, list]:
+        """Two independent views of the images ``index``, augmented in one batched pass of 2·B."""
+        views = self.augment(self.images[index].repeat(2, 1, 1, 1), generator=generator)
+        first, second = views.chunk(2)
+        return at_resolutions(first, self.sizes), at_resolutions(second, self.sizes)
 
     def epoch(self, epoch: int, positives: torch.Tensor | None = None) -> Iterator[dict]:
         generator = torch.Generator(self.device).manual_seed(epoch_seed(self.seed, epoch, 0))
         order = torch.randperm(len(self.images), generator=generator, device=self.device)
         generator.manual_seed(epoch_seed(self.seed, epoch, self.rank + 1))
+        step_generator = make_step_generator(self.device, self.seed, epoch, self.rank)
         global_batch = self.batch_size * self.world_size
         for step in range(len(self)):
             start = step * global_batch + self.rank * self.batch_size
             index = order[start: start + self.batch_size]
-            batch = {"index": index, "label": self.labels[index], "generator": generator,
-                     "query": self._views(index, generator), "key": self._views(index, generator),
+            query, key = self._view_pair(index, generator)
+            batch = {"index": index, "label": self.labels[index], "generator": step_generator,
+                     "query": query, "key": key,
                      "positive_index": None, "positive_query": None, "positive_key": None,
                      "small_crops": None}
             if positives is not None:
                 positive = draw_positives(positives, index, generator).to(self.device)
                 batch["positive_index"] = positive
-                batch["positive_key"] = self._views(positive, generator)
                 if self.with_positive_query:
-                    batch["positive_query"] = self._views(positive, generator)
+                    batch["positive_key"], batch["positive_query"] = self._view_pair(positive, generator)
+                else:
+                    batch["positive_key"] = at_resolutions(
+                        self.augment(self.images[positive], generator=generator), self.sizes)
             if self.small_augment is not None:
                 batch["small_crops"] = [self.small_augment(self.images[index], generator=generator)
                                         for _ in range(MULTICROP_VIEWS)]
@@ -317,19 +331,27 @@ class DevicePipeline(_WorkerPipeline):
     def _views(self, cropped: torch.Tensor, generator: torch.Generator) -> list[torch.Tensor]:
         return at_resolutions(self.augment.augment_cropped(cropped, generator=generator), self.sizes)
 
+    def _view_pair(self, first: torch.Tensor, second: torch.Tensor, generator: torch.Generator) -> tuple[list, list]:
+        """The photometric part of two views in one batched pass of 2·B."""
+        views = self.augment.augment_cropped(torch.cat([first, second]), generator=generator)
+        first, second = views.chunk(2)
+        return at_resolutions(first, self.sizes), at_resolutions(second, self.sizes)
+
     def epoch(self, epoch: int, positives: torch.Tensor | None = None) -> Iterator[dict]:
         loader, generator = self._loader(epoch, positives)
+        step_generator = make_step_generator(self.device, self.seed, epoch, self.rank)
         for cropped in loader:
             cropped = {key: value.to(self.device, non_blocking=True) for key, value in cropped.items()}
-            batch = {"index": cropped["index"], "label": cropped["label"], "generator": generator,
-                     "query": self._views(cropped["query"], generator),
-                     "key": self._views(cropped["key"], generator),
+            query, key = self._view_pair(cropped["query"], cropped["key"], generator)
+            batch = {"index": cropped["index"], "label": cropped["label"], "generator": step_generator,
+                     "query": query, "key": key,
                      "positive_index": cropped.get("positive_index"), "positive_query": None,
                      "positive_key": None, "small_crops": None}
-            if "positive_key" in cropped:
-                batch["positive_key"] = self._views(cropped["positive_key"], generator)
             if "positive_query" in cropped:
-                batch["positive_query"] = self._views(cropped["positive_query"], generator)
+                batch["positive_key"], batch["positive_query"] = self._view_pair(
+                    cropped["positive_key"], cropped["positive_query"], generator)
+            elif "positive_key" in cropped:
+                batch["positive_key"] = self._views(cropped["positive_key"], generator)
             if self.small_augment is not None:
                 batch["small_crops"] = [self.small_augment.augment_cropped(cropped["small_crops"][:, v],
                                                                            generator=generator)

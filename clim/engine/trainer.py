@@ -22,6 +22,7 @@ import torch
 from clim.config import Config, ConfigError
 from clim.data import build_dataset
 from clim.data.pipeline import build_pipeline
+from clim.data.prefetch import prefetched
 from clim.data.transforms import eval_transform_for
 from clim.engine import checkpoint, distributed
 from clim.engine.logging import RunLogger
@@ -54,12 +55,58 @@ def cosine_lr(base_lr: float, step: int, total_steps: int, warmup_steps: int) ->
     return base_lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+class StepMeter:
+    """The step losses, kept on the device: no host synchronisation in the steady-state loop.
+
+    Every step adds its loss (and a non-finite flag, with the value and step of the first bad loss)
+    to device scalars; :meth:`read` copies them to the host in one synchronisation, which the trainer
+    does every ``train.log_every`` steps and at the end of each epoch. A non-finite loss therefore
+    stops every rank within ``log_every`` steps (the weights after it are never saved).
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.reset()
+
+    def reset(self) -> None:
+        zero = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.loss_sum, self.images = zero.clone(), 0
+        self.last = zero.clone()
+        self.lam = None
+        self.bad = torch.zeros((), dtype=torch.bool, device=self.device)
+        self.bad_value, self.bad_step = zero.clone(), torch.zeros((), dtype=torch.long, device=self.device)
+
+    def add(self, loss: torch.Tensor, images: int, step: int, lam: torch.Tensor | None = None) -> None:
+        loss = loss.detach().to(torch.float64)
+        first_bad = ~torch.isfinite(loss) & ~self.bad
+        self.bad_value = torch.where(first_bad, loss, self.bad_value)
+        self.bad_step = torch.where(first_bad, step, self.bad_step)
+        self.bad = self.bad | first_bad
+        self.loss_sum += loss * images
+        self.images += images
+        self.last = loss
+        self.lam = None if lam is None else lam.detach()
+
+    def read(self) -> dict:
+        """One host sync: ``loss_mean`` (since the last reset), ``loss`` (the latest step), ``lambda``
+        and, under DDP, whether any rank saw a non-finite loss (``bad``, with ``bad_value`` and
+        ``bad_step`` of this rank's first one)."""
+        lam = self.lam.double().mean() if self.lam is not None else torch.zeros_like(self.last)
+        values = torch.stack([self.loss_sum, self.last, self.bad.double(), self.bad_value,
+                              self.bad_step.double(), lam]).cpu().tolist()
+        loss_sum, last, bad, bad_value, bad_step, lam_value = values
+        return {"loss_mean": loss_sum / max(1, self.images), "loss": last,
+                "lambda": lam_value if self.lam is not None else None,
+                "bad": distributed.any_rank(bool(bad)), "bad_value": bad_value, "bad_step": int(bad_step)}
+
+
 class StepRunner:
     """One optimisation step, shared by the trainer and benchmarks/throughput.py.
 
     Holds the precision settings (bf16 autocast and channels_last on CUDA by default; float16 adds
-    a GradScaler) and runs: objective → collective finiteness check → backward → gradient average
-    → SGD step → enqueue.
+    a GradScaler) and runs: objective → backward → gradient average → SGD step → enqueue, without
+    a host synchronisation (the loss goes to a device-side :class:`StepMeter`).
+    ``train.compile`` compiles both encoders with ``torch.compile`` (state_dict keys unchanged).
     """
 
     def __init__(self, model: MoCo, config: Config, device: torch.device):
@@ -72,8 +119,12 @@ class StepRunner:
         self.scaler = torch.amp.GradScaler(device.type, enabled=use_amp and config.train.amp_dtype == "float16")
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
+        if compile_enabled(config, device):
+            model.encoder_q.compile()
+            model.encoder_k.compile()
         self.model = model
         self.config = config
+        self.meter = StepMeter(device)
         self.optimizer = torch.optim.SGD(model.encoder_q.parameters(), lr=config.lr, momentum=config.train.momentum,
                                          weight_decay=config.train.weight_decay)
 
@@ -81,21 +132,25 @@ class StepRunner:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
-    def __call__(self, batch: dict) -> StepOutput:
+    def __call__(self, batch: dict, step: int = 0) -> StepOutput:
         if self.channels_last:
             batch = {k: ([v.contiguous(memory_format=torch.channels_last) for v in value]
                          if isinstance(value, list) else value) for k, value in batch.items()}
         with self.autocast:
             out = compute_step(self.model, batch, self.config)
-        if distributed.any_rank(not torch.isfinite(out.loss)):  # all ranks stop together
-            raise TrainingDiverged(f"loss became {out.loss.item()}")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(out.loss).backward()
         distributed.average_gradients(self.model.encoder_q.parameters())
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.model.enqueue(out.keys.float())
+        self.meter.add(out.loss, len(batch["index"]) * distributed.world_size(), step, out.lam_mean)
         return out
+
+
+def compile_enabled(config: Config, device: torch.device) -> bool:
+    """``train.compile``: None = off (no measured gain yet on every device: see BENCHMARKS.md)."""
+    return bool(config.train.compile)
 
 
 def data_info_dict(info, image_size: int) -> dict:
@@ -134,6 +189,16 @@ class KnnMonitor:
         return weighted_knn(train_feats.to(self.device), train_labels.to(self.device), test_feats.to(self.device),
                             test_labels.to(self.device), self.config.train.knn_k,
                             self.config.train.knn_temperature, self.num_classes)
+
+
+def _read_meter(runner: StepRunner, epoch: int, ckpt_path: Path, bar) -> dict:
+    reading = runner.meter.read()
+    if reading["bad"]:  # every rank stops here together
+        bar.close()  # the error message then starts on its own line
+        raise TrainingDiverged(
+            f"loss became {reading['bad_value']} at epoch {epoch + 1}, step {reading['bad_step']}; the last good "
+            f"checkpoint ({ckpt_path}) is kept — lower train.lr and resume")
+    return reading
 
 
 def _check_resume(saved: dict, config: Config) -> None:
@@ -208,35 +273,29 @@ def pretrain(config: Config, out_dir: str | Path) -> list[dict]:
         table = model.positives if needs_table(config, epoch) else None
 
         model.train()
-        loss_sum, seen, started = 0.0, 0, time.perf_counter()
+        runner.meter.reset()
+        seen, started, lr = 0, time.perf_counter(), config.lr
         bar = logger.progress(steps, epoch, config.train.epochs)
-        for batch in pipeline.epoch(epoch, table):
+        for batch in prefetched(pipeline.epoch(epoch, table), device):
             lr = cosine_lr(config.lr, step, total_steps, warmup_steps)
             runner.set_lr(lr)
-            try:
-                out = runner(batch)
-            except TrainingDiverged as error:
-                bar.close()  # the error message then starts on its own line
-                raise TrainingDiverged(
-                    f"{error} at epoch {epoch + 1}, step {step}; the last good checkpoint "
-                    f"({ckpt_path}) is kept — lower train.lr and resume") from None
-
-            batch_images = len(batch["index"]) * runtime.world_size
-            loss_value = out.loss.item()
-            loss_sum += loss_value * batch_images
-            seen += batch_images
+            runner(batch, step)
+            seen += len(batch["index"]) * runtime.world_size
             step += 1
-            images_per_s = seen / (time.perf_counter() - started)
-            bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.4f}", img_s=f"{images_per_s:.0f}", refresh=False)
             bar.update()
-            if step % config.train.log_every == 0:
-                scalars = {"loss": loss_value, "lr": lr}
-                if out.lam_mean is not None:
-                    scalars["lambda"] = out.lam_mean
+            if step % config.train.log_every == 0:  # the only host sync of the loop
+                reading = _read_meter(runner, epoch, ckpt_path, bar)
+                images_per_s = seen / (time.perf_counter() - started)
+                bar.set_postfix(loss=f"{reading['loss']:.3f}", lr=f"{lr:.4f}", img_s=f"{images_per_s:.0f}",
+                                refresh=False)
+                scalars = {"loss": reading["loss"], "lr": lr}
+                if reading["lambda"] is not None:
+                    scalars["lambda"] = reading["lambda"]
                 logger.step(step, scalars)
+        reading = _read_meter(runner, epoch, ckpt_path, bar)
         bar.close()
         elapsed = time.perf_counter() - started
-        record.update(loss=loss_sum / max(1, seen), lr=lr if steps else config.lr,
+        record.update(loss=reading["loss_mean"], lr=lr if steps else config.lr,
                       images_per_s=seen / elapsed, epoch_seconds=elapsed)
 
         last = epoch + 1 == config.train.epochs

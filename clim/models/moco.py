@@ -22,8 +22,18 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
 
     On one device this mimics MoCo's multi-GPU setting, where each GPU normalises its own small
     batch, which is what keeps BN from leaking information between query and key (METHOD §1).
-    When the batch does not divide evenly, the largest divisor of the batch size not above
-    ``num_splits`` is used, so any batch size works. Its state_dict is a plain BatchNorm2d's.
+    Group ``g`` holds samples ``g, g + s, g + 2s, ...``. When the batch does not divide evenly, the
+    largest divisor of the batch size not above ``num_splits`` is used, so any batch size works.
+    Its state_dict is a plain BatchNorm2d's.
+
+    Two implementations, numerically the same normalisation, chosen by the input's memory layout
+    so that neither ever copies an activation into another layout:
+
+    * NCHW-contiguous input: the batch viewed as ``[N/s, s·C, H, W]`` (a free view) through one
+      ``F.batch_norm`` call, each (group, channel) pair a channel;
+    * any other layout (channels-last on a GPU): :func:`grouped_batch_norm`, per-group statistics
+      from one ``var_mean`` reduction on a ``[N/s, s, C, H, W]`` view and one fused multiply-add
+      that keeps the input's layout.
     """
 
     def __init__(self, num_features: int, num_splits: int = 1, **kwargs):
@@ -34,11 +44,13 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
         splits = _largest_divisor(x.shape[0], self.num_splits)
         if not self.training or splits == 1:
             return super().forward(x)
+        if not x.is_contiguous():
+            return grouped_batch_norm(x, self, splits)
         n, c, h, w = x.shape
         mean = self.running_mean.repeat(splits)
         var = self.running_var.repeat(splits)
         out = F.batch_norm(
-            x.reshape(n // splits, c * splits, h, w), mean, var,
+            x.view(n // splits, c * splits, h, w), mean, var,
             self.weight.repeat(splits), self.bias.repeat(splits),
             True, self.momentum, self.eps)
         with torch.no_grad():
@@ -46,6 +58,33 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
             self.running_var.copy_(var.view(splits, c).mean(0))
             self.num_batches_tracked += 1
         return out.view(n, c, h, w)
+
+
+def grouped_batch_norm(x: torch.Tensor, bn: nn.BatchNorm2d, groups: int) -> torch.Tensor:
+    """Training-mode BN of ``x`` [N, C, H, W] (any memory layout) with every group of the batch
+    (samples ``g::groups``) normalised by its own statistics; ``bn``'s running statistics get the
+    mean of the groups' updates, as ``groups`` separate ``F.batch_norm`` calls would give them.
+
+    The ``[N/g, g, C, H, W]`` view splits the batch dimension only, so it is free for every layout,
+    and both the reduction and the multiply-add keep the input's layout (no ``copy_``). Statistics
+    are reduced in float32 (``var_mean`` accumulates in float32 for bf16 / fp16 input too); the
+    per-channel scale and shift are applied in the input's dtype. Autograd differentiates it.
+    """
+    n, c, h, w = x.shape
+    view = x.view(n // groups, groups, c, h, w)
+    var, mean = torch.var_mean(view, dim=(0, 3, 4), correction=0)  # [groups, C]
+    mean, var = mean.float(), var.float()
+    scale = bn.weight.float() * torch.rsqrt(var + bn.eps)
+    shift = bn.bias.float() - mean * scale
+    out = torch.addcmul(shift.to(x.dtype)[None, :, :, None, None], view, scale.to(x.dtype)[None, :, :, None, None])
+    if bn.track_running_stats:
+        with torch.no_grad():
+            count = (n // groups) * h * w
+            unbiased = var.mean(0) * (count / max(1, count - 1))  # F.batch_norm's running var
+            bn.running_mean.lerp_(mean.mean(0).to(bn.running_mean.dtype), bn.momentum)
+            bn.running_var.lerp_(unbiased.to(bn.running_var.dtype), bn.momentum)
+            bn.num_batches_tracked += 1
+    return out.view(n, c, h, w)
 
 
 def _largest_divisor(n: int, at_most: int) -> int:

@@ -176,3 +176,24 @@ def test_cuda_batch_with_cpu_generator_matches_cpu():
     cpu = aug(images, torch.Generator().manual_seed(2))
     cuda = aug.cuda()(images.cuda(), torch.Generator().manual_seed(2))
     torch.testing.assert_close(cuda.cpu(), cpu, atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_color_jitter_without_gathering_equals_gathering(channels):
+    """The sync-free form used on GPUs (every op on the whole batch, identity factor elsewhere)
+    gives the values of the per-subset form used on CPU."""
+    from clim.data.batch_augment import _color_jitter
+
+    augment = MoCoV2BatchAugment(8, [0.5] * channels, [0.25] * channels, jitter_p=0.7)
+    generator = torch.Generator().manual_seed(3)
+    params = augment.sample_photometric_params(64, generator)
+    images = torch.rand((64, channels, 8, 8), generator=generator)
+    gathered = _color_jitter(images.clone(), params["jitter_factors"], params["jitter_order"], params["jitter"],
+                             gather=True)
+    masked = _color_jitter(images.clone(), params["jitter_factors"], params["jitter_order"], params["jitter"],
+                           gather=False)
+    assert 0 < int(params["jitter"].sum()) < 64  # both jittered and untouched samples
+    torch.testing.assert_close(masked, gathered, rtol=0, atol=1e-6)
+    untouched = ~params["jitter"]
+    assert torch.equal(masked[untouched], images[untouched])
+    assert not torch.allclose(masked[~untouched], images[~untouched])

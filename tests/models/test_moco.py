@@ -86,6 +86,38 @@ def test_split_batch_norm_normalises_each_group_alone(batch, splits, used):
         assert not torch.allclose(out, whole, atol=1e-3)
 
 
+@pytest.mark.parametrize("batch, splits", [(8, 4), (12, 8), (16, 2)])
+def test_split_batch_norm_channels_last_equals_per_group_bn_with_gradients(batch, splits):
+    """The layout-keeping path (channels-last input) against per-group F.batch_norm: output, input,
+    weight and bias gradients, running statistics; and it never changes the memory layout."""
+    torch.manual_seed(batch + splits)
+    bn = SplitBatchNorm2d(4, num_splits=splits)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 2)
+        bn.bias.normal_()
+        bn.running_mean.normal_()
+        bn.running_var.uniform_(0.5, 2)
+    reference = SplitBatchNorm2d(4, num_splits=splits)
+    reference.load_state_dict(bn.state_dict())
+    used = max(d for d in range(1, splits + 1) if batch % d == 0)
+    x = torch.randn(batch, 4, 5, 3) * torch.tensor([1.0, 3.0, 0.5, 2.0]).view(1, 4, 1, 1) + 1.5
+    x_ref = x.clone().requires_grad_(True)
+    x_cl = x.clone().contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    expected, mean, var = _reference_split_bn(x_ref, reference, used)
+    out = bn(x_cl)
+    assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(bn.running_mean, mean)
+    torch.testing.assert_close(bn.running_var, var)
+    assert int(bn.num_batches_tracked) == 1
+    grad = torch.randn_like(expected)
+    (expected * grad).sum().backward()
+    (out * grad).sum().backward()
+    torch.testing.assert_close(x_cl.grad, x_ref.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(bn.weight.grad, reference.weight.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(bn.bias.grad, reference.bias.grad, rtol=1e-4, atol=1e-5)
+
+
 def test_split_batch_norm_eval_and_state_dict_are_plain_batch_norm():
     split, plain = SplitBatchNorm2d(3, num_splits=4), nn.BatchNorm2d(3)
     assert set(split.state_dict()) == set(plain.state_dict())
