@@ -1,4 +1,4 @@
-"""The ``clim`` command line: pretrain, demo, report, eval, export, ablate.
+"""The ``clim`` command line: pretrain, demo, report, inspect, eval, export, ablate.
 
 Expected user errors (bad config key or value, missing file or dataset) print one line on stderr
 and exit with code 2, without a traceback; a diverged run exits with code 1.
@@ -43,6 +43,13 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _inspect(args: argparse.Namespace) -> int:
+    from clim.inspect import inspect_run
+
+    print(inspect_run(args.run, args.anchors, args.seed, args.out, args.compare))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="clim", description="CLIM: Center-wise Local Image Mixture for contrastive representation learning")
@@ -62,6 +69,15 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="write RUN_DIR/report.md with plots")
     report.add_argument("run_dir")
     report.set_defaults(func=_report)
+
+    inspect = commands.add_parser("inspect", help="draw the positives CLIM picked (a grid of anchors and positives)")
+    inspect.add_argument("run", metavar="RUN_DIR_OR_CKPT")
+    inspect.add_argument("--anchors", type=int, default=12, help="rows, one anchor each (default 12)")
+    inspect.add_argument("--seed", type=int, default=0, help="seed of the anchor choice")
+    inspect.add_argument("--out", help="PNG to write (default RUN_DIR/positives/inspect.png)")
+    inspect.add_argument("--compare", action="append", default=[], choices=["knn", "random"],
+                         help="add rows of what kNN-only or random selection would pick (repeatable)")
+    inspect.set_defaults(func=_inspect)
 
     from clim.evaluation.cli import register
 

@@ -4,6 +4,11 @@ Every ``method.refresh_every`` epochs the momentum encoder (eval mode, eval tran
 whole pretraining set. Under DDP each rank embeds a strided shard; (index, feature) pairs are
 gathered and placed by index, so sampler padding can neither duplicate nor drop an image. Rank 0
 selects, and the table is broadcast into ``model.positives`` (a buffer, hence saved in checkpoints).
+
+The table alone does not say *why* a positive was chosen. Rank 0 therefore also keeps the latest
+refresh's per-anchor facts (:func:`anchor_details`) in ``model.refresh_details``, a plain attribute
+and not a buffer, so checkpoints keep their format; the training hook of ``clim inspect`` saves them
+beside the checkpoint (``RUN_DIR/positives/selection.pt``).
 """
 
 from __future__ import annotations
@@ -59,6 +64,20 @@ def embed_dataset(encoder: nn.Module, dataset, batch_size: int, device: torch.de
     return ordered
 
 
+def anchor_details(result: SelectionResult) -> dict[str, torch.Tensor]:
+    """Per-anchor facts of a selection, CPU tensors: ``knn`` int32 [N, P] (what kNN-only selection
+    would pick on the same features), ``filled`` bool [N], and where the strategy has them
+    ``cluster_size`` int32 [N] (members of the anchor's cluster, itself included) and ``omega_size``
+    int32 [N] (|Ω_p|, or |Ω1 ∩ Ω2| for ``knn_kmeans``)."""
+    details = {"knn": result.neighbors[:, :result.positives.shape[1]].int().cpu(), "filled": result.filled.cpu()}
+    if result.assignments is not None:
+        sizes = torch.bincount(result.assignments, minlength=result.centroids.shape[0])
+        details["cluster_size"] = sizes[result.assignments].int().cpu()
+    if result.omega_sizes is not None:
+        details["omega_size"] = result.omega_sizes.int().cpu()
+    return details
+
+
 def refresh_positives(model: MoCo, dataset, labels: torch.Tensor | None, config: Config, epoch: int,
                       device: torch.device) -> dict:
     """Recompute ``model.positives``; returns the diagnostics (on rank 0; {} elsewhere)."""
@@ -75,6 +94,8 @@ def refresh_positives(model: MoCo, dataset, labels: torch.Tensor | None, config:
         table.copy_(result.positives.to(table.device, table.dtype))
         known = labels if labels is not None and bool((labels >= 0).any()) else None
         diagnostics = selection_diagnostics(result, None if known is None else known.cpu())
+        # epoch + 1: the metrics record (and first epoch) that trains with this table
+        model.refresh_details = {"epoch": epoch + 1, "strategy": config.method.selection, **anchor_details(result)}
     distributed.broadcast(table)
     model.positives.copy_(table)
     diagnostics["seconds"] = round(time.perf_counter() - started, 2)

@@ -95,6 +95,12 @@ def write_report(run_dir: str | Path) -> Path:
                 "cluster_size_median", "cluster_size_max", "seconds"]
         rows = [[r["epoch"]] + [r["selection"].get(k, "") for k in keys] for r in refreshes]
         lines += _table(rows, ["epoch"] + keys) + [""]
+        previews = {int(p.stem[6:]): p.name for p in (run_dir / "positives").glob("epoch_*.png")
+                    if p.stem[6:].isdigit()}
+        if previews:  # drawn at each refresh by the trainer; the latest is shown
+            latest = max(previews)
+            lines += [f"Anchors and their positives at the refresh of epoch {latest} (`clim inspect` draws more):",
+                      "", f"![positives](positives/{previews[latest]})", ""]
 
     evaluations = sorted((run_dir / "eval").glob("*.json")) if (run_dir / "eval").exists() else []
     if evaluations:

@@ -28,6 +28,7 @@ from clim.engine import checkpoint, distributed
 from clim.engine.logging import RunLogger
 from clim.evaluation.features import extract_features
 from clim.evaluation.knn import weighted_knn
+from clim.inspect import write_positives_preview
 from clim.models.moco import MoCo, build_moco
 from clim.objective import StepOutput, compute_step
 from clim.positives import is_refresh_epoch, needs_table, refresh_positives
@@ -270,6 +271,7 @@ def pretrain(config: Config, out_dir: str | Path) -> list[dict]:
             record["selection"] = refresh_positives(model, selection_dataset, dataset.labels, config, epoch, device)
             if "positive_precision" in record["selection"]:
                 logger.message(f"positives refreshed: precision {record['selection']['positive_precision']:.3f}")
+            write_positives_preview(model, dataset, config, out_dir, logger.message)  # main rank, never raises
         table = model.positives if needs_table(config, epoch) else None
 
         model.train()
