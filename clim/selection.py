@@ -132,24 +132,153 @@ def _knn_faiss(x: Tensor, k: int) -> Tensor:
     return _drop_self(torch.from_numpy(ids).to(x.device))
 
 
-def _knn_torch(x: Tensor, k: int) -> Tensor:
-    """Exact L2 kNN by chunked matmul + topk; no N×N matrix is ever materialised.
+_GROUP = 128  # columns per group in the two-stage top-k
+_HALF_MARGIN = 40  # extra fp16 candidates per row, re-ranked exactly in fp32 (CUDA)
+_HALF_MIN_N = 1 << 15  # below this many points the fp32 path alone is fast enough
+_CPU_BLOCK = 1 << 24  # elements of one CPU distance block (64 MB of fp32)
 
-    Ranks by ``||y||² − 2 q·y`` (the query's own norm is constant per row) and excludes self by
+
+@contextlib.contextmanager
+def _fp32_accumulation(device: torch.device):
+    """fp16 matmuls on CUDA accumulate in fp32 throughout (the error bound of :func:`_knn_half`)."""
+    if device.type != "cuda":
+        yield
+        return
+    previous = torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction
+    torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = previous
+
+
+def _knn_block_rows(n_cols: int, device: torch.device, elem_bytes: int) -> int:
+    """Query rows per kNN block: a [rows, n_cols] score block plus its top-k workspace fits.
+
+    CUDA: an eighth of the free memory for the block, at most 16,384 rows. CPU: blocks of
+    ``_CPU_BLOCK`` elements, which keeps the pass over them close to the caches.
+    """
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        budget, cap = free // 8 // elem_bytes, 16384
+    else:
+        budget, cap = _CPU_BLOCK, 8192
+    return int(max(1, min(cap, budget // max(1, n_cols))))
+
+
+def _group_topk(scores: Tensor, k: int, group: int, largest: bool) -> tuple[Tensor, Tensor]:
+    """Exact top-k per row of ``scores`` [r, c] (c a multiple of ``group``), best first.
+
+    Two stages instead of one top-k over all c columns: every ``group`` consecutive columns are
+    reduced to their extreme (one cheap pass), the k groups with the best extremes are kept, and
+    the top k of their k·group entries are selected. This is exact: the k kept extremes are k
+    distinct entries at least as good as the k-th kept one, so the true k-th best value is at
+    least that good, and any entry strictly better lies in a group whose extreme beats every
+    dropped group's; ties at the boundary are resolved arbitrarily, as ``torch.topk`` does.
+    Returns (values, column indices).
+    """
+    r, c = scores.shape
+    n_groups = c // group
+    if n_groups <= k:
+        return scores.topk(k, dim=1, largest=largest, sorted=True)
+    blocks = scores.view(r, n_groups, group)
+    extremes = blocks.amax(2) if largest else blocks.amin(2)
+    groups = extremes.topk(k, dim=1, largest=largest, sorted=False).indices
+    offsets = torch.arange(group, device=scores.device)
+    cols = (groups.unsqueeze(2) * group + offsets).view(r, k * group)
+    values, pos = scores.gather(1, cols).topk(k, dim=1, largest=largest, sorted=True)
+    return values, cols.gather(1, pos)
+
+
+def _knn_exact(x: Tensor, k: int, queries: Tensor | None = None, group: int = _GROUP) -> Tensor:
+    """Exact fp32 L2 kNN of ``queries`` (all points by default) among all points, self excluded.
+
+    Blocks of query rows; each block's [rows, N] distances ``||y||² − 2 q·y`` (the query's own
+    norm is constant per row) come from one matmul, then :func:`_group_topk` selects. Columns
+    are padded to a multiple of ``group`` with zero vectors of norm +inf; self is excluded by
     setting its own column to +inf, so duplicates cannot confuse the exclusion.
     """
     n = x.shape[0]
-    sq = (x * x).sum(1)
-    rows = _chunk_rows(n, x.device)
-    out = torch.empty(n, k, dtype=torch.long, device=x.device)
+    n_pad = -(-n // group) * group
+    xp = F.pad(x, (0, 0, 0, n_pad - n))
+    sq = F.pad((x * x).sum(1), (0, n_pad - n), value=math.inf).unsqueeze(0)
+    nq = n if queries is None else queries.numel()
+    out = torch.empty(nq, k, dtype=torch.long, device=x.device)
+    rows = _knn_block_rows(n_pad, x.device, 4)
     with _ieee_fp32_matmul(x.device):
+        for start in range(0, nq, rows):
+            end = min(start + rows, nq)
+            if queries is None:
+                ids, q = torch.arange(start, end, device=x.device), x[start:end]
+            else:
+                ids = queries[start:end]
+                q = x[ids]
+            dist = torch.addmm(sq, q, xp.T, alpha=-2.0)
+            dist.scatter_(1, ids.unsqueeze(1), math.inf)
+            out[start:end] = _group_topk(dist, k, group, largest=False)[1]
+    return out
+
+
+def _knn_half(x: Tensor, k: int, margin: int = _HALF_MARGIN, group: int = _GROUP) -> tuple[Tensor, Tensor]:
+    """fp16 candidates, exact fp32 re-rank, and a per-row certificate of exactness.
+
+    Points are scaled by 1 / max norm and rounded to fp16; the fp16 matmul (fp32 accumulation)
+    gives scores s̃ with |s̃ − scale²·q·y| ≤ bound = 4u + d·2⁻²² (u = 2⁻¹¹: both inputs' rounding,
+    the output's rounding, fp32 accumulation). The k + margin best s̃ per row are re-ranked by
+    exact fp32 distances. Every other column has s̃ ≤ the last candidate's s̃, so its distance is
+    at least ``min ||y||² − 2·(s̃_last + bound) / scale²``; the row is certified when that lower
+    bound exceeds the k-th exact distance (plus the fp32 rounding of the distances), and then its
+    neighbours equal the fp32 exact kNN's up to ties. Returns (ids [N, k], certified [N] bool).
+    """
+    n, d = x.shape
+    c = k + margin
+    sq = (x * x).sum(1)
+    sq_max = float(sq.max())
+    scale = 1.0 / math.sqrt(sq_max)
+    bound = 4 * 2.0**-11 + d * 2.0**-22
+    slack = 4 * d * 2.0**-24 * sq_max
+    sq_min = sq.min()
+    n_pad = -(-n // group) * group
+    xh = F.pad(x * scale, (0, 0, 0, n_pad - n)).half()
+    ids = torch.empty(n, k, dtype=torch.long, device=x.device)
+    certified = torch.empty(n, dtype=torch.bool, device=x.device)
+    rows = _knn_block_rows(n_pad, x.device, 2)
+    with _fp32_accumulation(x.device), _ieee_fp32_matmul(x.device):
         for start in range(0, n, rows):
             end = min(start + rows, n)
-            dist = torch.addmm(sq.unsqueeze(0), x[start:end], x.T, alpha=-2.0)
             local = torch.arange(end - start, device=x.device)
-            dist[local, local + start] = math.inf
-            out[start:end] = dist.topk(k, dim=1, largest=False, sorted=True).indices
-    return out
+            scores = xh[start:end] @ xh.T
+            scores[:, n:] = -math.inf
+            scores[local, local + start] = -math.inf  # self, by index
+            top, cand = _group_topk(scores, c, group, largest=True)
+            q = x[start:end]
+            dist = sq[cand] - 2 * torch.bmm(x[cand], q.unsqueeze(2)).squeeze(2)
+            best, order = dist.topk(k, dim=1, largest=False, sorted=True)
+            ids[start:end] = cand.gather(1, order)
+            lower = sq_min - 2 * (top[:, -1].float() + bound) / scale**2
+            certified[start:end] = lower > best[:, -1] + slack
+    return ids, certified
+
+
+def _knn_torch(x: Tensor, k: int, low_precision: bool | None = None) -> Tensor:
+    """Exact L2 kNN in torch, self excluded by index; no N×N matrix is ever materialised.
+
+    ``low_precision`` (default: on CUDA with at least ``_HALF_MIN_N`` points of nearly equal
+    norm, as L2-normalised features are) first runs :func:`_knn_half`; the rows it cannot
+    certify are recomputed by :func:`_knn_exact`, so the result is the fp32 exact kNN either way.
+    """
+    n = x.shape[0]
+    if low_precision is None:
+        sq = (x * x).sum(1)
+        low_precision = (x.is_cuda and n >= _HALF_MIN_N and n > 2 * (k + _HALF_MARGIN + _GROUP)
+                         and float(sq.max() - sq.min()) <= 1e-2 * float(sq.max()))
+    if not low_precision:
+        return _knn_exact(x, k, group=_GROUP)
+    ids, certified = _knn_half(x, k, _HALF_MARGIN, _GROUP)
+    redo = (~certified).nonzero().squeeze(1)
+    if redo.numel():
+        ids[redo] = _knn_exact(x, k, redo, _GROUP)
+    return ids
 
 
 def _kmeans_faiss(x: Tensor, m: int, seed: int) -> tuple[Tensor, Tensor]:
@@ -165,12 +294,16 @@ def _kmeans_faiss(x: Tensor, m: int, seed: int) -> tuple[Tensor, Tensor]:
 
 
 def _nearest_centroid(x: Tensor, centroids: Tensor) -> tuple[Tensor, Tensor]:
-    """(cosine similarity, index) of each point's nearest centroid, chunked over points."""
-    rows = _chunk_rows(centroids.shape[0], x.device, cap=1 << 16)
+    """(similarity, index) of each point's nearest centroid, chunked over points.
+
+    Computed in the dtype of ``x`` (fp16 for the CUDA k-means iterations), similarities as fp32.
+    """
+    rows = _chunk_rows(centroids.shape[0], x.device, cap=1 << 16 if x.is_cuda else 2048)
+    c = centroids.to(x.dtype)
     sims, ids = [], []
     for start in range(0, x.shape[0], rows):
-        s, i = (x[start : start + rows] @ centroids.T).max(1)
-        sims.append(s)
+        s, i = (x[start : start + rows] @ c.T).max(1)
+        sims.append(s.float())
         ids.append(i)
     return torch.cat(sims), torch.cat(ids)
 
@@ -182,19 +315,26 @@ def _kmeans_torch(x: Tensor, m: int, seed: int) -> tuple[Tensor, Tensor]:
     maximum cosine (chunked) and sets centroids to the normalised member means. An empty cluster
     is re-seeded deterministically with the worst-fitting points (lowest similarity to their
     centroid), as many as there are empty clusters. Final assignment = nearest final centroid.
+
+    On CUDA the 20 assignment steps use fp16 matmuls (fp32 accumulation; similarities within
+    about 1e-3, so only near-tied points may change cluster, which k-means tolerates); the
+    centroid means and the final assignment are fp32 (IEEE), so every point's returned cluster
+    is its nearest final centroid exactly.
     """
     n = x.shape[0]
     g = torch.Generator(device=x.device).manual_seed(seed)
     centroids = x[torch.randperm(n, generator=g, device=x.device)[:m]].clone()
-    for _ in range(KMEANS_ITERS):
-        sim, assign = _nearest_centroid(x, centroids)
-        sums = torch.zeros_like(centroids).index_add_(0, assign, x)
-        centroids = F.normalize(sums, dim=1)
-        empty = torch.bincount(assign, minlength=m) == 0
-        n_empty = int(empty.sum())
-        if n_empty:
-            centroids[empty] = x[sim.topk(n_empty, largest=False).indices]
-    _, assign = _nearest_centroid(x, centroids)
+    xa = x.half() if x.is_cuda else x
+    with _fp32_accumulation(x.device), _ieee_fp32_matmul(x.device):
+        for _ in range(KMEANS_ITERS):
+            sim, assign = _nearest_centroid(xa, centroids)
+            sums = torch.zeros_like(centroids).index_add_(0, assign, x)
+            centroids = F.normalize(sums, dim=1)
+            empty = torch.bincount(assign, minlength=m) == 0
+            n_empty = int(empty.sum())
+            if n_empty:
+                centroids[empty] = x[sim.topk(n_empty, largest=False).indices]
+        _, assign = _nearest_centroid(x, centroids)
     return centroids, assign
 
 

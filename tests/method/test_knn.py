@@ -1,0 +1,138 @@
+"""The torch backend's exact kNN (issue 10): two-stage top-k over column groups, blocked rows, and
+the fp16-candidates + fp32 re-rank path, all checked against faiss ``IndexFlatL2`` on generated
+data with exact duplicates (neighbour sets per row; differences only among tied distances)."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import clim.selection as sel
+from clim.selection import _drop_self, _group_topk, _kmeans_torch, _knn_exact, _knn_half, _knn_torch
+
+faiss = pytest.importorskip("faiss")
+
+K = 10
+TOL = 1e-5
+
+
+def duplicated_features(n=3000, d=16, centres=12, seed=0, normalise=True):
+    """Clustered points; copies of some points, one of them repeated 3·K times (> K + 1)."""
+    g = torch.Generator().manual_seed(seed)
+    c = torch.randn(centres, d, generator=g)
+    x = c[torch.randint(centres, (n,), generator=g)] + 0.6 * torch.randn(n, d, generator=g)
+    if normalise:
+        x = F.normalize(x, dim=1)
+    x[100 : 100 + 3 * K] = x[100]  # more copies than K + 1: self may fall out of faiss's K + 1
+    x[500:504] = x[500]
+    for i in range(1000, 1400, 2):  # 200 pairs
+        x[i + 1] = x[i]
+    perm = torch.randperm(n, generator=g)  # scatter the copies over the column groups
+    return x[perm].contiguous()
+
+
+def big_duplicate(x):
+    """Mask of the rows equal to the point repeated 3·K times."""
+    _, inverse, counts = torch.unique(x, dim=0, return_inverse=True, return_counts=True)
+    return inverse == counts.argmax()
+
+
+def faiss_knn(x, k):
+    index = faiss.IndexFlatL2(x.shape[1])
+    index.add(x.numpy())
+    _, ids = index.search(x.numpy(), k + 1)
+    return _drop_self(torch.from_numpy(ids))
+
+
+def assert_same_neighbours(x, got, ref):
+    """Per row: same k distances, no self, no repeats, and set differences only at tied distances."""
+    xd = x.double()
+    n, k = got.shape
+    assert bool((got != torch.arange(n).unsqueeze(1)).all()), "self among the neighbours"
+    assert bool((got.sort(1).values.diff(dim=1) != 0).all()), "a neighbour repeated in a row"
+    d_got = ((xd.unsqueeze(1) - xd[got]) ** 2).sum(-1)
+    d_ref = ((xd.unsqueeze(1) - xd[ref]) ** 2).sum(-1)
+    torch.testing.assert_close(d_got.sort(1).values, d_ref.sort(1).values, atol=TOL, rtol=0)
+    kth = d_ref.max(1).values
+    differing = 0
+    for i in range(n):
+        extra = set(got[i].tolist()) - set(ref[i].tolist())
+        if extra:
+            differing += 1
+            for j in extra:  # a different choice among points tied with the k-th distance
+                assert abs(float(((xd[i] - xd[j]) ** 2).sum()) - float(kth[i])) <= TOL, (i, j)
+    return differing
+
+
+@pytest.mark.parametrize("largest", [True, False])
+@pytest.mark.parametrize("group", [4, 16])
+def test_group_topk_equals_topk_with_ties(largest, group):
+    g = torch.Generator().manual_seed(group)
+    scores = torch.randint(0, 50, (64, 40 * group), generator=g).float()  # many ties
+    scores[:8] = 7.0  # rows that are all ties
+    values, cols = _group_topk(scores, 12, group, largest)
+    ref = scores.topk(12, dim=1, largest=largest, sorted=True).values
+    assert torch.equal(values, ref)
+    assert torch.equal(scores.gather(1, cols), values)
+    assert bool((cols.sort(1).values.diff(dim=1) != 0).all())
+
+
+def test_group_topk_few_groups_falls_back_to_topk():
+    scores = torch.randn(5, 64)
+    values, cols = _group_topk(scores, 10, 16, largest=False)  # 4 groups <= k
+    assert torch.equal(values, scores.topk(10, dim=1, largest=False).values)
+    assert torch.equal(scores.gather(1, cols), values)
+
+
+@pytest.mark.parametrize("normalise", [True, False])
+def test_exact_knn_equals_faiss_with_duplicates(monkeypatch, normalise):
+    x = duplicated_features(normalise=normalise)
+    monkeypatch.setattr(sel, "_CPU_BLOCK", 3000 * 128)  # ~128 rows a block: many blocks, a ragged last
+    got = _knn_torch(x, K)
+    ref = faiss_knn(x, K)
+    differing = assert_same_neighbours(x, got, ref)
+    assert differing < x.shape[0] // 10  # most rows have a unique answer, and it is the same
+    # the 3K copies of one point find only each other
+    dup = big_duplicate(x).nonzero().squeeze(1)
+    assert dup.numel() == 3 * K
+    for i in dup.tolist():
+        assert set(got[i].tolist()) <= set(dup.tolist()) - {i}
+
+
+def test_exact_knn_subset_of_queries():
+    x = duplicated_features(n=2000)
+    queries = torch.tensor([5, 1999, 0, 777, 100, 101])
+    assert torch.equal(_knn_exact(x, K, queries, group=16), _knn_exact(x, K, group=16)[queries])
+
+
+def test_half_precision_candidates_certified_rows_are_exact():
+    x = duplicated_features()
+    ids, certified = _knn_half(x, K, margin=K, group=32)
+    assert 0.5 < float(certified.float().mean()) < 1.0  # the copies of row 100 cannot be certified
+    rows = certified.nonzero().squeeze(1)
+    ref = faiss_knn(x, K)
+    xd = x.double()
+    d_got = ((xd[rows].unsqueeze(1) - xd[ids[rows]]) ** 2).sum(-1).sort(1).values
+    d_ref = ((xd[rows].unsqueeze(1) - xd[ref[rows]]) ** 2).sum(-1).sort(1).values
+    torch.testing.assert_close(d_got, d_ref, atol=TOL, rtol=0)
+    dup = big_duplicate(x)
+    assert int(dup.sum()) == 3 * K and not bool(certified[dup].any())
+
+
+@pytest.mark.parametrize("margin", [0, K])
+def test_low_precision_knn_equals_faiss(monkeypatch, margin):
+    x = duplicated_features()
+    monkeypatch.setattr(sel, "_HALF_MARGIN", margin)
+    monkeypatch.setattr(sel, "_GROUP", 32)
+    monkeypatch.setattr(sel, "_CPU_BLOCK", 3000 * 200)
+    got = _knn_torch(x, K, low_precision=True)
+    assert_same_neighbours(x, got, faiss_knn(x, K))
+
+
+def test_kmeans_torch_assigns_nearest_final_centroid():
+    x = duplicated_features(n=2000)
+    centroids, assign = _kmeans_torch(x, 20, seed=0)
+    sims = x.double() @ centroids.double().T
+    own = sims.gather(1, assign.unsqueeze(1)).squeeze(1)
+    assert bool((own >= sims.max(1).values - 1e-6).all())
+    assert assign.unique().numel() == 20
