@@ -37,7 +37,6 @@ import yaml
 from clim.config import PRESET_DIR, ConfigError, load_config
 from clim.engine.checkpoint import CHECKPOINT_NAME
 from clim.evaluation.cli import positive_int
-from clim.machine import machine_info
 
 SPEC_NAME = "ablate.json"  # what the subprocess runs: preset, overrides, evaluation settings
 EVAL_NAME = "eval.json"  # written last, so its presence marks a finished run
@@ -201,6 +200,7 @@ def run_one(run_dir: str | Path) -> dict:
     """Train (or resume) and evaluate one run from its ``ablate.json``; writes ``eval.json``."""
     from clim.engine.trainer import pretrain
     from clim.evaluation.common import resolve_device, write_result
+    from clim.machine import machine_info
 
     run_dir = Path(run_dir)
     spec = json.loads((run_dir / SPEC_NAME).read_text())

@@ -1,15 +1,27 @@
-"""The ``clim`` command line: pretrain, demo, report, inspect, eval, export, ablate.
+"""The ``clim`` command line: pretrain, demo, report, inspect, eval, export, ablate, config.
 
-Expected user errors (bad config key or value, missing file or dataset) print one line on stderr
-and exit with code 2, without a traceback; a diverged run exits with code 1.
+Expected user errors (bad config key or value, missing file or dataset, a file that is no checkpoint,
+an output path that cannot be written) print one line on stderr and exit with code 2, without a
+traceback; a diverged run exits with code 1.
+
+torch is imported only by the handlers that need it, so ``clim --help`` and ``clim config`` start fast.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
+from pathlib import Path
 
-from clim.config import ConfigError, load_config, preset_names
+from clim.config import ConfigError, dump_yaml, load_config, preset_names
+
+# Commands whose --out is a folder (the others' --out is a file).
+_FOLDER_OUT = ("pretrain", "demo", "ablate")
+# OSErrors that are the user's environment (a path), not a bug: one line, exit 2.
+_USER_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EEXIST, errno.ENOTDIR, errno.EISDIR,
+                errno.ENOENT)
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser, require_source: bool) -> None:
@@ -50,6 +62,57 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config(args: argparse.Namespace) -> int:
+    config = load_config(args.preset, args.config, args.overrides)
+    source = f"--preset {args.preset}" if args.preset else (f"--config {args.config}" if args.config else "defaults")
+    sets = "".join(f" --set {item}" for item in args.overrides)
+    text = dump_yaml(config, header=f"clim config {source}{sets}\nuse with: clim pretrain --config FILE --out DIR")
+    if args.out:
+        Path(args.out).write_text(text)
+        print(f"wrote {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def check_writable(path: str | os.PathLike, folder: bool) -> None:
+    """Raise ConfigError (one line, exit 2) unless ``path`` can be created or written: a folder
+    (``folder``) or a file. Nothing is created; the nearest existing ancestor must be a writable folder."""
+    target = Path(path).expanduser().absolute()
+    if target.exists():
+        if folder and not target.is_dir():
+            raise ConfigError(f"--out {path} exists and is not a folder")
+        if not folder and target.is_dir():
+            raise ConfigError(f"--out {path} is a folder, not a file")
+        if not os.access(target if folder else target.parent, os.W_OK | os.X_OK) or \
+                (not folder and not os.access(target, os.W_OK)):
+            raise ConfigError(f"--out {path} cannot be written (permission denied)")
+        return
+    parent = target.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"--out {path} cannot be created: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {path} cannot be created: {parent} is not writable (permission denied)")
+
+
+def _exit_code(error: BaseException) -> int | None:
+    """2 for a user error, 1 for a diverged run, None for a bug (the traceback is shown)."""
+    if isinstance(error, (ConfigError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)):
+        return 2
+    if isinstance(error, OSError) and error.errno in _USER_ERRNOS:
+        return 2
+    # Only modules that were imported can have raised their errors: no torch import here.
+    checkpoint = sys.modules.get("clim.engine.checkpoint")
+    if checkpoint is not None and isinstance(error, checkpoint.CheckpointError):
+        return 2
+    trainer = sys.modules.get("clim.engine.trainer")
+    if trainer is not None and isinstance(error, trainer.TrainingDiverged):
+        return 1
+    return None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="clim", description="CLIM: Center-wise Local Image Mixture for contrastive representation learning")
@@ -79,6 +142,14 @@ def build_parser() -> argparse.ArgumentParser:
                          help="add rows of what kNN-only or random selection would pick (repeatable)")
     inspect.set_defaults(func=_inspect)
 
+    config = commands.add_parser(
+        "config", help="print the resolved configuration as YAML (every key; usable as --config)",
+        description="Print every config key of a preset or YAML file after --set overrides, as YAML that "
+                    "`clim pretrain --config FILE` accepts. With neither --preset nor --config: the defaults.")
+    _add_config_arguments(config, require_source=False)
+    config.add_argument("--out", help="write the YAML to this file instead of stdout")
+    config.set_defaults(func=_config)
+
     from clim.evaluation.cli import register
 
     register(commands)
@@ -91,16 +162,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from clim.engine.trainer import TrainingDiverged
-
     try:
+        if getattr(args, "out", None):
+            check_writable(args.out, folder=args.command in _FOLDER_OUT)
         return args.func(args)
-    except (ConfigError, FileNotFoundError, NotADirectoryError) as error:
+    except Exception as error:
+        code = _exit_code(error)
+        if code is None:
+            raise
         print(f"clim: error: {error}", file=sys.stderr)
-        return 2
-    except TrainingDiverged as error:
-        print(f"clim: error: {error}", file=sys.stderr)
-        return 1
+        return code
     except KeyboardInterrupt:
         print("clim: interrupted; run the same command again to resume", file=sys.stderr)
         return 130

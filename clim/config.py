@@ -254,6 +254,21 @@ def _preset_path(name: str) -> Path:
     return path
 
 
+def dump_yaml(config: Config, header: str | None = None) -> str:
+    """Every key of ``config`` as YAML that :func:`load_config` reads back to an equal config
+    (``clim config``); ``header`` lines become ``#`` comments on top."""
+    comment = "".join(f"# {line}\n" for line in header.splitlines()) if header else ""
+    return comment + yaml.dump(config.to_dict(), Dumper=_BlockDumper, sort_keys=False)
+
+
+class _BlockDumper(yaml.SafeDumper):
+    """Sections one key per line, lists inline (``resolutions: [224, 160]``)."""
+
+
+_BlockDumper.add_representer(
+    list, lambda dumper, data: dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=True))
+
+
 def load_config(preset: str | None = None, config_file: str | None = None,
                 overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Build a validated config from a preset or a YAML file, then ``key=value`` overrides."""

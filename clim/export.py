@@ -56,8 +56,7 @@ BACKBONE_PREFIX = "encoder_q.0."
 
 def pretrained_backbone(ckpt: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The query backbone's state_dict (torchvision names) and a description of its layout."""
-    path = Path(ckpt)
-    state = checkpoint.load(path / checkpoint.CHECKPOINT_NAME if path.is_dir() else path)
+    ckpt_file, state = checkpoint.load_trainer_checkpoint(ckpt)
     config = Config.from_dict(state["config"])
     info = state["data_info"]
     weights = {name[len(BACKBONE_PREFIX):]: tensor for name, tensor in state["model"].items()
@@ -66,7 +65,7 @@ def pretrained_backbone(ckpt: str | Path) -> tuple[dict[str, torch.Tensor], dict
         raise ValueError(f"{ckpt} holds no query backbone (keys '{BACKBONE_PREFIX}*')")
     small_stem = uses_small_stem(info["image_size"], config.model.small_stem)
     layout = {
-        "checkpoint": str(ckpt),
+        "checkpoint": str(ckpt_file.resolve()),
         "checkpoint_epoch": state.get("epoch"),
         "backbone": config.model.backbone,
         "in_channels": info["in_channels"],
@@ -85,10 +84,16 @@ def _torchvision_note(layout: dict[str, Any]) -> tuple[bool, str]:
               f"small_stem={layout['small_stem']})[0].load_state_dict(weights)")
     if torchvision_constructor(name) is None:
         return False, f"{name} has no torchvision constructor; load it with {loader}"
-    if layout["small_stem"] or layout["in_channels"] != 3:
-        return False, (f"conv1 is {'the small-image 3x3 stride-1 stem without max-pool' if layout['small_stem'] else 'a 7x7 conv'}"
-                       f" with {layout['in_channels']} input channel(s), not torchvision's: replace "
-                       f"conv1/maxpool as clim does, i.e. load it with {loader}")
+    channels = layout["in_channels"]
+    if layout["small_stem"]:
+        return False, (f"the stem differs from torchvision's: conv1 is the small-image 3x3 stride-1 conv with "
+                       f"{channels} input channel(s) and maxpool is removed; load it with {loader}")
+    if channels != 3:
+        return False, (f"only conv1 differs from torchvision's: a 7x7 stride-2 conv with {channels} input "
+                       f"channel(s) instead of 3 (maxpool and every other layer match); load it with {loader}, "
+                       f"or set net.conv1 = torch.nn.Conv2d({channels}, 64, 7, 2, 3, bias=False) on "
+                       f"net = torchvision.models.{name}(num_classes=C), then "
+                       "net.load_state_dict(weights, strict=False) -> missing keys fc.weight, fc.bias")
     return True, (f"torchvision.models.{name}(num_classes=C).load_state_dict(weights, strict=False) "
                   "-> missing keys fc.weight, fc.bias")
 
@@ -111,7 +116,7 @@ def export_torchvision(ckpt: str | Path, out_path: str | Path) -> dict[str, Any]
     else:
         torch.save({k: v.detach().cpu() for k, v in weights.items()}, out_path)
     compatible, note = _torchvision_note(layout)
-    info = {"format": "torchvision", "path": str(out_path), **layout,
+    info = {"format": "torchvision", "path": str(out_path.resolve()), **layout,
             "torchvision_compatible": compatible, "load": note}
     _write_info(out_path, info)
     return info
@@ -141,10 +146,15 @@ def export_detectron2(ckpt: str | Path, out_path: str | Path) -> dict[str, Any]:
     with open(out_path, "wb") as handle:
         pickle.dump({"model": model, "__author__": "clim", "matching_heuristics": True}, handle)
     compatible = not layout["small_stem"] and layout["in_channels"] == 3
-    note = ("load with MODEL.WEIGHTS and MoCo's input conventions (see clim.export)" if compatible else
-            "stem.conv1 does not match detectron2's 7x7 3-channel stem; detectron2 will skip it "
-            "and train the stem from scratch")
-    info = {"format": "detectron2", "path": str(out_path), **layout,
+    if compatible:
+        note = "load with MODEL.WEIGHTS and MoCo's input conventions (see clim.export)"
+    elif layout["small_stem"]:
+        note = ("stem.conv1 is the small-image 3x3 stride-1 conv, not detectron2's 7x7 3-channel stem; "
+                "detectron2 will skip it and train the stem from scratch")
+    else:
+        note = (f"only stem.conv1 differs from detectron2's stem ({layout['in_channels']} input channel(s) "
+                "instead of 3); detectron2 will skip it and train it from scratch, every other layer loads")
+    info = {"format": "detectron2", "path": str(out_path.resolve()), **layout,
             "detectron2_compatible": compatible, "load": note}
     _write_info(out_path, info)
     return info

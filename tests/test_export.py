@@ -1,3 +1,4 @@
+import json
 import pickle
 
 import numpy as np
@@ -100,3 +101,27 @@ def test_detectron2_names_for_bottleneck_blocks():
     assert detectron2_name("layer4.2.conv3.weight") == "res5.2.conv3.weight"
     assert detectron2_name("layer2.0.downsample.1.bias") == "res3.0.shortcut.norm.bias"
     assert detectron2_name("bn1.running_mean") == "stem.conv1.norm.running_mean"
+
+
+def test_export_json_records_absolute_paths(resnet18_ckpt, tmp_path, monkeypatch):
+    path, _ = resnet18_ckpt
+    monkeypatch.chdir(tmp_path)
+    info = export_torchvision(path.parent, "sub/backbone.pth")  # the run folder and a relative output
+    assert info["checkpoint"] == str(path.resolve()) and info["path"] == str((tmp_path / "sub/backbone.pth"))
+    saved = json.loads((tmp_path / "sub" / "backbone.pth.json").read_text())
+    assert saved["checkpoint"] == str(path.resolve()) and saved["path"] == info["path"]
+    info = export_detectron2(path, "d2.pkl")
+    assert info["path"] == str(tmp_path / "d2.pkl")
+
+
+def test_one_channel_imagenet_stem_note_says_only_conv1_differs(tmp_path):
+    path, model = _checkpoint(tmp_path, backbone="resnet18", in_channels=1, image_size=96)
+    info = export_torchvision(path, tmp_path / "gray.pth")
+    assert info["torchvision_compatible"] is False and info["small_stem"] is False
+    assert "only conv1 differs" in info["load"] and "maxpool" in info["load"]
+    # the recipe in the note works: torchvision's resnet18 with only conv1 replaced
+    net = torchvision.models.resnet18(num_classes=10)
+    net.conv1 = torch.nn.Conv2d(1, 64, 7, 2, 3, bias=False)
+    result = net.load_state_dict(torch.load(tmp_path / "gray.pth", weights_only=True), strict=False)
+    assert sorted(result.missing_keys) == ["fc.bias", "fc.weight"] and result.unexpected_keys == []
+    assert "only stem.conv1 differs" in export_detectron2(path, tmp_path / "gray.pkl")["load"]

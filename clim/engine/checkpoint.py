@@ -8,17 +8,23 @@ uses ``torch.load(weights_only=True)``: a checkpoint cannot execute code.
 from __future__ import annotations
 
 import os
+import pickle
 import random
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
+if TYPE_CHECKING:
+    import torch
+
+# torch and numpy are imported inside the functions: `clim --help` and `clim ablate` import this
+# module for CHECKPOINT_NAME and CheckpointError without loading torch.
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
 
 def save_atomic(state: dict[str, Any], path: str | Path) -> None:
+    import torch
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -34,15 +40,91 @@ def save_atomic(state: dict[str, Any], path: str | Path) -> None:
         os.close(directory)
 
 
+class CheckpointError(ValueError):
+    """A file that cannot be a clim checkpoint (not weights-only, corrupt, truncated, not a
+    checkpoint at all); the CLI prints it on one line and exits with code 2."""
+
+
+TRAINER_KEYS = ("config", "model", "data_info")
+
+
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The checkpoint dict at ``path``, loaded with ``weights_only=True``.
+
+    Raises FileNotFoundError when there is no file, CheckpointError (one line, naming the file) when
+    it is a directory, not a weights-only file, corrupt or truncated, or holds no dict.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    return torch.load(path, map_location=map_location, weights_only=True)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} is not a file")
+    _check_format(path)
+    import torch
+
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "weights only" in str(error).lower():
+            raise CheckpointError(
+                f"{path} is not a weights-only checkpoint (it holds Python objects beyond tensors and plain "
+                "values, or torch.save did not write it; clim loads with weights_only=True so that a file "
+                "cannot run code)") from None
+        raise CheckpointError(f"{path} is not a readable checkpoint (corrupt pickle)") from None
+    except (RuntimeError, EOFError, KeyError, ValueError, IndexError, AttributeError, TypeError,
+            UnicodeDecodeError) as error:
+        # torch.load's errors for a truncated zip (RuntimeError from the zip reader), a cut pickle
+        # (EOFError), ...: multi-line and addressed to PyTorch's developers.
+        raise CheckpointError(f"{path} is not a readable checkpoint (corrupt or truncated: "
+                              f"{type(error).__name__})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} is not a clim checkpoint (holds a {type(state).__name__}, not a dict)")
+    return state
+
+
+def _check_format(path: Path) -> None:
+    """A torch.save file starts as a zip archive (``PK``) or, in the legacy format, a pickle (0x80)."""
+    with open(path, "rb") as handle:
+        head = handle.read(512)
+    if not head:
+        raise CheckpointError(f"{path} is not a readable checkpoint (empty: 0 bytes)")
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        return
+    kind = "a text file" if _is_text(head) else "not a PyTorch file"
+    raise CheckpointError(f"{path} is not a readable checkpoint ({kind}, not written by torch.save)")
+
+
+def _is_text(head: bytes) -> bool:
+    if b"\x00" in head:
+        return False
+    for cut in range(4):  # the 512-byte window may end inside a multi-byte character
+        try:
+            head[: len(head) - cut].decode("utf-8")
+            return True
+        except UnicodeDecodeError:
+            continue
+    return False
+
+
+def load_trainer_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"
+                            ) -> tuple[Path, dict[str, Any]]:
+    """``(file, state)`` of a trainer checkpoint given as a file or its run folder (``--ckpt``);
+    CheckpointError when the file is not one (e.g. an exported backbone)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+    state = load(path, map_location)
+    missing = [key for key in TRAINER_KEYS if key not in state]
+    if missing:
+        raise CheckpointError(f"{path} is not a clim trainer checkpoint (missing {', '.join(missing)})")
+    return path, state
 
 
 def rng_state() -> dict[str, Any]:
     """Every random generator the run uses, as tensors and plain values (weights_only-safe)."""
+    import numpy as np
+    import torch
+
     np_state = np.random.get_state()
     state = {
         "python": random.getstate(),
@@ -55,6 +137,9 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    import numpy as np
+    import torch
+
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     np.random.set_state(("MT19937", state["numpy"]["keys"].numpy().astype(np.uint32), state["numpy"]["pos"], 0, 0.0))

@@ -1,7 +1,18 @@
-"""Evaluation protocols of METHOD §5 (kNN, linear, semi-supervised, similarity, t-SNE)."""
+"""Evaluation protocols of METHOD §5 (kNN, linear, semi-supervised, similarity, t-SNE).
 
-from clim.evaluation.features import extract_features
-from clim.evaluation.knn import run_knn, weighted_knn
-from clim.evaluation.similarity import intra_class_similarity
+The names below are imported on first use, so that ``clim.evaluation.cli`` (the argparse side of
+``clim eval``) loads without torch.
+"""
+
+import importlib
 
 __all__ = ["extract_features", "intra_class_similarity", "run_knn", "weighted_knn"]
+
+_HOME = {"extract_features": "features", "run_knn": "knn", "weighted_knn": "knn",
+         "intra_class_similarity": "similarity"}
+
+
+def __getattr__(name: str):
+    if name in _HOME:
+        return getattr(importlib.import_module(f"clim.evaluation.{_HOME[name]}"), name)
+    raise AttributeError(f"module 'clim.evaluation' has no attribute '{name}'")

@@ -15,10 +15,10 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-import torch
-
 from clim.config import ConfigError
-from clim.evaluation import common
+
+# torch and clim.evaluation.common are imported inside the handlers: building the parser (`clim --help`)
+# must not import torch.
 
 
 def positive_int(text: str) -> int:
@@ -46,6 +46,10 @@ class _Session:
     """The state every handler starts from: checkpoint, device, data spec, output path."""
 
     def __init__(self, args: argparse.Namespace, protocol: str):
+        import torch
+
+        from clim.evaluation import common
+
         torch.manual_seed(args.seed)
         self.args = args
         self.device = common.resolve_device(args.device)
@@ -57,9 +61,13 @@ class _Session:
                             else self.run.config.data.num_workers)
 
     def datasets(self, train_transform=None):
+        from clim.evaluation import common
+
         return common.eval_datasets(self.run.config, self.run.data_info, self.args.overrides, train_transform)
 
     def dataset(self, split: str):
+        from clim.evaluation import common
+
         return common.eval_dataset(self.run.config, self.run.data_info, self.args.overrides, split)
 
     def features(self, module, dataset):
@@ -70,17 +78,22 @@ class _Session:
 
     def settings(self, protocol: str, **splits) -> dict:
         """Shared settings; ``splits`` maps split names to the datasets used (for their sizes)."""
+        from clim.evaluation import common
+
         sizes = {name: len(dataset) for name, dataset in splits.items()}
         return {"protocol": protocol,
                 **common.run_settings(self.run, self.spec, sizes, self.args.seed, self.device)}
 
     def finish(self, record: dict, summary: str) -> int:
+        from clim.evaluation import common
+
         path = common.write_result(self.out, record)
         print(f"{summary} -> {path}")
         return 0
 
 
 def _knn(args: argparse.Namespace) -> int:
+    from clim.evaluation import common
     from clim.evaluation.knn import KNN_SETTINGS, run_knn
 
     session = _Session(args, "knn")
@@ -102,6 +115,7 @@ def _scaled_milestones(milestones, old_epochs: int, new_epochs: int) -> tuple[in
 
 
 def _linear(args: argparse.Namespace) -> int:
+    from clim.evaluation import common
     from clim.evaluation.linear import (LINEAR_PRESETS, linear_on_backbone, linear_on_features,
                                         preset_settings, resolve_preset)
 
@@ -144,6 +158,7 @@ def _sample_paths(dataset) -> list[str]:
 def _semisup(args: argparse.Namespace) -> int:
     from torch.utils.data import Subset
 
+    from clim.evaluation import common
     from clim.evaluation.semisup import SEMISUP_PRESETS, balanced_subset, finetune, save_subset, split_file_subset
     from clim.evaluation.linear import preset_settings, resolve_preset
 

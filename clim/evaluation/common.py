@@ -55,13 +55,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 def load_run(ckpt_path: str | Path, device: str | torch.device | None = "cpu") -> PretrainedRun:
     """Rebuild the pretrained MoCo from a trainer checkpoint (eval mode, on ``device``)."""
-    path = Path(ckpt_path)
-    if path.is_dir():
-        path = path / checkpoint.CHECKPOINT_NAME
-    state = checkpoint.load(path)
-    missing = [key for key in ("config", "model", "data_info") if key not in state]
-    if missing:
-        raise ConfigError(f"{path} is not a clim checkpoint (missing {', '.join(missing)})")
+    path, state = checkpoint.load_trainer_checkpoint(ckpt_path)
     config = Config.from_dict(state["config"])
     info = dict(state["data_info"])
     model = build_moco(config, info["in_channels"], info["image_size"], state.get("num_samples", 0))
