@@ -378,6 +378,10 @@ def build_pipeline(dataset, config: Config, image_size: int, device: torch.devic
     if mode == "batched" and not hasattr(dataset, "images"):
         raise ValueError(f"data.augment=batched needs an array dataset; '{config.data.name}' is read from files")
     pipeline_class = {"batched": BatchedPipeline, "loader": LoaderPipeline, "device": DevicePipeline}[mode]
+    from clim.data.gpu_decode import GpuDecodePipeline, resolve_decode  # it imports this module
+
+    if resolve_decode(config, dataset, device) == "gpu":  # data.decode: JPEGs decoded on the device
+        pipeline_class = GpuDecodePipeline
     pipeline = pipeline_class(dataset, config, image_size, device, rank, world_size)
     if len(pipeline) == 0:
         raise ValueError(f"{len(dataset)} images give no full batch of {config.train.batch_size}"
