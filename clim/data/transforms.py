@@ -16,9 +16,12 @@ from PIL import Image
 from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 
+from clim.data.batch_augment import BLUR_REFERENCE_SIZE
+
 __all__ = [
     "MultiViewTransform",
     "blur_kernel_size",
+    "blur_sigma_pixels",
     "ensure_mode",
     "eval_transform",
     "eval_transform_for",
@@ -87,6 +90,12 @@ def blur_kernel_size(image_size: int) -> int:
     return max(3, int(0.1 * image_size) // 2 * 2 + 1)
 
 
+def blur_sigma_pixels(image_size: int, blur_sigma: Sequence[float] = (0.1, 2.0)) -> tuple[float, float]:
+    """The σ range in pixels of an ``image_size`` view: METHOD's [0.1, 2.0] is meant for 224 pixels."""
+    scale = image_size / BLUR_REFERENCE_SIZE
+    return (blur_sigma[0] * scale, blur_sigma[1] * scale)
+
+
 def _normalize(mean: Sequence[float], std: Sequence[float], in_channels: int) -> T.Normalize:
     if len(mean) != in_channels or len(std) != in_channels:
         raise ValueError(f"mean/std need {in_channels} values, got {len(mean)} and {len(std)}")
@@ -108,7 +117,9 @@ def moco_v2_transform(
 ) -> T.Compose:
     """MoCo v2 augmentation (METHOD §1) -> normalised float tensor [in_channels, size, size].
 
-    For 1-channel data, saturation / hue jitter and random grayscale have nothing to act on and
+    ``blur_sigma`` is in pixels of a 224-pixel view and is scaled by ``image_size / 224``, with a kernel
+    of about 10 % of the image, exactly as the batched paths do (``clim.data.batch_augment``): one
+    config blurs the same way whatever ``data.augment`` is. For 1-channel data, saturation / hue jitter and random grayscale have nothing to act on and
     are left out (brightness and contrast still apply).
     """
     brightness, contrast, saturation, hue = jitter
@@ -122,7 +133,8 @@ def moco_v2_transform(
     if in_channels == 3:
         steps.append(T.RandomGrayscale(p=grayscale_p))
     steps += [
-        T.RandomApply([T.GaussianBlur(blur_kernel_size(image_size), sigma=tuple(blur_sigma))], p=blur_p),
+        T.RandomApply([T.GaussianBlur(blur_kernel_size(image_size), sigma=blur_sigma_pixels(image_size, blur_sigma))],
+                      p=blur_p),
         T.RandomHorizontalFlip(p=flip_p),
         T.ToTensor(),
         _normalize(mean, std, in_channels),

@@ -149,3 +149,33 @@ def test_ensure_mode_conversions():
     assert ensure_mode(Image.new("La", (2, 2)), 3).mode == "RGB"
     same = noise("RGB", 4)
     assert ensure_mode(same, 3) is same
+
+
+def _blur_of(transform) -> T.GaussianBlur:
+    (blur,) = [inner for t in transform.transforms if isinstance(t, T.RandomApply)
+               for inner in t.transforms if isinstance(inner, T.GaussianBlur)]
+    return blur
+
+
+@pytest.mark.parametrize("size", [28, 32, 96, 224])
+def test_loader_blur_sigma_scales_like_the_batched_path(size):
+    """One config blurs alike whatever data.augment is: σ ∈ [0.1, 2.0] at 224 px, × size / 224."""
+    from clim.data.batch_augment import MoCoV2BatchAugment
+
+    blur = _blur_of(moco_v2_transform(size, *COLOR, 3))
+    assert tuple(blur.sigma) == pytest.approx((0.1 * size / 224, 2.0 * size / 224))
+    batched = MoCoV2BatchAugment(size, *COLOR)
+    assert tuple(blur.sigma) == pytest.approx(tuple(s * batched.blur_sigma_scale for s in batched.blur_sigma))
+    assert list(blur.kernel_size) == [batched.blur_kernel_size] * 2
+    custom = _blur_of(moco_v2_transform(size, *COLOR, 3, blur_sigma=(1.0, 4.0)))
+    assert tuple(custom.sigma) == pytest.approx((size / 224, 4.0 * size / 224))
+
+
+def test_loader_blur_at_28_px_is_mild():
+    # σ = 2 px would erase a 28 px garment; scaled, the strongest blur is 0.25 px
+    transform = moco_v2_transform(28, *GRAY, 1, crop_scale=(1.0, 1.0), jitter_p=0, blur_p=1.0, flip_p=0)
+    image = noise("L", 28, seed=3)
+    plain = moco_v2_transform(28, *GRAY, 1, crop_scale=(1.0, 1.0), jitter_p=0, blur_p=0, flip_p=0)(image)
+    torch.manual_seed(0)
+    blurred = torch.stack([transform(image) for _ in range(8)])
+    assert (blurred - plain).abs().mean() < 0.05  # an unscaled σ ∈ [0.1, 2] changes it by ~0.38
