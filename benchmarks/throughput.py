@@ -137,6 +137,7 @@ def make_config(args, method: str) -> Config:
     config = Config()
     values = {
         "data.name": args.dataset, "data.image_size": args.image_size, "data.augment": args.augment,
+        "data.decode": args.decode,
         "data.num_workers": args.workers if args.augment in ("loader", "device") else 0,
         "model.backbone": args.backbone, "model.small_stem": args.small_stem,
         "model.queue_size": args.queue_size, "model.momentum": 0.99, "model.temperature": 0.2,
@@ -320,6 +321,9 @@ def parse_args(argv=None):
     parser.add_argument("--queue-size", type=int, default=4096)
     parser.add_argument("--augment", default="auto", choices=("auto", "batched", "loader", "device"),
                         help="clim's data.augment for our variants (loader/device use --workers workers)")
+    parser.add_argument("--decode", default="auto", choices=("auto", "cpu", "gpu"),
+                        help="clim's data.decode with --augment device: gpu = workers read bytes, batched nvJPEG "
+                             "decode + crops on the GPU; auto = gpu for image folders on CUDA")
     parser.add_argument("--lightly-precision", default="same", choices=("same", "fp32"),
                         help="same: lightly also gets bf16 autocast + channels-last on CUDA")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list of {', '.join(VARIANTS)}")
