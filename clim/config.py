@@ -39,6 +39,9 @@ class DataConfig:
     # (gpu for image folders on CUDA when torchvision can decode there, else cpu).
     decode: str = "auto"
     verify: bool = True  # imagefolder: check every file once (cached per folder); false trusts the folder
+    # imagefolder without a val/ (or test/) folder: `clim eval` holds out this share of every class
+    # (stratified, deterministic) as the test split and trains / builds the kNN bank on the rest.
+    val_fraction: float = 0.2
     crop_min_scale: float = 0.2
     jitter_strength: float = 0.4  # brightness/contrast/saturation; hue = strength / 4
     jitter_p: float = 0.8
@@ -151,6 +154,8 @@ class Config:
                 raise ConfigError(f"invalid value {self.get(key)!r} for '{key}' (must be > 0)")
         if self.method.num_positives > self.method.knn_k:
             raise ConfigError("'method.num_positives' must not exceed 'method.knn_k'")
+        if not 0.0 < self.data.val_fraction < 1.0:
+            raise ConfigError(f"invalid value {self.data.val_fraction!r} for 'data.val_fraction' (0 < f < 1)")
         if not 0.0 <= self.model.momentum < 1.0:
             raise ConfigError(f"invalid value {self.model.momentum!r} for 'model.momentum' (0 <= m < 1)")
         if self.method.resolutions is not None and not self.method.resolutions:

@@ -19,6 +19,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
 from clim.config import Config, ConfigError
 from clim.engine import checkpoint
@@ -94,6 +95,9 @@ class EvalSpec:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     verify: bool = True  # data.verify: check image-folder files (cached per folder) or trust them
+    # an image folder without val/ or test/: the test split is a stratified holdout of the labelled images
+    holdout: bool = False
+    val_fraction: float = 0.2
 
 
 def apply_overrides(config: Config, overrides: Sequence[str]) -> Config:
@@ -115,7 +119,82 @@ def eval_spec(config: Config, data_info: dict[str, Any], overrides: Sequence[str
     size_overridden = any(item.partition("=")[0].strip() == "data.image_size" for item in overrides)
     image_size = updated.data.image_size if size_overridden and updated.data.image_size else data_info["image_size"]
     return EvalSpec(updated.data.name, updated.data.root, int(image_size), int(data_info["in_channels"]),
-                    tuple(data_info["mean"]), tuple(data_info["std"]), updated.data.verify)
+                    tuple(data_info["mean"]), tuple(data_info["std"]), updated.data.verify,
+                    _needs_holdout(updated.data.name, updated.data.root), updated.data.val_fraction)
+
+
+def _needs_holdout(name: str, root: str | None) -> bool:
+    """An image folder of class folders (``root/<class>/…`` or ``root/train/<class>/…``) with no
+    ``val/`` or ``test/`` folder has no test split of its own."""
+    if name != "imagefolder" or not root:
+        return False
+    folder = Path(root).expanduser()
+    return folder.is_dir() and not any((folder / split).is_dir() for split in ("val", "test"))
+
+
+HOLDOUT_SEED = 0  # fixed: every protocol and every --seed evaluates on the same held-out images
+
+
+def stratified_holdout(labels: torch.Tensor, fraction: float, seed: int = HOLDOUT_SEED
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(train_indices, test_indices)``, sorted: ``round(fraction · n_c)`` images of every class c
+    (at least one, and never all, when the class has two or more) drawn by a seeded permutation;
+    unlabelled images (−1) are in neither. Deterministic for the same labels in the same order."""
+    generator = torch.Generator().manual_seed(seed)
+    test = []
+    for label in torch.unique(labels[labels >= 0]).tolist():  # sorted
+        members = (labels == label).nonzero().flatten()
+        n = len(members)
+        take = min(max(round(fraction * n), 1), n - 1) if n >= 2 else 0
+        test.append(members[torch.randperm(n, generator=generator)[:take]])
+    test_index = torch.sort(torch.cat(test)).values if test else torch.empty(0, dtype=torch.long)
+    in_test = torch.zeros(len(labels), dtype=torch.bool)
+    in_test[test_index] = True
+    train_index = ((labels >= 0) & ~in_test).nonzero().flatten()
+    return train_index, test_index
+
+
+class HoldoutSplit(Dataset):
+    """One side of a :func:`stratified_holdout` of a labelled dataset, with the dataset interface the
+    protocols use: ``labels``, ``info``, ``classes``, ``transform``, ``path(i)``; items are
+    ``(image, i, label)`` with ``i`` the position in this split."""
+
+    def __init__(self, base, indices: torch.Tensor, split: str):
+        self.base = copy.copy(base)  # own transform, shared file list
+        self.indices = indices
+        self.labels = base.labels[indices]
+        self.info = base.info
+        self.classes = getattr(base, "classes", None)
+        self.split = split
+
+    @property
+    def transform(self):
+        return self.base.transform
+
+    @transform.setter
+    def transform(self, value) -> None:
+        self.base.transform = value
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def path(self, index: int) -> Path:
+        return self.base.path(int(self.indices[index]))
+
+    def __getitem__(self, index):
+        image, _, label = self.base[int(self.indices[index])]
+        return image, index, label
+
+
+def holdout_settings(spec: EvalSpec) -> dict[str, Any]:
+    """What a result file says about a held-out test split (empty when the data has its own)."""
+    if not spec.holdout:
+        return {}
+    return {"test_split": {
+        "kind": "stratified holdout", "val_fraction": spec.val_fraction, "seed": HOLDOUT_SEED,
+        "reason": f"{Path(spec.root).expanduser().resolve()} has no val/ or test/ folder",
+        "rule": f"round({spec.val_fraction} x images) of every class (at least 1) is the test split, "
+                "the rest the train split; set with --set data.val_fraction=F"}}
 
 
 def crop_flip_transform(spec: EvalSpec, crop_scale: tuple[float, float]):
@@ -137,10 +216,13 @@ def eval_dataset(config: Config, data_info: dict[str, Any], overrides: Sequence[
 
     spec = eval_spec(config, data_info, overrides)
     try:
-        dataset = build_dataset(spec.name, spec.root, split, transform=None, image_size=spec.image_size,
-                                verify=spec.verify)
+        dataset = build_dataset(spec.name, spec.root, "train" if spec.holdout else split, transform=None,
+                                image_size=spec.image_size, verify=spec.verify)
     except ValueError as error:  # unknown dataset name, a folder without labels: user errors
         raise ConfigError(str(error)) from None
+    if spec.holdout and (dataset.labels >= 0).any():
+        train_index, test_index = stratified_holdout(dataset.labels, spec.val_fraction)
+        dataset = HoldoutSplit(dataset, test_index if split == "test" else train_index, split)
     if not (dataset.labels >= 0).any():
         raise ConfigError(f"the '{split}' split of dataset '{spec.name}' has no labels to evaluate with")
     dataset.transform = transform or eval_transform(
@@ -183,6 +265,7 @@ def run_settings(run: PretrainedRun, spec: EvalSpec, sizes: dict[str, int], seed
         "data_root": spec.root,
         "image_size": spec.image_size,
         **{f"{split}_size": size for split, size in sizes.items()},
+        **holdout_settings(spec),
         "seed": seed,
         "device": str(device),
     }
