@@ -412,10 +412,11 @@ class GpuDecodePipeline(DevicePipeline):
         stats = {"images": 0, "fallback": Counter()}
         self.decode_stats = stats
         try:
+            batches = iter(loader)  # workers forked here, from the caller's thread
             if self.background:
-                yield from in_background(lambda: (self._decode(batch, stats) for batch in loader), self.device)
+                yield from in_background(lambda: (self._decode(batch, stats) for batch in batches), self.device)
             else:
-                for batch in loader:
+                for batch in batches:
                     yield self._decode(batch, stats)
         finally:
             fallback = sum(stats["fallback"].values())
