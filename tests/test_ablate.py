@@ -111,3 +111,22 @@ def test_smoke_matrix_end_to_end_then_resume_skips_finished_runs(tmp_path, capsy
     assert checkpoint.stat().st_mtime_ns == written  # nothing retrained
     changed = plan_runs("smoke", out, 1, 1, only="clim", overrides=["train.lr=0.01"])[0]
     assert read_eval(changed) is None  # another spec in the same folder is not taken as finished
+
+
+def test_results_name_no_machine_path(tmp_path):
+    """RESULTS.md is committed: an absolute --out / --results shows as its last name only."""
+    import argparse
+
+    from clim.ablate import command_line, write_results
+
+    out = tmp_path / "matrix-cpu"
+    text = write_results("smoke", out, [], path=tmp_path / "RESULTS.md").read_text()
+    assert str(tmp_path) not in text and "`matrix-cpu`" in text and "--out matrix-cpu" in text
+    args = argparse.Namespace(scale="cpu", out=str(out), seeds_main=3, seeds_other=2, overrides=["train.epochs=2"],
+                              results=str(tmp_path / "docs" / "RESULTS.md"))
+    line = command_line(args)
+    assert str(tmp_path) not in line
+    assert line == ("clim ablate --scale cpu --out matrix-cpu --seeds-main 3 --seeds-other 2 --set train.epochs=2 "
+                    "--results RESULTS.md")
+    args.out, args.results = "runs/m", None  # relative paths stay as given
+    assert "--out runs/m " in command_line(args)
