@@ -391,7 +391,7 @@ class GpuDecodePipeline(DevicePipeline):
         loader, generator = super()._loader(epoch, positives)
         loader.collate_fn = collate_encoded
         loader.pin_memory = False  # file bytes are read by the decoder from ordinary memory
-        return self._decoded(loader, epoch, positives), generator
+        return self._decoded(loader, epoch), generator
 
     def _fallback_image(self, batch: dict) -> Callable[[int], torch.Tensor]:
         size = len(batch["index"])
@@ -408,7 +408,7 @@ class GpuDecodePipeline(DevicePipeline):
         stats["fallback"].update(reasons)
         return cropped
 
-    def _decoded(self, loader, epoch: int, positives) -> Iterator[dict]:
+    def _decoded(self, loader, epoch: int) -> Iterator[dict]:
         stats = {"images": 0, "fallback": Counter()}
         self.decode_stats = stats
         try:
