@@ -150,7 +150,8 @@ def grid_rows(inspection: Inspection, anchors: torch.Tensor, compare: Sequence[s
         for name in compare:
             other = others[name][position]
             same = _same_count(labels, anchor, other)
-            rows.append(GridRow(f"{_COMPARE_TITLES[name]}" + ("" if same is None else f": {same}/{len(other)} same class"),
+            title = _COMPARE_TITLES[name] + ("" if same is None else f": {same}/{len(other)} same class")
+            rows.append(GridRow(title,
                                 [None] + [image(int(j)) for j in other],
                                 [None] + [frame_kind(int(labels[anchor]), int(labels[j])) for j in other]))
     return rows
@@ -171,26 +172,37 @@ def cutmix_row(inspection: Inspection, anchor: int, cell: int, seed: int) -> Gri
                    ["anchor", frame_kind(int(labels[anchor]), int(labels[positive])), None])
 
 
+def _share_same(labels: torch.Tensor, table: torch.Tensor) -> float:
+    known = labels >= 0
+    return float((labels[table[known]] == labels[known].unsqueeze(1)).float().mean())
+
+
+def precision_panel(inspection: Inspection, max_bars: int = 20) -> tuple[dict[str, float] | None, str]:
+    """(bars, title) of the per-class precision chart: every class, or with more than
+    ``max_bars`` classes (ImageNet) the ``max_bars / 2`` lowest and highest; None without labels."""
+    table, labels = inspection.table, inspection.labels
+    per_class = class_precision(table, labels)
+    if not per_class:
+        return None, "no labels: positive precision unknown"
+    title = (f"positive precision {_share_same(labels, table):.3f} "
+             f"(kNN only: {_share_same(labels, inspection.details['knn'].long()):.3f})")
+    if len(per_class) > max_bars:
+        ranked = sorted(per_class, key=per_class.get)
+        per_class = {c: per_class[c] for c in ranked[: max_bars // 2] + ranked[-(max_bars // 2):]}
+        title += f"\nthe {max_bars // 2} lowest and highest of {len(ranked)} classes"
+    return {_class_name(inspection, c): value for c, value in per_class.items()}, title
+
+
 def render(inspection: Inspection, out: str | Path, anchors: int = PREVIEW_ANCHORS, seed: int = 0,
            compare: Sequence[str] = (), cell: int = 64) -> Path:
     """Draw the figure of :mod:`clim.inspect` into ``out`` (PNG)."""
     chosen = choose_anchors(inspection.labels, min(anchors, len(inspection.labels)), seed)
-    table, labels = inspection.table, inspection.labels
     rows = grid_rows(inspection, chosen, compare, cell, seed)
-    layout = GridLayout(cell, table.shape[1] + 1)
-    per_class = class_precision(table, labels)
-    precision = {_class_name(inspection, c): value for c, value in per_class.items()} or None
-    known = labels >= 0
-    if per_class:
-        knn = inspection.details["knn"].long()
-        precision_title = (f"positive precision {float((labels[table[known]] == labels[known, None]).float().mean()):.3f}"
-                           f" (kNN only: {float((labels[knn[known]] == labels[known, None]).float().mean()):.3f})")
-    else:
-        precision_title = "no labels: positive precision unknown"
+    bars, bars_title = precision_panel(inspection)
     heading = (f"positives table of epoch {inspection.epoch} ({inspection.config.method.selection}, "
-               f"{len(labels)} images, {table.shape[1]} per anchor)  frames: green same class, red other, "
-               f"grey unknown" + (f"\n{inspection.note}" if inspection.note else ""))
-    return draw_figure(out, heading, rows, layout, precision, precision_title,
+               f"{len(inspection.labels)} images, {inspection.table.shape[1]} per anchor)   frames: green same "
+               "class, red another, grey unknown" + (f"\n{inspection.note}" if inspection.note else ""))
+    return draw_figure(out, heading, rows, GridLayout(cell, inspection.table.shape[1] + 1), bars, bars_title,
                        cutmix_row(inspection, int(chosen[0]), cell, seed))
 
 

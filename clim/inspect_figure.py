@@ -114,7 +114,8 @@ def draw_figure(path: str | Path, heading: str, rows: list[GridRow], layout: Gri
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    dpi, margin, top, side = 100, 12, 34, 400
+    dpi, margin, side = 100, 12, 400
+    top = 34 + 16 * heading.count("\n")
     grid_h, grid_w = layout.shape(len(rows))
     classes = len(precision) if precision else 0
     bars_h = max(160, 16 * classes + 70)

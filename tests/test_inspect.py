@@ -12,10 +12,10 @@ import torch
 from PIL import Image
 
 from clim.cli import main
-from clim.config import load_config
 from clim.engine import checkpoint
 from clim.inspect import (DETAILS_NAME, PREVIEW_DIR, Inspection, choose_anchors, class_precision, grid_rows,
-                          inspect_run, load_inspection, random_picks, write_positives_preview)
+                          inspect_run, load_inspection, precision_panel, random_picks,
+                          write_positives_preview)
 from clim.inspect_figure import FRAMES, GridLayout, mosaic
 from clim.models.moco import build_moco
 from clim.report import write_report
@@ -84,6 +84,21 @@ def test_class_precision_and_random_picks():
     assert class_precision(table, labels) == {0: 0.5, 1: 0.5}
     picks = random_picks(torch.tensor([0, 7]), 8, 7, seed=0)
     assert sorted(picks[0].tolist()) == list(range(1, 8)) and sorted(picks[1].tolist()) == list(range(7))
+
+
+def test_precision_panel_keeps_the_extremes_of_many_classes(tiny_config):
+    config = tiny_config(clim=True)
+    labels = torch.arange(60) % 30  # images i and i + 30 share a class
+    # anchors of class c: c of their 30 positives are the same-class partner, the rest another class
+    table = torch.stack([torch.tensor([(i + 30) % 60] * (i % 30) + [(i + 1) % 60] * (30 - i % 30))
+                         for i in range(60)])
+    inspection = Inspection(table, labels, None, _Images(), {"knn": table}, 1, config)
+    bars, title = precision_panel(inspection, max_bars=6)
+    assert list(bars) == ["class 0", "class 1", "class 2", "class 27", "class 28", "class 29"]
+    assert bars["class 29"] == pytest.approx(29 / 30) and "3 lowest and highest of 30 classes" in title
+    assert len(precision_panel(inspection, max_bars=30)[0]) == 30
+    unlabelled = Inspection(table, torch.full((60,), -1), None, _Images(), {"knn": table}, 1, config)
+    assert precision_panel(unlabelled) == (None, "no labels: positive precision unknown")
 
 
 def _save_run(folder: Path, config, num_samples: int, table: torch.Tensor | None, data_info: dict,
