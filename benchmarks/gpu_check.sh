@@ -2,15 +2,16 @@
 # Every GPU benchmark of the project, on one GPU, in <= 8 minutes; results under $OUT.
 #
 #   1. throughput at 32 px, ResNet-18 small stem, batch 512, cifar10-shaped random data:
-#      ours MoCo v2, ours CLIM (CutMix, random positives table), lightly (same precision)
+#      ours MoCo v2, ours CLIM (CutMix, random positives table), lightly (same precision), with the
+#      host syncs of 20 steps counted by source line and a torch.profiler table of 10 steps;
+#      1b the same two of ours with train.compile=true, 1c ours MoCo v2 without prefetching
 #   2. benchmarks/selection.py --device cuda --n 1281167 --m 10000 (torch backend without faiss-gpu)
-#   3. the large-data path (issue 5): 224 px ResNet-50 on a folder of random JPEGs, ours with
-#      data.augment=device (auto on CUDA) and =loader, and lightly
-#   4. lightly's example as published (fp32) at 32 px, for reference
-#   5. `clim ablate --scale gpu`, if that command exists: the whole matrix (18 variants, 3/2 seeds,
-#      each run sized for <= 8 min) cannot fit, so this is a probe that times the preset's most
-#      expensive headline run (full CLIM, 3 epochs: one with positives) in whatever time is left;
-#      the matrix listing (--dry-run) and the run's log come back
+#   3. the large-data path: 224 px ResNet-50 on a folder of random JPEGs, ours with data.decode=auto
+#      (nvJPEG on the GPU) next to lightly; 3b ours with data.decode=cpu (workers decode)
+#   4. the trainer itself: `clim pretrain --preset mocov2-fmnist --set train.batch_size=512`, images/s
+#      of its second epoch, next to lightly's MoCo v2 example as published (fp32) on the same
+#      Fashion-MNIST images (needs benchmarks/gpu_data, see prepare_gpu_wheels.sh)
+#   5. lightly's example as published (fp32) at 32 px, for reference
 #
 # The GPU machine has torch / torchvision but no lightly, faiss, Fashion-MNIST or network: run
 # benchmarks/prepare_gpu_wheels.sh here first, then through the device tool
@@ -18,6 +19,7 @@
 #         timeout_s=600)
 # Every step has its own time limit and a failing step does not stop the others; summary.txt
 # lists each step's exit status (124 = stopped at its limit). At most 8 files are written to $OUT.
+# The steps run in order of importance: the last ones are skipped when the budget is spent.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/out/gpu_check}
@@ -43,7 +45,7 @@ step() {
     echo "\$ $*" >>"$OUT/$file"
     timeout --kill-after=10 "$limit" "$@" >>"$OUT/$file" 2>&1
     local rc=$?
-    log "$name: rc=$rc; $(grep -E 'ratio_vs_lightly|epoch time|select_positives:|plain faiss' "$OUT/$file" | tail -3 | tr '\n' ' ')"
+    log "$name: rc=$rc; $(grep -E 'ratio_vs_lightly|epoch time|select_positives:|plain faiss|images/s of epoch|host syncs in' "$OUT/$file" | tail -4 | tr '\n' ' ')"
 }
 
 # --- environment and installs (no network: carried wheels only) -----------------------------------
@@ -67,38 +69,41 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 log "environment: $(grep -m1 -E 'NVIDIA|H100|H200' "$OUT/environment.txt")"
 
 # --- 1. throughput, 32 px ----------------------------------------------------------------------------
-step throughput-32px 150 throughput_32px.txt $THROUGHPUT --dataset cifar10-random --backbone resnet18 \
-    --small-stem true --image-size 32 --batch-size 512 --steps 50 --warmup 10
+SMALL=(--dataset cifar10-random --backbone resnet18 --small-stem true --image-size 32 --batch-size 512
+       --steps 50 --warmup 10)
+step throughput-32px 110 throughput_32px.txt $THROUGHPUT "${SMALL[@]}" --sync-debug --profile 10
+
+# --- 4. the trainer on Fashion-MNIST, next to lightly's published example ----------------------------
+FMNIST=benchmarks/gpu_data/fashion-mnist
+if [ -e "$FMNIST/train-images-idx3-ubyte.gz" ]; then
+    step fmnist-trainer 70 fmnist.txt "$PY" benchmarks/trainer_rate.py --out /tmp/clim-fmnist -- \
+        --preset mocov2-fmnist --set "data.root=$PWD/$FMNIST" --set train.batch_size=512 --set train.epochs=2 \
+        --set train.knn_every=0 --set train.device=cuda
+    step fmnist-lightly 50 fmnist.txt $THROUGHPUT --dataset fmnist --root "$PWD/$FMNIST" --batch-size 512 \
+        --steps 40 --warmup 5 --variants lightly --lightly-precision fp32
+else
+    log "fmnist: no Fashion-MNIST in $FMNIST (run benchmarks/prepare_gpu_wheels.sh where it is installed): skipped"
+fi
 
 # --- 2. selection at ImageNet scale ------------------------------------------------------------------
-step selection 150 selection.txt "$PY" benchmarks/selection.py --device cuda --n 1281167 --m 10000 --repeat 2
+step selection 100 selection.txt "$PY" benchmarks/selection.py --device cuda --n 1281167 --m 10000 --repeat 2
 
 # --- 3. the large-data path: JPEG folder, 224 px, ResNet-50 ------------------------------------------
 FOLDER=(--dataset jpeg-folder --root /tmp/clim-jpegs --n 8192 --backbone resnet50 --image-size 224
         --batch-size 128 --steps 20 --warmup 5)
-step folder-device 120 throughput_folder.txt $THROUGHPUT "${FOLDER[@]}" --variants ours-mocov2,lightly --augment device
-step folder-loader 60 throughput_folder.txt $THROUGHPUT "${FOLDER[@]}" --variants ours-mocov2 --augment loader
+step folder-gpu-decode 110 throughput_folder.txt $THROUGHPUT "${FOLDER[@]}" --variants ours-mocov2,lightly \
+    --augment device --decode auto
 
-# --- 4. lightly as published (fp32), 32 px -----------------------------------------------------------
-step lightly-fp32 60 throughput_32px.txt $THROUGHPUT --dataset cifar10-random --backbone resnet18 \
-    --small-stem true --image-size 32 --batch-size 512 --steps 50 --warmup 10 --variants lightly --lightly-precision fp32
+# --- 1b. compiled encoders, 1c. no prefetching ---------------------------------------------------------
+step throughput-32px-compile 110 throughput_32px_variants.txt $THROUGHPUT "${SMALL[@]}" \
+    --variants ours-mocov2,ours-clim --set train.compile=true
+step throughput-32px-noprefetch 35 throughput_32px_variants.txt $THROUGHPUT "${SMALL[@]}" \
+    --variants ours-mocov2 --prefetch false
 
-# --- 5. ablation, if the command exists --------------------------------------------------------------
-if "$PY" -m clim ablate --help 2>/dev/null | grep -q -- "--scale"; then
-    FMNIST=benchmarks/gpu_data/fashion-mnist
-    if [ -e "$FMNIST/train-images-idx3-ubyte.gz" ] || [ -e "$FMNIST/train-images-idx3-ubyte" ]; then
-        DATA=(--set "data.root=$PWD/$FMNIST")
-    else
-        DATA=(--set data.name=fmnist-mini)  # no Fashion-MNIST carried: the embedded 10k subset
-    fi
-    step ablate-matrix 30 ablate.txt "$PY" -m clim ablate --scale gpu --out /tmp/clim-ablate "${DATA[@]}" --dry-run
-    step ablate-probe $((BUDGET - SECONDS - 10)) ablate.txt "$PY" -m clim ablate --scale gpu --out /tmp/clim-ablate \
-        --only clim --seeds-main 1 --set train.epochs=3 "${DATA[@]}"
-    run_log=$(find /tmp/clim-ablate -name ablate.log 2>/dev/null | head -1)
-    [ -n "$run_log" ] && cp "$run_log" "$OUT/ablate_probe_run.log"
-    results=$(find /tmp/clim-ablate -maxdepth 1 -name RESULTS.md 2>/dev/null | head -1)
-    [ -n "$results" ] && cat "$results" >>"$OUT/ablate.txt"
-else
-    log "ablate: 'clim ablate --scale' not available in this version: skipped"
-fi
+# --- 3b. workers decode (the CPU path) -----------------------------------------------------------------
+step folder-cpu-decode 45 throughput_folder.txt $THROUGHPUT "${FOLDER[@]}" --variants ours-mocov2 \
+    --augment device --decode cpu
+
+# --- 5. lightly as published (fp32), 32 px -----------------------------------------------------------
+step lightly-fp32 40 throughput_32px.txt $THROUGHPUT "${SMALL[@]}" --variants lightly --lightly-precision fp32
 log "done in ${SECONDS}s"

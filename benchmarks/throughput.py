@@ -299,6 +299,46 @@ def run_steps(runner, steps: int, device: torch.device) -> tuple[int, float]:
     return images, time.perf_counter() - start
 
 
+def report_host_syncs(runners: dict, device: torch.device, steps: int = 20) -> None:
+    """Count the host synchronisations of ``steps`` steps of our variants (torch's sync debug mode),
+    by the source line that caused them; the trainer's loss read is one every train.log_every steps."""
+    import collections
+    import warnings
+
+    for name, runner in runners.items():
+        if name == "lightly":
+            continue
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                for _ in range(steps):
+                    runner.step()
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        places = collections.Counter(f"{os.path.relpath(w.filename)}:{w.lineno}" for w in caught
+                                     if "synchroniz" in str(w.message))
+        print(f"host syncs in {steps} steps of {name}: {sum(places.values())}"
+              + "".join(f"\n    {count:4d}  {place}" for place, count in places.most_common(12)))
+    sys.stdout.flush()
+
+
+def profile_steps(runners: dict, device: torch.device, steps: int) -> None:
+    """torch.profiler over ``steps`` steps of each of our variants: the top operators by device time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+    for name, runner in runners.items():
+        if name == "lightly":
+            continue
+        with profile(activities=activities) as prof:
+            run_steps(runner, steps, device)
+        print(f"profile of {steps} steps of {name} (top operators by {sort}):")
+        print(prof.key_averages().table(sort_by=sort, row_limit=22, max_name_column_width=48))
+    sys.stdout.flush()
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
@@ -333,6 +373,10 @@ def parse_args(argv=None):
     parser.add_argument("--prefetch", default=True, type=lambda s: s.lower() in ("1", "true", "yes"),
                         help="ours: make the next batch while the step runs (side CUDA stream), as the "
                              "trainer does (default true)")
+    parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                        help="after timing, torch.profiler over STEPS steps of our variants (top operators)")
+    parser.add_argument("--sync-debug", action="store_true",
+                        help="CUDA: before timing, count the host synchronisations of 20 steps by source line")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="ours: any config override, e.g. train.compile=true or model.bn_splits=1 (repeatable)")
     parser.add_argument("--quick", action="store_true",
@@ -413,6 +457,11 @@ def main(argv=None) -> int:
         print(f"  {name}: set-up + {args.warmup + runners[name].prefetch} warm-up steps "
               f"{time.perf_counter() - started:.1f} s")
         sys.stdout.flush()
+
+    if args.sync_debug and device.type == "cuda":
+        report_host_syncs(runners, device)
+    if args.profile:
+        profile_steps(runners, device, args.profile)
 
     rates: dict[str, list[float]] = {name: [] for name in runners}
     for round_index in range(args.rounds):

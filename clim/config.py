@@ -81,6 +81,7 @@ class TrainConfig:
     deterministic: bool = False
     log_every: int = 10  # loss read (the loop's only host sync), NaN check and TensorBoard scalars every N steps
     compile: bool | None = None  # torch.compile both encoders (None: off; see BENCHMARKS.md for measured gains)
+    batch_views: bool | None = None  # same-shaped views share one encoder pass, BN per view (None: on CUDA)
 
 
 @dataclass

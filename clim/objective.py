@@ -43,22 +43,37 @@ def _mix(config: Config, anchor: torch.Tensor, positive: torch.Tensor, generator
 def compute_step(model: MoCo, batch: dict, config: Config) -> StepOutput:
     temperature = config.model.temperature
     queue = model.queue.clone()
-    queries = [model.encode_query(view) for view in batch["query"]]
     use_positives = config.method.name == "clim" and batch["positive_key"] is not None
     mixing = use_positives and config.method.mixing != "none"
+    symmetric = config.model.symmetric
+    sizes = [view.shape[-1] for view in batch["query"]]
     lam = None
+    # Query-encoder inputs per resolution: the query view, the mixed query, the key view (symmetric).
+    query_inputs = [batch["query"]]
     if mixing:
         mixed, lam = _mix(config, batch["query"][0], batch["positive_query"][0], batch["generator"])
         # mixed once at the largest resolution, then resized like the views (METHOD §4)
-        sizes = [view.shape[-1] for view in batch["query"]]
-        mixed_queries = [model.encode_query(view) for view in at_resolutions(mixed, sizes)]
-    symmetric_queries = [model.encode_query(view) for view in batch["key"]] if config.model.symmetric else None
+        query_inputs.append(at_resolutions(mixed, sizes))
+    if symmetric:
+        query_inputs.append(batch["key"])
+    # encode_queries: the same-shaped inputs of one resolution share a forward pass (on CUDA), each
+    # with its own BN groups, so this equals encoding every input alone.
+    encoded = [model.encode_queries([inputs[r] for inputs in query_inputs]) for r in range(len(sizes))]
+    queries = [per_size[0] for per_size in encoded]
+    mixed_queries = [per_size[1] for per_size in encoded] if mixing else None
+    symmetric_queries = [per_size[-1] for per_size in encoded] if symmetric else None
 
     with torch.no_grad():
         model.momentum_update()
-        keys = [model.encode_key(view) for view in batch["key"]]
-        positive_keys = [model.encode_key(view) for view in batch["positive_key"]] if use_positives else None
-        symmetric_keys = [model.encode_key(view) for view in batch["query"]] if symmetric_queries else None
+        key_inputs = [batch["key"]]
+        if use_positives:
+            key_inputs.append(batch["positive_key"])
+        if symmetric:
+            key_inputs.append(batch["query"])
+        encoded_keys = [model.encode_keys([inputs[r] for inputs in key_inputs]) for r in range(len(sizes))]
+        keys = [per_size[0] for per_size in encoded_keys]
+        positive_keys = [per_size[1] for per_size in encoded_keys] if use_positives else None
+        symmetric_keys = [per_size[-1] for per_size in encoded_keys] if symmetric else None
 
     terms = []
     for i, query in enumerate(queries):
@@ -73,7 +88,7 @@ def compute_step(model: MoCo, batch: dict, config: Config) -> StepOutput:
             terms.append(term)
     loss = torch.stack(terms).mean()
     if batch["small_crops"] is not None:
-        small = [info_nce(model.encode_query(view), keys[0], queue, temperature) for view in batch["small_crops"]]
+        small = [info_nce(crop, keys[0], queue, temperature) for crop in model.encode_queries(batch["small_crops"])]
         loss = loss + torch.stack(small).mean()
     enqueue = keys[0] if symmetric_keys is None else torch.cat([keys[0], symmetric_keys[0]])
     return StepOutput(loss, enqueue, None if lam is None else lam.detach().float().mean())

@@ -196,7 +196,8 @@ def _adjust_hue(images: Tensor, shift: Tensor) -> Tensor:
     hue6 = numerator.div_(torch.where(chroma == 0, 1.0, chroma)).add_(sector_start).add_(6 * shift.view(-1, 1, 1))
     # HSV → RGB without sector branching: channel n of (R, G, B) = (5, 3, 1) is
     # V − C·clamp(min(k, 4 − k), 0, 1) with k = (n + hue6) mod 6.
-    offsets = torch.tensor([5.0, 3.0, 1.0], device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+    # (5, 3, 1) from arange: a device kernel, not a host-to-device copy (which would synchronise)
+    offsets = (5 - 2 * torch.arange(3, device=images.device, dtype=images.dtype)).view(1, 3, 1, 1)
     k = (hue6.unsqueeze(1) + offsets).remainder_(6)
     ramp = torch.minimum(k, 4 - k).clamp_(0, 1)
     return max_channel.unsqueeze(1) - chroma.unsqueeze(1) * ramp
@@ -295,6 +296,7 @@ class MoCoV2BatchAugment(nn.Module):
         self.flip_p = flip_p
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32), persistent=False)
+        self.register_buffer("jitter_range", torch.tensor([self.jitter_low, self.jitter_high]), persistent=False)
 
     def sample_params(self, batch_size: int, height: int, width: int, generator=None, device=None) -> dict:
         """Every per-sample random parameter of one view, drawn in one pass (see the class docstring)."""
@@ -308,8 +310,7 @@ class MoCoV2BatchAugment(nn.Module):
         in the same order, as :meth:`sample_params` makes after the boxes)."""
         draw = _draw_device(generator, device)
         coins = torch.rand((batch_size, 4), generator=generator, device=draw)
-        low = torch.tensor(self.jitter_low, device=draw)
-        high = torch.tensor(self.jitter_high, device=draw)
+        low, high = self.jitter_range.to(draw)  # a buffer: no host-to-device copy (and sync) per call
         factors = low + (high - low) * torch.rand((batch_size, 4), generator=generator, device=draw)
         order = torch.rand((batch_size, 4), generator=generator, device=draw).argsort(dim=1)
         sigma = _uniform((batch_size,), *self.blur_sigma, generator, draw)

@@ -120,6 +120,7 @@ class StepRunner:
         self.scaler = torch.amp.GradScaler(device.type, enabled=use_amp and config.train.amp_dtype == "float16")
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
+        model.batch_views = on_cuda if config.train.batch_views is None else config.train.batch_views
         if compile_enabled(config, device):
             model.encoder_q.compile()
             model.encoder_k.compile()

@@ -6,6 +6,7 @@ positives table are registered buffers, so a checkpoint of the module is a check
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import torch
@@ -26,26 +27,34 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
     largest divisor of the batch size not above ``num_splits`` is used, so any batch size works.
     Its state_dict is a plain BatchNorm2d's.
 
+    ``chunks`` (set by :meth:`MoCo.encode_queries` / :meth:`MoCo.encode_keys` for one call) says
+    that the batch is ``chunks`` same-sized batches concatenated: each is then normalised exactly as
+    if it had gone through alone (its own groups; the running statistics updated once per chunk,
+    in order), so several views share one forward pass without sharing BN statistics.
+
     Two implementations, numerically the same normalisation, chosen by the input's memory layout
     so that neither ever copies an activation into another layout:
 
-    * NCHW-contiguous input: the batch viewed as ``[N/s, s·C, H, W]`` (a free view) through one
-      ``F.batch_norm`` call, each (group, channel) pair a channel;
-    * any other layout (channels-last on a GPU): :func:`grouped_batch_norm`, per-group statistics
-      from one ``var_mean`` reduction on a ``[N/s, s, C, H, W]`` view and one fused multiply-add
-      that keeps the input's layout.
+    * NCHW-contiguous input, one chunk: the batch viewed as ``[N/s, s·C, H, W]`` (a free view)
+      through one ``F.batch_norm`` call, each (group, channel) pair a channel (fastest on CPU);
+    * otherwise (channels-last on a GPU, or several chunks): :func:`grouped_batch_norm`, per-group
+      statistics from one ``var_mean`` reduction on a ``[chunks, N/(chunks·s), s, C, H, W]`` view
+      and one fused multiply-add that keeps the input's layout.
     """
 
     def __init__(self, num_features: int, num_splits: int = 1, **kwargs):
         super().__init__(num_features, **kwargs)
         self.num_splits = num_splits
+        self.chunks = 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        splits = _largest_divisor(x.shape[0], self.num_splits)
-        if not self.training or splits == 1:
+        if not self.training:
             return super().forward(x)
-        if not x.is_contiguous():
-            return grouped_batch_norm(x, self, splits)
+        splits = _largest_divisor(x.shape[0] // self.chunks, self.num_splits)
+        if self.chunks > 1 or (splits > 1 and not x.is_contiguous()):
+            return grouped_batch_norm(x, self, splits, self.chunks)
+        if splits == 1:
+            return super().forward(x)
         n, c, h, w = x.shape
         mean = self.running_mean.repeat(splits)
         var = self.running_var.repeat(splits)
@@ -60,31 +69,41 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
         return out.view(n, c, h, w)
 
 
-def grouped_batch_norm(x: torch.Tensor, bn: nn.BatchNorm2d, groups: int) -> torch.Tensor:
-    """Training-mode BN of ``x`` [N, C, H, W] (any memory layout) with every group of the batch
-    (samples ``g::groups``) normalised by its own statistics; ``bn``'s running statistics get the
-    mean of the groups' updates, as ``groups`` separate ``F.batch_norm`` calls would give them.
+def grouped_batch_norm(x: torch.Tensor, bn: nn.BatchNorm2d, groups: int, chunks: int = 1) -> torch.Tensor:
+    """Training-mode BN of ``x`` [N, C, H, W] (any memory layout), ``chunks`` consecutive batches of
+    N/chunks samples, each with its ``groups`` groups (samples ``g::groups`` of the chunk)
+    normalised by their own statistics. ``bn``'s running statistics get, per chunk and in order, the
+    mean of its groups' updates: what ``groups`` separate ``F.batch_norm`` calls per chunk would give.
 
-    The ``[N/g, g, C, H, W]`` view splits the batch dimension only, so it is free for every layout,
-    and both the reduction and the multiply-add keep the input's layout (no ``copy_``). Statistics
-    are reduced in float32 (``var_mean`` accumulates in float32 for bf16 / fp16 input too); the
-    per-channel scale and shift are applied in the input's dtype. Autograd differentiates it.
+    The ``[chunks, N/(chunks·groups), groups, C, H, W]`` view splits the batch dimension only, so it
+    is free for every layout, and both the reduction and the multiply-add keep the input's layout
+    (no ``copy_``). Statistics are reduced in float32 (``var_mean`` accumulates in float32 for bf16 /
+    fp16 input too); the per-channel scale and shift are applied in the input's dtype. The output
+    is a fresh tensor, not a view, so the in-place ReLU / residual add after it need no CopySlices.
+    Autograd differentiates it.
     """
     n, c, h, w = x.shape
-    view = x.view(n // groups, groups, c, h, w)
-    var, mean = torch.var_mean(view, dim=(0, 3, 4), correction=0)  # [groups, C]
+    per_group = n // (chunks * groups)
+    view = x.view(chunks, per_group, groups, c, h, w)
+    var, mean = torch.var_mean(view, dim=(1, 4, 5), correction=0)  # [chunks, groups, C]
     mean, var = mean.float(), var.float()
     scale = bn.weight.float() * torch.rsqrt(var + bn.eps)
     shift = bn.bias.float() - mean * scale
-    out = torch.addcmul(shift.to(x.dtype)[None, :, :, None, None], view, scale.to(x.dtype)[None, :, :, None, None])
+
+    def per_sample(values: torch.Tensor) -> torch.Tensor:  # [chunks, groups, C] -> [N, C, 1, 1]
+        rows = values.to(x.dtype)[:, None].expand(chunks, per_group, groups, c)
+        return rows.reshape(n, c)[:, :, None, None]
+
+    out = torch.addcmul(per_sample(shift), x, per_sample(scale))
     if bn.track_running_stats:
         with torch.no_grad():
-            count = (n // groups) * h * w
-            unbiased = var.mean(0) * (count / max(1, count - 1))  # F.batch_norm's running var
-            bn.running_mean.lerp_(mean.mean(0).to(bn.running_mean.dtype), bn.momentum)
-            bn.running_var.lerp_(unbiased.to(bn.running_var.dtype), bn.momentum)
-            bn.num_batches_tracked += 1
-    return out.view(n, c, h, w)
+            count = per_group * h * w
+            unbiased = var.mean(1) * (count / max(1, count - 1))  # F.batch_norm's running var
+            for chunk in range(chunks):
+                bn.running_mean.lerp_(mean[chunk].mean(0).to(bn.running_mean.dtype), bn.momentum)
+                bn.running_var.lerp_(unbiased[chunk].to(bn.running_var.dtype), bn.momentum)
+            bn.num_batches_tracked += chunks
+    return out
 
 
 def _largest_divisor(n: int, at_most: int) -> int:
@@ -120,6 +139,7 @@ class MoCo(nn.Module):
             param.requires_grad_(False)
         self.momentum = momentum
         self.feature_dim = feature_dim
+        self.batch_views = False  # encode_queries / encode_keys: one pass for same-shaped views (CUDA default)
         self.set_bn_splits(bn_splits)
         self.register_buffer("queue", F.normalize(torch.randn(queue_size, head_dim), dim=1))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
@@ -142,6 +162,42 @@ class MoCo(nn.Module):
         for module in self.modules():
             if isinstance(module, SplitBatchNorm2d):
                 module.num_splits = splits
+
+    @contextlib.contextmanager
+    def _bn_chunks(self, encoder: nn.Module, chunks: int):
+        norms = [m for m in encoder.modules() if isinstance(m, SplitBatchNorm2d)]
+        for module in norms:
+            module.chunks = chunks
+        try:
+            yield
+        finally:
+            for module in norms:
+                module.chunks = 1
+
+    def _can_batch(self, views: list[torch.Tensor]) -> bool:
+        return (self.batch_views and len(views) > 1 and distributed.world_size() == 1
+                and all(v.shape == views[0].shape for v in views))
+
+    def encode_queries(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
+        """:meth:`encode_query` of several batches; with ``batch_views`` (on by default on CUDA),
+        same-shaped batches share one forward pass, each normalised by its own BN groups, which is
+        the same computation in fewer, larger kernels."""
+        if not self._can_batch(views):
+            return [self.encode_query(view) for view in views]
+        with self._bn_chunks(self.encoder_q, len(views)):
+            return list(self.encode_query(torch.cat(views)).chunk(len(views)))
+
+    @torch.no_grad()
+    def encode_keys(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
+        """:meth:`encode_key` of several batches, batched like :meth:`encode_queries`: each batch is
+        shuffled within itself and normalised by its own BN groups."""
+        if not self._can_batch(views):
+            return [self.encode_key(view) for view in views]
+        size, count = views[0].shape[0], len(views)
+        order = torch.cat([torch.randperm(size, device=views[0].device) + i * size for i in range(count)])
+        with self._bn_chunks(self.encoder_k, count):
+            keys = F.normalize(self.encoder_k(torch.cat(views)[order]), dim=1)
+        return list(keys[torch.argsort(order)].chunk(count))
 
     def encode_query(self, images: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.encoder_q(images), dim=1)
@@ -167,8 +223,11 @@ class MoCo(nn.Module):
 
     @torch.no_grad()
     def momentum_update(self) -> None:
-        for param_q, param_k in zip(self.encoder_q.parameters(), self.encoder_k.parameters()):
-            param_k.mul_(self.momentum).add_(param_q.detach(), alpha=1.0 - self.momentum)
+        params_k = list(self.encoder_k.parameters())
+        params_q = [param.detach() for param in self.encoder_q.parameters()]
+        # k ← m·k + (1 − m)·q as two multi-tensor kernels, not two per parameter
+        torch._foreach_mul_(params_k, self.momentum)
+        torch._foreach_add_(params_k, params_q, alpha=1.0 - self.momentum)
 
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor) -> None:

@@ -47,6 +47,12 @@ class FixedEncoders:
     def encode_key(self, x):
         return F.normalize(F.adaptive_avg_pool2d(x, POOL).flatten(1) @ self.w_k, dim=1)
 
+    def encode_queries(self, views):  # MoCo batches same-shaped views; one at a time is the same here
+        return [self.encode_query(view) for view in views]
+
+    def encode_keys(self, views):
+        return [self.encode_key(view) for view in views]
+
     def momentum_update(self):
         self.updates += 1
         self.w_k = MOMENTUM * self.w_k + (1 - MOMENTUM) * self.w_q

@@ -167,3 +167,37 @@ def test_encode_query_has_gradient_and_unit_norm(moco):
     q = moco.encode_query(torch.randn(8, 1, 8, 8))
     assert q.shape == (8, 4) and q.requires_grad
     torch.testing.assert_close(q.norm(dim=1), torch.ones(8), rtol=1e-5, atol=1e-5)
+
+
+def test_batched_views_equal_one_view_at_a_time():
+    """encode_queries / encode_keys with batch_views (one forward for same-shaped views, each with its
+    own BN groups and running-stat updates) equal encoding every view alone: outputs, gradients,
+    running statistics."""
+    import copy
+
+    torch.manual_seed(0)
+    model = MoCo("resnet10", in_channels=3, small_stem=True, queue_size=16, bn_splits=2).train()
+    model.to(memory_format=torch.channels_last)
+    alone = copy.deepcopy(model)
+    model.batch_views = True
+    views = [torch.randn(16, 3, 16, 16).contiguous(memory_format=torch.channels_last) for _ in range(3)]
+    torch.manual_seed(1)
+    batched_q, batched_k = model.encode_queries(views), model.encode_keys(views)
+    torch.manual_seed(1)
+    alone_q, alone_k = alone.encode_queries(views), alone.encode_keys(views)
+    for a, b in zip(batched_q + batched_k, alone_q + alone_k):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    weights = torch.randn(3, 16, 128)
+    sum((q * w).sum() for q, w in zip(batched_q, weights)).backward()
+    sum((q * w).sum() for q, w in zip(alone_q, weights)).backward()
+    for (name, p), q in zip(model.encoder_q.named_parameters(), alone.encoder_q.parameters()):
+        # float32 sums in another order: compare relative to the gradient's scale
+        assert (p.grad - q.grad).abs().max() <= 1e-4 * q.grad.abs().max(), name
+    buffers = dict(alone.named_buffers())
+    for name, buffer in model.named_buffers():
+        if "running" in name or "num_batches" in name:
+            torch.testing.assert_close(buffer, buffers[name], rtol=1e-5, atol=1e-6, msg=name)
+    # and the views really differ in BN statistics: one whole-batch BN would give other outputs
+    model.set_bn_splits(1)
+    whole = model.encode_query(torch.cat(views))
+    assert not torch.allclose(whole[:16], alone_q[0], atol=1e-3)
