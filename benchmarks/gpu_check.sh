@@ -12,6 +12,7 @@
 #      of its second epoch, next to lightly's MoCo v2 example as published (fp32) on the same
 #      Fashion-MNIST images (needs benchmarks/gpu_data, see prepare_gpu_wheels.sh)
 #   5. lightly's example as published (fp32) at 32 px, for reference
+#   6. the CUDA-only tests of tests/ (-k 'cuda or gpu')
 #
 # The GPU machine has torch / torchvision but no lightly, faiss, Fashion-MNIST or network: run
 # benchmarks/prepare_gpu_wheels.sh here first, then through the device tool
@@ -106,4 +107,7 @@ step folder-cpu-decode 45 throughput_folder.txt $THROUGHPUT "${FOLDER[@]}" --var
 
 # --- 5. lightly as published (fp32), 32 px -----------------------------------------------------------
 step lightly-fp32 40 throughput_32px.txt $THROUGHPUT "${SMALL[@]}" --variants lightly --lightly-precision fp32
+# --- 6. the CUDA-only tests (the rest of the suite runs on CPU in CI) --------------------------------
+step cuda-tests 60 cuda_tests.txt "$PY" -m pytest -q -p no:cacheprovider --continue-on-collection-errors \
+    -k "cuda or gpu" tests
 log "done in ${SECONDS}s"
