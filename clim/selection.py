@@ -135,7 +135,7 @@ def _knn_faiss(x: Tensor, k: int) -> Tensor:
 _GROUP = 128  # columns per group in the two-stage top-k
 _HALF_MARGIN = 40  # extra fp16 candidates per row, re-ranked exactly in fp32 (CUDA)
 _HALF_MIN_N = 1 << 15  # below this many points the fp32 path alone is fast enough
-_CPU_BLOCK = 1 << 24  # elements of one CPU distance block (64 MB of fp32)
+_CPU_BLOCK = 1 << 26  # elements of one CPU distance block (256 MB of fp32)
 
 
 @contextlib.contextmanager
@@ -156,13 +156,13 @@ def _knn_block_rows(n_cols: int, device: torch.device, elem_bytes: int) -> int:
     """Query rows per kNN block: a [rows, n_cols] score block plus its top-k workspace fits.
 
     CUDA: an eighth of the free memory for the block, at most 16,384 rows. CPU: blocks of
-    ``_CPU_BLOCK`` elements, which keeps the pass over them close to the caches.
+    ``_CPU_BLOCK`` elements, at most 1,024 rows (per-block temporaries stay small).
     """
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         budget, cap = free // 8 // elem_bytes, 16384
     else:
-        budget, cap = _CPU_BLOCK, 8192
+        budget, cap = _CPU_BLOCK, 1024
     return int(max(1, min(cap, budget // max(1, n_cols))))
 
 
@@ -184,10 +184,9 @@ def _group_topk(scores: Tensor, k: int, group: int, largest: bool) -> tuple[Tens
     blocks = scores.view(r, n_groups, group)
     extremes = blocks.amax(2) if largest else blocks.amin(2)
     groups = extremes.topk(k, dim=1, largest=largest, sorted=False).indices
-    offsets = torch.arange(group, device=scores.device)
-    cols = (groups.unsqueeze(2) * group + offsets).view(r, k * group)
-    values, pos = scores.gather(1, cols).topk(k, dim=1, largest=largest, sorted=True)
-    return values, cols.gather(1, pos)
+    candidates = blocks.gather(1, groups.unsqueeze(2).expand(r, k, group)).view(r, k * group)
+    values, pos = candidates.topk(k, dim=1, largest=largest, sorted=True)
+    return values, groups.gather(1, pos // group) * group + pos % group
 
 
 def _knn_exact(x: Tensor, k: int, queries: Tensor | None = None, group: int = _GROUP) -> Tensor:
@@ -204,7 +203,10 @@ def _knn_exact(x: Tensor, k: int, queries: Tensor | None = None, group: int = _G
     sq = F.pad((x * x).sum(1), (0, n_pad - n), value=math.inf).unsqueeze(0)
     nq = n if queries is None else queries.numel()
     out = torch.empty(nq, k, dtype=torch.long, device=x.device)
-    rows = _knn_block_rows(n_pad, x.device, 4)
+    rows = min(nq, _knn_block_rows(n_pad, x.device, 4))
+    # one block buffer for all blocks: a fresh CPU allocation of this size per block would be
+    # mmap-ed and page-faulted every time (slower than the matmul's own writes)
+    buffer = torch.empty(rows, n_pad, device=x.device)
     with _ieee_fp32_matmul(x.device):
         for start in range(0, nq, rows):
             end = min(start + rows, nq)
@@ -213,7 +215,7 @@ def _knn_exact(x: Tensor, k: int, queries: Tensor | None = None, group: int = _G
             else:
                 ids = queries[start:end]
                 q = x[ids]
-            dist = torch.addmm(sq, q, xp.T, alpha=-2.0)
+            dist = torch.addmm(sq, q, xp.T, alpha=-2.0, out=buffer[: end - start])
             dist.scatter_(1, ids.unsqueeze(1), math.inf)
             out[start:end] = _group_topk(dist, k, group, largest=False)[1]
     return out
@@ -260,6 +262,17 @@ def _knn_half(x: Tensor, k: int, margin: int = _HALF_MARGIN, group: int = _GROUP
     return ids, certified
 
 
+def _use_half(x: Tensor, k: int) -> bool:
+    """Whether :func:`_knn_torch` starts with fp16 candidates: CUDA, at least ``_HALF_MIN_N``
+    points, and norms within 1 % of each other (fp16 scores ignore ``||y||²``; L2-normalised
+    features qualify, others would mostly fail the certificate)."""
+    n = x.shape[0]
+    if not (x.is_cuda and n >= _HALF_MIN_N and n > 2 * (k + _HALF_MARGIN + _GROUP)):
+        return False
+    sq = (x * x).sum(1)
+    return float(sq.max() - sq.min()) <= 1e-2 * float(sq.max())
+
+
 def _knn_torch(x: Tensor, k: int, low_precision: bool | None = None) -> Tensor:
     """Exact L2 kNN in torch, self excluded by index; no N×N matrix is ever materialised.
 
@@ -267,11 +280,8 @@ def _knn_torch(x: Tensor, k: int, low_precision: bool | None = None) -> Tensor:
     norm, as L2-normalised features are) first runs :func:`_knn_half`; the rows it cannot
     certify are recomputed by :func:`_knn_exact`, so the result is the fp32 exact kNN either way.
     """
-    n = x.shape[0]
     if low_precision is None:
-        sq = (x * x).sum(1)
-        low_precision = (x.is_cuda and n >= _HALF_MIN_N and n > 2 * (k + _HALF_MARGIN + _GROUP)
-                         and float(sq.max() - sq.min()) <= 1e-2 * float(sq.max()))
+        low_precision = _use_half(x, k)
     if not low_precision:
         return _knn_exact(x, k, group=_GROUP)
     ids, certified = _knn_half(x, k, _HALF_MARGIN, _GROUP)
@@ -315,6 +325,8 @@ def _kmeans_torch(x: Tensor, m: int, seed: int) -> tuple[Tensor, Tensor]:
     maximum cosine (chunked) and sets centroids to the normalised member means. An empty cluster
     is re-seeded deterministically with the worst-fitting points (lowest similarity to their
     centroid), as many as there are empty clusters. Final assignment = nearest final centroid.
+    When an assignment step changes no assignment (and no cluster is empty), the centroids are a
+    fixed point and the remaining iterations would repeat it: the loop stops there (as faiss does).
 
     On CUDA the 20 assignment steps use fp16 matmuls (fp32 accumulation; similarities within
     about 1e-3, so only near-tied points may change cluster, which k-means tolerates); the
@@ -325,9 +337,13 @@ def _kmeans_torch(x: Tensor, m: int, seed: int) -> tuple[Tensor, Tensor]:
     g = torch.Generator(device=x.device).manual_seed(seed)
     centroids = x[torch.randperm(n, generator=g, device=x.device)[:m]].clone()
     xa = x.half() if x.is_cuda else x
+    previous, n_empty = None, 0
     with _fp32_accumulation(x.device), _ieee_fp32_matmul(x.device):
         for _ in range(KMEANS_ITERS):
             sim, assign = _nearest_centroid(xa, centroids)
+            if previous is not None and n_empty == 0 and torch.equal(assign, previous):
+                break  # centroids = means of these very assignments: a fixed point
+            previous = assign
             sums = torch.zeros_like(centroids).index_add_(0, assign, x)
             centroids = F.normalize(sums, dim=1)
             empty = torch.bincount(assign, minlength=m) == 0
@@ -414,6 +430,12 @@ def _kmeans_positives(assign: Tensor, neighbors: Tensor, m: int, p: int, g: torc
     return positives, pop < p
 
 
+def _uses_faiss(backend: str, device: torch.device) -> bool:
+    """Whether ``backend`` resolves to faiss for tensors on ``device`` (see the module docstring)."""
+    return backend == "faiss" or (backend == "auto" and ((device.type == "cpu" and _has_faiss())
+                                                         or _has_faiss_gpu()))
+
+
 def select_positives(
     features: Tensor,
     strategy: str,
@@ -451,8 +473,7 @@ def select_positives(
 
     x = features.detach().float().contiguous()
     device = x.device
-    use_faiss = backend == "faiss" or (backend == "auto" and ((device.type == "cpu" and _has_faiss())
-                                                              or _has_faiss_gpu()))
+    use_faiss = _uses_faiss(backend, device)
     g = torch.Generator(device=device).manual_seed(seed)
 
     neighbors = _knn_faiss(x, k) if use_faiss else _knn_torch(x, k)

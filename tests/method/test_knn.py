@@ -136,3 +136,19 @@ def test_kmeans_torch_assigns_nearest_final_centroid():
     own = sims.gather(1, assign.unsqueeze(1)).squeeze(1)
     assert bool((own >= sims.max(1).values - 1e-6).all())
     assert assign.unique().numel() == 20
+
+
+def test_kmeans_early_stop_equals_all_iterations():
+    """Stopping when no assignment changes gives the result of all KMEANS_ITERS iterations."""
+    x = duplicated_features(n=2000)
+    centroids, assign = _kmeans_torch(x, 12, seed=1)
+    g = torch.Generator().manual_seed(1)
+    ref = x[torch.randperm(x.shape[0], generator=g)[:12]].clone()
+    for _ in range(sel.KMEANS_ITERS):
+        sim, a = (x @ ref.T).max(1)
+        ref = F.normalize(torch.zeros_like(ref).index_add_(0, a, x), dim=1)
+        empty = torch.bincount(a, minlength=12) == 0
+        if empty.any():
+            ref[empty] = x[sim.topk(int(empty.sum()), largest=False).indices]
+    torch.testing.assert_close(centroids, ref, atol=1e-6, rtol=0)
+    assert torch.equal(assign, (x @ ref.T).argmax(1))
