@@ -184,8 +184,8 @@ def precision_panel(inspection: Inspection, max_bars: int = 20) -> tuple[dict[st
     per_class = class_precision(table, labels)
     if not per_class:
         return None, "no labels: positive precision unknown"
-    title = (f"positive precision {_share_same(labels, table):.3f} "
-             f"(kNN only: {_share_same(labels, inspection.details['knn'].long()):.3f})")
+    title = (f"positive precision {_share_same(labels, table):.3f}\n"
+             f"(the {table.shape[1]} nearest neighbours: {_share_same(labels, inspection.details['knn'].long()):.3f})")
     if len(per_class) > max_bars:
         ranked = sorted(per_class, key=per_class.get)
         per_class = {c: per_class[c] for c in ranked[: max_bars // 2] + ranked[-(max_bars // 2):]}

@@ -130,7 +130,8 @@ def draw_figure(path: str | Path, heading: str, rows: list[GridRow], layout: Gri
     _show_mosaic(_axes(figure, margin, top, grid_w, grid_h), rows, layout)
 
     right = margin + grid_w + 30
-    bars = _axes(figure, right + 110, top + 20, side - 130, bars_h - 60)
+    title_h = 12 * (precision_title.count("\n") + 1)
+    bars = _axes(figure, right + 110, top + 8 + title_h, side - 130, bars_h - 48 - title_h)
     if precision:
         names = list(precision)
         bars.barh(range(classes), [precision[n] for n in names], color="#%02x%02x%02x" % FRAMES["same"])
