@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -430,6 +431,23 @@ def _kmeans_positives(assign: Tensor, neighbors: Tensor, m: int, p: int, g: torc
     return positives, pop < p
 
 
+class _Clock:
+    """Seconds since the previous call, stored under a name (no-op without a dict)."""
+
+    def __init__(self, device: torch.device, timings: dict | None):
+        self.device, self.timings = device, timings
+        self.last = time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        if self.timings is None:
+            return
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        self.timings[name] = now - self.last
+        self.last = now
+
+
 def _uses_faiss(backend: str, device: torch.device) -> bool:
     """Whether ``backend`` resolves to faiss for tensors on ``device`` (see the module docstring)."""
     return backend == "faiss" or (backend == "auto" and ((device.type == "cpu" and _has_faiss())
@@ -444,6 +462,7 @@ def select_positives(
     num_positives: int = 10,
     seed: int = 0,
     backend: str = "auto",
+    timings: dict | None = None,
 ) -> SelectionResult:
     """Build the positives table of METHOD §2 from L2-normalised features [N, d].
 
@@ -456,7 +475,8 @@ def select_positives(
 
     kNN is exact L2 with self excluded by index; k-means is spherical, ``num_clusters`` clusters,
     20 iterations, seeded by ``seed`` (also the seed of the random draws). Runs on the device
-    of ``features``; see the module docstring for ``backend``.
+    of ``features``; see the module docstring for ``backend``. A ``timings`` dict receives the
+    seconds spent in ``knn``, ``kmeans`` and ``rule`` (CUDA synchronised; for benchmarks).
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; valid strategies: {', '.join(STRATEGIES)}")
@@ -475,12 +495,15 @@ def select_positives(
     device = x.device
     use_faiss = _uses_faiss(backend, device)
     g = torch.Generator(device=device).manual_seed(seed)
+    clock = _Clock(device, timings)
 
     neighbors = _knn_faiss(x, k) if use_faiss else _knn_torch(x, k)
+    clock("knn")
     assign = centroids = omega_sizes = None
     if strategy in _CLUSTERED:
         kmeans = _kmeans_faiss if use_faiss else _kmeans_torch
         centroids, assign = kmeans(x, num_clusters, seed)
+    clock("kmeans")
 
     if strategy == "random":
         positives = _random_positives(n, p, g, device)
@@ -498,6 +521,7 @@ def select_positives(
         omega_sizes = omega.sum(1)
         positives = _draw_or_fill(neighbors, omega, p, g)
         filled = omega_sizes < p
+    clock("rule")
     return SelectionResult(positives, neighbors, assign, centroids, omega_sizes, filled)
 
 
