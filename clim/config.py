@@ -8,6 +8,7 @@ A preset is a YAML file of overrides (``clim/presets/NAME.yaml``); it may name a
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,6 +83,7 @@ class TrainConfig:
     log_every: int = 10  # loss read (the loop's only host sync), NaN check and TensorBoard scalars every N steps
     compile: bool | None = None  # torch.compile both encoders (None: off; see BENCHMARKS.md for measured gains)
     batch_views: bool | None = None  # same-shaped views share one encoder pass, BN per view (None: on CUDA)
+    checkpoint_every_minutes: float = 30.0  # also save inside an epoch this often (0: at epoch ends only)
 
 
 @dataclass
@@ -141,12 +143,15 @@ class Config:
             "method.selection": ("random", "knn", "kmeans", "knn_kmeans", "center_wise"),
             "method.mixing": ("none", "cutmix", "mixup"),
             "method.selection_features": ("head", "backbone"),
-            "model.backbone": ("resnet10", "resnet18", "resnet34", "resnet50"),
         }
         for key, allowed in choices.items():
             value = self.get(key)
             if value not in allowed:
                 raise ConfigError(f"invalid value {value!r} for '{key}' (choose from {', '.join(allowed)})")
+        # clim.models.backbones.parse_backbone's rule, checked here without importing torch
+        if not re.fullmatch(r"resnet(10|18|34|50)(_w[1-9]\d*)?", self.model.backbone):
+            raise ConfigError(f"invalid value {self.model.backbone!r} for 'model.backbone' (choose from resnet10, "
+                              "resnet18, resnet34, resnet50, each optionally narrowed as NAME_wN, e.g. resnet10_w16)")
         positive = ["train.epochs", "train.batch_size", "model.queue_size", "model.bn_splits",
                     "method.knn_k", "method.num_positives", "method.refresh_every", "model.head_dim"]
         optional_positive = ["method.num_clusters", "data.image_size", "train.lr"]  # None: automatic
@@ -258,6 +263,42 @@ def _preset_path(name: str) -> Path:
     if not path.exists():
         raise ConfigError(f"unknown preset '{name}' (known: {', '.join(preset_names())})")
     return path
+
+
+def per_process_batch(config: Config, world_size: int) -> int:
+    """``train.batch_size`` (the global batch) / ``world_size``; :class:`ConfigError` if it does not divide."""
+    batch = config.train.batch_size
+    if batch % world_size:
+        raise ConfigError(f"train.batch_size={batch} (the global batch) does not divide over {world_size} "
+                          f"processes; use a multiple of {world_size}")
+    return batch // world_size
+
+
+def batch_layout(config: Config, world_size: int) -> tuple[int, int]:
+    """``(per-process batch, BN splits per process)`` for ``world_size`` processes.
+
+    ``train.batch_size`` is the global batch (what papers report); each process takes
+    ``batch_size / world_size``. BatchNorm normalises groups of ``batch_size / model.bn_splits``
+    images whatever the number of processes: ``bn_splits`` groups on one device (split-BN), and
+    ``bn_splits / world_size`` groups per process under DDP, which is per-GPU BN when the two are
+    equal (the paper's 8 GPUs x 64 = ``bn_splits: 8`` on one GPU). With fewer splits than processes
+    each process normalises its own batch. Raises :class:`ConfigError` naming the numbers when
+    something does not divide.
+    """
+    per_process, splits = per_process_batch(config, world_size), config.model.bn_splits
+    if world_size > 1:
+        if splits % world_size == 0:
+            splits //= world_size
+        elif splits < world_size:
+            splits = 1
+        else:
+            raise ConfigError(f"model.bn_splits={splits} is not a multiple of the {world_size} processes: "
+                              f"BN groups of train.batch_size / model.bn_splits images cannot be kept")
+    if per_process % splits:
+        raise ConfigError(f"model.bn_splits={config.model.bn_splits} does not divide the batch of "
+                          f"{per_process} images per process into equal BN groups; change train.batch_size "
+                          f"or model.bn_splits")
+    return per_process, splits
 
 
 def dump_yaml(config: Config, header: str | None = None) -> str:
