@@ -12,11 +12,13 @@ momentum encoder (before encoding keys, as MoCo does) and returns the loss and t
   (the paper sums; the mean keeps the learning rate comparable — documented deviation).
 * Multi-crop baseline: + the mean over small crops of ``L_nce(q_small, k)``.
 Before the first positives refresh CLIM has no positives and trains exactly as MoCo v2.
+The parts of the loss (MoCo term, positive term, multi-crop term) are returned separately too, so a
+log can show why the loss jumps when the positives join.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -32,6 +34,9 @@ class StepOutput:
     loss: torch.Tensor
     keys: torch.Tensor  # to enqueue after the optimiser step
     lam_mean: torch.Tensor | None = None  # mean λ of the batch, a device scalar (read it at log time)
+    # The loss's parts, detached device scalars: loss_moco, loss_positive (CLIM with positives),
+    # loss_multicrop (multi-crop baseline); ``loss`` is their sum.
+    parts: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def _mix(config: Config, anchor: torch.Tensor, positive: torch.Tensor, generator: torch.Generator):
@@ -75,20 +80,26 @@ def compute_step(model: MoCo, batch: dict, config: Config) -> StepOutput:
         positive_keys = [per_size[1] for per_size in encoded_keys] if use_positives else None
         symmetric_keys = [per_size[-1] for per_size in encoded_keys] if symmetric else None
 
-    terms = []
+    # Over every (query resolution i, key resolution j) pair: the MoCo term and CLIM's positive term.
+    moco_terms, positive_terms = [], []
     for i, query in enumerate(queries):
         for j, key in enumerate(keys):
             term = info_nce(query, key, queue, temperature)
             if symmetric_queries is not None:
                 term = 0.5 * (term + info_nce(symmetric_queries[i], symmetric_keys[j], queue, temperature))
+            moco_terms.append(term)
             if mixing:
-                term = term + mixed_info_nce(mixed_queries[i], key, positive_keys[j], queue, lam, temperature)
+                positive_terms.append(
+                    mixed_info_nce(mixed_queries[i], key, positive_keys[j], queue, lam, temperature))
             elif use_positives:
-                term = term + info_nce(query, positive_keys[j], queue, temperature)
-            terms.append(term)
-    loss = torch.stack(terms).mean()
+                positive_terms.append(info_nce(query, positive_keys[j], queue, temperature))
+    parts = {"loss_moco": torch.stack(moco_terms).mean()}
+    if positive_terms:
+        parts["loss_positive"] = torch.stack(positive_terms).mean()
     if batch["small_crops"] is not None:
         small = [info_nce(crop, keys[0], queue, temperature) for crop in model.encode_queries(batch["small_crops"])]
-        loss = loss + torch.stack(small).mean()
+        parts["loss_multicrop"] = torch.stack(small).mean()
+    loss = sum(parts.values())
     enqueue = keys[0] if symmetric_keys is None else torch.cat([keys[0], symmetric_keys[0]])
-    return StepOutput(loss, enqueue, None if lam is None else lam.detach().float().mean())
+    return StepOutput(loss, enqueue, None if lam is None else lam.detach().float().mean(),
+                      {name: value.detach() for name, value in parts.items()})

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision.transforms import functional as TF
 
-from clim.config import Config
+from clim.config import Config, per_process_batch
 from clim.data.batch_augment import MoCoV2BatchAugment, fallback_crop_size
 from clim.data.transforms import moco_v2_transform
 
@@ -78,6 +78,24 @@ def make_step_generator(device: torch.device, seed: int, epoch: int, rank: int) 
     return torch.Generator(device).manual_seed(epoch_seed(seed + 1, epoch, rank) + 7)
 
 
+def resume_point(next_step: int, views_generator: torch.Generator | None) -> dict:
+    """What a batch carries so that a checkpoint taken after its step can resume the epoch exactly:
+    the step to start from and the views generator's state after making this batch. The step
+    generator's state is read by the trainer at checkpoint time (the step has drawn from it since)."""
+    return {"step": next_step, "views": None if views_generator is None else views_generator.get_state()}
+
+
+def restore_generators(resume: dict | None, views_generator: torch.Generator | None,
+                       step_generator: torch.Generator) -> int:
+    """Set the generators to a mid-epoch checkpoint's states; returns the first step to make."""
+    if not resume:
+        return 0
+    if views_generator is not None and resume.get("views") is not None:
+        views_generator.set_state(resume["views"])
+    step_generator.set_state(resume["step_generator"])
+    return int(resume["step"])
+
+
 def draw_positives(table: torch.Tensor, index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """One positive per anchor, uniformly among its table entries (METHOD §3)."""
     rows = table[index.to(table.device)]
@@ -93,7 +111,7 @@ class BatchedPipeline:
         self.labels = dataset.labels.to(device)
         self.device = device
         self.rank, self.world_size = rank, world_size
-        self.batch_size = config.train.batch_size
+        self.batch_size = per_process_batch(config, world_size)  # train.batch_size is global
         self.seed = config.train.seed
         self.sizes = resolutions_of(config, image_size)
         self.augment = MoCoV2BatchAugment(self.sizes[0], info.mean, info.std, **augment_kwargs(config)).to(device)
@@ -113,15 +131,17 @@ class BatchedPipeline:
         first, second = views.chunk(2)
         return at_resolutions(first, self.sizes), at_resolutions(second, self.sizes)
 
-    def epoch(self, epoch: int, positives: torch.Tensor | None = None) -> Iterator[dict]:
+    def epoch(self, epoch: int, positives: torch.Tensor | None = None, resume: dict | None = None) -> Iterator[dict]:
         generator = torch.Generator(self.device).manual_seed(epoch_seed(self.seed, epoch, 0))
         order = torch.randperm(len(self.images), generator=generator, device=self.device)
         generator.manual_seed(epoch_seed(self.seed, epoch, self.rank + 1))
         step_generator = make_step_generator(self.device, self.seed, epoch, self.rank)
+        first = restore_generators(resume, generator, step_generator)
         global_batch = self.batch_size * self.world_size
-        for step in range(len(self)):
-            start = step * global_batch + self.rank * self.batch_size
-            index = order[start: start + self.batch_size]
+        for step in range(first, len(self)):
+            # rank r takes every world_size-th image of the global batch, as DistributedSampler does:
+            # the images of one process are then the images of one BN group of a 1-process run
+            index = order[step * global_batch: (step + 1) * global_batch][self.rank::self.world_size]
             query, key = self._view_pair(index, generator)
             batch = {"index": index, "label": self.labels[index], "generator": step_generator,
                      "query": query, "key": key,
@@ -138,6 +158,7 @@ class BatchedPipeline:
             if self.small_augment is not None:
                 batch["small_crops"] = [self.small_augment(self.images[index], generator=generator)
                                         for _ in range(MULTICROP_VIEWS)]
+            batch["resume"] = resume_point(step + 1, generator)
             yield batch
 
 
@@ -200,10 +221,11 @@ class _WorkerPipeline:
         self.device = device
         self.seed = config.train.seed
         self.rank = rank
-        self.batch_size = config.train.batch_size
+        self.batch_size = per_process_batch(config, world_size)  # train.batch_size is global
         self.num_workers = config.data.num_workers
         self.sampler = DistributedSampler(views, num_replicas=world_size, rank=rank,
                                           shuffle=True, seed=config.train.seed, drop_last=True)
+        self.skip = 0  # batches of the epoch to leave out (resuming mid-epoch), read by _loader
 
     def __len__(self) -> int:
         return len(self.sampler) // self.batch_size
@@ -212,8 +234,11 @@ class _WorkerPipeline:
         self.sampler.set_epoch(epoch)
         self.views.epoch = epoch
         self.views.positives = None if positives is None else positives.cpu()
+        # Every sample's views are seeded by its index, so leaving out the first batches' indices
+        # resumes mid-epoch exactly (and decodes nothing twice).
+        sampler = list(self.sampler)[self.skip * self.batch_size:] if self.skip else self.sampler
         loader = DataLoader(
-            self.views, batch_size=self.batch_size, sampler=self.sampler, drop_last=True,
+            self.views, batch_size=self.batch_size, sampler=sampler, drop_last=True,
             num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
             generator=torch.Generator().manual_seed(epoch_seed(self.seed, epoch, self.rank)),
             persistent_workers=False, prefetch_factor=4 if self.num_workers else None)
@@ -226,13 +251,16 @@ class LoaderPipeline(_WorkerPipeline):
                  rank: int = 0, world_size: int = 1):
         super().__init__(_ViewsDataset(dataset, config, image_size, rank), config, device, rank, world_size)
 
-    def epoch(self, epoch: int, positives: torch.Tensor | None = None) -> Iterator[dict]:
-        loader, generator = self._loader(epoch, positives)
-        for batch in loader:
+    def epoch(self, epoch: int, positives: torch.Tensor | None = None, resume: dict | None = None) -> Iterator[dict]:
+        self.skip = int(resume["step"]) if resume else 0
+        loader, generator = self._loader(epoch, positives)  # the views come from the workers: the
+        first = restore_generators(resume, None, generator)  # generator serves the step alone
+        for step, batch in enumerate(loader, start=first):
             batch = {key: _to_device(value, self.device) for key, value in batch.items()}
             for key in ("positive_index", "positive_key", "positive_query", "small_crops"):
                 batch.setdefault(key, None)
             batch["generator"] = generator
+            batch["resume"] = resume_point(step + 1, None)
             yield batch
 
 
@@ -337,10 +365,12 @@ class DevicePipeline(_WorkerPipeline):
         first, second = views.chunk(2)
         return at_resolutions(first, self.sizes), at_resolutions(second, self.sizes)
 
-    def epoch(self, epoch: int, positives: torch.Tensor | None = None) -> Iterator[dict]:
+    def epoch(self, epoch: int, positives: torch.Tensor | None = None, resume: dict | None = None) -> Iterator[dict]:
+        self.skip = int(resume["step"]) if resume else 0
         loader, generator = self._loader(epoch, positives)
         step_generator = make_step_generator(self.device, self.seed, epoch, self.rank)
-        for cropped in loader:
+        first = restore_generators(resume, generator, step_generator)
+        for step, cropped in enumerate(loader, start=first):
             cropped = {key: value.to(self.device, non_blocking=True) for key, value in cropped.items()}
             query, key = self._view_pair(cropped["query"], cropped["key"], generator)
             batch = {"index": cropped["index"], "label": cropped["label"], "generator": step_generator,
@@ -356,6 +386,7 @@ class DevicePipeline(_WorkerPipeline):
                 batch["small_crops"] = [self.small_augment.augment_cropped(cropped["small_crops"][:, v],
                                                                            generator=generator)
                                         for v in range(MULTICROP_VIEWS)]
+            batch["resume"] = resume_point(step + 1, generator)
             yield batch
 
 
@@ -385,6 +416,6 @@ def build_pipeline(dataset, config: Config, image_size: int, device: torch.devic
     pipeline = pipeline_class(dataset, config, image_size, device, rank, world_size)
     if len(pipeline) == 0:
         raise ValueError(f"{len(dataset)} images give no full batch of {config.train.batch_size}"
-                         f" x {world_size} processes; lower train.batch_size")
+                         f" ({world_size} process(es)); lower train.batch_size")
     return pipeline
 

@@ -80,6 +80,15 @@ def all_gather_uneven(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat([gathered[i * longest: i * longest + n] for i, n in enumerate(sizes)])
 
 
+def all_gather_object(obj) -> list:
+    """Every rank's ``obj`` (picklable), in rank order; ``[obj]`` without DDP."""
+    if world_size() == 1:
+        return [obj]
+    gathered = [None] * world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
 def broadcast(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
     if world_size() > 1:
         dist.broadcast(tensor, src)

@@ -61,8 +61,8 @@ class RunLogger:
             self._writer = SummaryWriter(str(self.out_dir / "tensorboard"))
         return self._writer
 
-    def progress(self, total: int, epoch: int, epochs: int):
-        return tqdm(total=total, desc=f"epoch {epoch + 1}/{epochs}", disable=not self.enabled,
+    def progress(self, total: int, epoch: int, epochs: int, initial: int = 0):
+        return tqdm(total=total, initial=initial, desc=f"epoch {epoch + 1}/{epochs}", disable=not self.enabled,
                     mininterval=0.5 if sys.stderr.isatty() else 10.0, dynamic_ncols=True, leave=True)
 
     def message(self, text: str) -> None:

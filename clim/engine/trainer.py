@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from clim.config import Config, ConfigError
+from clim.config import Config, ConfigError, batch_layout
 from clim.data import build_dataset
 from clim.data.pipeline import build_pipeline
 from clim.data.prefetch import prefetched
@@ -31,7 +31,8 @@ from clim.evaluation.knn import weighted_knn
 from clim.inspect import write_positives_preview
 from clim.models.moco import MoCo, build_moco
 from clim.objective import StepOutput, compute_step
-from clim.positives import is_refresh_epoch, needs_table, refresh_positives
+from clim.positives import is_refresh_epoch, needs_table, num_clusters, refresh_positives
+from clim.summary import output_paths, run_summary
 
 # Keys that must match to resume: the rest (epochs, logging, eval cadence) may change.
 FIXED_ON_RESUME = ("data.name", "data.image_size", "model.backbone", "model.head_dim", "model.queue_size",
@@ -74,10 +75,13 @@ class StepMeter:
         self.loss_sum, self.images = zero.clone(), 0
         self.last = zero.clone()
         self.lam = None
+        self.part_sums: dict[str, torch.Tensor] = {}
+        self.part_last: dict[str, torch.Tensor] = {}
         self.bad = torch.zeros((), dtype=torch.bool, device=self.device)
         self.bad_value, self.bad_step = zero.clone(), torch.zeros((), dtype=torch.long, device=self.device)
 
-    def add(self, loss: torch.Tensor, images: int, step: int, lam: torch.Tensor | None = None) -> None:
+    def add(self, loss: torch.Tensor, images: int, step: int, lam: torch.Tensor | None = None,
+            parts: dict[str, torch.Tensor] | None = None) -> None:
         loss = loss.detach().to(torch.float64)
         first_bad = ~torch.isfinite(loss) & ~self.bad
         self.bad_value = torch.where(first_bad, loss, self.bad_value)
@@ -87,17 +91,39 @@ class StepMeter:
         self.images += images
         self.last = loss
         self.lam = None if lam is None else lam.detach()
+        for name, value in (parts or {}).items():
+            value = value.detach().to(torch.float64)
+            self.part_sums[name] = self.part_sums.get(name, 0) + value * images
+            self.part_last[name] = value
+
+    def state(self) -> dict:
+        """The running sums as plain numbers (a host sync), for a mid-epoch checkpoint."""
+        return {"loss_sum": float(self.loss_sum), "images": self.images,
+                "part_sums": {name: float(value) for name, value in self.part_sums.items()}}
+
+    def load_state(self, state: dict) -> None:
+        self.reset()
+        self.loss_sum.fill_(state["loss_sum"])
+        self.images = int(state["images"])
+        self.part_sums = {name: torch.tensor(value, dtype=torch.float64, device=self.device)
+                          for name, value in state["part_sums"].items()}
 
     def read(self) -> dict:
-        """One host sync: ``loss_mean`` (since the last reset), ``loss`` (the latest step), ``lambda``
-        and, under DDP, whether any rank saw a non-finite loss (``bad``, with ``bad_value`` and
-        ``bad_step`` of this rank's first one)."""
+        """One host sync: ``loss_mean`` (since the last reset), ``loss`` (the latest step), ``lambda``,
+        the loss's parts (``parts_mean``, ``parts``: loss_moco, loss_positive, ...), and, under DDP,
+        whether any rank saw a non-finite loss (``bad``, with ``bad_value`` and ``bad_step`` of this
+        rank's first one)."""
+        names = sorted(self.part_sums)
         lam = self.lam.double().mean() if self.lam is not None else torch.zeros_like(self.last)
-        values = torch.stack([self.loss_sum, self.last, self.bad.double(), self.bad_value,
-                              self.bad_step.double(), lam]).cpu().tolist()
-        loss_sum, last, bad, bad_value, bad_step, lam_value = values
-        return {"loss_mean": loss_sum / max(1, self.images), "loss": last,
+        values = torch.stack([self.loss_sum, self.last, self.bad.double(), self.bad_value, self.bad_step.double(),
+                              lam, *(self.part_sums[n] for n in names),
+                              *(self.part_last[n] for n in names)]).cpu().tolist()
+        loss_sum, last, bad, bad_value, bad_step, lam_value = values[:6]
+        sums, lasts = values[6:6 + len(names)], values[6 + len(names):]
+        images = max(1, self.images)
+        return {"loss_mean": loss_sum / images, "loss": last,
                 "lambda": lam_value if self.lam is not None else None,
+                "parts_mean": {n: v / images for n, v in zip(names, sums)}, "parts": dict(zip(names, lasts)),
                 "bad": distributed.any_rank(bool(bad)), "bad_value": bad_value, "bad_step": int(bad_step)}
 
 
@@ -146,7 +172,7 @@ class StepRunner:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.model.enqueue(out.keys.float())
-        self.meter.add(out.loss, len(batch["index"]) * distributed.world_size(), step, out.lam_mean)
+        self.meter.add(out.loss, len(batch["index"]) * distributed.world_size(), step, out.lam_mean, out.parts)
         return out
 
 
@@ -220,6 +246,7 @@ def pretrain(config: Config, out_dir: str | Path) -> list[dict]:
     if config.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     logger = RunLogger(out_dir, enabled=runtime.is_main)
+    per_process, bn_splits = batch_layout(config, runtime.world_size)  # ConfigError if they do not divide
 
     # Data
     try:
@@ -248,7 +275,7 @@ def pretrain(config: Config, out_dir: str | Path) -> list[dict]:
 
     # Resume
     ckpt_path = out_dir / checkpoint.CHECKPOINT_NAME
-    start_epoch, step, history = 0, 0, []
+    start_epoch, step, history, partial = 0, 0, [], None
     if ckpt_path.exists():
         saved = checkpoint.load(ckpt_path, map_location=device)
         _check_resume(saved, config)
@@ -257,29 +284,57 @@ def pretrain(config: Config, out_dir: str | Path) -> list[dict]:
         scaler.load_state_dict(saved["scaler"])
         checkpoint.set_rng_state(saved["rng"])
         start_epoch, step, history = saved["epoch"], saved["step"], list(saved["history"])
+        partial = saved.get("partial")
+        if partial is not None:  # saved inside an epoch: this rank's part of it
+            partial = {**partial, **partial["ranks"][min(runtime.rank, len(partial["ranks"]) - 1)]}
+            checkpoint.set_rng_state(partial["rng"])
         logger.rewrite(history)
-        logger.message(f"resumed from {ckpt_path} at epoch {start_epoch}")
+        within = f", step {partial['pipeline']['step']} of {steps} (saved inside the epoch)" if partial else ""
+        logger.message(f"resumed from {ckpt_path} at epoch {start_epoch}{within}")
     elif runtime.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+        run = {"world_size": runtime.world_size, "batch_size_global": config.train.batch_size,
+               "batch_size_per_process": per_process, "bn_splits_per_process": bn_splits,
+               "bn_group_size": per_process // bn_splits, "lr": config.lr, "num_samples": len(dataset)}
+        (out_dir / "config.json").write_text(json.dumps({**config.to_dict(), "run": run}, indent=2))
+    logger.message(run_summary(config, runtime.world_size, out_dir, {
+        "image_size": image_size, "in_channels": info.in_channels, "num_samples": len(dataset)}))
     if start_epoch >= config.train.epochs:
         logger.message(f"nothing to do: {start_epoch} of {config.train.epochs} epochs done")
 
+    def save(epoch_done: int, partial_state: dict | None = None) -> None:
+        checkpoint.save_atomic({
+            "config": config.to_dict(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(), "epoch": epoch_done, "step": step, "rng": checkpoint.rng_state(),
+            "history": history, "data_info": data_info_dict(info, image_size), "num_samples": len(dataset),
+            **({"partial": partial_state} if partial_state is not None else {}),
+        }, ckpt_path)
+
     for epoch in range(start_epoch, config.train.epochs):
-        record: dict = {"epoch": epoch + 1}
-        if is_refresh_epoch(config, epoch) or (needs_table(config, epoch) and not model.has_positives):
+        resume = partial if epoch == start_epoch else None
+        record: dict = dict(resume["record"]) if resume else {"epoch": epoch + 1}
+        # (resuming inside an epoch: its positives were refreshed before the save and are in the model)
+        if resume is None and (is_refresh_epoch(config, epoch) or
+                               (needs_table(config, epoch) and not model.has_positives)):
             model.eval()
             record["selection"] = refresh_positives(model, selection_dataset, dataset.labels, config, epoch, device)
-            if "positive_precision" in record["selection"]:
-                logger.message(f"positives refreshed: precision {record['selection']['positive_precision']:.3f}")
+            logger.message(_refresh_message(record["selection"], num_clusters(config, len(dataset)), epoch))
             write_positives_preview(model, dataset, config, out_dir, logger.message)  # main rank, never raises
         table = model.positives if needs_table(config, epoch) else None
+        if table is not None and (epoch == start_epoch or not needs_table(config, epoch - 1)):
+            logger.message(f"epoch {epoch + 1}: CLIM's positive term joins the loss from now on, so the loss "
+                           f"rises; metrics.jsonl and TensorBoard log loss_moco and loss_positive apart")
 
         model.train()
         runner.meter.reset()
         seen, started, lr = 0, time.perf_counter(), config.lr
-        bar = logger.progress(steps, epoch, config.train.epochs)
-        for batch in prefetched(pipeline.epoch(epoch, table), device):
+        if resume is not None:
+            runner.meter.load_state(resume["meter"])
+            seen, started = resume["seen"], started - resume["elapsed"]
+        resume_at = {**resume["pipeline"], "step_generator": resume["step_generator"]} if resume else None
+        bar = logger.progress(steps, epoch, config.train.epochs, initial=resume_at["step"] if resume_at else 0)
+        last_save = time.monotonic()
+        for batch in prefetched(pipeline.epoch(epoch, table, resume_at), device):
             lr = cosine_lr(config.lr, step, total_steps, warmup_steps)
             runner.set_lr(lr)
             runner(batch, step)
@@ -291,14 +346,22 @@ def pretrain(config: Config, out_dir: str | Path) -> list[dict]:
                 images_per_s = seen / (time.perf_counter() - started)
                 bar.set_postfix(loss=f"{reading['loss']:.3f}", lr=f"{lr:.4f}", img_s=f"{images_per_s:.0f}",
                                 refresh=False)
-                scalars = {"loss": reading["loss"], "lr": lr}
+                scalars = {"loss": reading["loss"], "lr": lr, **reading["parts"]}
                 if reading["lambda"] is not None:
                     scalars["lambda"] = reading["lambda"]
                 logger.step(step, scalars)
+                if _checkpoint_due(config, last_save):  # a kill inside a long epoch loses minutes, not the epoch
+                    ranks = distributed.all_gather_object({
+                        "pipeline": batch["resume"], "step_generator": batch["generator"].get_state(),
+                        "meter": runner.meter.state(), "rng": checkpoint.rng_state()})
+                    if runtime.is_main:
+                        save(epoch, {"record": record, "seen": seen, "elapsed": time.perf_counter() - started,
+                                     "ranks": ranks})
+                    last_save = time.monotonic()
         reading = _read_meter(runner, epoch, ckpt_path, bar)
         bar.close()
         elapsed = time.perf_counter() - started
-        record.update(loss=reading["loss_mean"], lr=lr if steps else config.lr,
+        record.update(loss=reading["loss_mean"], **reading["parts_mean"], lr=lr if steps else config.lr,
                       images_per_s=seen / elapsed, epoch_seconds=elapsed)
 
         last = epoch + 1 == config.train.epochs
@@ -307,14 +370,26 @@ def pretrain(config: Config, out_dir: str | Path) -> list[dict]:
             logger.message(f"epoch {epoch + 1}: kNN top-1 {record['knn_top1']:.2f}%")
         history.append(record)
         if runtime.is_main:
-            checkpoint.save_atomic({
-                "config": config.to_dict(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict(), "epoch": epoch + 1, "step": step, "rng": checkpoint.rng_state(),
-                "history": history,
-                "data_info": data_info_dict(info, image_size), "num_samples": len(dataset),
-            }, ckpt_path)
+            save(epoch + 1)
             logger.epoch(record)
         distributed.barrier()
+    logger.message(output_paths(out_dir))
     logger.close()
     distributed.teardown()
     return history
+
+
+def _checkpoint_due(config: Config, last_save: float) -> bool:
+    """``train.checkpoint_every_minutes`` have passed since the last save, on any rank (all ranks
+    then save together: the decision is a collective, made where the loop syncs anyway)."""
+    minutes = config.train.checkpoint_every_minutes
+    return minutes > 0 and distributed.any_rank(time.monotonic() - last_save >= minutes * 60)
+
+
+def _refresh_message(selection: dict, clusters: int, epoch: int) -> str:
+    text = f"positives refreshed for epoch {epoch + 1}: {clusters} clusters"
+    if "positive_precision" in selection:
+        text += f", positive precision {selection['positive_precision']:.3f}"
+        if "labelled_pairs" in selection:
+            text += f" over {selection['labelled_pairs']} labelled pairs"
+    return text

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clim.config import Config
+from clim.config import Config, batch_layout
 from clim.engine import distributed
 from clim.models.backbones import build_backbone, uses_small_stem
 
@@ -240,7 +240,7 @@ class MoCo(nn.Module):
 
 
 def build_moco(config: Config, in_channels: int, image_size: int, num_samples: int) -> MoCo:
-    single_device = distributed.world_size() == 1
+    _, splits = batch_layout(config, distributed.world_size())
     return MoCo(
         backbone=config.model.backbone,
         in_channels=in_channels,
@@ -248,8 +248,9 @@ def build_moco(config: Config, in_channels: int, image_size: int, num_samples: i
         head_dim=config.model.head_dim,
         queue_size=config.model.queue_size,
         momentum=config.model.momentum,
-        # Under DDP each rank normalises its own batch (per-GPU BN) and shuffle-BN mixes ranks.
-        bn_splits=config.model.bn_splits if single_device else 1,
+        # Groups of train.batch_size / model.bn_splits images on one device and under DDP (where
+        # shuffle-BN mixes ranks for the keys): clim.config.batch_layout.
+        bn_splits=splits,
         num_samples=num_samples if config.method.name == "clim" else 0,
         num_positives=config.method.num_positives,
     )

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding 
 SIZE = 24
 BATCH = 4
 KEYS = {"index", "label", "generator", "query", "key", "positive_index", "positive_query", "positive_key",
-        "small_crops"}
+        "small_crops", "resume"}
 
 
 def smooth_image(seed: int, height: int, width: int, mode: str = "RGB") -> Image.Image:

@@ -18,7 +18,7 @@ from clim.objective import compute_step
 SIZE = 16
 BATCH = 8
 KEYS = {"index", "label", "generator", "query", "key", "positive_index", "positive_query", "positive_key",
-        "small_crops"}
+        "small_crops", "resume"}
 
 
 @pytest.fixture(scope="module")

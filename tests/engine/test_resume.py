@@ -94,6 +94,57 @@ def test_kill_and_resume_is_exact(run_clim, tiny_overrides, tmp_path_factory, re
         [r["selection"]["positive_precision"] for r in ref["history"][1:]]
 
 
+def _partial_on_disk(path):
+    try:
+        saved = checkpoint.load(path)
+    except (FileNotFoundError, EOFError, RuntimeError, ConfigError):
+        return None
+    return (saved["epoch"], saved["partial"]["ranks"][0]["pipeline"]["step"]) if "partial" in saved else None
+
+
+def test_kill_inside_an_epoch_and_resume_is_exact(run_clim, tiny_overrides, tmp_path_factory):
+    """train.checkpoint_every_minutes saves inside an epoch (here after every step); a kill there and
+    a rerun continue from that step and end with the uninterrupted run's tensors and losses."""
+    extra = ("train.checkpoint_every_minutes=0.000001", "train.log_every=1")
+    reference, victim_dir = tmp_path_factory.mktemp("reference-mid"), tmp_path_factory.mktemp("mid")
+    logs = tmp_path_factory.mktemp("logs-mid")
+    background = run_clim(_args(reference, tiny_overrides, *extra), log=logs / "reference.log")
+    victim = run_clim(_args(victim_dir, tiny_overrides, *extra), log=logs / "killed.log")
+    ckpt = victim_dir / checkpoint.CHECKPOINT_NAME
+    started, killed_at = time.monotonic(), None
+    while killed_at is None and time.monotonic() - started < 240:
+        if victim.poll() is not None:
+            pytest.fail(f"run ended (code {victim.returncode}) before it could be killed")
+        where = _partial_on_disk(ckpt)
+        if where is not None and where[0] >= 1:  # inside the second epoch, which trains with positives
+            victim.send_signal(signal.SIGKILL)
+            victim.wait()
+            killed_at = _partial_on_disk(ckpt)
+        time.sleep(0.01)
+    assert killed_at is not None and killed_at[0] == 1 and 1 <= killed_at[1] < 4, killed_at  # really inside
+
+    again = run_clim(_args(victim_dir, tiny_overrides, *extra))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"at epoch 1, step {killed_at[1]} of 4 (saved inside the epoch)" in again.stderr
+    assert "positives refreshed" not in again.stderr  # the epoch's table came from the checkpoint
+    assert background.wait(timeout=300) == 0, (logs / "reference.log").read_text()[-3000:]
+
+    mine = checkpoint.load(ckpt)
+    ref = checkpoint.load(reference / checkpoint.CHECKPOINT_NAME)
+    assert "partial" not in mine and mine["epoch"] == ref["epoch"] == EPOCHS and mine["step"] == ref["step"]
+    different = [k for k in ref["model"] if not torch.equal(mine["model"][k], ref["model"][k])]
+    assert different == []
+    for a, b in zip(mine["optimizer"]["state"].values(), ref["optimizer"]["state"].values()):
+        assert torch.equal(a["momentum_buffer"], b["momentum_buffer"])
+    lines = [json.loads(x) for x in (victim_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2]
+    for key in ("loss", "loss_moco", "loss_positive"):
+        assert [r.get(key) for r in lines] == [r.get(key) for r in ref["history"]], key
+    timing = {"seconds"}  # the refresh's wall time is the only thing allowed to differ
+    assert {k: v for k, v in lines[1]["selection"].items() if k not in timing} == \
+        {k: v for k, v in ref["history"][1]["selection"].items() if k not in timing}
+
+
 def test_raising_epochs_continues(resumed, small_digits, tiny_config):
     if not (resumed / checkpoint.CHECKPOINT_NAME).exists():
         pytest.skip("needs the resumed run")
