@@ -8,8 +8,9 @@ Backends (``backend=``):
 - ``"auto"``: faiss on CPU tensors; on CUDA tensors faiss-gpu when ``faiss.StandardGpuResources``
   exists, else the torch implementation on the GPU. Without faiss installed: torch everywhere.
 - ``"faiss"``: faiss (GPU indexes for CUDA tensors when faiss-gpu is installed, else CPU).
-- ``"torch"``: chunked matmul + topk kNN and a torch spherical k-means on the tensors' device
-  (the GPU path without faiss-gpu; selectable on CPU so that it is tested without a GPU).
+- ``"torch"``: blocked matmul + two-stage top-k kNN (on CUDA: fp16 candidates, re-ranked and
+  certified in fp32) and a torch spherical k-means on the tensors' device (the GPU path without
+  faiss-gpu; selectable on CPU so that it is tested without a GPU).
 
 kNN agrees between backends up to ties; k-means differs in its initialisation.
 """
