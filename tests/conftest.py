@@ -7,6 +7,11 @@ faiss load) is several times faster there than two threads fighting over loaded 
 import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Image-folder verification indexes (clim.data.imagefolder) go to a throw-away cache, not the user's.
+if "CLIM_CACHE" not in os.environ:
+    import tempfile
+
+    os.environ["CLIM_CACHE"] = tempfile.mkdtemp(prefix="clim-test-cache-")
 
 import subprocess  # noqa: E402
 import sys  # noqa: E402
