@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from clim.config import Config
+from clim.config import Config, ConfigError, batch_layout
 
 __all__ = ["CHECKPOINT_FILE", "CONFIG_FILE", "METRICS_FILE", "TENSORBOARD_DIR", "output_paths", "run_summary"]
 
@@ -32,16 +32,16 @@ SMALL_IMAGE_MAX = 64  # clim.models.backbones.SMALL_IMAGE_MAX: the automatic sma
 
 def _batch_line(config: Config, world_size: int) -> str:
     batch = config.train.batch_size
-    per_process = batch // world_size if batch % world_size == 0 else None
-    if per_process is None:
-        return f"batch     {batch} in all does not divide over {world_size} processes"
+    try:
+        per_process, splits = batch_layout(config, world_size)
+    except ConfigError as error:  # the trainer stops with this error before its first step
+        return f"batch     {batch} in all: {error}"
+    group = per_process // splits
     if world_size > 1:
-        return (f"batch     {batch} in all = {world_size} processes x {per_process}; "
-                f"BatchNorm per process: groups of {per_process} (shuffle-BN for keys)")
-    splits = config.model.bn_splits
-    group = f"groups of {per_process // splits}" if per_process % splits == 0 else \
-        f"{splits} groups do not divide {per_process}"
-    return f"batch     {batch}, one process; split-BN in {splits} groups: {group}"
+        bn = "per-GPU BN" if splits == 1 else f"split-BN in {splits} groups per process"
+        return (f"batch     {batch} in all = {world_size} processes x {per_process}; BatchNorm: {bn}, "
+                f"groups of {group} (shuffle-BN for keys)")
+    return f"batch     {batch}, one process; split-BN in {splits} groups: groups of {group}"
 
 
 def _lr_line(config: Config) -> str:

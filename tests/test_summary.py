@@ -20,8 +20,14 @@ def test_summary_of_the_paper_recipe_on_eight_processes(tmp_path):
     method = _line(text, "method")
     assert "CLIM" in method and "center_wise" in method and "CutMix (alpha 2)" in method
     assert "resolutions [224, 160]" in method and "first refresh at epoch 5" in method
-    assert _line(text, "batch") == ("batch     512 in all = 8 processes x 64; BatchNorm per process: "
+    assert _line(text, "batch") == ("batch     512 in all = 8 processes x 64; BatchNorm: per-GPU BN, "
                                     "groups of 64 (shuffle-BN for keys)")
+    # the same BN groups of 512 / bn_splits = 64 on two processes and on one
+    two = _line(run_summary(config, world_size=2, out_dir=tmp_path), "batch")
+    assert two == ("batch     512 in all = 2 processes x 256; BatchNorm: split-BN in 4 groups per process, "
+                   "groups of 64 (shuffle-BN for keys)")
+    assert _line(run_summary(config, world_size=1, out_dir=tmp_path), "batch") == \
+        "batch     512, one process; split-BN in 8 groups: groups of 64"
     assert _line(text, "lr").startswith("lr        0.06, SGD momentum 0.9")  # the preset's lr
     assert _line(text, "output") == f"output    {(tmp_path / 'run').resolve()}"
 
@@ -46,8 +52,8 @@ def test_summary_shows_the_lr_rule():
 
 def test_summary_names_a_batch_that_does_not_divide():
     config = load_config("demo-cpu", overrides=["train.batch_size=30", "model.bn_splits=4"])
-    assert "4 groups do not divide 30" in run_summary(config, 1, "x")
-    assert "30 in all does not divide over 4 processes" in run_summary(config, 4, "x")
+    assert "model.bn_splits=4 does not divide the batch of 30 images per process" in run_summary(config, 1, "x")
+    assert "train.batch_size=30 (the global batch) does not divide over 4 processes" in run_summary(config, 4, "x")
 
 
 def test_output_paths_are_absolute_and_match_the_trainer(tmp_path, monkeypatch):
