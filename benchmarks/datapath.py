@@ -26,7 +26,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from throughput import build_data, cpu_model, load_average, make_config, parse_args  # noqa: E402
 
-from clim.data.pipeline import _CroppedViewsDataset, build_pipeline  # noqa: E402
+from clim.data.device_pipeline import CroppedViewsDataset  # noqa: E402
+from clim.data.pipeline import build_pipeline  # noqa: E402
 
 
 def main() -> None:
@@ -59,7 +60,7 @@ def main() -> None:
 
     def worker_rate(round_index: int) -> float:
         args.augment = "device"
-        views = _CroppedViewsDataset(dataset, make_config(args, "mocov2"), mine.image_size)
+        views = CroppedViewsDataset(dataset, make_config(args, "mocov2"), mine.image_size)
         count = mine.batches * mine.batch_size
         offset = round_index * count % len(dataset)
         start = time.perf_counter()

@@ -22,9 +22,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from clim.machine import cpu_model
-from clim import selection as sel
-from clim.selection import KMEANS_ITERS, select_positives, selection_diagnostics
+from clim.method import knn
+from clim.method.selection import select_positives, selection_diagnostics
+from clim.runtime.machine import cpu_model
 
 try:
     import faiss
@@ -50,7 +50,7 @@ def plain_faiss(x: torch.Tensor, m: int, k: int, seed: int) -> None:
     """Spherical k-means + exact flat L2 kNN (k + 1 to leave room for self), nothing else."""
     xn = x.cpu().numpy()
     gpu = x.is_cuda
-    km = faiss.Kmeans(x.shape[1], m, niter=KMEANS_ITERS, spherical=True, seed=seed, gpu=gpu)
+    km = faiss.Kmeans(x.shape[1], m, niter=knn.KMEANS_ITERS, spherical=True, seed=seed, gpu=gpu)
     km.train(xn)
     if gpu:
         resources = faiss.StandardGpuResources()
@@ -72,9 +72,9 @@ def timed(fn, device: torch.device) -> float:
 def print_half_split(x: torch.Tensor, k: int, device: torch.device) -> None:
     """The torch kNN's fp16 path, timed again in its two parts: candidates + re-rank, fp32 redo."""
     out = {}
-    t_half = timed(lambda: out.update(r=sel._knn_half(x, k, sel._HALF_MARGIN, sel._GROUP)), device)
+    t_half = timed(lambda: out.update(r=knn.knn_half(x, k, knn.HALF_MARGIN, knn.GROUP)), device)
     redo = (~out["r"][1]).nonzero().squeeze(1)
-    t_redo = timed(lambda: sel._knn_exact(x, k, redo, sel._GROUP), device) if redo.numel() else 0.0
+    t_redo = timed(lambda: knn.knn_exact(x, k, redo, knn.GROUP), device) if redo.numel() else 0.0
     print(f"knn detail: fp16 candidates + fp32 re-rank {t_half:.2f} s; {redo.numel()} of {x.shape[0]} rows "
           f"not certified, recomputed in fp32 {t_redo:.2f} s")
 
@@ -137,8 +137,8 @@ def main() -> None:
     if with_baseline:
         print(f"ratio select_positives / plain faiss: {t_ours / t_faiss:.3f} (target <= 1.5)")
     print(f"split: kmeans {split['kmeans']:.2f} s | knn {split['knn']:.2f} s | rule {split['rule']:.2f} s "
-          f"(backend {'faiss' if sel._uses_faiss(args.backend, device) else 'torch'}, best run)")
-    if args.split and not sel._uses_faiss(args.backend, device) and sel._use_half(x, args.k):
+          f"(backend {'faiss' if knn.uses_faiss(args.backend, device) else 'torch'}, best run)")
+    if args.split and not knn.uses_faiss(args.backend, device) and knn.use_half(x, args.k):
         print_half_split(x, args.k, device)
     diag = selection_diagnostics(result)
     print("diagnostics:", diag)

@@ -54,8 +54,8 @@ from clim.data.prefetch import prefetched
 from clim.data.registry import DatasetInfo
 from clim.engine.trainer import StepRunner, cosine_lr
 from clim.models.backbones import build_backbone, uses_small_stem
-from clim.machine import cpu_model
 from clim.models.moco import build_moco
+from clim.runtime.machine import cpu_model
 
 VARIANTS = ("ours-mocov2", "ours-clim", "lightly")
 LIGHTLY_PREFETCH = 2  # DataLoader's default prefetch_factor

@@ -104,7 +104,7 @@ def _exit_code(error: BaseException) -> int | None:
     if isinstance(error, OSError) and error.errno in _USER_ERRNOS:
         return 2
     # Only modules that were imported can have raised their errors: no torch import here.
-    checkpoint = sys.modules.get("clim.engine.checkpoint")
+    checkpoint = sys.modules.get("clim.runtime.checkpoint")
     if checkpoint is not None and isinstance(error, checkpoint.CheckpointError):
         return 2
     trainer = sys.modules.get("clim.engine.trainer")
@@ -153,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     from clim.evaluation.cli import register
 
     register(commands)
-    from clim.ablate import register as register_ablate
+    from clim.study.cli import register as register_ablate
 
     register_ablate(commands)
     return parser

@@ -13,10 +13,10 @@ from pathlib import Path
 import torch
 
 from clim.config import load_config
-from clim.engine.checkpoint import CHECKPOINT_NAME
+from clim.runtime.checkpoint import CHECKPOINT_NAME
 from clim.engine.trainer import pretrain
 from clim.evaluation.common import eval_datasets, load_run, plain_backbone, write_result
-from clim.evaluation.features import extract_features
+from clim.runtime.features import extract_features
 from clim.evaluation.knn import KNN_SETTINGS, run_knn
 from clim.models.backbones import build_backbone, uses_small_stem
 from clim.report import write_report

@@ -20,7 +20,7 @@ from clim.config import Config, ConfigError, batch_layout
 
 __all__ = ["CHECKPOINT_FILE", "CONFIG_FILE", "METRICS_FILE", "TENSORBOARD_DIR", "output_paths", "run_summary"]
 
-# The names the trainer writes (clim.engine.checkpoint.CHECKPOINT_NAME, clim.engine.logging.METRICS_NAME;
+# The names the trainer writes (clim.runtime.checkpoint.CHECKPOINT_NAME, clim.engine.logging.METRICS_NAME;
 # a test keeps them equal).
 CHECKPOINT_FILE = "checkpoint.pt"
 METRICS_FILE = "metrics.jsonl"
@@ -61,7 +61,7 @@ def _method_line(config: Config, num_samples: int | None) -> str:
               "none": "no mixing"}[method.mixing]
     if method.num_clusters is not None:
         clusters = method.num_clusters
-    else:  # clim.positives.num_clusters' rule
+    else:  # clim.method.positives.num_clusters' rule
         clusters = f"{max(2, num_samples // 100)} (N/100)" if num_samples else "N/100"
     return (f"method    CLIM: {method.selection} positives ({method.num_positives} per image, k {method.knn_k}, "
             f"{clusters} clusters, {method.selection_features} features), {mixing}{sizes}{crops}; "

@@ -5,10 +5,12 @@ import re
 
 import pytest
 
-from clim.ablate import (AGREES, DISAGREES, NOT_RUN, OPPOSITE_SINGLE, OPPOSITE_WITHIN, SAME_SINGLE, SAME_WITHIN, SCALES,
-                         Stat, agreement_summary, compare, format_stat, plan_runs, read_eval, run_matrix, summarize)
 from clim.cli import main
 from clim.config import ConfigError, load_config
+from clim.study.claims import (AGREES, DISAGREES, NOT_RUN, OPPOSITE_SINGLE, OPPOSITE_WITHIN, SAME_SINGLE, SAME_WITHIN,
+                               Stat, agreement_summary, compare, format_stat, summarize)
+from clim.study.matrix import SCALES, plan_runs, read_eval
+from clim.study.runner import run_matrix
 
 TABLE_6 = {f"{s}-{m}" for s in ("random", "knn", "kmeans", "knn_kmeans", "center_wise") for m in ("none", "cutmix")}
 
@@ -117,7 +119,8 @@ def test_results_name_no_machine_path(tmp_path):
     """RESULTS.md is committed: an absolute --out / --results shows as its last name only."""
     import argparse
 
-    from clim.ablate import command_line, write_results
+    from clim.study.cli import command_line
+    from clim.study.results import write_results
 
     out = tmp_path / "matrix-cpu"
     text = write_results("smoke", out, [], path=tmp_path / "RESULTS.md").read_text()

@@ -8,10 +8,10 @@ import torchvision
 from safetensors.torch import load_file
 
 from clim.config import Config
-from clim.engine.checkpoint import save_atomic
-from clim.export import detectron2_name, export_detectron2, export_torchvision
+from clim.evaluation.export import detectron2_name, export_detectron2, export_torchvision
 from clim.models.backbones import build_backbone
 from clim.models.moco import build_moco
+from clim.runtime.checkpoint import save_atomic
 
 
 def _checkpoint(tmp_path, backbone="resnet18", in_channels=3, image_size=224):

@@ -12,13 +12,13 @@ import torch
 from PIL import Image
 
 from clim.cli import main
-from clim.engine import checkpoint
-from clim.inspect import (DETAILS_NAME, PREVIEW_DIR, Inspection, choose_anchors, class_precision, grid_rows,
-                          inspect_run, load_inspection, precision_panel, random_picks,
-                          write_positives_preview)
-from clim.inspect_figure import FRAMES, GridLayout, mosaic
+from clim.engine.mosaic import FRAMES, GridLayout, mosaic
+from clim.engine.preview import (DETAILS_NAME, PREVIEW_DIR, Inspection, choose_anchors, class_precision, grid_rows,
+                                 precision_panel, random_picks, write_positives_preview)
+from clim.inspect import inspect_run, load_inspection
 from clim.models.moco import build_moco
 from clim.report import write_report
+from clim.runtime import checkpoint
 
 
 class _Images:

@@ -57,10 +57,10 @@ def test_summary_names_a_batch_that_does_not_divide():
 
 
 def test_output_paths_are_absolute_and_match_the_trainer(tmp_path, monkeypatch):
-    from clim.engine.checkpoint import CHECKPOINT_NAME
+    from clim import summary
     from clim.engine.logging import METRICS_NAME
     from clim.models.backbones import SMALL_IMAGE_MAX
-    from clim import summary
+    from clim.runtime.checkpoint import CHECKPOINT_NAME
 
     assert (summary.CHECKPOINT_FILE, summary.METRICS_FILE, summary.SMALL_IMAGE_MAX) == \
         (CHECKPOINT_NAME, METRICS_NAME, SMALL_IMAGE_MAX)

@@ -24,14 +24,14 @@ from clim.data import build_dataset
 from clim.data.pipeline import build_pipeline
 from clim.data.prefetch import prefetched
 from clim.data.transforms import eval_transform_for
-from clim.engine import checkpoint, distributed
 from clim.engine.logging import RunLogger
-from clim.evaluation.features import extract_features
+from clim.engine.preview import write_positives_preview
 from clim.evaluation.knn import weighted_knn
-from clim.inspect import write_positives_preview
+from clim.method.objective import StepOutput, compute_step
+from clim.method.positives import is_refresh_epoch, needs_table, num_clusters, refresh_positives
 from clim.models.moco import MoCo, build_moco
-from clim.objective import StepOutput, compute_step
-from clim.positives import is_refresh_epoch, needs_table, num_clusters, refresh_positives
+from clim.runtime import checkpoint, distributed
+from clim.runtime.features import extract_features
 from clim.summary import output_paths, run_summary
 
 # Keys that must match to resume: the rest (epochs, logging, eval cadence) may change.

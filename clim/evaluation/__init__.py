@@ -1,4 +1,4 @@
-"""Evaluation protocols of METHOD §5 (kNN, linear, semi-supervised, similarity, t-SNE).
+"""Evaluation protocols of METHOD §5 (kNN, linear, semi-supervised, similarity, t-SNE) and export.
 
 The names below are imported on first use, so that ``clim.evaluation.cli`` (the argparse side of
 ``clim eval``) loads without torch.
@@ -8,11 +8,11 @@ import importlib
 
 __all__ = ["extract_features", "intra_class_similarity", "run_knn", "weighted_knn"]
 
-_HOME = {"extract_features": "features", "run_knn": "knn", "weighted_knn": "knn",
-         "intra_class_similarity": "similarity"}
+_HOME = {"extract_features": "clim.runtime.features", "run_knn": "clim.evaluation.knn",
+         "weighted_knn": "clim.evaluation.knn", "intra_class_similarity": "clim.evaluation.similarity"}
 
 
 def __getattr__(name: str):
     if name in _HOME:
-        return getattr(importlib.import_module(f"clim.evaluation.{_HOME[name]}"), name)
+        return getattr(importlib.import_module(_HOME[name]), name)
     raise AttributeError(f"module 'clim.evaluation' has no attribute '{name}'")

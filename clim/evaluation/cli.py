@@ -71,7 +71,7 @@ class _Session:
         return common.eval_dataset(self.run.config, self.run.data_info, self.args.overrides, split)
 
     def features(self, module, dataset):
-        from clim.evaluation.features import extract_features
+        from clim.runtime.features import extract_features
 
         return extract_features(module, dataset, self.args.batch_size, self.device, self.num_workers,
                                 self.progress)
@@ -159,8 +159,8 @@ def _semisup(args: argparse.Namespace) -> int:
     from torch.utils.data import Subset
 
     from clim.evaluation import common
-    from clim.evaluation.semisup import SEMISUP_PRESETS, balanced_subset, finetune, save_subset, split_file_subset
     from clim.evaluation.linear import preset_settings, resolve_preset
+    from clim.evaluation.semisup import SEMISUP_PRESETS, balanced_subset, finetune, save_subset, split_file_subset
 
     if (args.fraction is None) == (args.split_file is None):
         raise ConfigError("eval semisup needs exactly one of --fraction and --split-file")
@@ -233,7 +233,7 @@ def _tsne(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from clim.export import export_detectron2, export_torchvision
+    from clim.evaluation.export import export_detectron2, export_torchvision
 
     exporter = export_torchvision if args.to == "torchvision" else export_detectron2
     info = exporter(args.ckpt, args.out)

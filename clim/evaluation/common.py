@@ -22,9 +22,9 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from clim.config import Config, ConfigError
-from clim.engine import checkpoint
 from clim.models.backbones import build_backbone, uses_small_stem
 from clim.models.moco import MoCo, build_moco
+from clim.runtime import checkpoint
 
 RESIZE_RATIO = 0.875  # ImageNet convention: resize to size / 0.875, centre-crop size
 

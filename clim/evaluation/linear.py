@@ -30,7 +30,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from clim.evaluation.features import extract_features
+from clim.runtime.features import extract_features
 
 
 @dataclass(frozen=True)

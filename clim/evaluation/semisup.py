@@ -22,8 +22,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from clim.evaluation.features import extract_features
 from clim.evaluation.linear import accuracy_report, fit_classifier, linear_classifier
+from clim.runtime.features import extract_features
 
 
 @dataclass(frozen=True)

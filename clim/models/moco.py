@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from clim.config import Config, batch_layout
-from clim.engine import distributed
 from clim.models.backbones import build_backbone, uses_small_stem
+from clim.runtime import distributed
 
 
 class SplitBatchNorm2d(nn.BatchNorm2d):

@@ -15,11 +15,11 @@ from PIL import Image
 
 from clim.config import load_config
 from clim.data import build_dataset
-from clim.data import gpu_decode
-from clim.data import pipeline as pipeline_module
+from clim.data import device_pipeline, gpu_decode, jpeg
 from clim.data.gpu_decode import (EncodedViewsDataset, GpuDecodePipeline, collate_encoded, decode_and_crop,
                                   jpeg_size, resolve_decode)
-from clim.data.pipeline import DevicePipeline, LoaderPipeline, _CroppedViewsDataset, build_pipeline
+from clim.data.device_pipeline import CroppedViewsDataset
+from clim.data.pipeline import DevicePipeline, LoaderPipeline, build_pipeline
 
 # torchvision 0.29 deprecates its codecs in favour of torchcodec; decode_jpeg is still the nvJPEG entry point.
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning")
@@ -137,20 +137,20 @@ def test_boxes_and_flips_equal_the_cpu_device_path(folder, monkeypatch, extra):
     (through the views) its flips."""
     config = config_for(folder, *extra)
     dataset = dataset_of(folder)
-    cpu = _CroppedViewsDataset(dataset, config, SIZE)
+    cpu = CroppedViewsDataset(dataset, config, SIZE)
     gpu = EncodedViewsDataset(dataset, config, SIZE)
     table = random_table(len(dataset))
     for views in (cpu, gpu):
         views.epoch = 3
         views.positives = table if "method.name=clim" in extra else None
     drawn = []
-    real = pipeline_module.crop_box
+    real = device_pipeline.crop_box
 
     def recording(*args, **kwargs):
         drawn.append(real(*args, **kwargs))
         return drawn[-1]
 
-    monkeypatch.setattr(pipeline_module, "crop_box", recording)
+    monkeypatch.setattr(device_pipeline, "crop_box", recording)
     for i in range(len(dataset)):
         drawn.clear()
         cpu_item = cpu[i]
@@ -166,7 +166,7 @@ def test_boxes_and_flips_equal_the_cpu_device_path(folder, monkeypatch, extra):
 
 
 def _cpu_batch(dataset, config, indices, epoch=0, positives=None):
-    views = _CroppedViewsDataset(dataset, config, SIZE)
+    views = CroppedViewsDataset(dataset, config, SIZE)
     views.epoch, views.positives = epoch, positives
     return torch.utils.data.default_collate([views[i] for i in indices])
 
@@ -266,7 +266,7 @@ def test_undecodable_everywhere_uses_the_fallback_image(folder):
     import torchvision.io
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(torchvision.io, "decode_jpeg", failing)
-        patch.setattr(gpu_decode, "_pil_decode", lambda data: (_ for _ in ()).throw(OSError("bad")))
+        patch.setattr(jpeg, "_pil_decode", lambda data: (_ for _ in ()).throw(OSError("bad")))
         cropped, reasons = decode_and_crop(batch, "cpu", SIZE, fallback=fallback)
     assert asked == [0, 1, 2, 3] and sum(reasons.values()) == 4
     assert (cropped["query"] == 7).all()  # boxes clamped to the smaller replacement image

@@ -10,10 +10,11 @@ from clim.config import load_config
 from clim.data import build_dataset
 from clim.data.arrays import ArrayDataset
 from clim.data.batch_augment import MoCoV2BatchAugment
-from clim.data.pipeline import DevicePipeline, build_pipeline, crop_box, resolve_augment
+from clim.data.device_pipeline import crop_box
+from clim.data.pipeline import DevicePipeline, build_pipeline, resolve_augment
 from clim.data.registry import DatasetInfo
+from clim.method.objective import compute_step
 from clim.models.moco import build_moco
-from clim.objective import compute_step
 
 SIZE = 16
 BATCH = 8

@@ -5,7 +5,7 @@ import torch
 
 from clim.data.pipeline import BatchedPipeline, DevicePipeline, LoaderPipeline
 from clim.data.prefetch import prefetched
-from clim.mixing import cutmix
+from clim.method.mixing import cutmix
 
 CPU = torch.device("cpu")
 

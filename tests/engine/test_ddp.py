@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from clim.engine import checkpoint
 from clim.evaluation.common import load_run
+from clim.runtime import checkpoint
 
 TORCHRUN = Path(sys.executable).parent / "torchrun"
 LAUNCHER = ([str(TORCHRUN)] if TORCHRUN.exists() else [sys.executable, "-m", "torch.distributed.run"]) + \
@@ -43,9 +43,9 @@ from clim.config import load_config
 from clim.data import build_dataset
 from clim.data.arrays import ArrayDataset
 from clim.data.transforms import eval_transform_for
-from clim.engine import distributed
+from clim.method.positives import embed_dataset, refresh_positives, selection_encoder
 from clim.models.moco import build_moco
-from clim.positives import embed_dataset, refresh_positives, selection_encoder
+from clim.runtime import distributed
 
 torch.set_num_threads(1)
 runtime = distributed.setup("cpu")
@@ -94,9 +94,9 @@ import torch
 from clim.config import load_config
 from clim.data import build_dataset
 from clim.data.pipeline import build_pipeline
-from clim.engine import distributed
 from clim.engine.trainer import StepRunner
 from clim.models.moco import build_moco
+from clim.runtime import distributed
 from clim.summary import run_summary
 
 torch.set_num_threads(1)

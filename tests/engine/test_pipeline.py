@@ -5,7 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clim.data.pipeline import BatchedPipeline, LoaderPipeline, build_pipeline, draw_positives
+from clim.data.pipeline import BatchedPipeline, LoaderPipeline, build_pipeline
+from clim.data.views import draw_positives
 
 CPU = torch.device("cpu")
 KEYS = {"index", "label", "generator", "query", "key", "positive_index", "positive_query", "positive_key",

@@ -4,7 +4,7 @@ Approach: the runs are real `clim pretrain` processes (the CLI's main() on the 2
 subset, see tests/conftest.py), CLIM with a refresh before the second epoch, so the resumed part
 re-selects positives and trains with them, and train.deterministic on, one thread per process. An
 uninterrupted 2-epoch reference runs in the background while a second run is SIGKILLed as soon as
-its checkpoint says epoch >= 1 (polled every 20 ms through clim.engine.checkpoint.load). The
+its checkpoint says epoch >= 1 (polled every 20 ms through clim.runtime.checkpoint.load). The
 second epoch (refresh + 4 steps) takes seconds, so the kill lands inside it; the test checks that
 it did (the checkpoint on disk says epoch 1 of 2) rather than assuming it. Running the same
 command again resumes and must end with exactly the reference's tensors.
@@ -19,7 +19,7 @@ import torch
 
 import clim.engine.trainer as trainer
 from clim.config import ConfigError
-from clim.engine import checkpoint
+from clim.runtime import checkpoint
 
 EPOCHS = 2
 

@@ -9,8 +9,8 @@ import torch
 
 import clim.engine.trainer as trainer
 from clim.cli import main
-from clim.engine import checkpoint
-from clim.objective import StepOutput, compute_step
+from clim.method.objective import StepOutput, compute_step
+from clim.runtime import checkpoint
 
 STEPS = 4  # 256 images / batch 64
 

@@ -6,8 +6,8 @@ import torch
 from clim.config import Config
 from clim.data.arrays import ArrayDataset
 from clim.data.registry import DatasetInfo
-from clim.engine.checkpoint import save_atomic
 from clim.models.moco import build_moco
+from clim.runtime.checkpoint import save_atomic
 
 TINY_INFO = DatasetInfo("tiny", 4, 1, 8, (0.5,), (0.25,))
 

@@ -1,7 +1,7 @@
 import torch
 from torch import nn
 
-from clim.evaluation.features import extract_features
+from clim.runtime.features import extract_features
 from clim.evaluation.linear import (LINEAR_PRESETS, linear_on_backbone, linear_on_features, resolve_preset,
                                     topk_accuracy)
 

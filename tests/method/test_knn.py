@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import clim.selection as sel
-from clim.selection import _drop_self, _group_topk, _kmeans_torch, _knn_exact, _knn_half, _knn_torch
+import clim.method.knn as knn_module
+from clim.method.knn import drop_self, group_topk, kmeans_torch, knn_exact, knn_half, knn_torch
 
 faiss = pytest.importorskip("faiss")
 
@@ -41,7 +41,7 @@ def faiss_knn(x, k):
     index = faiss.IndexFlatL2(x.shape[1])
     index.add(x.numpy())
     _, ids = index.search(x.numpy(), k + 1)
-    return _drop_self(torch.from_numpy(ids))
+    return drop_self(torch.from_numpy(ids))
 
 
 def assert_same_neighbours(x, got, ref):
@@ -70,7 +70,7 @@ def test_group_topk_equals_topk_with_ties(largest, group):
     g = torch.Generator().manual_seed(group)
     scores = torch.randint(0, 50, (64, 40 * group), generator=g).float()  # many ties
     scores[:8] = 7.0  # rows that are all ties
-    values, cols = _group_topk(scores, 12, group, largest)
+    values, cols = group_topk(scores, 12, group, largest)
     ref = scores.topk(12, dim=1, largest=largest, sorted=True).values
     assert torch.equal(values, ref)
     assert torch.equal(scores.gather(1, cols), values)
@@ -79,7 +79,7 @@ def test_group_topk_equals_topk_with_ties(largest, group):
 
 def test_group_topk_few_groups_falls_back_to_topk():
     scores = torch.randn(5, 64)
-    values, cols = _group_topk(scores, 10, 16, largest=False)  # 4 groups <= k
+    values, cols = group_topk(scores, 10, 16, largest=False)  # 4 groups <= k
     assert torch.equal(values, scores.topk(10, dim=1, largest=False).values)
     assert torch.equal(scores.gather(1, cols), values)
 
@@ -87,8 +87,8 @@ def test_group_topk_few_groups_falls_back_to_topk():
 @pytest.mark.parametrize("normalise", [True, False])
 def test_exact_knn_equals_faiss_with_duplicates(monkeypatch, normalise):
     x = duplicated_features(normalise=normalise)
-    monkeypatch.setattr(sel, "_CPU_BLOCK", 3000 * 128)  # ~128 rows a block: many blocks, a ragged last
-    got = _knn_torch(x, K)
+    monkeypatch.setattr(knn_module, "CPU_BLOCK", 3000 * 128)  # ~128 rows a block: many blocks, a ragged last
+    got = knn_torch(x, K)
     ref = faiss_knn(x, K)
     differing = assert_same_neighbours(x, got, ref)
     assert differing < x.shape[0] // 10  # most rows have a unique answer, and it is the same
@@ -102,12 +102,12 @@ def test_exact_knn_equals_faiss_with_duplicates(monkeypatch, normalise):
 def test_exact_knn_subset_of_queries():
     x = duplicated_features(n=2000)
     queries = torch.tensor([5, 1999, 0, 777, 100, 101])
-    assert torch.equal(_knn_exact(x, K, queries, group=16), _knn_exact(x, K, group=16)[queries])
+    assert torch.equal(knn_exact(x, K, queries, group=16), knn_exact(x, K, group=16)[queries])
 
 
 def test_half_precision_candidates_certified_rows_are_exact():
     x = duplicated_features()
-    ids, certified = _knn_half(x, K, margin=K, group=32)
+    ids, certified = knn_half(x, K, margin=K, group=32)
     assert 0.5 < float(certified.float().mean()) < 1.0  # the copies of row 100 cannot be certified
     rows = certified.nonzero().squeeze(1)
     ref = faiss_knn(x, K)
@@ -122,16 +122,16 @@ def test_half_precision_candidates_certified_rows_are_exact():
 @pytest.mark.parametrize("margin", [0, K])
 def test_low_precision_knn_equals_faiss(monkeypatch, margin):
     x = duplicated_features()
-    monkeypatch.setattr(sel, "_HALF_MARGIN", margin)
-    monkeypatch.setattr(sel, "_GROUP", 32)
-    monkeypatch.setattr(sel, "_CPU_BLOCK", 3000 * 200)
-    got = _knn_torch(x, K, low_precision=True)
+    monkeypatch.setattr(knn_module, "HALF_MARGIN", margin)
+    monkeypatch.setattr(knn_module, "GROUP", 32)
+    monkeypatch.setattr(knn_module, "CPU_BLOCK", 3000 * 200)
+    got = knn_torch(x, K, low_precision=True)
     assert_same_neighbours(x, got, faiss_knn(x, K))
 
 
 def test_kmeans_torch_assigns_nearest_final_centroid():
     x = duplicated_features(n=2000)
-    centroids, assign = _kmeans_torch(x, 20, seed=0)
+    centroids, assign = kmeans_torch(x, 20, seed=0)
     sims = x.double() @ centroids.double().T
     own = sims.gather(1, assign.unsqueeze(1)).squeeze(1)
     assert bool((own >= sims.max(1).values - 1e-6).all())
@@ -141,10 +141,10 @@ def test_kmeans_torch_assigns_nearest_final_centroid():
 def test_kmeans_early_stop_equals_all_iterations():
     """Stopping when no assignment changes gives the result of all KMEANS_ITERS iterations."""
     x = duplicated_features(n=2000)
-    centroids, assign = _kmeans_torch(x, 12, seed=1)
+    centroids, assign = kmeans_torch(x, 12, seed=1)
     g = torch.Generator().manual_seed(1)
     ref = x[torch.randperm(x.shape[0], generator=g)[:12]].clone()
-    for _ in range(sel.KMEANS_ITERS):
+    for _ in range(knn_module.KMEANS_ITERS):
         sim, a = (x @ ref.T).max(1)
         ref = F.normalize(torch.zeros_like(ref).index_add_(0, a, x), dim=1)
         empty = torch.bincount(a, minlength=12) == 0

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clim.losses import info_nce, mixed_info_nce
+from clim.method.losses import info_nce, mixed_info_nce
 
 TAU = 0.2
 

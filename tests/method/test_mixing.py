@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from clim.mixing import cutmix, cutmix_boxes, mixup, sample_beta
+from clim.method.mixing import cutmix, cutmix_boxes, mixup, sample_beta
 
 B, C, H, W = 64, 3, 16, 20
 

@@ -1,5 +1,5 @@
-"""The value of one training step's loss, ``clim.objective.compute_step``, pinned against the
-objective written out here (METHOD §3, §4; the module docstring of ``clim.objective``):
+"""The value of one training step's loss, ``clim.method.objective.compute_step``, pinned against the
+objective written out here (METHOD §3, §4; the module docstring of ``clim.method.objective``):
 
 * MoCo v2 (and CLIM before its first refresh): ``L_nce(q, k)``;
 * CLIM, ``mixing: none``: ``L_nce(q, k) + L_nce(q, k~)``;
@@ -10,7 +10,7 @@ objective written out here (METHOD §3, §4; the module docstring of ``clim.obje
 * keys come from the momentum encoder *after* its update (MoCo updates before encoding keys).
 
 The encoders are fixed linear maps on a 4×4 average-pooled image, so the reference below needs
-nothing from ``clim`` but the random box / λ draws of ``clim.mixing`` (replayed from a copy of the
+nothing from ``clim`` but the random box / λ draws of ``clim.method.mixing`` (replayed from a copy of the
 step's generator). The mixed image those draws give is checked here to be a box paste (CutMix) or a
 blend (Mixup), and λ is recomputed from its pixels, so a wrong λ weighting, a swapped key, a
 missing term, a key encoded before the momentum update or a wrong α changes the value.
@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from clim.config import Config
-from clim.mixing import cutmix, mixup
-from clim.objective import compute_step
+from clim.method.mixing import cutmix, mixup
+from clim.method.objective import compute_step
 
 B, C, D, K = 4, 3, 5, 7
 POOL = 4

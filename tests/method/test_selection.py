@@ -8,11 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clim.selection import (
+from clim.method.knn import drop_self
+from clim.method.selection import (
     STRATEGIES,
     SelectionResult,
     _draw_or_fill,
-    _drop_self,
     _floyd_sample,
     select_positives,
     selection_diagnostics,
@@ -95,7 +95,7 @@ def test_torch_knn_equals_faiss(feats, results):
 def test_drop_self_by_index():
     ids = torch.tensor([[0, 5, 6, 7], [2, 1, 3, 4], [5, 6, 7, 8], [9, 8, 7, 3]])
     # row 0: self first; row 1: a duplicate ahead of self; row 2: self absent -> drop last; row 3: self last
-    assert _drop_self(ids).tolist() == [[5, 6, 7], [2, 3, 4], [5, 6, 7], [9, 8, 7]]
+    assert drop_self(ids).tolist() == [[5, 6, 7], [2, 3, 4], [5, 6, 7], [9, 8, 7]]
 
 
 def omega_reference(x, res, center_wise):

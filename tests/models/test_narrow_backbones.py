@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from clim.config import ConfigError, load_config
-from clim.export import _torchvision_note
+from clim.evaluation.export import _torchvision_note
 from clim.models.backbones import build_backbone, parse_backbone
 
 

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 import torch
 
 from clim.config import Config
-from clim.data.pipeline import at_resolutions
-from clim.losses import info_nce, mixed_info_nce
-from clim.mixing import cutmix, mixup
+from clim.data.views import at_resolutions
+from clim.method.losses import info_nce, mixed_info_nce
+from clim.method.mixing import cutmix, mixup
 from clim.models.moco import MoCo
 
 

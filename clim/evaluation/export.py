@@ -48,8 +48,8 @@ from typing import Any
 import torch
 
 from clim.config import Config
-from clim.engine import checkpoint
 from clim.models.backbones import torchvision_constructor, uses_small_stem
+from clim.runtime import checkpoint
 
 BACKBONE_PREFIX = "encoder_q.0."
 
@@ -147,7 +147,7 @@ def export_detectron2(ckpt: str | Path, out_path: str | Path) -> dict[str, Any]:
         pickle.dump({"model": model, "__author__": "clim", "matching_heuristics": True}, handle)
     compatible = not layout["small_stem"] and layout["in_channels"] == 3
     if compatible:
-        note = "load with MODEL.WEIGHTS and MoCo's input conventions (see clim.export)"
+        note = "load with MODEL.WEIGHTS and MoCo's input conventions (see clim.evaluation.export)"
     elif layout["small_stem"]:
         note = ("stem.conv1 is the small-image 3x3 stride-1 conv, not detectron2's 7x7 3-channel stem; "
                 "detectron2 will skip it and train the stem from scratch")

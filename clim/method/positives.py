@@ -21,10 +21,10 @@ from torch import nn
 from torch.utils.data import Subset
 
 from clim.config import Config
-from clim.engine import distributed
-from clim.evaluation.features import extract_features
+from clim.method.selection import SelectionResult, select_positives, selection_diagnostics
 from clim.models.moco import MoCo
-from clim.selection import select_positives, selection_diagnostics
+from clim.runtime import distributed
+from clim.runtime.features import extract_features
 
 
 def is_refresh_epoch(config: Config, epoch: int) -> bool:

@@ -1,4 +1,5 @@
-"""Drawing for ``clim inspect``: a mosaic of framed image cells, and the figure around it.
+"""Drawing for the positives preview (:mod:`clim.engine.preview`, ``clim inspect``): a mosaic of
+framed image cells, and the figure around it.
 
 The mosaic is a plain uint8 array built here rather than one matplotlib axis per cell: the frame
 colours are then exact pixels that a test can read back, and a 12 × 11 grid costs one ``imshow``.

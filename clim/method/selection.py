@@ -1,0 +1,272 @@
+"""Positive selection for CLIM (METHOD §2, paper §3.2.1 and Appendix A.2).
+
+Pipeline: exact kNN (Ω2) and spherical k-means (Ω1, centroids) on the whole feature table
+(:mod:`clim.method.knn`), then the selection rule, vectorised in torch over all N anchors on [N, k]
+tensors (gathers, masks, random priority keys + sort). Only the loops over chunks and over the
+P ≤ k table columns remain.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from clim.method.knn import BACKENDS, kmeans_faiss, kmeans_torch, knn_faiss, knn_torch, uses_faiss
+
+__all__ = ["STRATEGIES", "SelectionResult", "select_positives", "selection_diagnostics"]
+
+STRATEGIES = ("random", "knn", "kmeans", "knn_kmeans", "center_wise")
+_CLUSTERED = ("kmeans", "knn_kmeans", "center_wise")
+
+
+@dataclass
+class SelectionResult:
+    """Output of :func:`select_positives` (all tensors on the features' device).
+
+    Attributes:
+        positives: [N, P] long, the positives table (never the anchor, no duplicates per row).
+        neighbors: [N, k] long, exact L2 neighbours by ascending distance, self excluded (Ω2).
+        assignments: [N] long cluster of each point (Ω1), None for ``random`` / ``knn``.
+        centroids: [m, d] unit-norm centroids, None for ``random`` / ``knn``.
+        omega_sizes: [N] long, |Ω_p| for ``center_wise``, |Ω1 ∩ Ω2| for ``knn_kmeans``, else None.
+        filled: [N] bool, whether the anchor's row needed filling from Ω2 (too few candidates).
+    """
+
+    positives: Tensor
+    neighbors: Tensor
+    assignments: Tensor | None
+    centroids: Tensor | None
+    omega_sizes: Tensor | None
+    filled: Tensor
+
+
+# ----------------------------------------------------------------------------------------------
+# Selection rule (vectorised over N)
+# ----------------------------------------------------------------------------------------------
+
+
+def _floyd_sample(pop: Tensor, p: int, g: torch.Generator) -> Tensor:
+    """Per row, min(pop, p) distinct offsets uniform in [0, pop) (Floyd's algorithm).
+
+    ``pop`` is [N] long; returns [N, p] long whose first ``min(pop, p)`` columns are the sample
+    (later columns are meaningless). Loops over the p columns only, never over N.
+    """
+    n = pop.shape[0]
+    size = pop.clamp(max=p)
+    out = torch.full((n, p), -1, dtype=torch.long, device=pop.device)
+    for t in range(p):
+        j = pop - size + t  # Floyd's j runs over pop-size .. pop-1
+        r = (torch.rand(n, generator=g, device=pop.device, dtype=torch.float64) * (j + 1)).long()
+        clash = (out[:, :t] == r.unsqueeze(1)).any(1)
+        out[:, t] = torch.where(clash, j, r)
+    return out
+
+
+def _draw_or_fill(neighbors: Tensor, omega: Tensor, p: int, g: torch.Generator) -> Tensor:
+    """METHOD §2 fill rule on Ω2 = ``neighbors`` [N, k] with Ω ⊆ Ω2 given as mask ``omega``.
+
+    Priority key: members of Ω get a uniform key in [0, 1), the rest ``1 + rank/k``; the p
+    smallest keys are p members of Ω drawn without replacement when |Ω| ≥ p, else all of Ω and
+    then the nearest remaining Ω2 members by kNN rank. Neighbour rows are distinct and exclude
+    self, so rows of the result are too.
+    """
+    n, k = neighbors.shape
+    rank_key = 1.0 + torch.arange(k, device=neighbors.device, dtype=torch.float32) / k
+    random_key = torch.rand(n, k, generator=g, device=neighbors.device)
+    key = torch.where(omega, random_key, rank_key.expand(n, k))
+    cols = key.topk(p, dim=1, largest=False, sorted=True).indices
+    return neighbors.gather(1, cols)
+
+
+def _random_positives(n: int, p: int, g: torch.Generator, device) -> Tensor:
+    """p distinct indices per row, uniform over the dataset minus the anchor itself."""
+    offsets = _floyd_sample(torch.full((n,), n - 1, dtype=torch.long, device=device), p, g)
+    anchors = torch.arange(n, device=device).unsqueeze(1)
+    return offsets + (offsets >= anchors).long()
+
+
+def _kmeans_positives(assign: Tensor, neighbors: Tensor, m: int, p: int, g: torch.Generator):
+    """p random members of the anchor's cluster (self excluded), drawn without replacement.
+
+    A cluster with fewer than p + 1 members gives all its other members, then is filled with the
+    anchor's nearest neighbours from *other* clusters by kNN rank (same-cluster neighbours are
+    already in the row, so this is "nearest remaining Ω2", without duplicates). Returns
+    (positives [N, p], filled [N]).
+    """
+    n, k = neighbors.shape
+    device = assign.device
+    order = torch.argsort(assign, stable=True)  # members grouped by cluster
+    counts = torch.bincount(assign, minlength=m)
+    starts = (torch.cumsum(counts, 0) - counts)[assign]  # [N] segment start of own cluster
+    position = torch.empty_like(order)
+    position[order] = torch.arange(n, device=device)
+    own_rank = position - starts
+    pop = counts[assign] - 1  # other members
+    offsets = _floyd_sample(pop, p, g)
+    offsets = offsets + (offsets >= own_rank.unsqueeze(1)).long()  # skip self
+    members = order[(starts.unsqueeze(1) + offsets).clamp(0, n - 1)]
+
+    ranks = torch.arange(k, device=device).expand(n, k)
+    outside = assign[neighbors] != assign.unsqueeze(1)
+    fill_cols = torch.argsort(torch.where(outside, ranks, ranks + k), dim=1)[:, :p]
+    fill = neighbors.gather(1, fill_cols)
+    drawn = pop.clamp(max=p).unsqueeze(1)
+    slot = torch.arange(p, device=device).unsqueeze(0)
+    positives = torch.where(slot < drawn, members, fill.gather(1, (slot - drawn).clamp(min=0)))
+    return positives, pop < p
+
+
+class _Clock:
+    """Seconds since the previous call, stored under a name (no-op without a dict)."""
+
+    def __init__(self, device: torch.device, timings: dict | None):
+        self.device, self.timings = device, timings
+        self.last = time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        if self.timings is None:
+            return
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        self.timings[name] = now - self.last
+        self.last = now
+
+
+def select_positives(
+    features: Tensor,
+    strategy: str,
+    num_clusters: int,
+    k: int,
+    num_positives: int = 10,
+    seed: int = 0,
+    backend: str = "auto",
+    timings: dict | None = None,
+) -> SelectionResult:
+    """Build the positives table of METHOD §2 from L2-normalised features [N, d].
+
+    Strategies (paper Table 6): ``random`` (uniform over the dataset, never self), ``knn``
+    (top-P neighbours), ``kmeans`` (random members of the own cluster, filled from kNN when the
+    cluster is too small), ``knn_kmeans`` (Ω1 ∩ Ω2) and ``center_wise``
+    (Ω_p(i) = {j ∈ Ω1 ∩ Ω2 : ||v_j − c|| ≤ ||v_i − c||}, c = centroid of i's cluster). For the
+    last two, P are drawn without replacement when |Ω| ≥ P, else all of Ω then the nearest
+    remaining Ω2 members by rank.
+
+    kNN is exact L2 with self excluded by index; k-means is spherical, ``num_clusters`` clusters,
+    20 iterations, seeded by ``seed`` (also the seed of the random draws). Runs on the device
+    of ``features``; see :mod:`clim.method.knn` for ``backend``. A ``timings`` dict receives the
+    seconds spent in ``knn``, ``kmeans`` and ``rule`` (CUDA synchronised; for benchmarks).
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; valid strategies: {', '.join(STRATEGIES)}")
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
+    n = features.shape[0]
+    p = num_positives
+    if k < p:
+        raise ValueError(f"k ({k}) must be >= num_positives ({p}): Ω2 must be able to fill the table")
+    if n <= k:
+        raise ValueError(f"need more than k = {k} points, got {n}")
+    if strategy in _CLUSTERED and not 0 < num_clusters <= n:
+        raise ValueError(f"num_clusters must be in [1, {n}], got {num_clusters}")
+
+    x = features.detach().float().contiguous()
+    device = x.device
+    use_faiss = uses_faiss(backend, device)
+    g = torch.Generator(device=device).manual_seed(seed)
+    clock = _Clock(device, timings)
+
+    neighbors = knn_faiss(x, k) if use_faiss else knn_torch(x, k)
+    clock("knn")
+    assign = centroids = omega_sizes = None
+    if strategy in _CLUSTERED:
+        kmeans = kmeans_faiss if use_faiss else kmeans_torch
+        centroids, assign = kmeans(x, num_clusters, seed)
+    clock("kmeans")
+
+    if strategy == "random":
+        positives = _random_positives(n, p, g, device)
+        filled = torch.zeros(n, dtype=torch.bool, device=device)
+    elif strategy == "knn":
+        positives = neighbors[:, :p].clone()
+        filled = torch.zeros(n, dtype=torch.bool, device=device)
+    elif strategy == "kmeans":
+        positives, filled = _kmeans_positives(assign, neighbors, num_clusters, p, g)
+    else:
+        omega = assign[neighbors] == assign.unsqueeze(1)  # Ω1 ∩ Ω2
+        if strategy == "center_wise":
+            to_center = (x - centroids[assign]).norm(dim=1)
+            omega &= to_center[neighbors] <= to_center.unsqueeze(1)
+        omega_sizes = omega.sum(1)
+        positives = _draw_or_fill(neighbors, omega, p, g)
+        filled = omega_sizes < p
+    clock("rule")
+    return SelectionResult(positives, neighbors, assign, centroids, omega_sizes, filled)
+
+
+# ----------------------------------------------------------------------------------------------
+# Diagnostics (METHOD §2: logged at every refresh)
+# ----------------------------------------------------------------------------------------------
+
+
+def _label_precision(labels: Tensor, table: Tensor) -> tuple[float | None, int]:
+    """Share of (anchor, entry) pairs of ``table`` with equal labels, over the pairs whose two labels
+    are known (label ≥ 0; an entry < 0 is no pair); returns (precision or None, number of such pairs).
+
+    Counting an unlabelled positive as a miss would make a perfect table on STL-10 (≈ 5 % labelled)
+    read ≈ 0.05, so unknown labels are left out and the count of labelled pairs is reported instead.
+    """
+    valid = table >= 0
+    entry_labels = labels[table.clamp(min=0)]
+    anchor_labels = labels.unsqueeze(1).expand_as(table)
+    known = valid & (entry_labels >= 0) & (anchor_labels >= 0)
+    count = int(known.sum())
+    if count == 0:
+        return None, 0
+    return float((entry_labels == anchor_labels)[known].sum()) / count, count
+
+
+def selection_diagnostics(result: SelectionResult, labels: Tensor | None = None) -> dict:
+    """JSON-friendly statistics of a selection (METHOD §2), plain Python floats / lists.
+
+    Keys present only where they apply:
+    - with clusters: ``cluster_size_min`` / ``_median`` / ``_max`` (empty clusters count as 0),
+      ``cluster_size_hist`` (counts) over ``cluster_size_bin_edges`` ``[0, 1, 2, 4, …]``
+      (bin i = [edges[i], edges[i+1]));
+    - with Ω sizes: ``omega_mean`` (mean |Ω_p|, or |Ω1 ∩ Ω2| for ``knn_kmeans``);
+    - always: ``fill_fraction`` (share of anchors that needed filling);
+    - with labels (−1 = unknown): ``labelled_pairs``, the number of (anchor, positive) pairs whose
+      two labels are known, and — when it is > 0 — ``positive_precision``, the share of those pairs
+      with equal labels (pairs with an unknown label are left out, not counted as misses); the same
+      for the k neighbours as ``knn_labelled_pairs`` and ``knn_precision`` — how the user sees
+      whether selection finds same-class positives, and on how much labelled data.
+    """
+    stats: dict = {"fill_fraction": float(result.filled.float().mean())}
+    if result.assignments is not None:
+        sizes = torch.bincount(result.assignments, minlength=result.centroids.shape[0]).cpu()
+        top = int(sizes.max())
+        edges = [0] + [2**i for i in range(max(1, math.ceil(math.log2(top + 1))) + 1)]
+        bins = torch.bucketize(sizes, torch.tensor(edges), right=True) - 1
+        stats.update(
+            cluster_size_min=float(sizes.min()),
+            cluster_size_median=float(np.median(sizes.numpy())),
+            cluster_size_max=float(top),
+            cluster_size_hist=torch.bincount(bins, minlength=len(edges) - 1).tolist(),
+            cluster_size_bin_edges=edges,
+        )
+    if result.omega_sizes is not None:
+        stats["omega_mean"] = float(result.omega_sizes.float().mean())
+    if labels is not None:
+        labels = labels.to(result.positives.device).long()
+        for prefix, table in (("", result.positives), ("knn_", result.neighbors)):
+            precision, pairs = _label_precision(labels, table)
+            stats[f"{prefix}labelled_pairs"] = pairs
+            name = "positive_precision" if not prefix else "knn_precision"
+            if precision is not None:
+                stats[name] = precision
+    return stats
