@@ -65,15 +65,21 @@ def _reference_split_bn(x, bn, splits):
     return out, torch.stack(means).mean(0), torch.stack(variances).mean(0)
 
 
-@pytest.mark.parametrize("batch, splits, used", [(8, 4, 4), (12, 8, 6), (6, 4, 3), (7, 4, 1)])
-def test_split_batch_norm_normalises_each_group_alone(batch, splits, used):
-    torch.manual_seed(batch)
-    bn = SplitBatchNorm2d(3, num_splits=splits)
+def _random_split_bn(channels, splits):
+    """A SplitBatchNorm2d with random affine parameters and running statistics."""
+    bn = SplitBatchNorm2d(channels, num_splits=splits)
     with torch.no_grad():
         bn.weight.uniform_(0.5, 2)
         bn.bias.normal_()
         bn.running_mean.normal_()
         bn.running_var.uniform_(0.5, 2)
+    return bn
+
+
+@pytest.mark.parametrize("batch, splits, used", [(8, 4, 4), (12, 8, 6), (6, 4, 3), (7, 4, 1)])
+def test_split_batch_norm_normalises_each_group_alone(batch, splits, used):
+    torch.manual_seed(batch)
+    bn = _random_split_bn(3, splits)
     x = torch.randn(batch, 3, 5, 5) * torch.tensor([1.0, 3.0, 0.5]).view(1, 3, 1, 1) + 2
     expected, mean, var = _reference_split_bn(x, bn, used)
     out = bn(x)
@@ -91,12 +97,7 @@ def test_split_batch_norm_channels_last_equals_per_group_bn_with_gradients(batch
     """The layout-keeping path (channels-last input) against per-group F.batch_norm: output, input,
     weight and bias gradients, running statistics; and it never changes the memory layout."""
     torch.manual_seed(batch + splits)
-    bn = SplitBatchNorm2d(4, num_splits=splits)
-    with torch.no_grad():
-        bn.weight.uniform_(0.5, 2)
-        bn.bias.normal_()
-        bn.running_mean.normal_()
-        bn.running_var.uniform_(0.5, 2)
+    bn = _random_split_bn(4, splits)
     reference = SplitBatchNorm2d(4, num_splits=splits)
     reference.load_state_dict(bn.state_dict())
     used = max(d for d in range(1, splits + 1) if batch % d == 0)
