@@ -79,6 +79,8 @@ def run_demo(out: str | Path, preset: str = "clim-demo-cpu", overrides: list[str
               "pretrain_seconds": round(train_seconds, 1), "images_per_s": history[-1]["images_per_s"],
               "knn_settings": [list(s) for s in KNN_SETTINGS],
               **{f"{name.replace(' ', '_')}_{key}": value for name, values in rows.items() for key, value in values.items()}}
+    result["total_seconds"] = round(time.perf_counter() - started, 1)  # pretraining + this comparison
     write_result(out / "eval" / "demo.json", result)
-    print(f"\nreport: {write_report(out)}")
+    print(f"\nreport: {write_report(out)} ({result['total_seconds'] / 60:.1f} min in all, "
+          f"{torch.get_num_threads()} torch thread(s))")
     return result

@@ -49,6 +49,45 @@ def _series(history: list[dict], key: str, sub: str | None = None) -> tuple[list
     return xs, ys
 
 
+def training_minutes(history: list[dict]) -> list[float]:
+    """Cumulative training minutes at each epoch end: the trainer's ``epoch_seconds`` plus the
+    positives refresh seconds (kNN monitor and checkpoint writes not counted)."""
+    minutes, seconds = [], 0.0
+    for record in history:
+        seconds += record.get("epoch_seconds", 0.0) + (record.get("selection") or {}).get("seconds", 0.0)
+        minutes.append(seconds / 60.0)
+    return minutes
+
+
+def _plot_knn_minutes(path: Path, history: list[dict], references: dict[str, float]) -> bool:
+    """kNN top-1 against training minutes, with reference accuracies as horizontal lines."""
+    points = [(m, r["knn_top1"]) for m, r in zip(training_minutes(history), history)
+              if isinstance(r.get("knn_top1"), (int, float))]
+    if not points:
+        return False
+    figure, axis = plt.subplots(figsize=(5, 3.2), dpi=110)
+    axis.plot([m for m, _ in points], [v for _, v in points], marker="o", markersize=3, label="trained")
+    for (label, value), style in zip(references.items(), ("--", ":", "-.")):
+        axis.axhline(value, linestyle=style, color="grey", label=f"{label} ({value:.2f} %)")
+    axis.set_xlabel("training minutes")
+    axis.set_ylabel("top-1 %")
+    axis.set_title("weighted kNN top-1 (k=20) against time")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return True
+
+
+def _references(run_dir: Path) -> dict[str, float]:
+    """Raw pixels and random init kNN top-1 (k=20) from ``eval/demo.json`` (``clim demo``), if any."""
+    path = run_dir / "eval" / "demo.json"
+    result = json.loads(path.read_text()) if path.exists() else {}
+    names = {"raw pixels": "raw_pixels_knn_k20_top1", "random init": "random_init_knn_k20_top1"}
+    return {label: result[key] for label, key in names.items() if isinstance(result.get(key), (int, float))}
+
+
 def _table(rows: list[list], header: list[str]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
@@ -79,9 +118,14 @@ def write_report(run_dir: str | Path) -> Path:
     if knn[0]:
         _plot(plots / "knn.png", "weighted kNN top-1 (k=20)", "top-1 %", {"kNN": knn})
         lines += ["![kNN top-1](plots/knn.png)", ""]
-    rows = [[r["epoch"], r.get("loss"), r.get("lr"), r.get("images_per_s"), r.get("knn_top1", "")]
-            for r in history]
-    lines += _table(rows, ["epoch", "loss", "lr", "images/s", "kNN top-1 %"]) + [""]
+        references = _references(run_dir)
+        if _plot_knn_minutes(plots / "knn_minutes.png", history, references):
+            note = " and ".join(references) + " as horizontal lines" if references else "no reference lines"
+            lines += [f"The same against training minutes (epochs plus positives refreshes; {note}):", "",
+                      "![kNN top-1 against minutes](plots/knn_minutes.png)", ""]
+    rows = [[r["epoch"], round(m, 2), r.get("loss"), r.get("lr"), r.get("images_per_s"), r.get("knn_top1", "")]
+            for r, m in zip(history, training_minutes(history))]
+    lines += _table(rows, ["epoch", "minutes", "loss", "lr", "images/s", "kNN top-1 %"]) + [""]
 
     refreshes = [r for r in history if "selection" in r]
     if refreshes:
