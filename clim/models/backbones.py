@@ -3,7 +3,7 @@
 For inputs of at most 64 px the ImageNet stem (7x7 stride-2 conv + max-pool) throws away 75 % of
 the resolution before the first block; as in the MoCo CIFAR demo and solo-learn, we use a 3x3
 stride-1 conv without max-pool there. The module stays a ``torchvision.models.ResNet``, so its
-weights export to torchvision (stem shapes differ only with the small stem; see clim.export).
+weights export to torchvision (stem shapes differ only with the small stem; see clim.evaluation.export).
 
 A ``_wN`` suffix (``resnet10_w16``) narrows the network: stage widths N, 2N, 4N, 8N instead of 64, 128,
 256, 512 (the stem has N channels). The module is still a ``torchvision.models.ResNet`` with the same
