@@ -136,8 +136,8 @@ def format_table(runs: list[dict], minutes: list[float], interpolate: bool = Fal
         header.append("CLIM − MoCo v2")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
 
-    def row(label: str, values: dict[str, list[float]]) -> str:
-        cells = [label] + [_cell(values[m]) for m in methods]
+    def row(label: str, values: dict[str, list[float]], notes: dict[str, str] | None = None) -> str:
+        cells = [label] + [_cell(values[m]) + (notes or {}).get(m, "") for m in methods]
         if both and values["mocov2"] and values["clim"]:
             cells.append(f"{statistics.fmean(values['clim']) - statistics.fmean(values['mocov2']):+.2f}")
         elif both:
@@ -150,9 +150,14 @@ def format_table(runs: list[dict], minutes: list[float], interpolate: bool = Fal
         lines.append(row(f"{minute:g}", values))
     ends = {m: [r["points"][-1][1] if r["points"] else r["random_init"] for r in runs if r["method"] == m]
             for m in methods}
-    end_minutes = [r["points"][-1][0] for r in runs if r["points"]]
-    label = f"end ({mean_std(end_minutes)[0]:.1f} min, epoch {max(r['epochs'] for r in runs)})" if end_minutes else "end"
-    lines.append(row(label, ends))
+    notes = {}  # where each method's runs ended: mean minutes, epochs
+    for m in methods:
+        mine = [r for r in runs if r["method"] == m and r["points"]]
+        if mine:
+            epochs = sorted({r["epochs"] for r in mine})
+            notes[m] = (f" ({mean_std([r['points'][-1][0] for r in mine])[0]:.1f} min, "
+                        f"{'/'.join(map(str, epochs))} ep)")
+    lines.append(row("end", ends, notes))
     return "\n".join(lines)
 
 

@@ -70,7 +70,7 @@ def test_table_rows_means_stds_and_difference():
     assert lines[2] == "| 0 | 75.00 ± 0.00 | 75.00 ± 0.00 | +0.00 |"
     assert lines[3] == "| 1 | 81.00 ± 1.41 | 75.00 ± 0.00 | -6.00 |"  # CLIM's first epoch ends at 1.5 min
     assert lines[4] == "| 2 | 83.00 ± 1.41 | 82.00 ± 1.41 | -1.00 |"
-    assert lines[5] == "| end (2.2 min, epoch 2) | 83.00 ± 1.41 | 86.00 ± 1.41 | +3.00 |"
+    assert lines[5] == "| end | 83.00 ± 1.41 (2.0 min, 2 ep) | 86.00 ± 1.41 (2.5 min, 2 ep) | +3.00 |"
     references = quality.format_references(runs)
     assert "raw pixels 82.70 %" in references and "random init 75.00 ± 0.00 %" in references
 

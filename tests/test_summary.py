@@ -33,7 +33,8 @@ def test_summary_of_the_paper_recipe_on_eight_processes(tmp_path):
 
 
 def test_summary_single_process_split_bn_and_explicit_lr(tmp_path):
-    config = load_config("demo-cpu", overrides=["train.batch_size=64", "model.bn_splits=4", "train.lr=0.01"])
+    config = load_config("demo-cpu", overrides=["train.batch_size=64", "model.bn_splits=4", "train.lr=0.01",
+                                                "data.image_size=null"])
     text = run_summary(config, 1, "relative/run", data_info={"image_size": 28, "in_channels": 1,
                                                              "num_samples": 10000})
     assert _line(text, "batch") == "batch     64, one process; split-BN in 4 groups: groups of 16"
