@@ -45,17 +45,27 @@ def has_faiss_gpu() -> bool:
 
 
 @contextlib.contextmanager
-def _ieee_fp32_matmul(device: torch.device):
-    """Force full fp32 matmuls on CUDA (no TF32), so that the torch kNN stays exact."""
+def _cuda_matmul_settings(device: torch.device, **settings):
+    """Set ``torch.backends.cuda.matmul`` flags for the block (CUDA only) and put them back after."""
     if device.type != "cuda":
         yield
         return
-    previous = torch.backends.cuda.matmul.fp32_precision
-    torch.backends.cuda.matmul.fp32_precision = "ieee"
+    matmul = torch.backends.cuda.matmul
+    previous = {name: getattr(matmul, name) for name in settings}
+    for name, value in settings.items():
+        setattr(matmul, name, value)
     try:
         yield
     finally:
-        torch.backends.cuda.matmul.fp32_precision = previous
+        for name, value in previous.items():
+            setattr(matmul, name, value)
+
+
+def _ieee_fp32_matmul(device: torch.device):
+    """Force full fp32 matmuls on CUDA (no TF32), so that the torch kNN stays exact."""
+    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):  # torch >= 2.9
+        return _cuda_matmul_settings(device, fp32_precision="ieee")
+    return _cuda_matmul_settings(device, allow_tf32=False)
 
 
 def _chunk_rows(n_cols: int, device: torch.device, cap: int = 8192) -> int:
@@ -107,18 +117,9 @@ HALF_MIN_N = 1 << 15  # below this many points the fp32 path alone is fast enoug
 CPU_BLOCK = 1 << 26  # elements of one CPU distance block (256 MB of fp32)
 
 
-@contextlib.contextmanager
 def _fp32_accumulation(device: torch.device):
     """fp16 matmuls on CUDA accumulate in fp32 throughout (the error bound of :func:`knn_half`)."""
-    if device.type != "cuda":
-        yield
-        return
-    previous = torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction
-    torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = False
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = previous
+    return _cuda_matmul_settings(device, allow_fp16_reduced_precision_reduction=False)
 
 
 def _knn_block_rows(n_cols: int, device: torch.device, elem_bytes: int) -> int:
