@@ -19,8 +19,8 @@ from torchvision.transforms import functional as TF
 from clim.config import Config
 from clim.data.batch_augment import MoCoV2BatchAugment, fallback_crop_size
 from clim.data.loader_pipeline import WorkerPipeline
-from clim.data.views import (MULTICROP_SCALE, MULTICROP_VIEWS, at_resolutions, augment_kwargs, make_step_generator,
-                             multicrop_size, restore_generators, resolutions_of, resume_point)
+from clim.data.views import (MULTICROP_SCALE, MULTICROP_VIEWS, at_resolutions, augment_kwargs, first_step,
+                             make_step_generator, multicrop_size, restore_generators, resolutions_of, resume_point)
 
 
 def crop_box(rng: np.random.Generator, height: int, width: int, scale: tuple[float, float],
@@ -116,8 +116,7 @@ class DevicePipeline(WorkerPipeline):
         return at_resolutions(first, self.sizes), at_resolutions(second, self.sizes)
 
     def epoch(self, epoch: int, positives: torch.Tensor | None = None, resume: dict | None = None) -> Iterator[dict]:
-        self.skip = int(resume["step"]) if resume else 0
-        loader, generator = self._loader(epoch, positives)
+        loader, generator = self._loader(epoch, positives, first_step(resume))
         step_generator = make_step_generator(self.device, self.seed, epoch, self.rank)
         first = restore_generators(resume, generator, step_generator)
         for step, cropped in enumerate(loader, start=first):

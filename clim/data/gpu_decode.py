@@ -226,8 +226,8 @@ class GpuDecodePipeline(DevicePipeline):
                   f"({'nvJPEG, batched' if torch.device(device).type == 'cuda' else 'torchvision'}); "
                   f"{config.data.num_workers} DataLoader workers only read files", file=sys.stderr, flush=True)
 
-    def _loader(self, epoch: int, positives: torch.Tensor | None):
-        loader, generator = super()._loader(epoch, positives)
+    def _loader(self, epoch: int, positives: torch.Tensor | None, skip: int = 0):
+        loader, generator = super()._loader(epoch, positives, skip)
         loader.collate_fn = collate_encoded
         loader.pin_memory = False  # file bytes are read by the decoder from ordinary memory
         return self._decoded(loader, epoch), generator

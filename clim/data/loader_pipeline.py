@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from clim.config import Config, per_process_batch
 from clim.data.transforms import moco_v2_transform
-from clim.data.views import (MULTICROP_SCALE, MULTICROP_VIEWS, at_resolutions, augment_kwargs, epoch_seed,
+from clim.data.views import (MULTICROP_SCALE, MULTICROP_VIEWS, at_resolutions, augment_kwargs, epoch_seed, first_step,
                              multicrop_size, restore_generators, resolutions_of, resume_point)
 
 
@@ -77,18 +77,20 @@ class WorkerPipeline:
         self.num_workers = config.data.num_workers
         self.sampler = DistributedSampler(views, num_replicas=world_size, rank=rank,
                                           shuffle=True, seed=config.train.seed, drop_last=True)
-        self.skip = 0  # batches of the epoch to leave out (resuming mid-epoch), read by _loader
 
     def __len__(self) -> int:
         return len(self.sampler) // self.batch_size
 
-    def _loader(self, epoch: int, positives: torch.Tensor | None) -> tuple[DataLoader, torch.Generator]:
+    def _loader(self, epoch: int, positives: torch.Tensor | None,
+                skip: int = 0) -> tuple[DataLoader, torch.Generator]:
+        """The epoch's DataLoader, leaving out its first ``skip`` batches (resuming mid-epoch), and
+        the per-epoch device generator."""
         self.sampler.set_epoch(epoch)
         self.views.epoch = epoch
         self.views.positives = None if positives is None else positives.cpu()
         # Every sample's views are seeded by its index, so leaving out the first batches' indices
         # resumes mid-epoch exactly (and decodes nothing twice).
-        sampler = list(self.sampler)[self.skip * self.batch_size:] if self.skip else self.sampler
+        sampler = list(self.sampler)[skip * self.batch_size:] if skip else self.sampler
         loader = DataLoader(
             self.views, batch_size=self.batch_size, sampler=sampler, drop_last=True,
             num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
@@ -104,9 +106,8 @@ class LoaderPipeline(WorkerPipeline):
         super().__init__(_ViewsDataset(dataset, config, image_size, rank), config, device, rank, world_size)
 
     def epoch(self, epoch: int, positives: torch.Tensor | None = None, resume: dict | None = None) -> Iterator[dict]:
-        self.skip = int(resume["step"]) if resume else 0
-        loader, generator = self._loader(epoch, positives)  # the views come from the workers: the
-        first = restore_generators(resume, None, generator)  # generator serves the step alone
+        loader, generator = self._loader(epoch, positives, first_step(resume))  # the views come from the
+        first = restore_generators(resume, None, generator)  # workers: the generator serves the step alone
         for step, batch in enumerate(loader, start=first):
             batch = {key: _to_device(value, self.device) for key, value in batch.items()}
             for key in ("positive_index", "positive_key", "positive_query", "small_crops"):

@@ -64,6 +64,11 @@ def resume_point(next_step: int, views_generator: torch.Generator | None) -> dic
     return {"step": next_step, "views": None if views_generator is None else views_generator.get_state()}
 
 
+def first_step(resume: dict | None) -> int:
+    """The step a mid-epoch checkpoint's ``resume`` point starts the epoch from (0 without one)."""
+    return int(resume["step"]) if resume else 0
+
+
 def restore_generators(resume: dict | None, views_generator: torch.Generator | None,
                        step_generator: torch.Generator) -> int:
     """Set the generators to a mid-epoch checkpoint's states; returns the first step to make."""
@@ -72,7 +77,7 @@ def restore_generators(resume: dict | None, views_generator: torch.Generator | N
     if views_generator is not None and resume.get("views") is not None:
         views_generator.set_state(resume["views"])
     step_generator.set_state(resume["step_generator"])
-    return int(resume["step"])
+    return first_step(resume)
 
 
 def draw_positives(table: torch.Tensor, index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -147,7 +147,7 @@ class StepRunner:
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
         model.batch_views = on_cuda if config.train.batch_views is None else config.train.batch_views
-        if compile_enabled(config, device):
+        if config.train.compile:  # None (the default) = off until a GPU measurement says otherwise
             model.encoder_q.compile()
             model.encoder_k.compile()
         self.model = model
@@ -174,11 +174,6 @@ class StepRunner:
         self.model.enqueue(out.keys.float())
         self.meter.add(out.loss, len(batch["index"]) * distributed.world_size(), step, out.lam_mean, out.parts)
         return out
-
-
-def compile_enabled(config: Config, device: torch.device) -> bool:
-    """``train.compile``: None = off (no measured gain yet on every device: see BENCHMARKS.md)."""
-    return bool(config.train.compile)
 
 
 def data_info_dict(info, image_size: int) -> dict:

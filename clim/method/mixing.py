@@ -49,13 +49,12 @@ def _log_gamma_variates(alpha: float, shape: tuple[int, ...], generator, device)
         first = accept.to(torch.uint8).argmax(dim=0, keepdim=True)  # the first accepted round (0 if none)
         value = (math.log(d) + log_v).gather(0, first).squeeze(0)
         found = accept.any(dim=0)
-        if device.type != "cpu":  # keep the last candidate where none was accepted (no sync)
-            value = torch.where(found, value, math.log(d) + log_v[-1])
-            found = torch.ones_like(found)
-        take = pending & found
-        out = torch.where(take, value, out)
+        if device.type != "cpu":  # one round, no sync: the last candidate where none was accepted
+            out = torch.where(found, value, math.log(d) + log_v[-1])
+            break
+        out = torch.where(pending & found, value, out)
         pending &= ~found
-        if device.type != "cpu" or not bool(pending.any()):
+        if not bool(pending.any()):
             break
     if boost:
         u = 1.0 - torch.rand(shape, generator=generator, device=device)

@@ -45,6 +45,15 @@ def _mix(config: Config, anchor: torch.Tensor, positive: torch.Tensor, generator
     return mixup(anchor, positive, config.method.mixup_alpha, generator=generator)
 
 
+def _per_resolution(encode, inputs: list[list[torch.Tensor]]) -> list[list[torch.Tensor]]:
+    """``encode`` (``MoCo.encode_queries`` / ``encode_keys``) of several inputs, each a list of views
+    by resolution: the same-shaped views of one resolution share a call (one forward pass on CUDA,
+    each with its own BN groups, so this equals encoding every view alone). Returns, per input, its
+    encodings by resolution."""
+    by_size = [encode([views[r] for views in inputs]) for r in range(len(inputs[0]))]
+    return [list(per_input) for per_input in zip(*by_size)]
+
+
 def compute_step(model: MoCo, batch: dict, config: Config) -> StepOutput:
     temperature = config.model.temperature
     queue = model.queue.clone()
@@ -61,12 +70,10 @@ def compute_step(model: MoCo, batch: dict, config: Config) -> StepOutput:
         query_inputs.append(at_resolutions(mixed, sizes))
     if symmetric:
         query_inputs.append(batch["key"])
-    # encode_queries: the same-shaped inputs of one resolution share a forward pass (on CUDA), each
-    # with its own BN groups, so this equals encoding every input alone.
-    encoded = [model.encode_queries([inputs[r] for inputs in query_inputs]) for r in range(len(sizes))]
-    queries = [per_size[0] for per_size in encoded]
-    mixed_queries = [per_size[1] for per_size in encoded] if mixing else None
-    symmetric_queries = [per_size[-1] for per_size in encoded] if symmetric else None
+    encoded = _per_resolution(model.encode_queries, query_inputs)
+    queries = encoded[0]
+    mixed_queries = encoded[1] if mixing else None
+    symmetric_queries = encoded[-1] if symmetric else None
 
     with torch.no_grad():
         model.momentum_update()
@@ -75,10 +82,10 @@ def compute_step(model: MoCo, batch: dict, config: Config) -> StepOutput:
             key_inputs.append(batch["positive_key"])
         if symmetric:
             key_inputs.append(batch["query"])
-        encoded_keys = [model.encode_keys([inputs[r] for inputs in key_inputs]) for r in range(len(sizes))]
-        keys = [per_size[0] for per_size in encoded_keys]
-        positive_keys = [per_size[1] for per_size in encoded_keys] if use_positives else None
-        symmetric_keys = [per_size[-1] for per_size in encoded_keys] if symmetric else None
+        encoded_keys = _per_resolution(model.encode_keys, key_inputs)
+        keys = encoded_keys[0]
+        positive_keys = encoded_keys[1] if use_positives else None
+        symmetric_keys = encoded_keys[-1] if symmetric else None
 
     # Over every (query resolution i, key resolution j) pair: the MoCo term and CLIM's positive term.
     moco_terms, positive_terms = [], []
