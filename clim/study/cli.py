@@ -6,15 +6,17 @@ import argparse
 import shlex
 
 from clim.evaluation.cli import positive_int
-from clim.study.matrix import SCALES, plan_runs, read_eval
-from clim.study.results import portable_path
+from clim.study.matrix import GROUPS, SCALES, plan_runs, read_record
+from clim.study.results import portable_path, write_results
 from clim.study.runner import run_matrix
 
 
 def command_line(args: argparse.Namespace) -> str:
-    """The call that reproduces the whole matrix (``--only`` left out), for RESULTS.md."""
-    parts = ["clim", "ablate", "--scale", args.scale, "--out", portable_path(args.out),
-             "--seeds-main", str(args.seeds_main), "--seeds-other", str(args.seeds_other)]
+    """The call that runs or resumes the whole matrix (``--only`` left out), for RESULTS.md."""
+    parts = ["clim", "ablate", "--scale", args.scale, "--records", portable_path(_records(args)),
+             "--out", portable_path(_out(args))]
+    if args.seeds is not None:
+        parts += ["--seeds", str(args.seeds)]
     for item in args.overrides:
         parts += ["--set", item]
     if args.results:
@@ -22,29 +24,47 @@ def command_line(args: argparse.Namespace) -> str:
     return shlex.join(parts)
 
 
+def _records(args: argparse.Namespace) -> str:
+    return args.records or f"results/ablate-{args.scale}"
+
+
+def _out(args: argparse.Namespace) -> str:
+    return args.out or f"runs/ablate-{args.scale}"
+
+
 def _ablate(args: argparse.Namespace) -> int:
-    if args.dry_run:
-        for run in plan_runs(args.scale, args.out, args.seeds_main, args.seeds_other, args.only, args.overrides):
-            state = "done" if read_eval(run) else "to run"
-            print(f"{run.label:28s} {state:7s} {' '.join(run.spec['overrides'])}")
+    if args.report:
+        print(f"results: {write_results(args.scale, _records(args), args.results, command_line(args), args.overrides, args.seeds)}")
         return 0
-    summary = run_matrix(args.scale, args.out, args.seeds_main, args.seeds_other, args.only, args.overrides,
+    if args.dry_run:
+        for run in plan_runs(args.scale, _out(args), _records(args), args.seeds, args.only, args.overrides):
+            state = "recorded" if read_record(run.record_path, run.spec) else "to run"
+            print(f"{run.label:24s} {run.variant.group:10s} {state:8s} {' '.join(run.spec['overrides'])}")
+        return 0
+    summary = run_matrix(args.scale, _out(args), _records(args), args.seeds, args.only, args.overrides,
                          args.results, command_line(args))
     return 1 if summary["failed"] else 0
 
 
 def register(subparsers) -> None:
     """Add ``ablate`` to the ``clim`` argparse sub-commands."""
+    seeds = ", ".join(f"{group} {count}" for group, count in GROUPS.items())
     parser = subparsers.add_parser(
-        "ablate", help="run the paper's ablation matrix (Tables 6, 7, 9, 10, 12) and write RESULTS.md")
+        "ablate", help="run the paper's ablations (Tables 6-10, 12) as a resumable study; RESULTS.md from its records")
     parser.add_argument("--scale", required=True, choices=list(SCALES),
-                        help="smoke: seconds per run (tests); cpu: ~2 h on 2 cores; gpu: <= 8 min per run on an H100")
-    parser.add_argument("--out", required=True, help="matrix folder (runs/<variant>/seed<k>/); rerun to resume")
-    parser.add_argument("--seeds-main", type=positive_int, default=3, help="seeds of MoCo v2 and full CLIM")
-    parser.add_argument("--seeds-other", type=positive_int, default=2, help="seeds of every other variant")
-    parser.add_argument("--only", help="comma-separated glob patterns of variants to run, e.g. 'mocov2,clim'")
+                        help="smoke: seconds per run (tests); cpu: ~4-5 single-thread CPU minutes per run; gpu: "
+                             "an estimate, not yet run")
+    parser.add_argument("--records", help="folder of the finished runs' JSON records, the study's data (default: "
+                                          "results/ablate-SCALE); a rerun skips every recorded run")
+    parser.add_argument("--out", help="folder of the runs' checkpoints and logs (default: runs/ablate-SCALE); "
+                                      "a run stopped midway resumes from here")
+    parser.add_argument("--seeds", type=positive_int,
+                        help=f"at most this many seeds per variant (default per group, in priority order: {seeds})")
+    parser.add_argument("--only", help="comma-separated glob patterns of variants or group names to run, "
+                                       "e.g. 'mocov2,clim' or 'table6'")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key in every run (changes the runs' spec: they rerun)")
-    parser.add_argument("--results", help="RESULTS.md path (default: OUT/RESULTS.md); plots go next to it")
+    parser.add_argument("--results", help="RESULTS.md path (default: RECORDS/RESULTS.md); plots go next to it")
+    parser.add_argument("--report", action="store_true", help="only write RESULTS.md from the records, run nothing")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and their state, run nothing")
     parser.set_defaults(func=_ablate)

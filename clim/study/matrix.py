@@ -1,4 +1,14 @@
-"""The ablation matrix: scales, variants (lists of ``--set`` overrides of full CLIM), the planned runs."""
+"""The ablation matrix: scales, variants (lists of ``--set`` overrides of full CLIM), the planned runs.
+
+Variants come in priority groups (:data:`GROUPS`), run group after group so that a study stopped
+early is already useful: the headline pair first (MoCo v2 vs CLIM, plus MoCo v2 given CLIM's CPU
+minutes), then Table 6, Tables 9 / 10, Table 7 and Table 8. Within a group the runs go seed-major, so
+pairs of the same seed finish together.
+
+Every finished run writes one small JSON record, ``RECORDS/<variant>/seed<k>.json`` (the study's data,
+kept in git); a run counts as finished when its record exists with the same spec. The run's own
+folder (checkpoint, metrics, log) lives under ``OUT/runs/`` and is not needed once the record exists.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clim.config import ConfigError, load_config
-from clim.runtime.checkpoint import CHECKPOINT_NAME
 
-SPEC_NAME = "ablate.json"  # what the subprocess runs: preset, overrides, evaluation settings
-EVAL_NAME = "eval.json"  # written last, so its presence marks a finished run
+SPEC_NAME = "ablate.json"  # what the subprocess runs: preset, overrides, evaluation settings, record path
 LOG_NAME = "ablate.log"  # the subprocess's stdout + stderr
 SEMISUP_FRACTION = 0.01
+FULL_CLIM = "clim"
 
 
 @dataclass(frozen=True)
@@ -22,61 +31,84 @@ class Scale:
 
     preset: str
     resolutions: tuple[int, ...]  # the multi-resolution variant (METHOD §4), largest = image size
-    linear_preset: str  # clim.evaluation.linear, trained on cached features (fast)
+    linear_preset: str  # clim.evaluation.linear, trained on cached features, lr chosen on a held-out split
     semisup_preset: str  # clim.evaluation.semisup, 1 % of the labels
     # OMP threads per run: on a 2-core machine shared with other jobs one thread ran ResNet-10 at
     # 28 px about 3x faster than two (two threads spin-wait on each other); None: torch's default.
     threads: int | None
+    # MoCo v2 epochs that cost the CPU time of CLIM's schedule (the equal-time comparison), measured
+    # on the preset (see its header)
+    equal_time_epochs: int
+    clusters: tuple[int, int, int]  # Table 8: m below, at and above N / 100 (the middle one is full CLIM's)
 
 
 SCALES = {
-    "smoke": Scale("ablate-smoke", (8, 6), "quick", "quick", 1),
-    "cpu": Scale("ablate-cpu", (16, 12), "small", "small", 1),
-    "gpu": Scale("ablate-gpu", (28, 20), "small", "small", None),
+    "smoke": Scale("ablate-smoke", (8, 6), "quick", "quick", 1, 3, (7, 14, 28)),
+    "cpu": Scale("ablate-cpu", (16, 12), "small", "small", 1, 15, (50, 100, 200)),
+    "gpu": Scale("ablate-gpu", (28, 20), "small", "small", None, 30, (300, 600, 1200)),
 }
+
+# priority order, and the seeds each group gets by default
+GROUPS = {"headline": 8, "table6": 3, "table9_10": 3, "table7": 2, "table8": 2}
+SELECTIONS = ("random", "knn", "kmeans", "knn_kmeans", "center_wise")  # paper Table 6 rows
+MIXINGS = ("none", "cutmix")  # paper Table 6 columns
+ALPHAS = (1.0, 1.5, 2.5)  # paper Table 9, besides full CLIM's 2
+TABLE8_K = (20, 40, 60)
+DEFAULT_K = 40
 
 
 @dataclass(frozen=True)
 class Variant:
     name: str
     overrides: tuple[str, ...]  # relative to the scale's preset (= full CLIM)
-    main: bool = False  # part of the headline comparison: --seeds-main seeds
-
-
-SELECTIONS = ("random", "knn", "kmeans", "knn_kmeans", "center_wise")  # paper Table 6 rows
-MIXINGS = ("none", "cutmix")  # paper Table 6 columns
-FULL_CLIM = "clim"
+    group: str
 
 
 def selection_variant(selection: str, mixing: str) -> str:
     return FULL_CLIM if (selection, mixing) == ("center_wise", "cutmix") else f"{selection}-{mixing}"
 
 
+def alpha_variant(alpha: float) -> str:
+    return f"alpha{alpha:g}"
+
+
+def table8_variant(clusters: int, k: int) -> str:
+    return f"m{clusters}-k{k}"
+
+
 def build_matrix(scale: Scale) -> list[Variant]:
-    """All variants; full CLIM serves as Table 6's center-wise + CutMix, Table 9's α = 2, Table 7's
-    one resolution and Table 10's CutMix, so it is run once."""
-    variants = [Variant("mocov2", ("method.name=mocov2",), main=True)]
+    """All variants in priority order; full CLIM serves as Table 6's center-wise + CutMix, Table 9's
+    α = 2, Table 7's one resolution, Table 10's CutMix and Table 8's m = N/100, k = 40, so it runs once."""
+    variants = [Variant("mocov2", ("method.name=mocov2",), "headline"), Variant(FULL_CLIM, (), "headline"),
+                Variant("mocov2-time", ("method.name=mocov2", f"train.epochs={scale.equal_time_epochs}"), "headline")]
     for selection in SELECTIONS:
         for mixing in MIXINGS:
             name = selection_variant(selection, mixing)
-            overrides = () if name == FULL_CLIM else (f"method.selection={selection}", f"method.mixing={mixing}")
-            variants.append(Variant(name, overrides, main=name == FULL_CLIM))
+            if name != FULL_CLIM:
+                variants.append(Variant(name, (f"method.selection={selection}", f"method.mixing={mixing}"), "table6"))
+    variants += [Variant(alpha_variant(alpha), (f"method.alpha={alpha}",), "table9_10") for alpha in ALPHAS]
+    variants.append(Variant("mixup", ("method.mixing=mixup",), "table9_10"))
     sizes = ",".join(str(size) for size in scale.resolutions)
-    variants += [Variant("mixup", ("method.mixing=mixup",)),
-                 Variant("alpha1", ("method.alpha=1.0",)),
-                 Variant("multires", (f"method.resolutions=[{sizes}]",)),
-                 Variant("multicrop", ("method.multicrop=true",))]
+    variants += [Variant("multires", (f"method.resolutions=[{sizes}]",), "table7"),
+                 Variant("multicrop", ("method.multicrop=true",), "table7")]
+    for clusters in scale.clusters:
+        for k in TABLE8_K:
+            if (clusters, k) != (scale.clusters[1], DEFAULT_K):
+                variants.append(Variant(table8_variant(clusters, k),
+                                        (f"method.num_clusters={clusters}", f"method.knn_k={k}"), "table8"))
     return variants
 
 
 def select_variants(variants: list[Variant], only: str | None) -> list[Variant]:
-    """``only``: comma-separated glob patterns of variant names (``mocov2,clim``, ``random-*``)."""
+    """``only``: comma-separated glob patterns of variant or group names (``mocov2,clim``, ``random-*``,
+    ``table6``)."""
     if not only:
         return variants
     patterns = [pattern.strip() for pattern in only.split(",") if pattern.strip()]
-    chosen = [v for v in variants if any(fnmatch.fnmatchcase(v.name, p) for p in patterns)]
+    chosen = [v for v in variants if any(fnmatch.fnmatchcase(v.name, p) or p == v.group for p in patterns)]
     if not chosen:
-        raise ConfigError(f"--only '{only}' matches no variant (variants: {', '.join(v.name for v in variants)})")
+        raise ConfigError(f"--only '{only}' matches no variant or group (groups: {', '.join(GROUPS)}; variants: "
+                          f"{', '.join(v.name for v in variants)})")
     return chosen
 
 
@@ -84,7 +116,8 @@ def select_variants(variants: list[Variant], only: str | None) -> list[Variant]:
 class Run:
     variant: Variant
     seed: int
-    directory: Path
+    directory: Path  # checkpoint, metrics, log (not kept)
+    record_path: Path  # the finished run's record (kept in git)
     spec: dict
 
     @property
@@ -92,31 +125,48 @@ class Run:
         return f"{self.variant.name} seed{self.seed}"
 
 
-def plan_runs(scale_name: str, out: str | Path, seeds_main: int = 3, seeds_other: int = 2,
+def seeds_of(group: str, seeds: int | None) -> int:
+    """The group's seed count, capped at ``seeds`` when given."""
+    return GROUPS[group] if seeds is None else min(GROUPS[group], seeds)
+
+
+def plan_runs(scale_name: str, out: str | Path, records: str | Path, seeds: int | None = None,
               only: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> list[Run]:
-    """The runs, seed-major; every run's config is built here, so a bad ``--set`` fails at once."""
+    """The runs, group by group in priority order, seed-major inside a group; every run's config is
+    built here, so a bad ``--set`` fails at once."""
     if scale_name not in SCALES:
         raise ConfigError(f"unknown scale '{scale_name}' (choose from {', '.join(SCALES)})")
     scale = SCALES[scale_name]
     variants = select_variants(build_matrix(scale), only)
-    evaluation = {"linear_preset": scale.linear_preset, "semisup_preset": scale.semisup_preset,
-                  "semisup_fraction": SEMISUP_FRACTION}
+    evaluation = {"linear_preset": scale.linear_preset, "linear_lr": "holdout-sweep",
+                  "semisup_preset": scale.semisup_preset, "semisup_fraction": SEMISUP_FRACTION}
     runs = []
-    for seed in range(max(seeds_main, seeds_other)):
-        for variant in variants:
-            if seed >= (seeds_main if variant.main else seeds_other):
-                continue
-            spec = {"scale": scale_name, "variant": variant.name, "seed": seed, "preset": scale.preset,
-                    "overrides": [*variant.overrides, *overrides, f"train.seed={seed}"], "evaluation": evaluation}
-            load_config(scale.preset, overrides=spec["overrides"])
-            runs.append(Run(variant, seed, Path(out) / "runs" / variant.name / f"seed{seed}", spec))
+    for group in GROUPS:
+        members = [v for v in variants if v.group == group]
+        for seed in range(seeds_of(group, seeds)):
+            for variant in members:
+                spec = {"scale": scale_name, "variant": variant.name, "seed": seed, "preset": scale.preset,
+                        "overrides": [*variant.overrides, *overrides, f"train.seed={seed}"],
+                        "evaluation": evaluation}
+                load_config(scale.preset, overrides=spec["overrides"])
+                runs.append(Run(variant, seed, Path(out) / "runs" / variant.name / f"seed{seed}",
+                                Path(records) / variant.name / f"seed{seed}.json", spec))
     return runs
 
 
-def read_eval(run: Run) -> dict | None:
-    """The run's results when it finished with the same spec (and its checkpoint is there), else None."""
-    path = run.directory / EVAL_NAME
-    if not path.exists() or not (run.directory / CHECKPOINT_NAME).exists():
+def read_record(path: str | Path, spec: dict | None = None) -> dict | None:
+    """A finished run's record, or None when missing, unreadable or made for another spec."""
+    path = Path(path)
+    if not path.exists():
         return None
-    record = json.loads(path.read_text())
-    return record if record.get("spec") == run.spec else None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if spec is None or record.get("spec") == spec else None
+
+
+def read_records(records: str | Path) -> list[dict]:
+    """Every record under ``records`` (any spec): what RESULTS.md is made from."""
+    found = (read_record(path) for path in sorted(Path(records).glob("*/seed*.json")))
+    return [record for record in found if record is not None]

@@ -1,4 +1,5 @@
-"""The figures of RESULTS.md: kNN top-1 over epochs, positive precision over refreshes."""
+"""The figures of RESULTS.md, drawn from the records alone: the paired differences behind every claim,
+kNN top-1 over epochs of the headline runs, positive precision over refreshes."""
 
 from __future__ import annotations
 
@@ -7,23 +8,23 @@ from pathlib import Path
 from clim.study.matrix import MIXINGS, SELECTIONS, selection_variant
 
 
-def _mean_curve(histories: list[list[dict]], value) -> tuple[list[int], list[float]]:
+def _mean_curve(curves: list[list[dict]], key: str) -> tuple[list[int], list[float]]:
     """Mean over runs at every epoch where all runs have a value."""
     per_epoch: dict[int, list[float]] = {}
-    for history in histories:
-        for record in history:
-            found = value(record)
-            if found is not None:
-                per_epoch.setdefault(record["epoch"], []).append(found)
-    epochs = sorted(e for e, values in per_epoch.items() if len(values) == len(histories))
+    for curve in curves:
+        for point in curve:
+            if point.get(key) is not None:
+                per_epoch.setdefault(point["epoch"], []).append(point[key])
+    epochs = sorted(e for e, values in per_epoch.items() if len(values) == len(curves))
     return epochs, [sum(per_epoch[e]) / len(per_epoch[e]) for e in epochs]
 
 
-def plot_results(histories: dict[str, list[list[dict]]], folder: Path) -> list[str]:
-    """kNN top-1 over epochs per variant; positive precision over refreshes per selection strategy.
+def plot_results(curves: dict[str, list[list[dict]]], differences: list[tuple[str, object]], random_init: float | None,
+                 headline: tuple[str, ...], folder: Path) -> list[str]:
+    """Write the PNGs into ``folder``; returns the Markdown lines that show them.
 
-    ``histories``: per variant, the metrics history of each finished run; returns the Markdown lines
-    that show the PNGs written into ``folder``."""
+    ``curves``: per variant, each record's per-epoch curve; ``differences``: (label, clim.study.claims.Paired
+    or None) per claim; ``random_init``: mean kNN top-1 of the random-init backbones (a reference line)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -34,32 +35,51 @@ def plot_results(histories: dict[str, list[list[dict]]], folder: Path) -> list[s
     colours = plt.get_cmap("tab10")
     figures = {}
 
+    shown = [(label, result) for label, result in differences if result is not None and result.low is not None]
+    if shown:
+        figure, axis = plt.subplots(figsize=(8, 0.45 * len(shown) + 1.4), dpi=110)
+        for row, (label, result) in enumerate(shown):
+            colour = "tab:green" if result.low > 0 else "tab:red" if result.high < 0 else "tab:grey"
+            axis.errorbar(result.mean, row, xerr=[[result.mean - result.low], [result.high - result.mean]], fmt="o",
+                          color=colour, capsize=3)
+        axis.axvline(0.0, color="black", linewidth=0.8)
+        axis.set_yticks(range(len(shown)), [f"{label} (n={result.n})" for label, result in shown], fontsize=7)
+        axis.invert_yaxis()
+        axis.set(xlabel="paired difference, claimed-better − claimed-worse (points; 95 % t interval)",
+                 title="The paper's claims on our runs (green: agrees, red: disagrees, grey: inconclusive)")
+        axis.grid(alpha=0.3, axis="x")
+        figures["claims.png"] = (figure, axis, "paired differences per claim", False)
+
     figure, axis = plt.subplots(figsize=(8, 4.5), dpi=110)
-    for position, (name, runs) in enumerate(histories.items()):
-        epochs, values = _mean_curve(runs, lambda record: record.get("knn_top1"))
-        axis.plot(epochs, values, "-" if position < 10 else "--", marker="o", markersize=3,
-                  color=colours(position % 10), label=f"{name} (n={len(runs)})")
+    for position, name in enumerate(headline):
+        epochs, values = _mean_curve(curves.get(name, []), "knn_top1")
+        if epochs:
+            axis.plot(epochs, values, marker="o", markersize=3, color=colours(position),
+                      label=f"{name} (n={len(curves[name])})")
+    if random_init is not None:
+        axis.axhline(random_init, color="grey", linestyle=":", label="random init (mean over seeds)")
     axis.set(xlabel="epoch", ylabel="kNN top-1 % (k=20, T=0.07)", title="kNN top-1 over epochs (mean over seeds)")
-    figures["knn_over_epochs.png"] = (figure, axis, "kNN top-1 over epochs")
+    figures["knn_over_epochs.png"] = (figure, axis, "kNN top-1 over epochs", True)
 
     figure, axis = plt.subplots(figsize=(8, 4.5), dpi=110)
     for position, selection in enumerate(SELECTIONS):
         for mixing, style in zip(MIXINGS, ("--", "-")):
-            runs = histories.get(selection_variant(selection, mixing), [])
-            epochs, values = _mean_curve(runs, lambda record: record.get("selection", {}).get("positive_precision"))
+            runs = curves.get(selection_variant(selection, mixing), [])
+            epochs, values = _mean_curve(runs, "positive_precision")
             if epochs:
                 axis.plot(epochs, values, style, marker="o", markersize=3, color=colours(position),
                           label=f"{selection}, {mixing} (n={len(runs)})")
     axis.set(xlabel="epoch (positives refreshed at its start)", ylabel="positive precision",
              title="share of selected positives with the anchor's label (mean over seeds)")
-    figures["positive_precision.png"] = (figure, axis, "positive precision over refreshes")
+    figures["positive_precision.png"] = (figure, axis, "positive precision over refreshes", True)
 
     lines = []
-    for file_name, (figure, axis, title) in figures.items():
-        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-        axis.grid(alpha=0.3)
-        if axis.lines:
-            axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    for file_name, (figure, axis, title, integer_x) in figures.items():
+        if integer_x:
+            axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+            axis.grid(alpha=0.3)
+            if axis.lines:
+                axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
         figure.tight_layout()
         figure.savefig(folder / file_name)
         plt.close(figure)

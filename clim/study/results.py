@@ -1,7 +1,13 @@
-"""RESULTS.md: every metric as mean ± std over seeds beside the paper's numbers, the verdicts, plots, setup."""
+"""RESULTS.md from the study's records alone: paired statistics per claim, every table, plots, setup.
+
+The plan (:func:`clim.study.matrix.plan_runs`) says which records should exist; the records say what
+the runs measured. Nothing else is read, so RESULTS.md can be regenerated anywhere from the records in
+git (``clim ablate --scale cpu --report``), and it lists the records still missing.
+"""
 
 from __future__ import annotations
 
+import math
 import shlex
 from dataclasses import asdict
 from pathlib import Path
@@ -9,13 +15,16 @@ from pathlib import Path
 import yaml
 
 from clim.config import PRESET_DIR, load_config
-from clim.study.claims import (CLAIMS, METRICS, PAPER, PAPER_SEMISUP_1PCT, PAPER_SUPERVISED_SIMILARITY, Stat,
-                               agreement_summary, compare, format_stat, summarize)
-from clim.study.matrix import (FULL_CLIM, LOG_NAME, MIXINGS, SCALES, SELECTIONS, SPEC_NAME, Run, Scale, read_eval,
-                               selection_variant)
+from clim.study.claims import (CLAIMS, METRICS, PAPER, PAPER_SEMISUP_1PCT, PAPER_SUPERVISED_SIMILARITY, Paired,
+                               Stat, agreement_summary, format_p, format_paired, format_stat, paired, summarize)
+from clim.study.matrix import (ALPHAS, DEFAULT_K, FULL_CLIM, GROUPS, MIXINGS, SCALES, SELECTIONS, TABLE8_K, Run,
+                               Scale, alpha_variant, plan_runs, read_record, seeds_of, selection_variant,
+                               table8_variant)
 from clim.study.plots import plot_results
 
 PLOTS_DIR = "ablation_plots"  # next to RESULTS.md
+HEADLINE = ("mocov2", FULL_CLIM, "mocov2-time")
+RANDOM_INIT = "random_init_knn_k20_top1"
 
 
 def duration(seconds: float) -> str:
@@ -23,36 +32,47 @@ def duration(seconds: float) -> str:
     return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
-class _Results:
-    """The finished runs of the matrix (eval.json + metrics.jsonl), by variant, and cells made from them."""
+class _Records:
+    """The planned runs and the records found for them (same spec), by variant and seed."""
 
     def __init__(self, runs: list[Run]):
         self.planned: dict[str, list[Run]] = {}
-        self.records: dict[str, list[dict]] = {}
-        self.directories: dict[str, list[Path]] = {}
+        self.found: dict[str, dict[int, dict]] = {}
+        self.missing: list[Run] = []
         for run in runs:
             self.planned.setdefault(run.variant.name, []).append(run)
-            record = read_eval(run)
-            if record is not None:
-                self.records.setdefault(run.variant.name, []).append(record)
-                self.directories.setdefault(run.variant.name, []).append(run.directory)
+            record = read_record(run.record_path, run.spec)
+            if record is None:
+                self.missing.append(run)
+            else:
+                self.found.setdefault(run.variant.name, {})[run.seed] = record
 
     @property
-    def all_records(self) -> list[dict]:
-        return [record for records in self.records.values() for record in records]
+    def all(self) -> list[dict]:
+        return [record for by_seed in self.found.values() for record in by_seed.values()]
+
+    def values(self, variant: str, metric: str) -> dict[int, float]:
+        values = {}
+        for seed, record in self.found.get(variant, {}).items():
+            value = record["metrics"].get(metric, record.get(metric))
+            if value is not None:
+                values[seed] = float(value)
+        return values
 
     def stat(self, variant: str, metric: str) -> Stat | None:
-        return summarize(record.get(metric) for record in self.records.get(variant, []))
+        return summarize(self.values(variant, metric).values())
 
     def cell(self, variant: str, metric: str, digits: int | None = None) -> str:
-        if variant not in self.records:
+        if variant not in self.found:
             return "not run"
         return format_stat(self.stat(variant, metric), METRICS[metric][1] if digits is None else digits)
 
-    def histories(self) -> dict[str, list[list[dict]]]:
-        from clim.report import read_history
+    def paired(self, better: str, worse: str, metric: str) -> Paired | None:
+        return paired(self.values(better, metric), self.values(worse, metric))
 
-        return {name: [read_history(d) for d in dirs] for name, dirs in self.directories.items()}
+    def learned(self, variant: str) -> Paired | None:
+        """kNN top-1 of the trained backbone minus the same seed's random-init backbone."""
+        return paired(self.values(variant, "knn_k20_top1"), self.values(variant, RANDOM_INIT))
 
 
 def _table(header: list[str], rows: list[list]) -> list[str]:
@@ -65,32 +85,160 @@ def _paper(variant: str, metric: str = "linear_top1") -> str:
     return "—" if value is None else f"{value:g}"
 
 
-def _variant_table(results: _Results, rows: list[tuple[str, str]]) -> list[str]:
-    """Rows of (label, variant): our linear / kNN / 1 % numbers beside the paper's linear top-1."""
-    metrics = ("linear_top1", "knn_k20_top1", "semisup_top1")
-    body = [[label, f"`{name}`", *(results.cell(name, m) for m in metrics), _paper(name)] for label, name in rows]
-    return _table(["", "variant", *(METRICS[m][0] for m in metrics), "paper (ImageNet linear top-1)"], body)
+def _sign(result: Paired | None) -> str:
+    return "—" if result is None else f"{result.wins}/{result.n}"
 
 
-def _agreement(results: _Results) -> list[str]:
-    verdicts, rows = [], []
+def _paired_cells(result: Paired | None, digits: int) -> list[str]:
+    verdict = "not run" if result is None else result.verdict
+    return [format_paired(result, digits), format_p(result), _sign(result), "—" if result is None else str(result.n),
+            f"**{verdict}**"]
+
+
+PAIRED_HEADER = ["paired difference [95 % CI]", "p (paired t)", "ahead on seeds", "n", "verdict"]
+
+
+def _headline(records: _Records) -> list[str]:
+    rows = []
+    for label, worse in (("equal epochs", "mocov2"), ("equal CPU minutes", "mocov2-time")):
+        for metric in ("knn_k20_top1", "linear_top1"):
+            digits = METRICS[metric][1]
+            rows.append([label, METRICS[metric][0], records.cell(worse, metric), records.cell(FULL_CLIM, metric),
+                         *_paired_cells(records.paired(FULL_CLIM, worse, metric), digits)])
+    minutes = [f"`{name}` {format_stat(records.stat(name, 'cpu_minutes'), 2)}" for name in HEADLINE]
+    return (["## Headline: CLIM vs MoCo v2", "",
+             "CLIM − MoCo v2 per seed (same seed: same data order and initialisation). *Equal CPU minutes* "
+             "compares CLIM with `mocov2-time`, MoCo v2 on a longer schedule whose CPU time matches CLIM's.", ""]
+            + _table(["comparison", "metric", "MoCo v2", "CLIM", *PAIRED_HEADER], rows)
+            + [f"CPU minutes per run (training + evaluation, one thread): {', '.join(minutes)}.", ""])
+
+
+def _learning(records: _Records) -> list[str]:
+    rows = [[f"`{name}`", records.cell(name, "knn_k20_top1"), format_stat(records.stat(name, RANDOM_INIT)),
+             *_paired_cells(records.learned(name), 2)] for name in HEADLINE]
+    return (["## Does the regime learn?", "",
+             "kNN top-1 of the trained backbone minus that of the same backbone at random initialisation, drawn "
+             "with the run's seed (as `clim demo` draws it). The issue asks for ≥ 3 points for MoCo v2.", ""]
+            + _table(["variant", "trained kNN %", "random init kNN %", *PAIRED_HEADER], rows))
+
+
+def _claims(records: _Records) -> tuple[list[str], list[tuple[str, Paired | None]]]:
+    verdicts, rows, differences = [], [], []
     for claim in CLAIMS:
         digits = METRICS[claim.metric][1]
-        better, worse = results.stat(claim.better, claim.metric), results.stat(claim.worse, claim.metric)
-        verdict, numbers = compare(better, worse, digits)
+        result = records.paired(claim.better, claim.worse, claim.metric)
+        verdicts.append("not run" if result is None else result.verdict)
         paper = PAPER.get(claim.metric, {})
         paper_text = (f"{paper[claim.better]:g} vs {paper[claim.worse]:g}"
                       if claim.better in paper and claim.worse in paper else "direction only")
-        verdicts.append(verdict)
         rows.append([claim.text, f"`{claim.better}` vs `{claim.worse}`", METRICS[claim.metric][0], paper_text,
-                     f"{format_stat(better, digits)} vs {format_stat(worse, digits)}", numbers, f"**{verdict}**"])
-    summary = agreement_summary(verdicts)
-    return [summary, "",
-            "Each verdict compares our means. *Spread* = sqrt(std_a² + std_b²), the standard deviation of the "
-            "difference between two single runs: *agrees* / *disagrees* means the difference exceeds it, *within "
-            "the spread* means it may be seed noise, *one seed* means no spread is known. The paper's "
-            "numbers come from ImageNet, so only the direction is compared.", ""] + _table(
-        ["paper's claim", "variants", "metric", "paper", "ours (mean ± std)", "difference", "verdict"], rows)
+                     f"{records.cell(claim.better, claim.metric)} vs {records.cell(claim.worse, claim.metric)}",
+                     *_paired_cells(result, digits)])
+        differences.append((f"{claim.text} [{METRICS[claim.metric][0]}]", result))
+    lines = (["## The paper's claims", "", agreement_summary(verdicts), "",
+              "Each claim is judged on per-seed differences (claimed-better − claimed-worse) over the seeds both "
+              "variants have: *agrees* when the 95 % Student-t interval of the mean difference lies above 0, "
+              "*disagrees* when it lies below 0, *inconclusive* otherwise. The paper's numbers come from ImageNet "
+              "(ResNet-50, 200 epochs), so only directions are compared. A claim that does not reproduce here is "
+              "reported as such.", ""]
+             + _table(["paper's claim", "variants", "metric", "paper", "ours (mean ± std)", *PAIRED_HEADER], rows))
+    return lines, differences
+
+
+def _grid(records: _Records, title: str, note: str, rows: list[tuple[str, str]]) -> list[str]:
+    """Rows of (label, variant): our linear / kNN / 1 % numbers beside the paper's linear top-1."""
+    metrics = ("linear_top1", "knn_k20_top1", "semisup_top1")
+    body = [[label, f"`{name}`", *(records.cell(name, m) for m in metrics), _paper(name)] for label, name in rows]
+    return [title, "", note, ""] + _table(
+        ["", "variant", *(METRICS[m][0] for m in metrics), "paper (ImageNet linear top-1)"], body)
+
+
+def _tables(records: _Records, scale: Scale, overrides) -> list[str]:
+    lines = ["## Table 6: positive selection × mixing", "",
+             "Linear top-1 %. Center-wise + CutMix is full CLIM; MoCo v2 uses no positives.", ""]
+    rows = [[selection, *(cell for mixing in MIXINGS for cell in (
+        records.cell(selection_variant(selection, mixing), "linear_top1"), _paper(selection_variant(selection, mixing))))]
+        for selection in SELECTIONS]
+    rows.append(["MoCo v2", records.cell("mocov2", "linear_top1"), _paper("mocov2"), "", ""])
+    lines += _table(["selection", "no mixing", "paper", "CutMix", "paper"], rows)
+    metrics = ("knn_k20_top1", "positive_precision")
+    lines += ["The same runs, kNN top-1 and the last refresh's positive precision (the paper reports neither):", ""]
+    lines += _table(["selection", *(f"{METRICS[m][0]}, {mixing}" for m in metrics for mixing in MIXINGS)],
+                    [[selection, *(records.cell(selection_variant(selection, mixing), m) for m in metrics
+                                   for mixing in MIXINGS)] for selection in SELECTIONS])
+
+    from clim.data.views import multicrop_size
+
+    size = scale.resolutions[0]
+    small = multicrop_size(load_config(scale.preset, overrides=[*overrides, "method.multicrop=true"]), size)
+    lines += _grid(records, "## Table 7: multi-resolution vs multi-crop", "Center-wise positives + CutMix, α = 2.",
+                   [(f"one resolution {{{size}}}", FULL_CLIM),
+                    ("multi-resolution {" + ", ".join(map(str, scale.resolutions)) + "}", "multires"),
+                    (f"multi-crop 2×{size} + 2×{small}", "multicrop")])
+    lines += ["## Table 8: clusters m × neighbours k", "",
+              f"Linear top-1 %; m = {scale.clusters[1]} is N/100, k = {DEFAULT_K} is METHOD's (full CLIM).", ""]
+    name = {(m, k): FULL_CLIM if (m, k) == (scale.clusters[1], DEFAULT_K) else table8_variant(m, k)
+            for m in scale.clusters for k in TABLE8_K}
+    lines += _table(["m", *(f"k = {k}" for k in TABLE8_K)],
+                    [[f"{m}", *(records.cell(name[m, k], "linear_top1") for k in TABLE8_K)] for m in scale.clusters])
+    alphas = sorted([(alpha, alpha_variant(alpha)) for alpha in ALPHAS] + [(2.0, FULL_CLIM)])
+    lines += _grid(records, "## Table 9: CutMix α", "λ ~ Beta(α, α); center-wise positives, one resolution.",
+                   [(f"α = {alpha:g}", variant) for alpha, variant in alphas])
+    lines += _grid(records, "## Table 10: CutMix vs Mixup",
+                   "Center-wise positives; Mixup λ ~ Beta(0.2, 0.2) (METHOD §3). METHOD §6 holds no Mixup number.",
+                   [("CutMix", FULL_CLIM), ("Mixup", "mixup")])
+    lines += ["## Table 12: intra-class similarity", "",
+              "Mean cosine over intra-class pairs of the test split's backbone features, averaged over classes; "
+              "*all pairs*: the mean over all pairs regardless of class, for contrast.", ""]
+    rows = [[label, f"`{variant}`", records.cell(variant, "intra_class_similarity"),
+             records.cell(variant, "all_pairs_similarity", 3), _paper(variant, "intra_class_similarity")]
+            for label, variant in (("MoCo v2", "mocov2"), ("CLIM", FULL_CLIM))]
+    rows.append(["supervised", "not part of the matrix", "—", "—", f"{PAPER_SUPERVISED_SIMILARITY:g}"])
+    return lines + _table(["", "variant", "intra-class", "all pairs", "paper (ImageNet)"], rows)
+
+
+def _probe(records: _Records) -> list[str]:
+    found = records.all
+    if not found:
+        return []
+    chosen: dict[str, int] = {}
+    for record in found:
+        chosen[f"{record['metrics']['linear_lr']:g}"] = chosen.get(f"{record['metrics']['linear_lr']:g}", 0) + 1
+    losses = [record["metrics"]["linear_final_train_loss"] for record in found]
+    above = sum(bool(record["metrics"]["linear_loss_above_chance"]) for record in found)
+    counts = ", ".join(f"lr {lr}: {count}" for lr, count in sorted(chosen.items(), key=lambda item: float(item[0])))
+    classes = 10
+    return ["## The linear probe", "",
+            "Every run's linear lr is chosen on a class-stratified 20 % of the train split held out from the "
+            "probe's training (the test split takes no part), then the probe is retrained on the whole train split. "
+            f"Chosen lrs over {len(found)} runs: {counts}. Final train loss: {min(losses):.3f}–{max(losses):.3f} "
+            f"(ln C = {math.log(classes):.3f} for C = {classes}); {above} run(s) ended above ln C.", ""]
+
+
+def _every_variant(records: _Records) -> list[str]:
+    rows = []
+    for name, planned in records.planned.items():
+        done = len(records.found.get(name, {}))
+        rows.append([f"`{name}`", planned[0].variant.group,
+                     " ".join(f"`{o}`" for o in planned[0].variant.overrides) or "(the preset)",
+                     *(records.cell(name, m) for m in METRICS), f"{done}/{len(planned)}",
+                     format_stat(records.stat(name, "cpu_minutes"), 2) if done else "—"])
+    return ["## Every variant, every metric", ""] + _table(
+        ["variant", "group", "overrides", *(title for title, _ in METRICS.values()), "records", "CPU minutes per run"],
+        rows)
+
+
+def _missing(records: _Records, seeds: int | None) -> list[str]:
+    groups = ", ".join(f"{group} {seeds_of(group, seeds)}" for group in GROUPS)
+    lines = ["## Missing records", "", f"Seeds planned per group (priority order): {groups}.", ""]
+    if not records.missing:
+        return lines + ["None: every planned run has its record.", ""]
+    by_variant: dict[str, list[int]] = {}
+    for run in records.missing:
+        by_variant.setdefault(run.variant.name, []).append(run.seed)
+    return lines + [f"{len(records.missing)} planned run(s) have no record yet: "
+                    + "; ".join(f"`{name}` seed(s) {', '.join(map(str, seeds_))}" for name, seeds_ in by_variant.items())
+                    + ". Rerun the command above to add them (finished records are skipped).", ""]
 
 
 def _preset_text(name: str) -> str:
@@ -101,22 +249,23 @@ def _preset_text(name: str) -> str:
     return own if base is None else _preset_text(base) + "\n" + own
 
 
-def _setup(scale: Scale, runs: list[Run], overrides: list[str] | tuple[str, ...]) -> list[str]:
-    from clim.evaluation.linear import LINEAR_PRESETS
+def _setup(scale: Scale, runs: list[Run], overrides) -> list[str]:
+    from clim.evaluation.linear import LINEAR_PRESETS, PROBE_LRS
     from clim.evaluation.semisup import SEMISUP_PRESETS
 
     every_run = f" and every run `{' '.join(overrides)}` (`--set`)" if overrides else ""
     evaluation = runs[0].spec["evaluation"]
     return ["## Setup", "",
             f"Base preset `{scale.preset}` (= full CLIM). A run adds its variant's overrides (table above), then "
-            f"`train.seed=<k>`{every_run}. Each run lives in `runs/<variant>/seed<k>/` (checkpoint.pt, "
-            f"metrics.jsonl, eval.json, {SPEC_NAME} = its exact spec, {LOG_NAME}).", "",
+            f"`train.seed=<k>`{every_run}. Its record, `<variant>/seed<k>.json`, holds the spec, every metric, the "
+            "per-epoch curve, CPU minutes, machine and commit.", "",
             "```yaml", _preset_text(scale.preset).rstrip(), "```", "",
             "Evaluation of the query backbone (METHOD §5) on the dataset's labelled train / test splits:", "",
-            "- kNN: weighted, cosine, k = 20 / T = 0.07 (reported) and k = 200 / T = 0.1 (in eval.json).",
-            f"- linear: preset `{evaluation['linear_preset']}` of clim.evaluation.linear, on cached features of "
-            f"un-augmented images (faster; drops the protocol's training augmentation): "
-            f"{asdict(LINEAR_PRESETS[evaluation['linear_preset']])}.",
+            "- kNN: weighted, cosine, k = 20 / T = 0.07 (reported) and k = 200 / T = 0.1 (in the records); the same "
+            "for the backbone at random initialisation.",
+            f"- linear: preset `{evaluation['linear_preset']}` of clim.evaluation.linear on cached features of "
+            f"un-augmented images (drops the protocol's training augmentation), lr chosen from {list(PROBE_LRS)} "
+            f"on a held-out 20 % of the train split: {asdict(LINEAR_PRESETS[evaluation['linear_preset']])}.",
             f"- semi-supervised: {evaluation['semisup_fraction']:.0%} of the training labels (class-balanced, drawn "
             f"with the run's seed), all layers fine-tuned, preset `{evaluation['semisup_preset']}` of "
             f"clim.evaluation.semisup: {asdict(SEMISUP_PRESETS[evaluation['semisup_preset']])}.",
@@ -124,104 +273,57 @@ def _setup(scale: Scale, runs: list[Run], overrides: list[str] | tuple[str, ...]
             "- final positive precision: share of the last refresh's positives that carry the anchor's label.", ""]
 
 
-def _machines(results: _Results) -> list[str]:
-    records = results.all_records
+def _machines(records: _Records) -> list[str]:
+    found = records.all
     machines = []
-    for record in records:
+    for record in found:
         if record["machine"] not in machines:
             machines.append(record["machine"])
-    dates = sorted(record["created"] for record in records)
-    total = sum(record["seconds"] for record in records)
+    dates = sorted(record["created"] for record in found)
+    total = sum(record["cpu_minutes"] for record in found)
+    commits = sorted({record.get("commit") or "?" for record in found})
+    loads = [record["load_average"][1] for record in found if record.get("load_average")]
     keys = ("cpu", "cpu_count", "torch_threads", "device", "gpu", "torch", "python", "platform")
     rows = [[key, *(machine.get(key, "—") for machine in machines)] for key in keys]
     return ["## Machine", "",
-            f"Runs finished between {dates[0]} and {dates[-1]} (UTC). Training + evaluation took "
-            f"{duration(total)} over {len(records)} runs ({duration(total / len(records))} per run on average; "
-            "process start-up not included).", ""] + _table(["", *(f"machine {i + 1}" for i in range(len(machines)))],
-                                                              rows)
+            f"Records written between {dates[0]} and {dates[-1]} (UTC) by commit(s) {', '.join(commits)}: "
+            f"{total / 60:.1f} CPU hours over {len(found)} runs ({total / len(found):.1f} CPU min per run). "
+            f"5-minute load average at the end of a run: {min(loads):.1f}–{max(loads):.1f} (other jobs shared the "
+            "machine; CPU minutes are what a run costs on one core, wall time depends on the neighbours).", ""
+            ] + _table(["", *(f"machine {i + 1}" for i in range(len(machines)))], rows)
 
 
-def write_results(scale_name: str, out: str | Path, runs: list[Run], path: str | Path | None = None,
-                  command: str | None = None, overrides: list[str] | tuple[str, ...] = (),
-                  invoked_only: str | None = None) -> Path:
-    """RESULTS.md (default ``out/RESULTS.md``) and its plots over the finished runs among ``runs``."""
-    out = Path(out)
-    path = Path(path) if path else out / "RESULTS.md"
+def write_results(scale_name: str, records_dir: str | Path, path: str | Path | None = None, command: str | None = None,
+                  overrides: list[str] | tuple[str, ...] = (), seeds: int | None = None) -> Path:
+    """RESULTS.md (default ``records_dir/RESULTS.md``) and its plots, from the records of the planned runs."""
+    records_dir = Path(records_dir)
+    path = Path(path) if path else records_dir / "RESULTS.md"
     path.parent.mkdir(parents=True, exist_ok=True)
     scale = SCALES[scale_name]
-    results = _Results(runs)
+    runs = plan_runs(scale_name, records_dir, records_dir, seeds, None, overrides)
+    records = _Records(runs)
     base = load_config(scale.preset, overrides=overrides)
-    seeds = {main: max((len(r) for r in results.planned.values() if r[0].variant.main == main), default=0)
-             for main in (True, False)}
-    command = command or f"clim ablate --scale {scale_name} --out {shlex.quote(portable_path(out))}"
-    partial = f" (this file was last written by a call with `--only {invoked_only}`)" if invoked_only else ""
+    command = command or f"clim ablate --scale {scale_name} --records {shlex.quote(portable_path(records_dir))}"
     lines = [f"# CLIM ablations (`{scale_name}` scale)", "",
-             f"Generated by `clim ablate` from {len(results.all_records)} of {len(runs)} runs in "
-             f"`{portable_path(out)}` "
-             f"({seeds[True]} seed(s) for MoCo v2 and full CLIM, {seeds[False]} for the other variants). "
-             f"Reproduce with `{command}`{partial}.", "",
-             f"Every run: {base.train.epochs} epochs of `{base.data.name}`, `{base.model.backbone}`, batch "
-             f"{base.train.batch_size}, positives refreshed every {base.method.refresh_every} epoch(s) from epoch "
-             f"{base.method.refresh_every} on. Each cell is the mean ± sample standard deviation over seeds (n = "
-             f"seeds); *not run*: no finished run yet; —: no number exists. **The paper's numbers are ImageNet linear "
-             f"top-1 of a ResNet-50 after 200 epochs (METHOD §6)**: compare directions, not values.", ""]
-    if not results.all_records:
-        path.write_text("\n".join(lines + ["No finished runs yet.", ""]))
+             f"Generated by `clim ablate --report` from the {len(records.all)} records of {len(runs)} planned runs in "
+             f"`{portable_path(records_dir)}` ({len(records.missing)} missing: see the end). Run or resume the study "
+             f"with `{command}`; regenerate this file with the same command plus `--report`.", "",
+             f"Every run: {base.train.epochs} epochs of `{base.data.name}` at {base.data.image_size} px, "
+             f"`{base.model.backbone}`, batch {base.train.batch_size}, positives refreshed every "
+             f"{base.method.refresh_every} epoch(s) from epoch {base.method.refresh_every} on. Cells are mean ± sample "
+             "standard deviation over seeds (n); *not run*: no record yet. **The paper's numbers are ImageNet linear "
+             "top-1 of a ResNet-50 after 200 epochs (METHOD §6)**: compare directions, not values.", ""]
+    if not records.all:
+        path.write_text("\n".join(lines + ["No records yet.", ""] + _missing(records, seeds)))
         return path
-
-    paper = {"linear_top1": (_paper("mocov2"), _paper(FULL_CLIM)),
-             "semisup_top1": ("—", f"{PAPER_SEMISUP_1PCT:g} (final model)"),
-             "intra_class_similarity": (_paper("mocov2", "intra_class_similarity"),
-                                        _paper(FULL_CLIM, "intra_class_similarity"))}
-    lines += ["## Headline: MoCo v2 vs CLIM", ""] + _table(
-        ["metric", "MoCo v2 (ours)", "CLIM (ours)", "MoCo v2 (paper)", "CLIM (paper)"],
-        [[title, results.cell("mocov2", m), results.cell(FULL_CLIM, m), *paper.get(m, ("—", "—"))]
-         for m, (title, _) in METRICS.items()])
-    lines += ["## What agrees with the paper and what does not", ""] + _agreement(results)
-
-    lines += ["## Table 6: positive selection × mixing", "",
-              "Linear top-1 %. Center-wise + CutMix is full CLIM; MoCo v2 uses no positives.", ""]
-    rows = [[selection, *(cell for mixing in MIXINGS for cell in (
-        results.cell(selection_variant(selection, mixing), "linear_top1"), _paper(selection_variant(selection, mixing))))]
-        for selection in SELECTIONS]
-    rows.append(["MoCo v2", results.cell("mocov2", "linear_top1"), _paper("mocov2"), "", ""])
-    lines += _table(["selection", "no mixing", "paper", "CutMix", "paper"], rows)
-    metrics = ("knn_k20_top1", "semisup_top1", "positive_precision")
-    lines += ["The same runs, other metrics (the paper reports none of these):", ""] + _table(
-        ["selection", *(f"{METRICS[m][0]}, {mixing}" for m in metrics for mixing in MIXINGS)],
-        [[selection, *(results.cell(selection_variant(selection, mixing), m) for m in metrics for mixing in MIXINGS)]
-         for selection in SELECTIONS])
-
-    from clim.data.views import multicrop_size
-
-    size = scale.resolutions[0]
-    small = multicrop_size(load_config(scale.preset, overrides=[*overrides, "method.multicrop=true"]), size)
-    lines += ["## Table 7: multi-resolution vs multi-crop", "", "Center-wise positives + CutMix, α = 2.", ""]
-    lines += _variant_table(results, [(f"one resolution {{{size}}}", FULL_CLIM),
-                                      ("multi-resolution {" + ", ".join(map(str, scale.resolutions)) + "}", "multires"),
-                                      (f"multi-crop 2×{size} + 2×{small}", "multicrop")])
-    lines += ["## Table 9: CutMix α", "", "λ ~ Beta(α, α); center-wise positives, one resolution.", ""]
-    lines += _variant_table(results, [("α = 1", "alpha1"), ("α = 2", FULL_CLIM)])
-    lines += ["## Table 10: CutMix vs Mixup", "",
-              "Center-wise positives; Mixup λ ~ Beta(0.2, 0.2) (METHOD §3). METHOD §6 holds no Mixup number.", ""]
-    lines += _variant_table(results, [("CutMix", FULL_CLIM), ("Mixup", "mixup")])
-    lines += ["## Table 12: intra-class similarity", "",
-              "Mean cosine over intra-class pairs of the test split's backbone features, averaged over classes; "
-              "*all pairs*: the mean over all pairs regardless of class, for contrast.", ""]
-    rows = [[label, f"`{name}`", results.cell(name, "intra_class_similarity"),
-             results.cell(name, "all_pairs_similarity", 3), _paper(name, "intra_class_similarity")]
-            for label, name in (("MoCo v2", "mocov2"), ("CLIM", FULL_CLIM))]
-    rows.append(["supervised", "not part of the matrix", "—", "—", f"{PAPER_SUPERVISED_SIMILARITY:g}"])
-    lines += _table(["", "variant", "intra-class", "all pairs", "paper (ImageNet)"], rows)
-
-    lines += ["## Every variant, every metric", ""] + _table(
-        ["variant", "overrides", *(title for title, _ in METRICS.values()), "minutes per run"],
-        [[f"`{name}`", " ".join(f"`{o}`" for o in planned[0].variant.overrides) or "(the preset)",
-          *(results.cell(name, m) for m in METRICS),
-          format_stat(summarize(r["seconds"] / 60 for r in results.records.get(name, [])), 1)]
-         for name, planned in results.planned.items()])
-    lines += ["## Plots", ""] + plot_results(results.histories(), path.parent / PLOTS_DIR)
-    lines += _setup(scale, runs, overrides) + _machines(results)
+    claims, differences = _claims(records)
+    lines += _headline(records) + _learning(records) + claims + _tables(records, scale, overrides)
+    lines += _probe(records) + _every_variant(records)
+    curves = {name: [record["curve"] for record in by_seed.values()] for name, by_seed in records.found.items()}
+    random_init = summarize(v for name in HEADLINE for v in records.values(name, RANDOM_INIT).values())
+    lines += ["## Plots", ""] + plot_results(curves, differences, random_init.mean if random_init else None, HEADLINE,
+                                             path.parent / PLOTS_DIR)
+    lines += _setup(scale, runs, overrides) + _machines(records) + _missing(records, seeds)
     path.write_text("\n".join(lines))
     return path
 

@@ -1,7 +1,9 @@
-"""Running the matrix: every unfinished run in its own subprocess, then RESULTS.md.
+"""Running the matrix: every unfinished run in its own subprocess, one record each, then RESULTS.md.
 
 ``python -m clim.study.runner RUN_DIR`` trains (or resumes) and evaluates the run that
-``RUN_DIR/ablate.json`` describes and writes ``RUN_DIR/eval.json``.
+``RUN_DIR/ablate.json`` describes and writes its record (the path named there). The record is written
+last and atomically, so a study stopped at any moment loses at most the runs in flight; the next call
+resumes those from their checkpoints and skips every run whose record exists.
 """
 
 from __future__ import annotations
@@ -14,80 +16,125 @@ import time
 from pathlib import Path
 
 from clim.config import load_config
-from clim.study.matrix import EVAL_NAME, LOG_NAME, SCALES, SPEC_NAME, Run, plan_runs, read_eval
+from clim.study.matrix import LOG_NAME, SCALES, SPEC_NAME, Run, plan_runs, read_record
 from clim.study.results import duration, write_results
 
 EVAL_BATCH = 512
+RECORD_VERSION = 1
 
 
 def evaluate_run(run_dir: Path, evaluation: dict, seed: int) -> dict:
-    """kNN, linear (cached features), 1 % semi-supervised and intra-class similarity (METHOD §5)."""
+    """kNN (and the same backbone at random init), linear probe (cached features, lr chosen on a held-out
+    part of the train split), 1 % semi-supervised and intra-class similarity (METHOD §5)."""
+    import torch
     from torch.utils.data import Subset
 
     from clim.evaluation.common import (crop_flip_transform, eval_dataset, eval_datasets, eval_spec, load_run,
                                         num_classes_of, plain_backbone, resolve_device)
     from clim.evaluation.knn import run_knn
-    from clim.evaluation.linear import LINEAR_PRESETS, linear_on_features
+    from clim.evaluation.linear import LINEAR_PRESETS, linear_probe
     from clim.evaluation.semisup import SEMISUP_PRESETS, balanced_subset, finetune
     from clim.evaluation.similarity import intra_class_similarity
+    from clim.models.backbones import build_backbone, uses_small_stem
     from clim.runtime.features import extract_features
 
     run = load_run(run_dir, "cpu")
-    config = run.config
+    config, info = run.config, run.data_info
     device = resolve_device(config.train.device)
     run.model.to(device)
     workers = config.data.num_workers
-    train_ds, test_ds = eval_datasets(config, run.data_info)
+    train_ds, test_ds = eval_datasets(config, info)
     classes = num_classes_of(train_ds)
-    backbone = run.model.backbone_q
-    train_feats, train_labels = extract_features(backbone, train_ds, EVAL_BATCH, device, workers, False)
-    test_feats, test_labels = extract_features(backbone, test_ds, EVAL_BATCH, device, workers, False)
+
+    def features(backbone):
+        return (*extract_features(backbone, train_ds, EVAL_BATCH, device, workers, False),
+                *extract_features(backbone, test_ds, EVAL_BATCH, device, workers, False))
+
+    train_feats, train_labels, test_feats, test_labels = features(run.model.backbone_q)
     results = run_knn(train_feats, train_labels, test_feats, test_labels, classes, device=device)
+    torch.manual_seed(seed)  # the reference every claim about learning is paired with (as clim demo draws it)
+    random_init, _ = build_backbone(config.model.backbone, info["in_channels"],
+                                    uses_small_stem(info["image_size"], config.model.small_stem))
+    reference = run_knn(*features(random_init.to(device)), classes, device=device)
     labelled = train_labels >= 0
-    linear = linear_on_features(train_feats[labelled], train_labels[labelled], test_feats, test_labels, classes,
-                                LINEAR_PRESETS[evaluation["linear_preset"]], seed, device, False)
+    linear = linear_probe(train_feats[labelled], train_labels[labelled], test_feats, test_labels, classes,
+                          LINEAR_PRESETS[evaluation["linear_preset"]], seed, device, progress=False)
     similarity = intra_class_similarity(test_feats, test_labels)
 
     preset = SEMISUP_PRESETS[evaluation["semisup_preset"]]
-    spec = eval_spec(config, run.data_info)
-    train_aug = eval_dataset(config, run.data_info, (), "train", crop_flip_transform(spec, preset.crop_scale))
+    spec = eval_spec(config, info)
+    train_aug = eval_dataset(config, info, (), "train", crop_flip_transform(spec, preset.crop_scale))
     subset = balanced_subset(train_aug.labels, evaluation["semisup_fraction"], seed)
-    network, feature_dim = plain_backbone(config, run.data_info, run.model)
+    network, feature_dim = plain_backbone(config, info, run.model)
     semisup = finetune(network, feature_dim, Subset(train_aug, subset.tolist()), test_ds, classes, preset, seed,
                        device, workers, False)
-    return {**results, "linear_top1": linear["linear_top1"], "semisup_top1": semisup["semisup_top1"],
-            "semisup_labelled": int(subset.numel()),
+    return {**results, "random_init_knn_k20_top1": reference["knn_k20_top1"],
+            "linear_top1": linear["linear_top1"], "linear_lr": linear["linear_lr"],
+            "linear_sweep": linear["linear_sweep"], "linear_final_train_loss": linear["final_train_loss"],
+            "linear_loss_above_chance": linear["train_loss_above_chance"],
+            "semisup_top1": semisup["semisup_top1"], "semisup_labelled": int(subset.numel()),
             "intra_class_similarity": similarity["intra_class_similarity"],
             "all_pairs_similarity": similarity["all_pairs_similarity"]}
 
 
+def _curve(history: list[dict]) -> list[dict]:
+    """What the plots need of the metrics history, per epoch."""
+    keep = ("epoch", "knn_top1", "loss", "epoch_seconds")
+    curve = []
+    for record in history:
+        point = {key: record[key] for key in keep if key in record}
+        selection = record.get("selection") or {}
+        if "positive_precision" in selection:
+            point["positive_precision"] = selection["positive_precision"]
+        curve.append(point)
+    return curve
+
+
+def _commit() -> str | None:
+    try:
+        found = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
+                               cwd=Path(__file__).resolve().parent)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return found.stdout.strip() or None
+
+
 def run_one(run_dir: str | Path) -> dict:
-    """Train (or resume) and evaluate one run from its ``ablate.json``; writes ``eval.json``."""
+    """Train (or resume) and evaluate one run from its ``ablate.json``; writes its record."""
     from clim.engine.trainer import pretrain
     from clim.evaluation.common import resolve_device, write_result
+    from clim.runtime.checkpoint import CHECKPOINT_NAME
     from clim.runtime.machine import machine_info
 
     run_dir = Path(run_dir)
-    spec = json.loads((run_dir / SPEC_NAME).read_text())
-    started = time.perf_counter()
+    job = json.loads((run_dir / SPEC_NAME).read_text())
+    spec = job["spec"]
+    resumed = (run_dir / CHECKPOINT_NAME).exists()
+    started, cpu_started = time.perf_counter(), time.process_time()
     config = load_config(spec["preset"], overrides=spec["overrides"])
     history = pretrain(config, run_dir)
-    trained = time.perf_counter()
-    results = evaluate_run(run_dir, spec["evaluation"], config.train.seed)
+    trained, cpu_trained = time.perf_counter(), time.process_time()
+    metrics = evaluate_run(run_dir, spec["evaluation"], config.train.seed)
     precision = [r["selection"]["positive_precision"] for r in history
                  if "positive_precision" in r.get("selection", {})]
-    record = {"spec": spec, **results, "positive_precision": precision[-1] if precision else None,
-              "machine": machine_info(resolve_device(config.train.device)),
-              "epochs": len(history), "train_step_seconds": sum(r["epoch_seconds"] for r in history),
-              "train_seconds": trained - started, "eval_seconds": time.perf_counter() - trained,
-              "seconds": time.perf_counter() - started}
-    write_result(run_dir / EVAL_NAME, record)
+    metrics["positive_precision"] = precision[-1] if precision else None
+    record = {"version": RECORD_VERSION, "spec": spec, "variant": spec["variant"], "seed": spec["seed"],
+              "overrides": spec["overrides"], "metrics": metrics, "curve": _curve(history),
+              # CPU time of this process (all threads: with one torch thread, what the run takes on one core);
+              # a run resumed from a checkpoint counts only its last process (``resumed``)
+              "cpu_minutes": time.process_time() / 60, "train_cpu_minutes": (cpu_trained - cpu_started) / 60,
+              "eval_cpu_minutes": (time.process_time() - cpu_trained) / 60, "resumed": resumed,
+              "wall_minutes": (time.perf_counter() - started) / 60, "train_wall_minutes": (trained - started) / 60,
+              "epochs": len(history), "load_average": list(os.getloadavg()),
+              "machine": machine_info(resolve_device(config.train.device)), "commit": _commit()}
+    write_result(job["record"], record)
     return record
 
 
 def _execute(run: Run, threads: int | None) -> int:
     run.directory.mkdir(parents=True, exist_ok=True)
-    (run.directory / SPEC_NAME).write_text(json.dumps(run.spec, indent=2) + "\n")
+    job = {"spec": run.spec, "record": str(run.record_path.resolve())}
+    (run.directory / SPEC_NAME).write_text(json.dumps(job, indent=2) + "\n")
     env = dict(os.environ)
     if threads:
         env.setdefault("OMP_NUM_THREADS", str(threads))
@@ -100,19 +147,18 @@ def _tail(path: Path, lines: int = 15) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
 
 
-def run_matrix(scale: str, out: str | Path, seeds_main: int = 3, seeds_other: int = 2, only: str | None = None,
+def run_matrix(scale: str, out: str | Path, records: str | Path, seeds: int | None = None, only: str | None = None,
                overrides: list[str] | tuple[str, ...] = (), results: str | Path | None = None,
                command: str | None = None) -> dict:
-    """Run every unfinished run, then write RESULTS.md over the whole matrix found in ``out``.
+    """Run every unfinished run (priority order), then write RESULTS.md from the records.
 
     Returns ``{"runs", "ran", "failed", "results"}`` (``ran``: runs started by this call).
     """
-    out = Path(out)
-    runs = plan_runs(scale, out, seeds_main, seeds_other, only, overrides)
-    finished = {run.label: read_eval(run) for run in runs}
+    runs = plan_runs(scale, out, records, seeds, only, overrides)
+    finished = {run.label: read_record(run.record_path, run.spec) for run in runs}
     todo = [run for run in runs if finished[run.label] is None]
-    durations = [record["seconds"] for record in finished.values() if record]
-    print(f"clim ablate --scale {scale}: {len(runs)} runs in {out / 'runs'}, {len(runs) - len(todo)} done, "
+    durations = [record["wall_minutes"] * 60 for record in finished.values() if record]
+    print(f"clim ablate --scale {scale}: {len(runs)} runs, {len(runs) - len(todo)} recorded in {records}, "
           f"{len(todo)} to run", flush=True)
     failed = []
     for position, run in enumerate(todo, 1):
@@ -121,22 +167,23 @@ def run_matrix(scale: str, out: str | Path, seeds_main: int = 3, seeds_other: in
         started = time.perf_counter()
         code = _execute(run, SCALES[scale].threads)
         seconds = time.perf_counter() - started
-        record = read_eval(run)
+        record = read_record(run.record_path, run.spec)
         if code != 0 or record is None:
             failed.append(run.label)
             print(f"{prefix}: FAILED (exit code {code}) after {duration(seconds)}; last lines of the log:\n"
                   f"{_tail(run.directory / LOG_NAME)}", flush=True)
         else:
             durations.append(seconds)
-            print(f"{prefix}: done in {duration(seconds)}: kNN {record['knn_k20_top1']:.2f} %, linear "
-                  f"{record['linear_top1']:.2f} %, 1 % labels {record['semisup_top1']:.2f} %", flush=True)
+            metrics = record["metrics"]
+            print(f"{prefix}: done in {duration(seconds)} ({record['cpu_minutes']:.1f} CPU min): kNN "
+                  f"{metrics['knn_k20_top1']:.2f} % (random init {metrics['random_init_knn_k20_top1']:.2f}), linear "
+                  f"{metrics['linear_top1']:.2f} %, 1 % labels {metrics['semisup_top1']:.2f} %", flush=True)
         left = len(todo) - position
         if left and durations:
             mean = sum(durations) / len(durations)
             print(f"    matrix ETA {duration(left * mean)}: {left} run(s) left at the mean so far, "
                   f"{duration(mean)} per run", flush=True)
-    complete = plan_runs(scale, out, seeds_main, seeds_other, None, overrides)
-    path = write_results(scale, out, complete, results, command, overrides, only)
+    path = write_results(scale, records, results, command, overrides, seeds)
     print(f"results: {path}" + (f"; {len(failed)} run(s) failed: {', '.join(failed)}" if failed else ""), flush=True)
     return {"runs": len(runs), "ran": len(todo), "failed": failed, "results": path}
 
