@@ -42,7 +42,7 @@ def _ablate(args: argparse.Namespace) -> int:
             print(f"{run.label:24s} {run.variant.group:10s} {state:8s} {' '.join(run.spec['overrides'])}")
         return 0
     summary = run_matrix(args.scale, _out(args), _records(args), args.seeds, args.only, args.overrides,
-                         args.results, command_line(args))
+                         args.results, command_line(args), args.jobs)
     return 1 if summary["failed"] else 0
 
 
@@ -65,6 +65,8 @@ def register(subparsers) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key in every run (changes the runs' spec: they rerun)")
     parser.add_argument("--results", help="RESULTS.md path (default: RECORDS/RESULTS.md); plots go next to it")
+    parser.add_argument("--jobs", type=positive_int, default=1,
+                        help="runs at a time, each a subprocess with the scale's torch threads (cpu: 1 each)")
     parser.add_argument("--report", action="store_true", help="only write RESULTS.md from the records, run nothing")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and their state, run nothing")
     parser.set_defaults(func=_ablate)

@@ -8,10 +8,12 @@ resumes those from their checkpoints and skips every run whose record exists.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -149,8 +151,9 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 def run_matrix(scale: str, out: str | Path, records: str | Path, seeds: int | None = None, only: str | None = None,
                overrides: list[str] | tuple[str, ...] = (), results: str | Path | None = None,
-               command: str | None = None) -> dict:
-    """Run every unfinished run (priority order), then write RESULTS.md from the records.
+               command: str | None = None, jobs: int = 1) -> dict:
+    """Run every unfinished run (priority order, ``jobs`` subprocesses at a time), then write RESULTS.md
+    from the records.
 
     Returns ``{"runs", "ran", "failed", "results"}`` (``ran``: runs started by this call).
     """
@@ -159,30 +162,37 @@ def run_matrix(scale: str, out: str | Path, records: str | Path, seeds: int | No
     todo = [run for run in runs if finished[run.label] is None]
     durations = [record["wall_minutes"] * 60 for record in finished.values() if record]
     print(f"clim ablate --scale {scale}: {len(runs)} runs, {len(runs) - len(todo)} recorded in {records}, "
-          f"{len(todo)} to run", flush=True)
-    failed = []
-    for position, run in enumerate(todo, 1):
+          f"{len(todo)} to run, {jobs} at a time", flush=True)
+    failed, completed, lock = [], [], threading.Lock()
+
+    def execute(position: int, run: Run) -> None:
         prefix = f"[{position}/{len(todo)}] {run.label}"
         print(f"{prefix}: training + evaluation (log: {run.directory / LOG_NAME})", flush=True)
         started = time.perf_counter()
         code = _execute(run, SCALES[scale].threads)
         seconds = time.perf_counter() - started
         record = read_record(run.record_path, run.spec)
-        if code != 0 or record is None:
-            failed.append(run.label)
-            print(f"{prefix}: FAILED (exit code {code}) after {duration(seconds)}; last lines of the log:\n"
-                  f"{_tail(run.directory / LOG_NAME)}", flush=True)
-        else:
+        with lock:
+            if code != 0 or record is None:
+                failed.append(run.label)
+                print(f"{prefix}: FAILED (exit code {code}) after {duration(seconds)}; last lines of the log:\n"
+                      f"{_tail(run.directory / LOG_NAME)}", flush=True)
+                return
             durations.append(seconds)
+            completed.append(run.label)
             metrics = record["metrics"]
             print(f"{prefix}: done in {duration(seconds)} ({record['cpu_minutes']:.1f} CPU min): kNN "
                   f"{metrics['knn_k20_top1']:.2f} % (random init {metrics['random_init_knn_k20_top1']:.2f}), linear "
                   f"{metrics['linear_top1']:.2f} %, 1 % labels {metrics['semisup_top1']:.2f} %", flush=True)
-        left = len(todo) - position
-        if left and durations:
-            mean = sum(durations) / len(durations)
-            print(f"    matrix ETA {duration(left * mean)}: {left} run(s) left at the mean so far, "
-                  f"{duration(mean)} per run", flush=True)
+            left = len(todo) - len(completed) - len(failed)
+            if left > 0:
+                mean = sum(durations) / len(durations)
+                print(f"    matrix ETA {duration(left * mean / jobs)}: {left} run(s) left at the mean so far, "
+                      f"{duration(mean)} per run, {jobs} at a time", flush=True)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:  # FIFO: priority order is kept
+        for future in [pool.submit(execute, position, run) for position, run in enumerate(todo, 1)]:
+            future.result()
     path = write_results(scale, records, results, command, overrides, seeds)
     print(f"results: {path}" + (f"; {len(failed)} run(s) failed: {', '.join(failed)}" if failed else ""), flush=True)
     return {"runs": len(runs), "ran": len(todo), "failed": failed, "results": path}
