@@ -1,37 +1,46 @@
 """``clim ablate``: the matrix, the statistics behind RESULTS.md, and one tiny end-to-end matrix."""
 
 import json
+import math
 import re
 
 import pytest
 
 from clim.cli import main
 from clim.config import ConfigError, load_config
-from clim.study.claims import (AGREES, DISAGREES, NOT_RUN, OPPOSITE_SINGLE, OPPOSITE_WITHIN, SAME_SINGLE, SAME_WITHIN,
-                               Stat, agreement_summary, compare, format_stat, summarize)
-from clim.study.matrix import SCALES, plan_runs, read_eval
+from clim.study.claims import (AGREES, DISAGREES, INCONCLUSIVE, Stat, agreement_summary, format_stat, paired,
+                               summarize)
+from clim.study.matrix import GROUPS, SCALES, plan_runs, read_record
 from clim.study.runner import run_matrix
 
 TABLE_6 = {f"{s}-{m}" for s in ("random", "knn", "kmeans", "knn_kmeans", "center_wise") for m in ("none", "cutmix")}
 
 
-def test_matrix_has_every_variant_with_its_seed_count(tmp_path):
-    runs = plan_runs("cpu", tmp_path, seeds_main=3, seeds_other=2)
+def test_matrix_has_every_variant_with_its_group_seed_count_in_priority_order(tmp_path):
+    runs = plan_runs("cpu", tmp_path / "out", tmp_path / "records")
     seeds: dict[str, list[int]] = {}
     for run in runs:
         seeds.setdefault(run.variant.name, []).append(run.seed)
-        assert run.directory == tmp_path / "runs" / run.variant.name / f"seed{run.seed}"
-    expected = (TABLE_6 - {"center_wise-cutmix"}) | {"mocov2", "clim", "mixup", "alpha1", "multires", "multicrop"}
+        assert run.directory == tmp_path / "out" / "runs" / run.variant.name / f"seed{run.seed}"
+        assert run.record_path == tmp_path / "records" / run.variant.name / f"seed{run.seed}.json"
+    table8 = {f"m{m}-k{k}" for m in (50, 100, 200) for k in (20, 40, 60)} - {"m100-k40"}
+    expected = ((TABLE_6 - {"center_wise-cutmix"}) | table8 |
+                {"mocov2", "clim", "mocov2-time", "mixup", "alpha1", "alpha1.5", "alpha2.5", "multires", "multicrop"})
     assert set(seeds) == expected
-    assert {name: len(s) for name, s in seeds.items()} == {name: 3 if name in ("mocov2", "clim") else 2
-                                                            for name in expected}
-    assert len(runs) == 32
-    assert all(run.seed == 0 for run in runs[:len(expected)])  # seed-major: one seed of everything first
+    group = {run.variant.name: run.variant.group for run in runs}
+    assert {name: len(s) for name, s in seeds.items()} == {name: GROUPS[group[name]] for name in expected}
+    assert GROUPS == {"headline": 8, "table6": 3, "table9_10": 3, "table7": 2, "table8": 2}
+    order = [run.variant.group for run in runs]
+    assert order == sorted(order, key=list(GROUPS).index)  # group after group, in priority order
+    assert [run.label for run in runs[:6]] == ["mocov2 seed0", "clim seed0", "mocov2-time seed0", "mocov2 seed1",
+                                              "clim seed1", "mocov2-time seed1"]  # seed-major inside a group
+    capped = plan_runs("cpu", tmp_path, tmp_path, seeds=1)
+    assert len(capped) == len(expected) and {run.seed for run in capped} == {0}
 
 
 def test_variants_differ_from_full_clim_only_in_their_keys(tmp_path):
     configs = {run.variant.name: load_config(run.spec["preset"], overrides=run.spec["overrides"])
-               for run in plan_runs("cpu", tmp_path, 1, 1)}
+               for run in plan_runs("cpu", tmp_path, tmp_path, seeds=1)}
     full = configs["clim"].method
     assert (full.name, full.selection, full.mixing, full.alpha, full.multicrop) == ("clim", "center_wise", "cutmix", 2.0,
                                                                                    False)
@@ -41,29 +50,35 @@ def test_variants_differ_from_full_clim_only_in_their_keys(tmp_path):
         selection, mixing = name.split("-")
         assert (configs[name].method.selection, configs[name].method.mixing) == (selection, mixing)
     assert configs["mixup"].method.mixing == "mixup"
-    assert configs["alpha1"].method.alpha == 1.0
+    assert [configs[f"alpha{a}"].method.alpha for a in ("1", "1.5", "2.5")] == [1.0, 1.5, 2.5]
     assert configs["multires"].method.resolutions == list(SCALES["cpu"].resolutions)
     assert SCALES["cpu"].resolutions[0] == configs["clim"].data.image_size
     assert configs["multicrop"].method.multicrop is True
+    assert (configs["m50-k60"].method.num_clusters, configs["m50-k60"].method.knn_k) == (50, 60)
+    assert configs["clim"].method.num_clusters is None and 10000 // 100 == SCALES["cpu"].clusters[1]
+    time = configs.pop("mocov2-time")
+    assert (time.method.name, time.train.epochs) == ("mocov2", SCALES["cpu"].equal_time_epochs)
     epochs = {config.train.epochs for config in configs.values()}
-    assert len(epochs) == 1  # equal epochs for every variant
+    assert epochs == {10}  # equal epochs for every other variant
 
 
 @pytest.mark.parametrize("scale", list(SCALES))
 def test_every_scale_builds_valid_configs_at_its_image_size(scale, tmp_path):
-    runs = plan_runs(scale, tmp_path, 1, 1)  # loads and validates every run's config
+    runs = plan_runs(scale, tmp_path, tmp_path, seeds=1)  # loads and validates every run's config
     image_size = load_config(SCALES[scale].preset).data.image_size
     assert image_size in (None, SCALES[scale].resolutions[0])  # None: digits' native 8 px
     assert {run.spec["preset"] for run in runs} == {SCALES[scale].preset}
 
 
-def test_only_selects_by_glob_and_rejects_unknown_patterns(tmp_path):
-    runs = plan_runs("smoke", tmp_path, 3, 2, only="random-*,mocov2")
+def test_only_selects_by_glob_or_group_and_rejects_unknown_patterns(tmp_path):
+    runs = plan_runs("smoke", tmp_path, tmp_path, 2, only="random-*,mocov2")
     assert sorted({run.variant.name for run in runs}) == ["mocov2", "random-cutmix", "random-none"]
+    assert {run.variant.name for run in plan_runs("smoke", tmp_path, tmp_path, 1, only="table9_10")} == {
+        "alpha1", "alpha1.5", "alpha2.5", "mixup"}
     with pytest.raises(ConfigError, match="matches no variant"):
-        plan_runs("smoke", tmp_path, only="nothing-like-this")
+        plan_runs("smoke", tmp_path, tmp_path, only="nothing-like-this")
     with pytest.raises(ConfigError, match="unknown config key"):
-        plan_runs("smoke", tmp_path, overrides=["train.epoch=3"])
+        plan_runs("smoke", tmp_path, tmp_path, overrides=["train.epoch=3"])
 
 
 def test_mean_std_formatting():
@@ -74,62 +89,85 @@ def test_mean_std_formatting():
     assert format_stat(summarize([])) == "—"
 
 
-def test_agreement_verdicts_on_hand_made_numbers():
-    high, low = Stat(70.0, 0.5, 3), Stat(67.0, 0.5, 3)
-    assert compare(high, low) == (AGREES, "Δ = +3.00, spread 0.71")
-    assert compare(low, high)[0] == DISAGREES
-    assert compare(Stat(67.5, 0.5, 3), low)[0] == SAME_WITHIN  # 0.5 < sqrt(0.5² + 0.5²)
-    assert compare(low, Stat(67.5, 0.5, 3))[0] == OPPOSITE_WITHIN
-    assert compare(Stat(70.0, None, 1), low) == (SAME_SINGLE, "Δ = +3.00")
-    assert compare(Stat(60.0, None, 1), low)[0] == OPPOSITE_SINGLE
-    assert compare(None, low) == (NOT_RUN, "")
-    summary = agreement_summary([AGREES, AGREES, DISAGREES, SAME_WITHIN, OPPOSITE_SINGLE, NOT_RUN])
-    assert summary.startswith("Of the paper's 6 claims, 2 agree with our runs beyond the seed spread and 1 disagree")
-    assert "1 rest on single seeds (0 same way, 1 other way" in summary and "1 lack runs" in summary
+def test_paired_statistics_match_a_written_out_t_test():
+    better = {0: 81.0, 1: 82.5, 2: 80.0, 3: 83.0}
+    worse = {0: 80.0, 1: 81.0, 2: 80.5, 3: 81.0, 7: 99.0}  # seed 7 has no partner: left out
+    result = paired(better, worse)
+    differences = [1.0, 1.5, -0.5, 2.0]
+    mean = sum(differences) / 4
+    sd = (sum((d - mean) ** 2 for d in differences) / 3) ** 0.5
+    t975 = 3.182446305284263  # Student t, 3 degrees of freedom, 97.5 % quantile (tables)
+    assert result.n == 4 and result.mean == pytest.approx(mean)
+    assert (result.low, result.high) == (pytest.approx(mean - t975 * sd / 2), pytest.approx(mean + t975 * sd / 2))
+    t = mean / (sd / 2)  # Student t with 3 degrees of freedom has a closed-form CDF
+    cdf = 0.5 + (t / 3 ** 0.5 / (1 + t * t / 3) + math.atan(t / 3 ** 0.5)) / math.pi
+    assert result.p == pytest.approx(2 * (1 - cdf))
+    assert (result.wins, result.losses) == (3, 1)
+    assert result.verdict == INCONCLUSIVE  # the interval contains 0
+    clear = paired({s: 80.0 + s % 2 * 0.1 for s in range(8)}, {s: 78.0 for s in range(8)})
+    assert clear.low > 0 and clear.verdict == AGREES
+    assert paired({s: 78.0 for s in range(8)}, {s: 80.0 + s % 2 * 0.1 for s in range(8)}).verdict == DISAGREES
+    assert paired({0: 1.0}, {0: 0.0}).verdict == INCONCLUSIVE  # one pair: no interval
+    assert paired({0: 1.0}, {1: 0.0}) is None
+    summary = agreement_summary([AGREES, AGREES, DISAGREES, INCONCLUSIVE, "not run"])
+    assert summary.startswith("Of the paper's 5 claims tested here, 2 agree") and "1 disagree" in summary
 
 
-def test_smoke_matrix_end_to_end_then_resume_skips_finished_runs(tmp_path, capsys):
-    out = tmp_path / "matrix"
-    summary = run_matrix("smoke", out, seeds_main=1, seeds_other=1, only="mocov2,clim")
+def test_smoke_matrix_end_to_end_then_resume_skips_recorded_runs(tmp_path, capsys):
+    out, records = tmp_path / "out", tmp_path / "records"
+    summary = run_matrix("smoke", out, records, seeds=1, only="mocov2,clim", jobs=2)
     assert (summary["runs"], summary["ran"], summary["failed"]) == (2, 2, [])
-    results = summary["results"].read_text()
-    for heading in ("## Headline", "## What agrees with the paper", "## Table 6", "## Table 7", "## Table 9",
-                    "## Table 10", "## Table 12", "## Machine"):
-        assert heading in results
-    clim = json.loads((out / "runs" / "clim" / "seed0" / "eval.json").read_text())
-    assert 0.0 <= clim["positive_precision"] <= 1.0  # a refresh happened and was read from metrics.jsonl
-    assert f"{clim['linear_top1']:.2f} (n=1)" in results  # real numbers, from the run's eval.json
-    assert re.search(r"CLIM beats MoCo v2 at equal epochs .*\*\*(same|opposite) direction, one seed\*\*", results)
-    assert (out / "ablation_plots" / "knn_over_epochs.png").stat().st_size > 0
-    assert (out / "ablation_plots" / "positive_precision.png").stat().st_size > 0
-    assert "[2/2] clim seed0: done" in capsys.readouterr().out
+    record = json.loads((records / "clim" / "seed0.json").read_text())
+    assert record["spec"]["variant"] == "clim" and record["seed"] == 0 and record["commit"]
+    metrics = record["metrics"]
+    assert 0.0 <= metrics["positive_precision"] <= 1.0  # a refresh happened and was read from the history
+    assert 0 < metrics["random_init_knn_k20_top1"] <= 100 and 0 < record["cpu_minutes"] < 10
+    sweep = {float(lr): top1 for lr, top1 in metrics["linear_sweep"].items()}
+    assert metrics["linear_lr"] == max(sweep, key=lambda lr: (sweep[lr], -lr))  # the best held-out lr
+    assert [point["epoch"] for point in record["curve"]] == [1, 2] and "machine" in record
+    output = capsys.readouterr().out
+    assert "clim seed0: done" in output and "2 to run, 2 at a time" in output
 
-    checkpoint = out / "runs" / "clim" / "seed0" / "checkpoint.pt"
-    written = checkpoint.stat().st_mtime_ns
-    code = main(["ablate", "--scale", "smoke", "--out", str(out), "--seeds-main", "1", "--seeds-other", "1",
-                 "--only", "mocov2,clim"])
-    assert code == 0
-    assert "2 done, 0 to run" in capsys.readouterr().out
-    assert checkpoint.stat().st_mtime_ns == written  # nothing retrained
-    changed = plan_runs("smoke", out, 1, 1, only="clim", overrides=["train.lr=0.01"])[0]
-    assert read_eval(changed) is None  # another spec in the same folder is not taken as finished
+    # RESULTS.md comes from the records alone: the run folders may be gone
+    import shutil
+
+    shutil.rmtree(out)
+    assert main(["ablate", "--scale", "smoke", "--records", str(records), "--seeds", "1", "--report",
+                 "--results", str(tmp_path / "RESULTS.md")]) == 0
+    results = (tmp_path / "RESULTS.md").read_text()
+    for heading in ("## Headline", "## Does the regime learn?", "## The paper's claims", "## Table 6", "## Table 7",
+                    "## Table 8", "## Table 9", "## Table 10", "## Table 12", "## The linear probe", "## Machine",
+                    "## Missing records"):
+        assert heading in results
+    assert f"{metrics['knn_k20_top1']:.2f} (n=1)" in results  # real numbers, from the record
+    assert re.search(r"CLIM beats MoCo v2 at equal epochs \(linear\) .*\*\*inconclusive\*\*", results)
+    assert "`mocov2-time` seed(s) 0" in results  # a missing record is named
+    assert (tmp_path / "ablation_plots" / "knn_over_epochs.png").stat().st_size > 0
+
+    written = (records / "clim" / "seed0.json").stat().st_mtime_ns
+    assert main(["ablate", "--scale", "smoke", "--records", str(records), "--out", str(out), "--seeds", "1",
+                 "--only", "mocov2,clim"]) == 0
+    assert "2 runs, 2 recorded in" in capsys.readouterr().out
+    assert (records / "clim" / "seed0.json").stat().st_mtime_ns == written  # nothing retrained
+    changed = plan_runs("smoke", out, records, 1, only="clim", overrides=["train.lr=0.01"])[0]
+    assert read_record(changed.record_path, changed.spec) is None  # another spec is not taken as finished
 
 
 def test_results_name_no_machine_path(tmp_path):
-    """RESULTS.md is committed: an absolute --out / --results shows as its last name only."""
+    """RESULTS.md is committed: an absolute --records / --results shows as its last name only."""
     import argparse
 
     from clim.study.cli import command_line
     from clim.study.results import write_results
 
-    out = tmp_path / "matrix-cpu"
-    text = write_results("smoke", out, [], path=tmp_path / "RESULTS.md").read_text()
-    assert str(tmp_path) not in text and "`matrix-cpu`" in text and "--out matrix-cpu" in text
-    args = argparse.Namespace(scale="cpu", out=str(out), seeds_main=3, seeds_other=2, overrides=["train.epochs=2"],
+    records = tmp_path / "ablate-cpu"
+    text = write_results("smoke", records, path=tmp_path / "RESULTS.md").read_text()
+    assert str(tmp_path) not in text and "`ablate-cpu`" in text and "No records yet." in text
+    args = argparse.Namespace(scale="cpu", records=str(records), out=None, seeds=None, overrides=["train.epochs=2"],
                               results=str(tmp_path / "docs" / "RESULTS.md"))
     line = command_line(args)
     assert str(tmp_path) not in line
-    assert line == ("clim ablate --scale cpu --out matrix-cpu --seeds-main 3 --seeds-other 2 --set train.epochs=2 "
+    assert line == ("clim ablate --scale cpu --records ablate-cpu --out runs/ablate-cpu --set train.epochs=2 "
                     "--results RESULTS.md")
-    args.out, args.results = "runs/m", None  # relative paths stay as given
-    assert "--out runs/m " in command_line(args)
+    args.records, args.results = None, None
+    assert "--records results/ablate-cpu " in command_line(args)

@@ -114,19 +114,38 @@ def _scaled_milestones(milestones, old_epochs: int, new_epochs: int) -> tuple[in
     return tuple(sorted({max(1, round(m * new_epochs / old_epochs)) for m in milestones if m < old_epochs}))
 
 
+def _lr_value(text: str) -> str | float:
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
+
+
 def _linear(args: argparse.Namespace) -> int:
     from clim.evaluation import common
-    from clim.evaluation.linear import (LINEAR_PRESETS, linear_on_backbone, linear_on_features,
-                                        preset_settings, resolve_preset)
+    from clim.evaluation.linear import (LINEAR_PRESETS, PROBE_HOLDOUT, above_chance_loss, choose_lr,
+                                        linear_on_backbone, linear_on_features, preset_settings, resolve_preset)
 
     session = _Session(args, "linear")
     name, preset = resolve_preset(args.preset, session.spec.image_size, LINEAR_PRESETS)
     if args.epochs is not None:
         preset = replace(preset, epochs=args.epochs,
                          milestones=_scaled_milestones(preset.milestones, preset.epochs, args.epochs))
-    preset = replace(preset, batch_size=args.batch_size, lr=args.lr if args.lr is not None else preset.lr)
     backbone = session.run.model.backbone_q
-    classes = None
+    sweep = {}
+    if args.lr == "auto":  # chosen on cached features of a held-out part of the train split, never the test split
+        train_ds, _ = session.datasets()
+        train_feats, train_labels = session.features(backbone, train_ds)
+        keep = train_labels >= 0
+        lr, sweep = choose_lr(train_feats[keep], train_labels[keep], common.num_classes_of(train_ds),
+                              replace(preset, batch_size=args.batch_size), args.seed, session.device,
+                              progress=session.progress)
+        sweep = {"lr_sweep": sweep, "lr_sweep_holdout": PROBE_HOLDOUT}
+    else:
+        lr = float(args.lr) if args.lr is not None else preset.lr
+    preset = replace(preset, batch_size=args.batch_size, lr=lr)
     if args.cached_features:
         train_ds, test_ds = session.datasets()
         classes = common.num_classes_of(train_ds)
@@ -140,13 +159,15 @@ def _linear(args: argparse.Namespace) -> int:
         classes = common.num_classes_of(train_ds)
         results = linear_on_backbone(backbone, train_ds, test_ds, classes, preset, args.seed, session.device,
                                      session.num_workers, session.progress)
+    above = above_chance_loss(results["final_train_loss"], classes)
     record = {**session.settings("linear", train=train_ds, test=test_ds), **results, **preset_settings(name, preset),
-              "num_classes": classes, "cached_features": args.cached_features,
+              **sweep, "train_loss_above_chance": above, "num_classes": classes, "cached_features": args.cached_features,
               "train_augmentation": ("none (cached features of un-augmented images; deviation from METHOD §5)"
                                      if args.cached_features else
                                      f"RandomResizedCrop(scale={list(preset.crop_scale)}) + horizontal flip")}
     top1 = results["linear_top1"]
-    return session.finish(record, f"linear top-1 {top1:.2f}% ({name}, {preset.epochs} epochs)")
+    return session.finish(record, f"linear top-1 {top1:.2f}% ({name}, {preset.epochs} epochs, lr {preset.lr:g}, "
+                                  f"final train loss {results['final_train_loss']:.3f})")
 
 
 def _sample_paths(dataset) -> list[str]:
@@ -255,7 +276,8 @@ def register(subparsers) -> None:
     linear.add_argument("--preset", default="auto", choices=["auto", "paper", "small", "quick"],
                         help="auto: paper above 64 px, small at or below (see clim.evaluation.linear)")
     linear.add_argument("--epochs", type=positive_int, help="override the preset's epochs (decay points scale along)")
-    linear.add_argument("--lr", type=float, help="override the preset's learning rate (paper: 30)")
+    linear.add_argument("--lr", type=_lr_value, help="override the preset's learning rate (paper: 30); auto: the "
+                                                     "best of a small sweep on a held-out 20 %% of the train split")
     linear.add_argument("--cached-features", action="store_true",
                         help="train on features of un-augmented images extracted once (fast; "
                              "drops the train augmentation, a deviation from the protocol)")

@@ -190,34 +190,52 @@ PROBE_LRS = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
 PROBE_HOLDOUT = 0.2
 
 
+def choose_lr(train_feats: torch.Tensor, train_labels: torch.Tensor, num_classes: int, preset: LinearPreset,
+              seed: int = 0, device: str | torch.device = "cpu", lrs: Iterable[float] = PROBE_LRS,
+              holdout: float = PROBE_HOLDOUT, progress: bool | None = None) -> tuple[float, dict[str, float]]:
+    """The lr of ``lrs`` whose classifier, trained on ``1 - holdout`` of the training features (a
+    class-stratified split drawn with ``seed``), scores best on the rest (ties: the smaller lr); and every
+    lr's held-out top-1 (-inf: it diverged). Only training images take part."""
+    fit_rows, held_rows = stratified_holdout(train_labels, holdout, seed)
+    sweep = {}
+    for lr in lrs:
+        try:
+            trial = linear_on_features(train_feats[fit_rows], train_labels[fit_rows], train_feats[held_rows],
+                                       train_labels[held_rows], num_classes, _with_lr(preset, lr), seed, device,
+                                       progress)
+        except FloatingPointError:  # this lr diverged: it cannot be chosen
+            sweep[lr] = float("-inf")
+            continue
+        sweep[lr] = trial["linear_top1"]
+    best = min(sweep, key=lambda lr: (-sweep[lr], lr))
+    return best, {str(lr): top1 for lr, top1 in sweep.items()}
+
+
+def above_chance_loss(loss: float, num_classes: int) -> bool:
+    """Whether a final train loss is above ln C, the loss of guessing; warns on stderr when it is."""
+    chance = math.log(num_classes)
+    if loss > chance:
+        print(f"warning: the linear classifier's final train loss {loss:.3f} is above ln C = {chance:.3f} (the loss of "
+              "guessing): its lr does not fit these features; try other lrs (clim eval linear --lr auto)",
+              file=sys.stderr)
+    return loss > chance
+
+
 def linear_probe(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor,
                  test_labels: torch.Tensor, num_classes: int, preset: LinearPreset, seed: int = 0,
                  device: str | torch.device = "cpu", lrs: Iterable[float] = PROBE_LRS,
                  holdout: float = PROBE_HOLDOUT, progress: bool | None = None) -> dict:
-    """The linear classifier on fixed features with its lr chosen on a held-out part of the train split.
+    """The linear classifier on fixed features with its lr chosen on a held-out part of the train split
+    (:func:`choose_lr`), retrained with that lr on the whole train split and scored on the test split.
 
-    Each lr of ``lrs`` trains on ``1 - holdout`` of the training features (a class-stratified split drawn
-    with ``seed``) and is scored on the rest; the best one (ties: the smaller lr) is retrained on the whole
-    train split and evaluated on the test split. The test split never takes part in the choice. Returns
-    the test accuracy, the chosen lr, every lr's held-out top-1, the final train loss and whether it ended
-    above ln C (a classifier no better than guessing; warned on stderr).
+    Returns the test accuracy, the chosen lr, every lr's held-out top-1, the final train loss and whether
+    it ended above ln C (warned on stderr).
     """
-    fit_rows, held_rows = stratified_holdout(train_labels, holdout, seed)
-    sweep = {}
-    for lr in lrs:
-        trial = linear_on_features(train_feats[fit_rows], train_labels[fit_rows], train_feats[held_rows],
-                                   train_labels[held_rows], num_classes, _with_lr(preset, lr), seed, device, progress)
-        sweep[lr] = trial["linear_top1"]
-    best = min(sweep, key=lambda lr: (-sweep[lr], lr))
+    best, sweep = choose_lr(train_feats, train_labels, num_classes, preset, seed, device, lrs, holdout, progress)
     result = linear_on_features(train_feats, train_labels, test_feats, test_labels, num_classes,
                                 _with_lr(preset, best), seed, device, progress)
-    chance_loss = math.log(num_classes)
-    above = result["final_train_loss"] > chance_loss
-    if above:
-        print(f"warning: the linear probe's final train loss {result['final_train_loss']:.3f} is above ln C = "
-              f"{chance_loss:.3f}: it learned less than guessing; try other --lr values", file=sys.stderr)
-    return {**result, "linear_lr": best, "linear_sweep": {str(lr): top1 for lr, top1 in sweep.items()},
-            "linear_holdout": holdout, "train_loss_above_chance": above}
+    return {**result, "linear_lr": best, "linear_sweep": sweep, "linear_holdout": holdout,
+            "train_loss_above_chance": above_chance_loss(result["final_train_loss"], num_classes)}
 
 
 def _with_lr(preset: LinearPreset, lr: float) -> LinearPreset:

@@ -1,5 +1,6 @@
 import argparse
 import json
+import math
 
 import pytest
 
@@ -60,6 +61,18 @@ def test_linear_protocol_path_with_augmentation(tiny_ckpt, tiny_data, tmp_path):
                 "--out", str(out)) == 0
     record = json.loads(out.read_text())
     assert record["cached_features"] is False and "RandomResizedCrop" in record["train_augmentation"]
+
+
+def test_linear_lr_auto_is_chosen_on_held_out_train_images(tiny_ckpt, tiny_data, tmp_path):
+    out = tmp_path / "linear.json"
+    assert _run("eval", "linear", *_common(tiny_ckpt), "--preset", "quick", "--epochs", "1", "--cached-features",
+                "--lr", "auto", "--out", str(out)) == 0
+    record = json.loads(out.read_text())
+    sweep = {float(lr): top1 for lr, top1 in record["lr_sweep"].items()}
+    assert record["lr"] == max(sweep, key=lambda lr: (sweep[lr], -lr)) and record["lr_sweep_holdout"] == 0.2
+    assert record["train_loss_above_chance"] == (record["final_train_loss"] > math.log(record["num_classes"]))
+    with pytest.raises(SystemExit):
+        _run("eval", "linear", *_common(tiny_ckpt), "--lr", "fast")
 
 
 def test_errors_are_config_or_file_errors(tiny_ckpt, tiny_data, tmp_path):

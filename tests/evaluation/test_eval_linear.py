@@ -1,9 +1,11 @@
+import math
+
 import torch
 from torch import nn
 
 from clim.runtime.features import extract_features
-from clim.evaluation.linear import (LINEAR_PRESETS, linear_on_backbone, linear_on_features, resolve_preset,
-                                    topk_accuracy)
+from clim.evaluation.linear import (LINEAR_PRESETS, linear_on_backbone, linear_on_features, linear_probe,
+                                    resolve_preset, topk_accuracy)
 
 
 class _Items(torch.utils.data.Dataset):
@@ -67,3 +69,33 @@ def test_extract_features_restores_mode_and_keeps_order():
     assert module.training
     assert torch.allclose(feats, module[0](x).detach(), atol=1e-6)  # eval mode: no dropout
     assert labels.tolist() == list(range(10)) and feats.dtype == torch.float32
+
+
+def _blobs(n: int = 600, noise: float = 2.5, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 10
+    features = torch.randn(10, 16, generator=generator)[labels] + noise * torch.randn(n, 16, generator=generator)
+    return features, labels
+
+
+def test_linear_probe_chooses_its_lr_on_held_out_train_images_never_the_test_split():
+    features, labels = _blobs()
+    train, test = slice(0, 500), slice(500, 600)
+    lrs = (0.001, 0.1, 3.0)
+    result = linear_probe(features[train], labels[train], features[test], labels[test], 10, LINEAR_PRESETS["quick"],
+                          lrs=lrs)
+    sweep = {float(lr): top1 for lr, top1 in result["linear_sweep"].items()}
+    assert set(sweep) == set(lrs) and result["linear_lr"] == max(sweep, key=lambda lr: (sweep[lr], -lr))
+    shuffled = labels[test][torch.randperm(100, generator=torch.Generator().manual_seed(1))]
+    again = linear_probe(features[train], labels[train], features[test], shuffled, 10, LINEAR_PRESETS["quick"], lrs=lrs)
+    assert again["linear_sweep"] == result["linear_sweep"] and again["linear_lr"] == result["linear_lr"]
+    assert again["linear_top1"] != result["linear_top1"]  # the test labels only change the reported accuracy
+    assert result["final_train_loss"] < math.log(10) and not result["train_loss_above_chance"]
+
+
+def test_linear_probe_flags_a_train_loss_above_ln_c(capsys):
+    features, labels = _blobs(noise=1.0)
+    result = linear_probe(100 * features[:500], labels[:500], 100 * features[500:], labels[500:], 10,
+                          LINEAR_PRESETS["quick"], lrs=(300.0,))
+    assert result["final_train_loss"] > math.log(10) and result["train_loss_above_chance"]
+    assert "above ln C" in capsys.readouterr().err
