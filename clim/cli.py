@@ -33,14 +33,15 @@ def _add_config_arguments(parser: argparse.ArgumentParser, require_source: bool)
 
 
 def _pretrain(args: argparse.Namespace) -> int:
+    config = load_config(args.preset, args.config, args.overrides)  # a bad key fails before torch loads (~4 s)
     from clim.engine.trainer import pretrain
 
-    config = load_config(args.preset, args.config, args.overrides)
     pretrain(config, args.out)
     return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
+    load_config(args.preset, overrides=args.overrides)  # a bad key fails before torch loads
     from clim.demo import run_demo
 
     run_demo(args.out, args.preset, args.overrides)
@@ -113,6 +114,18 @@ def _exit_code(error: BaseException) -> int | None:
     return None
 
 
+def _error_line(error: BaseException, out: str | None) -> str:
+    """The one line a user error prints; an OSError on the ``--out`` path (or a folder above it: a
+    read-only or special file system that ``check_writable`` could not foresee) names ``--out``."""
+    filename = getattr(error, "filename", None) if isinstance(error, OSError) else None
+    if out and filename is not None:
+        target, failed = Path(out).expanduser().absolute(), Path(os.fsdecode(filename)).expanduser().absolute()
+        if failed == target or failed in target.parents or target in failed.parents:
+            return (f"--out {out} cannot be written: {error.strerror or error} ({failed}); "
+                    f"choose another --out")
+    return str(error)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="clim", description="CLIM: Center-wise Local Image Mixture for contrastive representation learning")
@@ -170,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         code = _exit_code(error)
         if code is None:
             raise
-        print(f"clim: error: {error}", file=sys.stderr)
+        print(f"clim: error: {_error_line(error, getattr(args, 'out', None))}", file=sys.stderr)
         return code
     except KeyboardInterrupt:
         print("clim: interrupted; run the same command again to resume", file=sys.stderr)

@@ -226,3 +226,34 @@ def test_inspect_rejects_bad_checkpoints_in_one_line(tmp_path, capsys):
     for name in ("text.pt", "pickled.pt", "truncated.pt"):
         assert main(["inspect", str(tmp_path / "ckpts" / name)]) == 2, name
         assert expected[name] in _one_error_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["pretrain", "--preset", "demo-cpu", "--set", "bogus.key=1"], "'bogus.key'"),
+    (["pretrain", "--preset", "demo-cpu", "--set", "train.epochs=0"], "'train.epochs'"),
+    (["demo", "--set", "method.mixing=blend"], "'method.mixing'"),
+])
+def test_config_errors_come_before_torch_is_imported(run_python, tmp_path, args, expected):
+    """A bad key or value fails in well under a second: torch (~4 s to import) is not loaded yet."""
+    code = ("import sys\nfrom clim.cli import main\n"
+            f"code = main({args + ['--out', str(tmp_path / 'run')]!r})\n"
+            "print('torch imported' if 'torch' in sys.modules else 'torch not imported')\nsys.exit(code)")
+    result = run_python(["-c", code], timeout=120)
+    assert result.returncode == 2 and result.stdout.strip() == "torch not imported", result.stdout + result.stderr
+    assert expected in _one_error_line(result.stderr)
+
+
+def test_os_error_on_the_out_path_names_out(tmp_path, capsys):
+    import errno
+
+    from clim.cli import _error_line
+
+    out = tmp_path / "run"
+    for failed in (out, out / "checkpoint.pt", tmp_path):
+        line = _error_line(OSError(errno.EROFS, "Read-only file system", str(failed)), str(out))
+        assert line.startswith(f"--out {out} cannot be written: Read-only file system") and "choose another --out" in line
+    unrelated = OSError(errno.EACCES, "Permission denied", str(tmp_path / "elsewhere.pt"))
+    assert "--out" not in _error_line(unrelated, str(out))
+    # in a command, as a user meets it: /proc accepts no new file even where os.access allows it (root)
+    assert main(["config", "--preset", "demo-cpu", "--out", "/proc/clim-test.yaml"]) == 2
+    assert "--out /proc/clim-test.yaml" in _one_error_line(capsys.readouterr().err)
