@@ -1,8 +1,8 @@
 """Folders of image files: ImageNet layout, class folders directly, or a flat unlabelled folder.
 
 Real-world folders contain broken files. They are found once, at construction (extension,
-then a cheap PIL check), counted and reported in ONE warning instead of crashing an epoch hours
-later. Files that pass the check but still fail to decode in a worker are replaced by the next
+then a cheap PIL check), counted and reported in one line on stderr (then the first paths), instead
+of crashing an epoch hours later. Files that pass the check but still fail to decode in a worker are replaced by the next
 decodable image (see ``ImageFolderDataset.__getitem__``).
 
 The check opens every file (about 2 minutes for ImageNet's 1.28M), so its result is cached: a small
@@ -27,6 +27,7 @@ import os
 import sys
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -44,10 +45,14 @@ __all__ = ["IMAGE_EXTENSIONS", "ImageFolderDataset", "ImageFolderScan", "check_i
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".pbm", ".bmp", ".tif", ".tiff",
                               ".webp", ".gif"})
-_LISTED = 20  # skipped paths named in the warning; the rest are counted
+_LISTED = 20  # skipped paths listed under the report line; the rest are counted
 _FALLBACK_TRIES = 64  # consecutive undecodable files tolerated before __getitem__ gives up
 _VERIFY_BATCH = 8192  # files per thread-pool batch, so huge folders do not queue a million futures
 _INDEX_VERSION = 1  # bump when check_image's verdicts change: older indexes are then ignored
+_OUTSIDE = "file outside the class folders"
+_NOT_IMAGE = "not an image file extension"
+_NOT_TRAIN_CLASS = "class folder absent from the train split"
+_REPORTED: set[tuple] = set()  # what this process has said about a folder (see _log_once)
 
 
 def _is_hidden(name: str) -> bool:
@@ -161,6 +166,14 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def _log_once(key: tuple, message: str) -> None:
+    """``_log`` unless this process said it already: the trainer (pretrain split, then its kNN monitor's
+    train split) and the evaluation holdout (train, then test) scan the same folder twice."""
+    if key not in _REPORTED:
+        _REPORTED.add(key)
+        _log(message)
+
+
 def _relative(folder: Path, paths: list[Path]) -> list[str]:
     """Paths relative to ``folder`` (string slicing: os.path.relpath costs seconds for a million files)."""
     prefix = os.path.join(str(folder), "")
@@ -225,8 +238,11 @@ def _verify_with_index(folder: Path, paths: list[Path], threads: int) -> list[st
         recheck = [i for i, reason in enumerate(reasons) if reason is not None]
         for i in recheck:  # few: a file repaired since comes back
             reasons[i] = check_image(paths[i])
-        _log(f"dataset index: reused cached verification of {len(paths)} files ({key}, checked "
-             f"{index.get('created', '?')}; {len(recheck)} rejected file(s) re-checked; index {index_file})")
+        unreadable = sum(reason is not None for reason in reasons)
+        _log_once(("index", str(key), fingerprint),
+                  f"dataset index: reused the cached check of {len(paths)} image files ({key}, checked "
+                  f"{index.get('created', '?')}; {unreadable} unreadable after re-checking {len(recheck)}; "
+                  f"index {index_file})")
         return reasons
     started = time.perf_counter()
     reasons = _verify_all(paths, threads)
@@ -234,14 +250,15 @@ def _verify_with_index(folder: Path, paths: list[Path], threads: int) -> list[st
     failed = _write_index(index_file, {
         "version": _INDEX_VERSION, "folder": str(key), "fingerprint": fingerprint, "files": len(paths),
         "created": time.strftime("%Y-%m-%d %H:%M:%S"), "rejected": rejected})
-    _log(f"dataset index: verified {len(paths)} files in {time.perf_counter() - started:.1f} s ({key}, "
-         f"{len(rejected)} rejected); " + (f"not cached ({failed})" if failed else f"cached in {index_file}"))
+    _log_once(("index", str(key), fingerprint),
+              f"dataset index: checked {len(paths)} image files in {time.perf_counter() - started:.1f} s ({key}, "
+              f"{len(rejected)} unreadable); " + (f"not cached ({failed})" if failed else f"cached in {index_file}"))
     return reasons
 
 
 def scan_image_folder(root: str | os.PathLike, split: str = "pretrain", verify: bool = True,
                       threads: int | None = None) -> ImageFolderScan:
-    """Find the split's images and labels; warn once about everything skipped.
+    """Find the split's images and labels; report everything skipped in one line (once per process).
 
     ``verify=False`` keeps every file with an image extension (for folders too large to check;
     broken files are then only caught, and replaced, at load time). ``verify=True`` reuses the
@@ -261,8 +278,8 @@ def scan_image_folder(root: str | os.PathLike, split: str = "pretrain", verify: 
             if sub.name in class_to_idx:
                 candidates += [(p, class_to_idx[sub.name]) for p in _walk(sub)]
             elif folder != train_folder and _has_images(sub):
-                skipped.append((str(sub), f"class folder not present in {train_folder}"))
-        skipped += [(str(p), "file outside the class folders") for p in _top_files(folder)]
+                skipped.append((str(sub), _NOT_TRAIN_CLASS))
+        skipped += [(str(p), _OUTSIDE) for p in _top_files(folder)]
     else:
         if split != "pretrain":
             raise ValueError(f"imagefolder: {train_folder} has no class folders with images, so it has no labels; "
@@ -270,7 +287,7 @@ def scan_image_folder(root: str | os.PathLike, split: str = "pretrain", verify: 
         candidates = [(p, -1) for p in _top_files(folder)]
 
     images = [(p, y) for p, y in candidates if _has_image_ext(p.name)]
-    skipped += [(str(p), "not an image file extension") for p, _ in candidates if not _has_image_ext(p.name)]
+    skipped += [(str(p), _NOT_IMAGE) for p, _ in candidates if not _has_image_ext(p.name)]
     if verify and images:
         reasons = _verify_with_index(folder, [p for p, _ in images], threads or min(32, 4 * (os.cpu_count() or 1)))
         skipped += [(str(p), r) for (p, _), r in zip(images, reasons) if r is not None]
@@ -287,23 +304,40 @@ def scan_image_folder(root: str | os.PathLike, split: str = "pretrain", verify: 
         skipped=skipped,
         empty_classes=empty,
     )
-    _warn_skipped(scan)
+    _report_skipped(scan)
     return scan
 
 
-def _warn_skipped(scan: ImageFolderScan) -> None:
+def _skip_kind(reason: str) -> str:
+    return reason if reason in (_OUTSIDE, _NOT_IMAGE) else "unreadable"
+
+
+def _report_skipped(scan: ImageFolderScan) -> None:
+    """One line that counts what the scan left out (the counts add up to the files found), then the
+    first ``_LISTED`` paths; said once per process for the same folder and result."""
     if not scan.skipped and not scan.empty_classes:
         return
-    lines = [f"imagefolder {scan.folder}:"]
-    if scan.skipped:
-        lines.append(f"skipped {len(scan.skipped)} file(s):")
-        lines += [f"  {path} ({reason})" for path, reason in scan.skipped[:_LISTED]]
-        if len(scan.skipped) > _LISTED:
-            lines.append(f"  ... and {len(scan.skipped) - _LISTED} more")
+    files = [(path, reason) for path, reason in scan.skipped if reason != _NOT_TRAIN_CLASS]
+    folders = [path for path, reason in scan.skipped if reason == _NOT_TRAIN_CLASS]
+    parts = []
+    if files:
+        kinds = Counter(_skip_kind(reason) for _, reason in files)
+        counts = ", ".join(f"{kinds[kind]} {label}" for kind, label in (
+            ("unreadable", "unreadable images"), (_NOT_IMAGE, "without an image extension"),
+            (_OUTSIDE, "outside the class folders")) if kinds[kind])
+        parts.append(f"skipped {len(files)} of {len(scan.files) + len(files)} files ({counts})")
+    if folders:
+        parts.append(f"skipped {len(folders)} class folder(s) absent from the train split: "
+                     + ", ".join(Path(path).name for path in folders))
     if scan.empty_classes:
-        lines.append(f"skipped {len(scan.empty_classes)} class folder(s) without images (no label id): "
-                     + ", ".join(scan.empty_classes))
-    warnings.warn("\n".join(lines), stacklevel=3)
+        parts.append(f"ignored {len(scan.empty_classes)} class folder(s) without images: " + ", ".join(scan.empty_classes))
+    lines = [f"imagefolder {scan.folder}: using {len(scan.files)} images; " + "; ".join(parts)
+             + ". Repair or remove them to use them (or to silence this)" + (":" if files else "")]
+    lines += [f"  {path} ({reason})" for path, reason in files[:_LISTED]]
+    if len(files) > _LISTED:
+        lines.append(f"  ... and {len(files) - _LISTED} more")
+    _log_once(("skipped", str(scan.folder)) + tuple(map(tuple, scan.skipped)) + tuple(scan.empty_classes),
+              "\n".join(lines))
 
 
 class ImageFolderDataset(Dataset):

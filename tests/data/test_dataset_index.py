@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ from data_fakes import rgb, save_image
 def cache_dir(tmp_path, monkeypatch) -> Path:
     cache = tmp_path / "cache"
     monkeypatch.setenv("CLIM_CACHE", str(cache))
+    monkeypatch.setattr(imagefolder, "_REPORTED", set())  # each test starts as a fresh process
     return cache
 
 
@@ -49,9 +49,7 @@ def folder(tmp_path) -> Path:
 
 
 def build(root, split="train", **kwargs):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the skipped broken.jpg
-        return build_dataset("imagefolder", root, split, **kwargs)
+    return build_dataset("imagefolder", root, split, **kwargs)
 
 
 def files(dataset) -> list[str]:
@@ -62,15 +60,23 @@ def test_second_build_reuses_the_verification(folder, checks, capfd, cache_dir):
     first = build(folder)
     assert sorted(checks) == sorted(["c0.jpg", "c1.jpg", "c2.jpg", "d0.png", "d1.png", "d2.png", "broken.jpg"])
     err = capfd.readouterr().err
-    assert "dataset index: verified 7 files" in err and "1 rejected" in err
+    assert "dataset index: checked 7 image files" in err and "1 unreadable" in err
     assert len(list(cache_dir.glob("index/*.json"))) == 1
 
+    checks.clear()
+    again = build(folder)  # the same process scanning the same folder (the trainer's kNN monitor): said once
+    assert checks == ["broken.jpg"] and files(again) == files(first)
+    assert capfd.readouterr().err == ""
+
+    imagefolder._REPORTED.clear()  # a new process
     checks.clear()
     second = build(folder)
     assert checks == ["broken.jpg"]  # only the rejected file is opened again (a repaired one comes back)
     err = capfd.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("dataset index:")]
-    assert len(lines) == 1 and lines[0].startswith("dataset index: reused cached verification of 7 files")
+    assert len(lines) == 1 and lines[0].startswith("dataset index: reused the cached check of 7 image files")
+    assert "1 unreadable after re-checking 1" in lines[0]
+    assert sum(line.startswith("imagefolder ") for line in err.splitlines()) == 1
     assert files(second) == files(first) and "broken.jpg" not in files(second)
     assert second.labels.tolist() == first.labels.tolist()
     assert [reason for _, reason in second.skipped] == [reason for _, reason in first.skipped]
@@ -113,7 +119,7 @@ def test_changed_folder_invalidates_the_index(folder, checks, capfd, change):
     expected = {"add": 7, "remove": 5, "rename": 6, "nested": 7}[change]
     assert len(checks) == expected + 1  # every file checked again, broken.jpg included
     assert len(dataset) == expected
-    assert "dataset index: verified" in capfd.readouterr().err
+    assert "dataset index: checked" in capfd.readouterr().err
     checks.clear()
     build(folder)
     assert checks == ["broken.jpg"]  # and the new index is used from then on

@@ -1,8 +1,11 @@
-"""imagefolder: layouts, class ids, bad files skipped with one warning, decode failures at load time."""
+"""imagefolder: layouts, class ids, bad files skipped with one report line, decode failures at load time."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import pickle
+import re
 import warnings
 from pathlib import Path
 
@@ -12,6 +15,7 @@ import torch
 from PIL import Image
 
 from clim.data import build_dataset
+from clim.data import imagefolder
 from clim.data.imagefolder import check_image
 from clim.data.transforms import moco_v2_transform
 from data_fakes import rgb, save_image
@@ -51,20 +55,32 @@ def messy_folder(tmp_path) -> Path:
 
 
 def build_quietly(*args, **kwargs):
-    with warnings.catch_warnings(record=True) as caught:
+    """-> (dataset, the skip reports printed on stderr: each its one line plus the listed paths), as in
+    a fresh process (nothing reported before); the scan raises no Python warning."""
+    imagefolder._REPORTED.clear()
+    err = io.StringIO()
+    with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stderr(err):
         warnings.simplefilter("always")
         dataset = build_dataset("imagefolder", *args, **kwargs)
-    return dataset, [str(w.message) for w in caught]
+    assert [str(w.message) for w in caught] == []
+    reports = [block for block in re.split(r"\n(?=\S)", err.getvalue()) if block.startswith("imagefolder ")]
+    return dataset, reports
 
 
 def names(dataset) -> list[str]:
     return [dataset.path(i).name for i in range(len(dataset))]
 
 
-def test_train_split_skips_bad_files_with_one_warning(messy_folder):
+def test_train_split_skips_bad_files_with_one_report(messy_folder):
     ds, messages = build_quietly(messy_folder, "train")
     assert len(messages) == 1
     message = messages[0]
+    head = message.splitlines()[0]
+    used, skipped, total = map(int, re.search(r"using (\d+) images; skipped (\d+) of (\d+) files", head).groups())
+    assert (used, skipped, total) == (len(ds), 4, 13)  # the counts add up: 9 used + 4 skipped files
+    assert "(3 unreadable images, 1 without an image extension)" in head
+    assert "ignored 2 class folder(s) without images: empty, only_text" in head and "Repair or remove" in head
+    assert len(message.splitlines()) == 1 + skipped  # one line, then each skipped path
     for bad in ("truncated.jpg", "zero.jpg", "text.jpg", "notes.txt", "empty", "only_text"):
         assert bad in message
     assert ".DS_Store" not in message  # hidden files are ignored silently
