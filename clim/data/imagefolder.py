@@ -282,8 +282,10 @@ def scan_image_folder(root: str | os.PathLike, split: str = "pretrain", verify: 
         skipped += [(str(p), _OUTSIDE) for p in _top_files(folder)]
     else:
         if split != "pretrain":
-            raise ValueError(f"imagefolder: {train_folder} has no class folders with images, so it has no labels; "
-                             f"a flat folder of images only provides split='pretrain' (asked: '{split}')")
+            raise ValueError(f"imagefolder: {train_folder} has images but no class folders, so no labels: it serves "
+                             f"pretraining only, not the labelled '{split}' split; to evaluate, set data.root to a "
+                             f"folder of class folders (DIR/<class>/*.jpg, or DIR/train/<class>/ and DIR/val/<class>/), "
+                             f"e.g. --set data.root=DIR")
         candidates = [(p, -1) for p in _top_files(folder)]
 
     images = [(p, y) for p, y in candidates if _has_image_ext(p.name)]

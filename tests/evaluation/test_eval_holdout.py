@@ -87,3 +87,14 @@ def test_val_fraction_out_of_range_is_one_line_exit_2(tiny_ckpt, tmp_path, value
     root = _folder(tmp_path / "pets")
     assert _eval(tiny_ckpt, root, "--set", f"data.val_fraction={value}") == 2
     assert "data.val_fraction" in capsys.readouterr().err
+
+
+def test_flat_folder_says_how_to_evaluate(tiny_ckpt, tmp_path, capsys):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((10, 10, 3), 40 * i, dtype=np.uint8)).save(flat / f"{i}.png")
+    assert _eval(tiny_ckpt, flat) == 2
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("clim: error:")]
+    assert f"{flat} has images but no class folders" in line and "pretraining only" in line
+    assert "set data.root to a folder of class folders" in line and "--set data.root=DIR" in line
