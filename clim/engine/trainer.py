@@ -284,8 +284,8 @@ def pretrain(config: Config, out_dir: str | Path) -> list[dict]:
             partial = {**partial, **partial["ranks"][min(runtime.rank, len(partial["ranks"]) - 1)]}
             checkpoint.set_rng_state(partial["rng"])
         logger.rewrite(history)
-        within = f", step {partial['pipeline']['step']} of {steps} (saved inside the epoch)" if partial else ""
-        logger.message(f"resumed from {ckpt_path} at epoch {start_epoch}{within}")
+        logger.message(resume_message(ckpt_path, start_epoch, config.train.epochs, steps,
+                                      partial["pipeline"]["step"] if partial else None))
     elif runtime.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         run = {"world_size": runtime.world_size, "batch_size_global": config.train.batch_size,
@@ -294,8 +294,6 @@ def pretrain(config: Config, out_dir: str | Path) -> list[dict]:
         (out_dir / "config.json").write_text(json.dumps({**config.to_dict(), "run": run}, indent=2))
     logger.message(run_summary(config, runtime.world_size, out_dir, {
         "image_size": image_size, "in_channels": info.in_channels, "num_samples": len(dataset)}))
-    if start_epoch >= config.train.epochs:
-        logger.message(f"nothing to do: {start_epoch} of {config.train.epochs} epochs done")
 
     def save(epoch_done: int, partial_state: dict | None = None) -> None:
         checkpoint.save_atomic({
@@ -372,6 +370,16 @@ def pretrain(config: Config, out_dir: str | Path) -> list[dict]:
     logger.close()
     distributed.teardown()
     return history
+
+
+def resume_message(path: Path, epochs_done: int, epochs: int, steps: int, step_in_epoch: int | None) -> str:
+    """Where a resumed run goes on, numbered as the progress bar numbers it (epoch e/E, step s of S)."""
+    if epochs_done >= epochs:
+        return f"resumed from {path}: all {epochs} epochs are done, nothing to train (raise train.epochs to go on)"
+    if step_in_epoch is not None:
+        return (f"resumed from {path} at epoch {epochs_done + 1}/{epochs}, step {step_in_epoch} of {steps} "
+                "(saved inside the epoch)")
+    return f"resumed from {path} at the start of epoch {epochs_done + 1}/{epochs}"
 
 
 def _checkpoint_due(config: Config, last_save: float) -> bool:

@@ -73,7 +73,7 @@ def test_kill_and_resume_is_exact(run_clim, tiny_overrides, tmp_path_factory, re
 
     again = run_clim(_args(resumed, tiny_overrides))
     assert again.returncode == 0, again.stderr[-3000:]
-    assert f"resumed from {ckpt} at epoch {killed_at}" in again.stderr
+    assert f"resumed from {ckpt} at the start of epoch {killed_at + 1}/{EPOCHS}" in again.stderr
     assert background.wait(timeout=300) == 0, (logs / "reference.log").read_text()[-3000:]
 
     mine = checkpoint.load(ckpt)
@@ -125,7 +125,8 @@ def test_kill_inside_an_epoch_and_resume_is_exact(run_clim, tiny_overrides, tmp_
 
     again = run_clim(_args(victim_dir, tiny_overrides, *extra))
     assert again.returncode == 0, again.stderr[-3000:]
-    assert f"at epoch 1, step {killed_at[1]} of 4 (saved inside the epoch)" in again.stderr
+    assert f"at epoch 2/{EPOCHS}, step {killed_at[1]} of 4 (saved inside the epoch)" in again.stderr
+    assert f"epoch 2/{EPOCHS}:" in again.stderr  # the progress bar of that epoch: the same numbering
     assert "positives refreshed" not in again.stderr  # the epoch's table came from the checkpoint
     assert background.wait(timeout=300) == 0, (logs / "reference.log").read_text()[-3000:]
 
@@ -171,3 +172,12 @@ def test_changed_fixed_key_refuses_to_resume(override, key, resumed, small_digit
     with pytest.raises(ConfigError, match=f"cannot resume: '{key}'"):
         trainer.pretrain(config, resumed)
     assert checkpoint.load(resumed / checkpoint.CHECKPOINT_NAME)["step"] == before
+
+
+def test_resume_message_numbers_epochs_as_the_progress_bar(tmp_path):
+    """Epoch e/E counts from 1 as the bar does ("epoch 3/6"), steps as the bar's initial count."""
+    path = tmp_path / "checkpoint.pt"
+    assert trainer.resume_message(path, 2, 6, 11, 8) == \
+        f"resumed from {path} at epoch 3/6, step 8 of 11 (saved inside the epoch)"
+    assert trainer.resume_message(path, 2, 6, 11, None) == f"resumed from {path} at the start of epoch 3/6"
+    assert "all 6 epochs are done" in trainer.resume_message(path, 6, 6, 11, None)
