@@ -2,7 +2,9 @@
 
 :func:`run_summary` states what will run — data, model, method, the global batch, the batch per
 process, the BatchNorm group size, the effective learning rate and where the outputs go — so a user
-sees the resolved configuration without reading YAML. :func:`output_paths` lists the files a finished
+sees the resolved configuration without reading YAML — and then one ``warning`` line for each quiet
+trap of the settings: a CLIM run too short to reach its first refresh, a queue as large as the dataset,
+an image folder whose evaluation holdout is part of the pretraining images. :func:`output_paths` lists the files a finished
 run left and the commands that read them. Both are plain text, one item per line, and import nothing
 but :mod:`clim.config` (no torch), so they can be tested and called anywhere.
 
@@ -18,7 +20,8 @@ from typing import Any
 
 from clim.config import Config, ConfigError, batch_layout
 
-__all__ = ["CHECKPOINT_FILE", "CONFIG_FILE", "METRICS_FILE", "TENSORBOARD_DIR", "output_paths", "run_summary"]
+__all__ = ["CHECKPOINT_FILE", "CONFIG_FILE", "METRICS_FILE", "TENSORBOARD_DIR", "needs_holdout", "output_paths",
+           "run_summary"]
 
 # The names the trainer writes (clim.runtime.checkpoint.CHECKPOINT_NAME, clim.engine.logging.METRICS_NAME;
 # a test keeps them equal).
@@ -65,7 +68,39 @@ def _method_line(config: Config, num_samples: int | None) -> str:
         clusters = f"{max(2, num_samples // 100)} (N/100)" if num_samples else "N/100"
     return (f"method    CLIM: {method.selection} positives ({method.num_positives} per image, k {method.knn_k}, "
             f"{clusters} clusters, {method.selection_features} features), {mixing}{sizes}{crops}; "
-            f"MoCo v2 until the first refresh at epoch {method.refresh_every}, then every {method.refresh_every}")
+            f"MoCo v2 for the first {method.refresh_every} epoch(s), positives from epoch {method.refresh_every + 1} "
+            f"on, refreshed every {method.refresh_every}")
+
+
+def needs_holdout(name: str, root: str | None) -> bool:
+    """An image folder of class folders (``root/<class>/…`` or ``root/train/<class>/…``) with no
+    ``val/`` or ``test/`` folder has no test split of its own: `clim eval` holds out
+    ``data.val_fraction`` of every class (clim.evaluation.common) from the pretraining images."""
+    if name != "imagefolder" or not root:
+        return False
+    folder = Path(root).expanduser()
+    return folder.is_dir() and not any((folder / split).is_dir() for split in ("val", "test"))
+
+
+def _trap_lines(config: Config, num_samples: int | None) -> list[str]:
+    """One line for each setting that runs without error but not as its name suggests."""
+    method, model, data, epochs = config.method, config.model, config.data, config.train.epochs
+    lines = []
+    if method.name == "clim" and epochs <= method.refresh_every:
+        lines.append(f"warning   train.epochs={epochs} <= method.refresh_every={method.refresh_every}: the positives "
+                     f"would join at epoch {method.refresh_every + 1}, so this run never uses CLIM's positives (it is "
+                     f"plain MoCo v2); set method.refresh_every below {epochs}")
+    if num_samples and model.queue_size >= num_samples:
+        smaller = 1 << max(0, (num_samples // 2).bit_length() - 1)
+        lines.append(f"warning   model.queue_size={model.queue_size} >= the {num_samples} training images: from "
+                     f"epoch 2 on images meet their own keys of an earlier epoch among the negatives; set "
+                     f"model.queue_size below {num_samples}, e.g. {smaller}")
+    if needs_holdout(data.name, data.root):
+        lines.append(f"warning   {Path(data.root).expanduser().resolve()} has no val/ or test/ folder: `clim eval` "
+                     f"will test on data.val_fraction={data.val_fraction:g} of every class held out from these same "
+                     f"images, which pretraining sees (without labels); add a val/ folder of unseen images for a "
+                     f"clean test split")
+    return lines
 
 
 def run_summary(config: Config, world_size: int, out_dir: str | Path,
@@ -97,6 +132,7 @@ def run_summary(config: Config, world_size: int, out_dir: str | Path,
         _batch_line(config, world_size),
         _lr_line(config),
         f"output    {Path(out_dir).expanduser().resolve()}",
+        *_trap_lines(config, info.get("num_samples")),
     ]
     return "\n".join(lines)
 

@@ -19,7 +19,7 @@ def test_summary_of_the_paper_recipe_on_eight_processes(tmp_path):
     assert "resnet50 (ImageNet stem)" in _line(text, "model") and "queue K 65536" in text
     method = _line(text, "method")
     assert "CLIM" in method and "center_wise" in method and "CutMix (alpha 2)" in method
-    assert "resolutions [224, 160]" in method and "first refresh at epoch 5" in method
+    assert "resolutions [224, 160]" in method and "MoCo v2 for the first 5 epoch(s), positives from epoch 6 on" in method
     assert _line(text, "batch") == ("batch     512 in all = 8 processes x 64; BatchNorm: per-GPU BN, "
                                     "groups of 64 (shuffle-BN for keys)")
     # the same BN groups of 512 / bn_splits = 64 on two processes and on one
@@ -76,3 +76,41 @@ def test_output_paths_are_absolute_and_match_the_trainer(tmp_path, monkeypatch):
 def test_summary_module_does_not_import_torch():
     code = "import sys, clim.summary; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def _warnings(text):
+    return [line for line in text.splitlines() if line.startswith("warning")]
+
+
+def test_no_warning_for_the_presets_as_shipped():
+    assert _warnings(run_summary(load_config("clim-demo-cpu"), 1, "x", data_info={"num_samples": 10000})) == []
+    assert _warnings(run_summary(load_config("clim-cifar10"), 1, "x", data_info={"num_samples": 50000})) == []
+
+
+def test_a_clim_run_that_never_reaches_its_first_refresh_is_named():
+    for epochs in (3, 5):  # positives join at epoch refresh_every + 1 = 6
+        config = load_config("clim-cifar10", overrides=[f"train.epochs={epochs}"])
+        (line,) = _warnings(run_summary(config, 1, "x", data_info={"num_samples": 50000}))
+        assert f"train.epochs={epochs} <= method.refresh_every=5" in line and "plain MoCo v2" in line
+        assert f"set method.refresh_every below {epochs}" in line
+    assert _warnings(run_summary(load_config("clim-cifar10", overrides=["train.epochs=6"]), 1, "x")) == []
+    assert _warnings(run_summary(load_config("mocov2-cifar10", overrides=["train.epochs=3"]), 1, "x")) == []
+
+
+def test_a_queue_as_large_as_the_dataset_is_named():
+    config = load_config("demo-cpu", overrides=["model.queue_size=4096"])
+    (line,) = _warnings(run_summary(config, 1, "x", data_info={"num_samples": 3000}))
+    assert "model.queue_size=4096 >= the 3000 training images" in line and "their own keys" in line
+    assert "below 3000, e.g. 1024" in line
+    assert _warnings(run_summary(config, 1, "x", data_info={"num_samples": 4097})) == []
+    assert _warnings(run_summary(config, 1, "x")) == []  # the dataset size unknown: nothing claimed
+
+
+def test_an_evaluation_holdout_seen_in_pretraining_is_named(tmp_path):
+    (tmp_path / "pets" / "cat").mkdir(parents=True)
+    config = load_config("demo-cpu", overrides=["data.name=imagefolder", f"data.root={tmp_path / 'pets'}"])
+    (line,) = _warnings(run_summary(config, 1, "x", data_info={"num_samples": 10000}))
+    assert f"{tmp_path / 'pets'} has no val/ or test/ folder" in line and "data.val_fraction=0.2" in line
+    assert "pretraining sees" in line and "add a val/ folder" in line
+    (tmp_path / "pets" / "val").mkdir()
+    assert _warnings(run_summary(config, 1, "x", data_info={"num_samples": 10000})) == []

@@ -25,6 +25,7 @@ from clim.config import Config, ConfigError
 from clim.models.backbones import build_backbone, uses_small_stem
 from clim.models.moco import MoCo, build_moco
 from clim.runtime import checkpoint
+from clim.summary import needs_holdout
 
 RESIZE_RATIO = 0.875  # ImageNet convention: resize to size / 0.875, centre-crop size
 
@@ -120,16 +121,7 @@ def eval_spec(config: Config, data_info: dict[str, Any], overrides: Sequence[str
     image_size = updated.data.image_size if size_overridden and updated.data.image_size else data_info["image_size"]
     return EvalSpec(updated.data.name, updated.data.root, int(image_size), int(data_info["in_channels"]),
                     tuple(data_info["mean"]), tuple(data_info["std"]), updated.data.verify,
-                    _needs_holdout(updated.data.name, updated.data.root), updated.data.val_fraction)
-
-
-def _needs_holdout(name: str, root: str | None) -> bool:
-    """An image folder of class folders (``root/<class>/…`` or ``root/train/<class>/…``) with no
-    ``val/`` or ``test/`` folder has no test split of its own."""
-    if name != "imagefolder" or not root:
-        return False
-    folder = Path(root).expanduser()
-    return folder.is_dir() and not any((folder / split).is_dir() for split in ("val", "test"))
+                    needs_holdout(updated.data.name, updated.data.root), updated.data.val_fraction)
 
 
 HOLDOUT_SEED = 0  # fixed: every protocol and every --seed evaluates on the same held-out images
