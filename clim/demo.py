@@ -55,6 +55,17 @@ def format_table(rows: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
+def refresh_line(record: dict, config) -> str:
+    """One refresh of the positives table. The neighbours' precision is over all ``method.knn_k`` of
+    them (the selection's Ω2); `clim inspect` shows the precision of the ``num_positives`` nearest
+    (what kNN-only selection would pick), which is higher: nearer neighbours share the label more."""
+    selection = record["selection"]
+    return (f"  epoch {record['epoch']}: precision {selection['positive_precision']:.3f}"
+            f" (all {config.method.knn_k} kNN neighbours {selection['knn_precision']:.3f}; `clim inspect` shows"
+            f" the {config.method.num_positives} nearest), mean |Omega_p| {selection.get('omega_mean', 0):.1f},"
+            f" anchors filled {100 * selection.get('fill_fraction', 0):.0f} %")
+
+
 def run_demo(out: str | Path, preset: str = "clim-demo-cpu", overrides: list[str] | tuple[str, ...] = ()) -> dict:
     out = Path(out)
     config = load_config(preset, overrides=overrides)
@@ -71,10 +82,7 @@ def run_demo(out: str | Path, preset: str = "clim-demo-cpu", overrides: list[str
     if last_selection and "positive_precision" in last_selection:
         print("\npositives table at each refresh (precision = share of positives with the anchor's label):")
         for record in (r for r in history if "selection" in r):
-            selection = record["selection"]
-            print(f"  epoch {record['epoch']}: precision {selection['positive_precision']:.3f}"
-                  f" (kNN neighbours {selection['knn_precision']:.3f}), mean |Omega_p| {selection.get('omega_mean', 0):.1f},"
-                  f" anchors filled {100 * selection.get('fill_fraction', 0):.0f} %")
+            print(refresh_line(record, config))
     result = {"protocol": "demo", "preset": preset, "overrides": list(overrides), "epochs": config.train.epochs,
               "pretrain_seconds": round(train_seconds, 1), "images_per_s": history[-1]["images_per_s"],
               "knn_settings": [list(s) for s in KNN_SETTINGS],

@@ -133,7 +133,8 @@ def write_report(run_dir: str | Path) -> Path:
         precision = _series(history, "selection", "positive_precision")
         if precision[0]:
             _plot(plots / "positive_precision.png", "positive precision at each refresh", "precision",
-                  {"positives": precision, "kNN neighbours": _series(history, "selection", "knn_precision")})
+                  {"positives": precision,
+                   "all k kNN neighbours (method.knn_k)": _series(history, "selection", "knn_precision")})
             lines += ["![positive precision](plots/positive_precision.png)", ""]
         keys = ["positive_precision", "knn_precision", "omega_mean", "fill_fraction", "cluster_size_min",
                 "cluster_size_median", "cluster_size_max", "seconds"]
