@@ -23,12 +23,18 @@ class ConfigError(ValueError):
     """A bad config key or value; the CLI prints it on one line and exits with code 2."""
 
 
+# Every field carries its meaning as a comment: the line(s) right above it and/or a trailing one.
+# scripts/config_table.py turns them into the README's key table (a test keeps the two equal), so a
+# new field needs a comment, and the README is regenerated with `python scripts/config_table.py --write`.
+
+
 @dataclass
 class DataConfig:
+    # fmnist, fmnist-mini (embedded), digits, cifar10, cifar100, stl10, imagefolder (README "Datasets")
     name: str = "fmnist-mini"
-    root: str | None = None
-    image_size: int | None = None  # None: the dataset's native size (28 for Fashion-MNIST)
-    num_workers: int = 2
+    root: str | None = None  # dataset folder: image-folder root, CIFAR/STL-10 root, idx folder
+    image_size: int | None = None  # training resolution; null: the dataset's native size (image folders: 224)
+    num_workers: int = 2  # DataLoader workers (loader and device paths, refreshes, evaluation)
     # Where augmentation runs: "batched" (whole uint8 batches on the training device, array data),
     # "loader" (per-sample torchvision transforms in DataLoader workers), "device" (workers only
     # decode + crop + flip to uint8; jitter, grayscale, blur and normalisation run batched on the
@@ -36,71 +42,82 @@ class DataConfig:
     # image folders device on CUDA, loader on CPU).
     augment: str = "auto"
     # JPEG decoding for data.augment=device: "gpu" (workers only read bytes; batched nvJPEG decode and
-    # per-view crops on the device, clim.data.gpu_decode), "cpu" (workers decode with PIL), "auto"
-    # (gpu for image folders on CUDA when torchvision can decode there, else cpu).
+    # per-view crops on the device, clim.data.gpu_decode; PNG/CMYK/progressive files fall back to PIL,
+    # counted in one warning per epoch), "cpu" (workers decode with PIL), "auto" (gpu for image folders
+    # on CUDA when torchvision can decode there, else cpu).
     decode: str = "auto"
-    verify: bool = True  # imagefolder: check every file once (cached per folder); false trusts the folder
-    # imagefolder without a val/ (or test/) folder: `clim eval` holds out this share of every class
+    # image folders: check every file once, cached per folder in $CLIM_CACHE (default ~/.cache/clim/index)
+    # so a restart, resume or evaluation skips the scan; false trusts the folder
+    verify: bool = True
+    # image folder without a val/ (or test/) folder: `clim eval` holds out this share of every class
     # (stratified, deterministic) as the test split and trains / builds the kNN bank on the rest.
     val_fraction: float = 0.2
-    crop_min_scale: float = 0.2
+    crop_min_scale: float = 0.2  # RandomResizedCrop scale (s, 1) (METHOD §1)
     jitter_strength: float = 0.4  # brightness/contrast/saturation; hue = strength / 4
-    jitter_p: float = 0.8
-    grayscale_p: float = 0.2
-    blur_p: float = 0.5
-    flip_p: float = 0.5
+    jitter_p: float = 0.8  # probability of colour jitter
+    grayscale_p: float = 0.2  # probability of random grayscale
+    blur_p: float = 0.5  # probability of Gaussian blur (sigma scaled by image_size / 224)
+    flip_p: float = 0.5  # probability of a horizontal flip
 
 
 @dataclass
 class ModelConfig:
+    # resnet10, resnet18, resnet34, resnet50; NAME_wN narrows one to stage widths N, 2N, 4N, 8N
+    # (resnet10_w16: the CPU demo; only the standard width loads into a torchvision constructor)
     backbone: str = "resnet18"
-    small_stem: bool | None = None  # None: a 3x3 stride-1 stem without max-pool for inputs <= 64 px
-    head_dim: int = 128
-    queue_size: int = 65536
-    momentum: float = 0.999
-    temperature: float = 0.2
-    symmetric: bool = False
-    bn_splits: int = 8  # split-batch BN groups on a single device (METHOD §1)
+    small_stem: bool | None = None  # 3x3 stride-1 stem without max-pool; null: for inputs <= 64 px
+    head_dim: int = 128  # output size of the MLP projection head (the contrastive embedding)
+    queue_size: int = 65536  # MoCo queue K of negative keys (keep it below the number of training images)
+    momentum: float = 0.999  # key-encoder momentum m
+    temperature: float = 0.2  # InfoNCE temperature tau
+    symmetric: bool = False  # symmetric loss: both views serve as queries
+    # split-batch BN: groups of train.batch_size / bn_splits images on one device; under DDP
+    # bn_splits / world_size groups per process (per-GPU BN when equal); must divide the batch (METHOD §1)
+    bn_splits: int = 8
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 200
-    batch_size: int = 256
-    lr: float | None = None  # None: 0.03 x batch_size / 256 (METHOD §1)
-    momentum: float = 0.9
+    epochs: int = 200  # training epochs (raise it to go on from a finished run)
+    batch_size: int = 256  # the global batch: each of N processes takes batch_size / N
+    lr: float | None = None  # SGD learning rate; null: 0.03 x batch_size / 256 (METHOD §1)
+    momentum: float = 0.9  # SGD momentum
+    # SGD weight decay: 1e-4 as in METHOD §1 and the ImageNet presets; the CIFAR-10, Fashion-MNIST,
+    # CPU-demo and ablation presets set 5e-4
     weight_decay: float = 1e-4
-    warmup_epochs: int = 0
-    seed: int = 0
+    warmup_epochs: int = 0  # linear warm-up before the per-step cosine schedule
+    seed: int = 0  # seed of weights, augmentation and selection (rank r uses seed + r)
     device: str = "auto"  # auto | cpu | cuda
-    amp: bool | None = None  # None: autocast on CUDA only
+    amp: bool | None = None  # autocast; null: on CUDA only
     amp_dtype: str = "bfloat16"  # bfloat16 | float16 (float16 adds a GradScaler, saved in checkpoints)
-    channels_last: bool | None = None  # None: on CUDA only
+    channels_last: bool | None = None  # channels-last activations; null: on CUDA only
     knn_every: int = 5  # kNN monitor period in epochs (0: never)
-    knn_k: int = 20
-    knn_temperature: float = 0.07
-    deterministic: bool = False
+    knn_k: int = 20  # neighbours of the weighted-kNN monitor
+    knn_temperature: float = 0.07  # vote temperature of the weighted-kNN monitor
+    deterministic: bool = False  # torch.use_deterministic_algorithms (warn only): slower, repeatable kernels
     log_every: int = 10  # loss read (the loop's only host sync), NaN check and TensorBoard scalars every N steps
-    compile: bool | None = None  # torch.compile both encoders (None: off; see BENCHMARKS.md for measured gains)
-    batch_views: bool | None = None  # same-shaped views share one encoder pass, BN per view (None: on CUDA)
+    compile: bool | None = None  # torch.compile both encoders (null: off; see BENCHMARKS.md for measured gains)
+    batch_views: bool | None = None  # same-shaped views share one encoder pass, BN per view (null: on CUDA)
     checkpoint_every_minutes: float = 30.0  # also save inside an epoch this often (0: at epoch ends only)
 
 
 @dataclass
 class MethodConfig:
     name: str = "mocov2"  # mocov2 | clim
-    selection: str = "center_wise"  # random | knn | kmeans | knn_kmeans | center_wise
-    mixing: str = "cutmix"  # none | cutmix | mixup
+    selection: str = "center_wise"  # random | knn | kmeans | knn_kmeans | center_wise (Table 6)
+    mixing: str = "cutmix"  # none | cutmix | mixup (Tables 6, 10)
     alpha: float = 2.0  # Beta(alpha, alpha) for CutMix (METHOD §3)
-    mixup_alpha: float = 0.2
-    num_clusters: int | None = None  # None: N / 100 (METHOD §2)
-    knn_k: int = 40
-    num_positives: int = 10
+    mixup_alpha: float = 0.2  # Beta(alpha, alpha) for Mixup
+    num_clusters: int | None = None  # k-means clusters m; null: N / 100 (METHOD §2)
+    knn_k: int = 40  # neighbours k of each anchor (Ω2)
+    num_positives: int = 10  # positives P per anchor in the table
+    # epochs between refreshes of the positives table; the first comes after epoch refresh_every, so the
+    # positives join at epoch refresh_every + 1 and a run of train.epochs <= refresh_every is plain MoCo v2
     refresh_every: int = 5
-    selection_features: str = "head"  # head | backbone
-    resolutions: list[int] | None = None  # None: [image_size]; e.g. [224, 160] (METHOD §4)
+    selection_features: str = "head"  # head (128-d) | backbone (pooled) features for selection
+    resolutions: list[int] | None = None  # training resolutions, e.g. [224, 160] (METHOD §4); null: [image_size]
     multicrop: bool = False  # Table 7 baseline: + 2 small crops (scale 0.05-0.14)
-    multicrop_size: int | None = None  # None: 96/224 of image_size
+    multicrop_size: int | None = None  # side of the small crops; null: 96/224 of image_size
 
 
 @dataclass
