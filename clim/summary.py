@@ -89,7 +89,8 @@ def _trap_lines(config: Config, num_samples: int | None) -> list[str]:
     if method.name == "clim" and epochs <= method.refresh_every:
         lines.append(f"warning   train.epochs={epochs} <= method.refresh_every={method.refresh_every}: the positives "
                      f"would join at epoch {method.refresh_every + 1}, so this run never uses CLIM's positives (it is "
-                     f"plain MoCo v2); set method.refresh_every below {epochs}")
+                     f"plain MoCo v2); " + (f"set method.refresh_every below {epochs}" if epochs > 1 else
+                                            "train 2 epochs or more with method.refresh_every=1"))
     if num_samples and model.queue_size >= num_samples:
         smaller = 1 << max(0, (num_samples // 2).bit_length() - 1)
         lines.append(f"warning   model.queue_size={model.queue_size} >= the {num_samples} training images: from "

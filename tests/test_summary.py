@@ -93,6 +93,8 @@ def test_a_clim_run_that_never_reaches_its_first_refresh_is_named():
         (line,) = _warnings(run_summary(config, 1, "x", data_info={"num_samples": 50000}))
         assert f"train.epochs={epochs} <= method.refresh_every=5" in line and "plain MoCo v2" in line
         assert f"set method.refresh_every below {epochs}" in line
+    one = load_config("clim-cifar10", overrides=["train.epochs=1", "method.refresh_every=1"])
+    assert "train 2 epochs or more with method.refresh_every=1" in _warnings(run_summary(one, 1, "x"))[0]
     assert _warnings(run_summary(load_config("clim-cifar10", overrides=["train.epochs=6"]), 1, "x")) == []
     assert _warnings(run_summary(load_config("mocov2-cifar10", overrides=["train.epochs=3"]), 1, "x")) == []
 
