@@ -82,8 +82,8 @@ class TrainConfig:
     batch_size: int = 256  # the global batch: each of N processes takes batch_size / N
     lr: float | None = None  # SGD learning rate; null: 0.03 x batch_size / 256 (METHOD §1)
     momentum: float = 0.9  # SGD momentum
-    # SGD weight decay: 1e-4 as in METHOD §1 and the ImageNet presets; the CIFAR-10, Fashion-MNIST,
-    # CPU-demo and ablation presets set 5e-4
+    # SGD weight decay: 1e-4 as in METHOD §1, the ImageNet presets and ablate-smoke; the CIFAR-10,
+    # Fashion-MNIST and CPU-demo presets, ablate-cpu and ablate-gpu set 5e-4
     weight_decay: float = 1e-4
     warmup_epochs: int = 0  # linear warm-up before the per-step cosine schedule
     seed: int = 0  # seed of weights, augmentation and selection (rank r uses seed + r)

@@ -40,6 +40,16 @@ def test_every_key_has_a_row_with_its_default_and_a_meaning():
     assert row["data.augment"][1].startswith("Where augmentation runs")  # the comment block above the field
 
 
+def test_the_weight_decay_row_names_the_presets_truthfully():
+    """What the train.weight_decay comment says about the presets (which set 1e-4, which 5e-4)."""
+    from clim.config import load_config, preset_names
+
+    decays = {name: load_config(name).train.weight_decay for name in preset_names()}
+    assert {name for name, wd in decays.items() if wd == 1e-4} == \
+        {"clim-imagenet-r50", "clim-imagenet-r50-200ep", "mocov2-imagenet-r50", "ablate-smoke"}
+    assert set(decays.values()) == {1e-4, 5e-4}
+
+
 _SOURCE = '''
 from dataclasses import dataclass, field
 
