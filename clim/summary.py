@@ -3,10 +3,11 @@
 :func:`run_summary` states what will run — data, model, method, the global batch, the batch per
 process, the BatchNorm group size, the effective learning rate and where the outputs go — so a user
 sees the resolved configuration without reading YAML — and then one ``warning`` line for each quiet
-trap of the settings: a CLIM run too short to reach its first refresh, a queue as large as the dataset,
-an image folder whose evaluation holdout is part of the pretraining images. :func:`output_paths` lists the files a finished
-run left and the commands that read them. Both are plain text, one item per line, and import nothing
-but :mod:`clim.config` (no torch), so they can be tested and called anywhere.
+trap of the settings: a CLIM run too short to reach its first refresh, a queue as large as the
+dataset, an image folder whose evaluation holdout is part of the pretraining images.
+:func:`output_paths` lists the files a finished run left and the commands that read them. Both are
+plain text, one item per line, and import nothing but :mod:`clim.config` (no torch), so they can be
+tested and called anywhere.
 
 ``train.batch_size`` is the global batch (what papers report); each of ``world_size`` processes takes
 ``batch_size / world_size``. BatchNorm normalises groups of ``per-process batch / model.bn_splits``

@@ -2,8 +2,8 @@
 
 Real-world folders contain broken files. They are found once, at construction (extension,
 then a cheap PIL check), counted and reported in one line on stderr (then the first paths), instead
-of crashing an epoch hours later. Files that pass the check but still fail to decode in a worker are replaced by the next
-decodable image (see ``ImageFolderDataset.__getitem__``).
+of crashing an epoch hours later. Files that pass the check but still fail to decode in a worker
+are replaced by the next decodable image (see ``ImageFolderDataset.__getitem__``).
 
 The check opens every file (about 2 minutes for ImageNet's 1.28M), so its result is cached: a small
 JSON index per split folder in ``$CLIM_CACHE/index`` (default ``~/.cache/clim/index``), keyed by the
@@ -310,10 +310,6 @@ def scan_image_folder(root: str | os.PathLike, split: str = "pretrain", verify: 
     return scan
 
 
-def _skip_kind(reason: str) -> str:
-    return reason if reason in (_OUTSIDE, _NOT_IMAGE) else "unreadable"
-
-
 def _report_skipped(scan: ImageFolderScan) -> None:
     """One line that counts what the scan left out (the counts add up to the files found), then the
     first ``_LISTED`` paths; said once per process for the same folder and result."""
@@ -323,7 +319,7 @@ def _report_skipped(scan: ImageFolderScan) -> None:
     folders = [path for path, reason in scan.skipped if reason == _NOT_TRAIN_CLASS]
     parts = []
     if files:
-        kinds = Counter(_skip_kind(reason) for _, reason in files)
+        kinds = Counter(reason if reason in (_OUTSIDE, _NOT_IMAGE) else "unreadable" for _, reason in files)
         counts = ", ".join(f"{kinds[kind]} {label}" for kind, label in (
             ("unreadable", "unreadable images"), (_NOT_IMAGE, "without an image extension"),
             (_OUTSIDE, "outside the class folders")) if kinds[kind])
