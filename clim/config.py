@@ -345,9 +345,16 @@ def load_config(preset: str | None = None, config_file: str | None = None,
         values = _resolve(_load_yaml(path))
     else:
         values = {}
-    for item in overrides:
+    values.update(parse_overrides(overrides))
+    return Config.from_dict(values)
+
+
+def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """``--set`` strings ``key=value`` -> ``{key: value}``; :class:`ConfigError` for one without ``=``."""
+    values = {}
+    for item in items:
         key, sep, value = item.partition("=")
-        if not sep or not key:
+        if not sep or not key.strip():
             raise ConfigError(f"override '{item}' must look like key=value")
         values[key.strip()] = value
-    return Config.from_dict(values)
+    return values

@@ -232,6 +232,8 @@ def test_inspect_rejects_bad_checkpoints_in_one_line(tmp_path, capsys):
     (["pretrain", "--preset", "demo-cpu", "--set", "bogus.key=1"], "'bogus.key'"),
     (["pretrain", "--preset", "demo-cpu", "--set", "train.epochs=0"], "'train.epochs'"),
     (["demo", "--set", "method.mixing=blend"], "'method.mixing'"),
+    (["eval", "knn", "--ckpt", "no-such-run", "--set", "data.nam=cifar10"], "'data.nam'"),
+    (["eval", "linear", "--ckpt", "no-such-run", "--set", "data.val_fraction=lots"], "'data.val_fraction'"),
 ])
 def test_config_errors_come_before_torch_is_imported(run_python, tmp_path, args, expected):
     """A bad key or value fails in well under a second: torch (~4 s to import) is not loaded yet."""

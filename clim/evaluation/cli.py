@@ -11,11 +11,12 @@ prints as one line with exit code 2.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from dataclasses import replace
 from pathlib import Path
 
-from clim.config import ConfigError
+from clim.config import Config, ConfigError, parse_overrides
 
 # torch and clim.evaluation.common are imported inside the handlers: building the parser (`clim --help`)
 # must not import torch.
@@ -29,7 +30,16 @@ def positive_int(text: str) -> int:
     return value
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
+def _checked_first(handler, args: argparse.Namespace) -> int:
+    """Run ``handler`` after trying each ``--set`` on the default config, so that an unknown key or a
+    value of the wrong type fails before torch loads (~4 s); the checkpoint's config then takes them."""
+    defaults = Config()
+    for key, value in parse_overrides(args.overrides).items():
+        defaults.set(key, value)
+    return handler(args)
+
+
+def _add_common(parser: argparse.ArgumentParser, handler) -> None:
     parser.add_argument("--ckpt", required=True, help="trainer checkpoint (or its run folder)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="evaluate on other data, e.g. --set data.name=cifar10 --set data.root=DIR")
@@ -40,6 +50,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-workers", type=int, help="DataLoader workers (default: the checkpoint's data.num_workers)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.set_defaults(func=functools.partial(_checked_first, handler))
 
 
 class _Session:
@@ -268,11 +279,10 @@ def register(subparsers) -> None:
     protocols = evaluate.add_subparsers(dest="protocol", required=True)
 
     knn = protocols.add_parser("knn", help="weighted kNN top-1 (k=20 T=0.07 and k=200 T=0.1)")
-    _add_common(knn)
-    knn.set_defaults(func=_knn)
+    _add_common(knn, _knn)
 
     linear = protocols.add_parser("linear", help="linear classifier on the frozen backbone")
-    _add_common(linear)
+    _add_common(linear, _linear)
     linear.add_argument("--preset", default="auto", choices=["auto", "paper", "small", "quick"],
                         help="auto: paper above 64 px, small at or below (see clim.evaluation.linear)")
     linear.add_argument("--epochs", type=positive_int, help="override the preset's epochs (decay points scale along)")
@@ -281,10 +291,9 @@ def register(subparsers) -> None:
     linear.add_argument("--cached-features", action="store_true",
                         help="train on features of un-augmented images extracted once (fast; "
                              "drops the train augmentation, a deviation from the protocol)")
-    linear.set_defaults(func=_linear)
 
     semisup = protocols.add_parser("semisup", help="fine-tune all layers on 1%% / 10%% of the labels")
-    _add_common(semisup)
+    _add_common(semisup, _semisup)
     semisup.add_argument("--fraction", type=float, help="labelled fraction, e.g. 0.01 or 0.1 (class-balanced, seeded)")
     semisup.add_argument("--split-file", help="SimCLR split file (image file names, one per line) for image folders")
     semisup.add_argument("--preset", default="auto", choices=["auto", "paper", "small", "quick"])
@@ -292,20 +301,17 @@ def register(subparsers) -> None:
     semisup.add_argument("--lr-backbone", type=float, help="paper: 1e-4")
     semisup.add_argument("--lr-fc", type=float, help="paper: 10")
     semisup.add_argument("--weight-decay", type=float, help="default 0")
-    semisup.set_defaults(func=_semisup)
 
     similarity = protocols.add_parser("similarity", help="mean intra-class cosine similarity (Table 12)")
-    _add_common(similarity)
+    _add_common(similarity, _similarity)
     similarity.add_argument("--split", default="test", choices=["train", "test"])
-    similarity.set_defaults(func=_similarity)
 
     tsne = protocols.add_parser("tsne", help="t-SNE plot of 10 classes (Fig. 3), PNG next to the JSON")
-    _add_common(tsne)
+    _add_common(tsne, _tsne)
     tsne.add_argument("--split", default="test", choices=["train", "test"])
     tsne.add_argument("--classes", help="comma-separated labels (default: the first 10)")
     tsne.add_argument("--max-points", type=positive_int, default=2000)
     tsne.add_argument("--perplexity", type=float, default=30.0)
-    tsne.set_defaults(func=_tsne)
 
     export = subparsers.add_parser("export", help="export the backbone for torchvision or detectron2")
     export.add_argument("--ckpt", required=True, help="trainer checkpoint (or its run folder)")

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from clim.config import Config, ConfigError
+from clim.config import Config, ConfigError, parse_overrides
 from clim.models.backbones import build_backbone, uses_small_stem
 from clim.models.moco import MoCo, build_moco
 from clim.runtime import checkpoint
@@ -104,11 +104,8 @@ class EvalSpec:
 def apply_overrides(config: Config, overrides: Sequence[str]) -> Config:
     """A copy of ``config`` with ``key=value`` overrides (clim.config's parsing and checks)."""
     config = copy.deepcopy(config)
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"override '{item}' must look like key=value")
-        config.set(key.strip(), value)
+    for key, value in parse_overrides(overrides).items():
+        config.set(key, value)
     config.validate()
     return config
 
