@@ -291,7 +291,10 @@ def _nearest_centroid(x: Tensor, centroids: Tensor) -> tuple[Tensor, Tensor]:
 def kmeans_torch(x: Tensor, m: int, seed: int) -> tuple[Tensor, Tensor]:
     """Spherical k-means in torch (METHOD §2: m clusters, 20 iterations, seeded).
 
-    Init: m distinct points drawn with a generator seeded by ``seed``. Each iteration assigns by
+    Init: m distinct points, ``randperm`` of a generator seeded by ``seed + 1``: faiss draws its
+    initial centroids with its own permutation seeded by ``seed + 1``, and on CPU the two agree, so
+    the same ``seed`` gives the same clusters on both backends (when faiss does not subsample,
+    N ≤ 256·m; up to float rounding). Each iteration assigns by
     maximum cosine (chunked) and sets centroids to the normalised member means. An empty cluster
     is re-seeded deterministically with the worst-fitting points (lowest similarity to their
     centroid), as many as there are empty clusters. Final assignment = nearest final centroid.
@@ -304,7 +307,7 @@ def kmeans_torch(x: Tensor, m: int, seed: int) -> tuple[Tensor, Tensor]:
     is its nearest final centroid exactly.
     """
     n = x.shape[0]
-    g = torch.Generator(device=x.device).manual_seed(seed)
+    g = torch.Generator(device=x.device).manual_seed(seed + 1)  # faiss' rand_perm(seed + 1)
     centroids = x[torch.randperm(n, generator=g, device=x.device)[:m]].clone()
     xa = x.half() if x.is_cuda else x
     previous, n_empty = None, 0

@@ -142,7 +142,7 @@ def test_kmeans_early_stop_equals_all_iterations():
     """Stopping when no assignment changes gives the result of all KMEANS_ITERS iterations."""
     x = duplicated_features(n=2000)
     centroids, assign = kmeans_torch(x, 12, seed=1)
-    g = torch.Generator().manual_seed(1)
+    g = torch.Generator().manual_seed(1 + 1)  # kmeans_torch seeds its init with seed + 1, as faiss does
     ref = x[torch.randperm(x.shape[0], generator=g)[:12]].clone()
     for _ in range(knn_module.KMEANS_ITERS):
         sim, a = (x @ ref.T).max(1)
@@ -152,3 +152,16 @@ def test_kmeans_early_stop_equals_all_iterations():
             ref[empty] = x[sim.topk(int(empty.sum()), largest=False).indices]
     torch.testing.assert_close(centroids, ref, atol=1e-6, rtol=0)
     assert torch.equal(assign, (x @ ref.T).argmax(1))
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_kmeans_backends_agree_for_the_same_seed(seed):
+    """Issue 18: faiss seeds its initial permutation with seed + 1, and so does kmeans_torch, so
+    ``select_positives(..., seed=s)`` gives the same clusters whether or not faiss is installed."""
+    from clim.method.knn import kmeans_faiss
+
+    x = duplicated_features(n=2000)
+    faiss_centroids, faiss_assign = kmeans_faiss(x, 20, seed)
+    torch_centroids, torch_assign = kmeans_torch(x, 20, seed)
+    assert torch.equal(torch_assign, faiss_assign)
+    torch.testing.assert_close(torch_centroids, faiss_centroids, atol=1e-4, rtol=0)
