@@ -5,6 +5,6 @@ The code lives in :mod:`clim.method.losses`; this module only re-exports its pub
 :mod:`clim.method.losses`).
 """
 
-from clim.method.losses import info_nce, mixed_info_nce
+from clim.method.losses import TEMPERATURE, info_nce, mixed_info_nce
 
-__all__ = ["info_nce", "mixed_info_nce"]
+__all__ = ["TEMPERATURE", "info_nce", "mixed_info_nce"]

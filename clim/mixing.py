@@ -5,6 +5,6 @@ The code lives in :mod:`clim.method.mixing`; this module only re-exports its pub
 :mod:`clim.method.mixing`).
 """
 
-from clim.method.mixing import cutmix, cutmix_boxes, mixup, sample_beta
+from clim.method.mixing import CUTMIX_ALPHA, MIXUP_ALPHA, cutmix, cutmix_boxes, mixup, sample_beta
 
-__all__ = ["cutmix", "cutmix_boxes", "mixup", "sample_beta"]
+__all__ = ["CUTMIX_ALPHA", "MIXUP_ALPHA", "cutmix", "cutmix_boxes", "mixup", "sample_beta"]

@@ -7,6 +7,8 @@ pyproject.toml keeps this module at the top, where nothing else in ``clim`` may 
 """
 
 from clim.method.knn import KMEANS_ITERS
-from clim.method.selection import STRATEGIES, SelectionResult, select_positives, selection_diagnostics
+from clim.method.selection import (DEFAULT_K, DEFAULT_NUM_POSITIVES, STRATEGIES, SelectionResult, default_num_clusters,
+                                   select_positives, selection_diagnostics)
 
-__all__ = ["KMEANS_ITERS", "STRATEGIES", "SelectionResult", "select_positives", "selection_diagnostics"]
+__all__ = ["DEFAULT_K", "DEFAULT_NUM_POSITIVES", "KMEANS_ITERS", "STRATEGIES", "SelectionResult",
+           "default_num_clusters", "select_positives", "selection_diagnostics"]

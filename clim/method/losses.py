@@ -1,22 +1,40 @@
 """Contrastive losses of CLIM (METHOD §1 and §3; paper Eq. 1 and Eq. 3).
 
-Both losses share one implementation, :func:`_nce_terms`: the negative logits ``q · queueᵀ / τ``
+Both losses share one implementation, :func:`_nce_terms`: the negative logits ``q · negativesᵀ / τ``
 are computed once per query batch and reused by every positive key, so the mixed loss (two
 InfoNCE terms on the same mixed query) costs one B×K matmul instead of two.
+
+Made hard to misuse (issue 18), with no host synchronisation on the common path:
+
+* every input is L2-normalised along its feature dimension (a no-op, up to rounding, for unit
+  vectors), so a raw head output gives the cosine loss and not a silently wrong one;
+  ``normalize=False`` skips it (and the check below) for inputs normalised by construction (the
+  trainer's);
+* the queue is ``[K, d]``, one negative per row. lightly's ``MemoryBankModule`` returns its bank as
+  ``(d, K)`` by default (``feature_dim_first=True``): pass ``bank.T``. A queue whose second
+  dimension is not d is rejected; when K == d the shape cannot tell, and the loss compares the
+  rows' and the columns' norms (one host synchronisation, in that case only) and rejects a queue
+  whose columns, not rows, are the unit vectors;
+* ``queue=None`` uses in-batch negatives (SimCLR / MoCo v3 style): for query b, the keys of the
+  other anchors ``k_j, j ≠ b``.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["info_nce", "mixed_info_nce"]
+__all__ = ["TEMPERATURE", "info_nce", "mixed_info_nce"]
 
+TEMPERATURE = 0.2  # τ of METHOD §1
 _REDUCTIONS = ("mean", "none")
 
 
-def _nce_terms(q: Tensor, keys: tuple[Tensor, ...], queue: Tensor, temperature: float) -> list[Tensor]:
-    """Per-sample InfoNCE ``L_nce(q_b, key_b)`` for each key tensor, negatives = queue rows.
+def _nce_terms(q: Tensor, keys: tuple[Tensor, ...], negatives: Tensor, temperature: float,
+               in_batch: bool = False) -> list[Tensor]:
+    """Per-sample InfoNCE ``L_nce(q_b, key_b)`` for each key tensor, negatives = rows of ``negatives``
+    (all of them, or with ``in_batch`` every row but b).
 
     Eq. 1 is the cross-entropy of the logits ``[q·k, q·n_1, …, q·n_K] / τ`` with target 0, i.e.
     ``logsumexp(logits) − q·k/τ``. Written as ``logaddexp(q·k/τ, logsumexp_j(q·n_j/τ)) − q·k/τ``
@@ -26,7 +44,11 @@ def _nce_terms(q: Tensor, keys: tuple[Tensor, ...], queue: Tensor, temperature: 
     """
     with torch.autocast(device_type=q.device.type, enabled=False):
         q32 = q.float()
-        neg_lse = torch.logsumexp(q32 @ queue.float().T / temperature, dim=1)  # [B]
+        negative_logits = q32 @ negatives.float().T / temperature  # [B, K]
+        if in_batch:
+            negative_logits = negative_logits.masked_fill(
+                torch.eye(q.shape[0], dtype=torch.bool, device=q.device), float("-inf"))
+        neg_lse = torch.logsumexp(negative_logits, dim=1)  # [B]
         terms = []
         for key in keys:
             pos = (q32 * key.float()).sum(dim=1) / temperature  # [B]
@@ -42,43 +64,95 @@ def _reduce(loss: Tensor, reduction: str) -> Tensor:
     raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
 
 
-def info_nce(q: Tensor, k: Tensor, queue: Tensor, temperature: float, reduction: str = "mean") -> Tensor:
-    """MoCo InfoNCE (paper Eq. 1, METHOD §1): one positive key per query, the queue as negatives.
+def _checked(q: Tensor, keys: tuple[Tensor, ...], queue: Tensor | None, normalize: bool
+             ) -> tuple[Tensor, tuple[Tensor, ...], Tensor | None]:
+    """Shape checks (host-side only) and, with ``normalize``, the square-queue check and the inputs
+    L2-normalised along dim 1."""
+    if q.dim() != 2:
+        raise ValueError(f"queries must be [B, d], got shape {tuple(q.shape)}")
+    for key in keys:
+        if key.shape != q.shape:
+            raise ValueError(f"keys must have the queries' shape {tuple(q.shape)}, got {tuple(key.shape)}")
+    d = q.shape[1]
+    if queue is None:
+        if q.shape[0] < 2:
+            raise ValueError("in-batch negatives (queue=None) need a batch of at least 2")
+    elif queue.dim() != 2 or queue.shape[1] != d:
+        hint = (" — it looks like (d, K): lightly's MemoryBankModule returns (d, K) by default, pass bank.T"
+                if queue.dim() == 2 and queue.shape[0] == d else "")
+        raise ValueError(f"queue must be [K, d] with d = {d} (one negative per row), got {tuple(queue.shape)}{hint}")
+    elif normalize and queue.shape[0] == d and _columns_are_the_unit_vectors(queue):
+        raise ValueError(f"queue is {d}x{d} and its columns, not its rows, have unit norm: it looks like a (d, K) "
+                         "bank (lightly's MemoryBankModule default); pass bank.T (the queue is [K, d])")
+    if not normalize:
+        return q, keys, queue
+    return _unit(q), tuple(_unit(key) for key in keys), None if queue is None else _unit(queue)
+
+
+def _unit(x: Tensor) -> Tensor:
+    return F.normalize(x.float(), dim=1)  # in float32, as the loss itself
+
+
+def _columns_are_the_unit_vectors(queue: Tensor) -> bool:
+    square = queue.detach().float()
+    rows, columns = ((square.norm(dim=dim) - 1).abs().max() for dim in (1, 0))
+    return bool((columns < 1e-3) & (rows > 1e-3))
+
+
+def info_nce(q: Tensor, k: Tensor, queue: Tensor | None = None, temperature: float = TEMPERATURE,
+             reduction: str = "mean", normalize: bool = True) -> Tensor:
+    """MoCo InfoNCE (paper Eq. 1, METHOD §1): one positive key per query, negatives from the queue
+    or, with ``queue=None``, the batch's other keys.
 
     Args:
-        q: queries [B, d], L2-normalised (with gradient).
-        k: positive keys [B, d], L2-normalised (momentum encoder, no gradient).
-        queue: negative keys [K, d], L2-normalised.
+        q: queries [B, d] (with gradient).
+        k: positive keys [B, d] (momentum encoder, no gradient).
+        queue: negative keys ``[K, d]`` — one per row; lightly's ``MemoryBankModule`` gives
+            ``(d, K)``: pass ``bank.T``. None: in-batch negatives ``k_j, j ≠ b`` (SimCLR style).
         temperature: τ (METHOD: 0.2).
         reduction: ``"mean"`` (batch mean, a scalar) or ``"none"`` (float32 [B]).
+        normalize: L2-normalise q, k and queue along dim 1 first and check a square queue's
+            layout (default). Pass False only for unit-vector inputs in the right layout (the
+            trainer's): no value check, no host synchronisation, three kernels fewer.
     """
-    return _reduce(_nce_terms(q, (k,), queue, temperature)[0], reduction)
+    q, (k,), queue = _checked(q, (k,), queue, normalize)
+    negatives = k if queue is None else queue
+    return _reduce(_nce_terms(q, (k,), negatives, temperature, in_batch=queue is None)[0], reduction)
 
 
 def mixed_info_nce(
     q: Tensor,
     k_anchor: Tensor,
     k_positive: Tensor,
-    queue: Tensor,
-    lam: Tensor | float,
-    temperature: float,
+    queue: Tensor | None = None,
+    lam: Tensor | float | None = None,
+    temperature: float = TEMPERATURE,
     reduction: str = "mean",
+    normalize: bool = True,
 ) -> Tensor:
     """Mixture loss of paper Eq. 3 (METHOD §3), batch mean of
     ``λ_b·L_nce(q_b, k_anchor_b) + (1−λ_b)·L_nce(q_b, k_positive_b)``.
 
-    Two separate InfoNCE terms, each with one positive and the queue as negatives, weighted by the
-    anchor's pixel share λ of the mixed query (not one loss with two positives).
+    Two separate InfoNCE terms, each with one positive and the same negatives (the queue, or with
+    ``queue=None`` the other anchors' keys ``k_anchor_j, j ≠ b``), weighted by the anchor's pixel
+    share λ of the mixed query (not one loss with two positives).
 
     Args:
         q: queries of the mixed images [B, d].
         k_anchor: keys of a second view of the anchors [B, d].
         k_positive: keys of a view of the selected positives [B, d].
-        queue: negatives [K, d].
-        lam: anchor share per sample, a [B] tensor or a float.
-        temperature: τ.
+        queue: negatives ``[K, d]`` (see :func:`info_nce`), or None for in-batch negatives.
+        lam: anchor share per sample, a [B] tensor or a float — required: what
+            :func:`~clim.method.mixing.cutmix` / :func:`~clim.method.mixing.mixup` return.
+        temperature: τ (METHOD: 0.2).
         reduction: ``"mean"`` or ``"none"``.
+        normalize: as in :func:`info_nce`.
     """
-    loss_anchor, loss_positive = _nce_terms(q, (k_anchor, k_positive), queue, temperature)
+    if lam is None:
+        raise TypeError("mixed_info_nce needs lam, the anchor's share of each mixed query (cutmix / mixup return it)")
+    q, (k_anchor, k_positive), queue = _checked(q, (k_anchor, k_positive), queue, normalize)
+    negatives = k_anchor if queue is None else queue
+    loss_anchor, loss_positive = _nce_terms(q, (k_anchor, k_positive), negatives, temperature,
+                                            in_batch=queue is None)
     lam = torch.as_tensor(lam, dtype=torch.float32, device=loss_anchor.device)
     return _reduce(lam * loss_anchor + (1.0 - lam) * loss_positive, reduction)

@@ -14,7 +14,10 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["sample_beta", "cutmix_boxes", "cutmix", "mixup"]
+__all__ = ["CUTMIX_ALPHA", "MIXUP_ALPHA", "sample_beta", "cutmix_boxes", "cutmix", "mixup"]
+
+CUTMIX_ALPHA = 2.0  # METHOD §3 (paper Table 9: the best α)
+MIXUP_ALPHA = 0.2  # METHOD §3 (paper Table 10)
 
 
 def _draw_device(generator: torch.Generator | None, device: torch.device) -> torch.device:
@@ -78,7 +81,8 @@ def sample_beta(
 
 
 def cutmix_boxes(
-    n: int, height: int, width: int, alpha: float, generator: torch.Generator | None = None, device="cpu"
+    n: int, height: int, width: int, alpha: float = CUTMIX_ALPHA, generator: torch.Generator | None = None,
+    device="cpu",
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Per-sample CutMix boxes (Yun et al. 2019, METHOD §3): ``(y1, y2, x1, x2, lam_drawn)``.
 
@@ -100,13 +104,13 @@ def cutmix_boxes(
 
 
 def cutmix(
-    anchor: Tensor, positive: Tensor, alpha: float, generator: torch.Generator | None = None
+    anchor: Tensor, positive: Tensor, alpha: float = CUTMIX_ALPHA, generator: torch.Generator | None = None
 ) -> tuple[Tensor, Tensor]:
     """CutMix of anchors [B, C, H, W] with positives of the same shape (METHOD §3).
 
-    The box region of each anchor is replaced by the same region of its positive; ``lam`` is then
-    reset to the exact share of anchor pixels, ``1 − box_area / (H·W)``, because clipping makes
-    the drawn λ only approximate. The mask is built by broadcasting row/column coordinates, one
+    ``λ ~ Beta(α, α)``, α = 2 by default (METHOD). The box region of each anchor is replaced by
+    the same region of its positive; ``lam`` is then reset to the exact share of anchor pixels,
+    ``1 − box_area / (H·W)``, because clipping makes the drawn λ only approximate. The mask is built by broadcasting row/column coordinates, one
     pass for the whole batch. Works for any dtype and device.
 
     Returns:
@@ -126,11 +130,11 @@ def cutmix(
 
 
 def mixup(
-    anchor: Tensor, positive: Tensor, alpha: float, generator: torch.Generator | None = None
+    anchor: Tensor, positive: Tensor, alpha: float = MIXUP_ALPHA, generator: torch.Generator | None = None
 ) -> tuple[Tensor, Tensor]:
     """Pixel mixup (METHOD §3, paper Table 10): ``mixed_b = λ_b·anchor_b + (1−λ_b)·positive_b``.
 
-    ``λ_b ~ Beta(α, α)`` per sample (METHOD uses α = 0.2; the caller passes it). Floating-point
+    ``λ_b ~ Beta(α, α)`` per sample (METHOD: α = 0.2, the default). Floating-point
     images only, since a convex combination of integer images would need rounding.
 
     Returns:

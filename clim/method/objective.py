@@ -55,6 +55,8 @@ def _per_resolution(encode, inputs: list[list[torch.Tensor]]) -> list[list[torch
 
 
 def compute_step(model: MoCo, batch: dict, config: Config) -> StepOutput:
+    """The step's loss; the losses get ``normalize=False`` (queries, keys and queue are unit vectors
+    by construction), so nothing here synchronises with the host."""
     temperature = config.model.temperature
     queue = model.queue.clone()
     use_positives = config.method.name == "clim" and batch["positive_key"] is not None
@@ -91,20 +93,22 @@ def compute_step(model: MoCo, batch: dict, config: Config) -> StepOutput:
     moco_terms, positive_terms = [], []
     for i, query in enumerate(queries):
         for j, key in enumerate(keys):
-            term = info_nce(query, key, queue, temperature)
+            term = info_nce(query, key, queue, temperature, normalize=False)
             if symmetric_queries is not None:
-                term = 0.5 * (term + info_nce(symmetric_queries[i], symmetric_keys[j], queue, temperature))
+                term = 0.5 * (term + info_nce(symmetric_queries[i], symmetric_keys[j], queue, temperature,
+                                              normalize=False))
             moco_terms.append(term)
             if mixing:
                 positive_terms.append(
-                    mixed_info_nce(mixed_queries[i], key, positive_keys[j], queue, lam, temperature))
+                    mixed_info_nce(mixed_queries[i], key, positive_keys[j], queue, lam, temperature, normalize=False))
             elif use_positives:
-                positive_terms.append(info_nce(query, positive_keys[j], queue, temperature))
+                positive_terms.append(info_nce(query, positive_keys[j], queue, temperature, normalize=False))
     parts = {"loss_moco": torch.stack(moco_terms).mean()}
     if positive_terms:
         parts["loss_positive"] = torch.stack(positive_terms).mean()
     if batch["small_crops"] is not None:
-        small = [info_nce(crop, keys[0], queue, temperature) for crop in model.encode_queries(batch["small_crops"])]
+        small = [info_nce(crop, keys[0], queue, temperature, normalize=False)
+                 for crop in model.encode_queries(batch["small_crops"])]
         parts["loss_multicrop"] = torch.stack(small).mean()
     loss = sum(parts.values())
     enqueue = keys[0] if symmetric_keys is None else torch.cat([keys[0], symmetric_keys[0]])

@@ -18,10 +18,18 @@ from torch import Tensor
 
 from clim.method.knn import BACKENDS, kmeans_faiss, kmeans_torch, knn_faiss, knn_torch, uses_faiss
 
-__all__ = ["STRATEGIES", "SelectionResult", "select_positives", "selection_diagnostics"]
+__all__ = ["DEFAULT_K", "DEFAULT_NUM_POSITIVES", "STRATEGIES", "SelectionResult", "default_num_clusters",
+           "select_positives", "selection_diagnostics"]
 
 STRATEGIES = ("random", "knn", "kmeans", "knn_kmeans", "center_wise")
 _CLUSTERED = ("kmeans", "knn_kmeans", "center_wise")
+DEFAULT_K = 40  # METHOD §2: kNN with k = 40
+DEFAULT_NUM_POSITIVES = 10  # METHOD §2: P = 10 positives per anchor
+
+
+def default_num_clusters(num_samples: int) -> int:
+    """METHOD §2's cluster count for small datasets: m ≈ N/100 (at least 2)."""
+    return max(2, num_samples // 100)
 
 
 @dataclass
@@ -140,10 +148,10 @@ class _Clock:
 
 def select_positives(
     features: Tensor,
-    strategy: str,
-    num_clusters: int,
-    k: int,
-    num_positives: int = 10,
+    strategy: str = "center_wise",
+    num_clusters: int | None = None,
+    k: int = DEFAULT_K,
+    num_positives: int = DEFAULT_NUM_POSITIVES,
     seed: int = 0,
     backend: str = "auto",
     timings: dict | None = None,
@@ -157,10 +165,12 @@ def select_positives(
     last two, P are drawn without replacement when |Ω| ≥ P, else all of Ω then the nearest
     remaining Ω2 members by rank.
 
-    kNN is exact L2 with self excluded by index; k-means is spherical, ``num_clusters`` clusters,
-    20 iterations, seeded by ``seed`` (also the seed of the random draws). Runs on the device
-    of ``features``; see :mod:`clim.method.knn` for ``backend``. A ``timings`` dict receives the
-    seconds spent in ``knn``, ``kmeans`` and ``rule`` (CUDA synchronised; for benchmarks).
+    kNN is exact L2 with self excluded by index; k-means is spherical, ``num_clusters`` clusters
+    (None: N/100, at least 2), 20 iterations, seeded by ``seed`` (also the seed of the random
+    draws). The defaults are METHOD §2's: ``center_wise``, k = 40, P = 10. Runs on the device of
+    ``features``; see :mod:`clim.method.knn` for ``backend`` (on CPU, faiss and torch give the
+    same clusters for the same seed). A ``timings`` dict receives the seconds spent in ``knn``,
+    ``kmeans`` and ``rule`` (CUDA synchronised; for benchmarks).
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; valid strategies: {', '.join(STRATEGIES)}")
@@ -168,6 +178,8 @@ def select_positives(
         raise ValueError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
     n = features.shape[0]
     p = num_positives
+    if num_clusters is None:
+        num_clusters = default_num_clusters(n)
     if k < p:
         raise ValueError(f"k ({k}) must be >= num_positives ({p}): Ω2 must be able to fill the table")
     if n <= k:
