@@ -170,11 +170,12 @@ class OursRunner:
         self.config = config = make_config(args, method)
         image_size = args.image_size or dataset.info.image_size
         self.pipeline = build_pipeline(dataset, config, image_size, device)
-        model = build_moco(config, dataset.info.in_channels, image_size, len(dataset)).to(device)
+        model = build_moco(config, dataset.info.in_channels, image_size).to(device)
         self.runner = StepRunner(model, config, device)
         self.device = device
         self.prefetch_batches = args.prefetch
-        self.table = fill_random_positives(model, len(dataset), seed=args.seed) if method == "clim" else None
+        self.table = (random_positives(len(dataset), config.method.num_positives, seed=args.seed).to(device)
+                      if method == "clim" else None)
         self.total_steps = config.train.epochs * len(self.pipeline)
         self.step_index = 0
         self.batches = self._batches()
@@ -198,15 +199,11 @@ class OursRunner:
         return len(batch["index"])
 
 
-def fill_random_positives(model, num_samples: int, seed: int = 0) -> torch.Tensor:
-    """Random valid indices (never the anchor itself) in ``model.positives``; returns the table."""
+def random_positives(num_samples: int, num_positives: int, seed: int = 0) -> torch.Tensor:
+    """A positives table of random valid indices (never the anchor itself), long [N, P]."""
     generator = torch.Generator().manual_seed(seed)
-    rows, cols = model.positives.shape
-    offsets = torch.randint(1, num_samples, (rows, cols), generator=generator)
-    table = (torch.arange(rows)[:, None] + offsets) % num_samples
-    model.positives.copy_(table.to(model.positives.dtype))
-    assert model.has_positives
-    return model.positives
+    offsets = torch.randint(1, num_samples, (num_samples, num_positives), generator=generator)
+    return (torch.arange(num_samples)[:, None] + offsets) % num_samples
 
 
 class LightlyRunner:

@@ -39,18 +39,16 @@ def _recompute_details(ckpt_path: Path, config: Config, dataset, epoch: int) -> 
     strategy, cluster count and k-means seed as the refresh that made the table."""
     from clim.data.transforms import eval_transform_for
     from clim.evaluation.common import load_run, resolve_device
-    from clim.method.positives import anchor_details, embed_dataset, num_clusters, selection_encoder
-    from clim.method.selection import select_positives
+    from clim.method.positives import build_bank, refresh_seed, selection_encoder
 
     device = resolve_device(None)
     run = load_run(ckpt_path, device)
     embedded = copy.copy(dataset)
     embedded.transform = eval_transform_for(dataset.info, run.data_info["image_size"])
-    features = embed_dataset(selection_encoder(run.model, config), embedded, config.train.batch_size, device)
-    method = config.method
-    result = select_positives(features, method.selection, num_clusters(config, len(dataset)), method.knn_k,
-                              method.num_positives, seed=config.train.seed * 10_000 + epoch - 1)
-    return anchor_details(result)
+    bank = build_bank(config, len(dataset)).to(device)
+    bank.refresh_from(selection_encoder(run.model, config), embedded, config.train.batch_size, device,
+                      seed=refresh_seed(config, epoch - 1))
+    return bank.details
 
 
 def load_inspection(path: str | Path) -> Inspection:

@@ -19,7 +19,7 @@ def _checkpoint(tmp_path, backbone="resnet18", in_channels=3, image_size=224):
     config = Config()
     config.model.backbone = backbone
     config.model.queue_size = 64
-    model = build_moco(config, in_channels, image_size, num_samples=0)
+    model = build_moco(config, in_channels, image_size)
     with torch.no_grad():  # non-default BN statistics and affine terms, so that exporting them matters
         for module in model.backbone_q.modules():
             if isinstance(module, torch.nn.BatchNorm2d):

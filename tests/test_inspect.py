@@ -16,6 +16,7 @@ from clim.engine.mosaic import FRAMES, GridLayout, mosaic
 from clim.engine.preview import (DETAILS_NAME, PREVIEW_DIR, Inspection, choose_anchors, class_precision, grid_rows,
                                  precision_panel, random_picks, write_positives_preview)
 from clim.inspect import inspect_run, load_inspection
+from clim.method.positives import build_bank, checkpoint_model_state
 from clim.models.moco import build_moco
 from clim.report import write_report
 from clim.runtime import checkpoint
@@ -104,12 +105,14 @@ def test_precision_panel_keeps_the_extremes_of_many_classes(tiny_config):
 def _save_run(folder: Path, config, num_samples: int, table: torch.Tensor | None, data_info: dict,
               refresh_epoch: int = 2) -> Path:
     """A checkpoint as the trainer writes it, with a hand-made positives table."""
-    model = build_moco(config, data_info["in_channels"], data_info["image_size"], num_samples)
+    model = build_moco(config, data_info["in_channels"], data_info["image_size"])
+    bank = build_bank(config, num_samples)
     if table is not None:
-        model.positives.copy_(table)
+        bank.load_state_dict({"table": table})
     history = [{"epoch": 1, "loss": 1.0}, {"epoch": refresh_epoch, "loss": 1.0, "selection": {}}]
     path = folder / checkpoint.CHECKPOINT_NAME
-    checkpoint.save_atomic({"config": config.to_dict(), "model": model.state_dict(), "epoch": refresh_epoch,
+    checkpoint.save_atomic({"config": config.to_dict(), "model": checkpoint_model_state(model, bank),
+                            "epoch": refresh_epoch,
                             "history": history, "data_info": data_info, "num_samples": num_samples}, path)
     return path
 
@@ -222,14 +225,17 @@ def test_a_failing_preview_is_one_warning_not_an_error(tmp_path, tiny_config):
         def __getitem__(self, index):
             raise OSError("disk gone")
 
-    class Model:
-        positives = torch.tensor([[1], [2], [3], [0]], dtype=torch.int32)
-        refresh_details = {"epoch": 5, "knn": positives.clone(), "filled": torch.zeros(4, dtype=torch.bool)}
+    class Bank:
+        table = torch.tensor([[1], [2], [3], [0]])
+        details = {"knn": table.int(), "filled": torch.zeros(4, dtype=torch.bool)}
+
+    class Unrefreshed:
+        details = None
 
     messages = []
     config = tiny_config("method.num_positives=1", clim=True)
-    assert write_positives_preview(Model(), Broken(), config, tmp_path, messages.append) is None
+    assert write_positives_preview(Bank(), Broken(), config, tmp_path, messages.append, 5) is None
     assert len(messages) == 1 and "\n" not in messages[0] and "epoch 5" in messages[0]
     assert "disk gone" in messages[0]
-    assert write_positives_preview(object(), Broken(), config, tmp_path, messages.append) is None  # no refresh
+    assert write_positives_preview(Unrefreshed(), Broken(), config, tmp_path, messages.append, 5) is None
     assert len(messages) == 1

@@ -80,8 +80,11 @@ def restore_generators(resume: dict | None, views_generator: torch.Generator | N
     return first_step(resume)
 
 
-def draw_positives(table: torch.Tensor, index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """One positive per anchor, uniformly among its table entries (METHOD §3)."""
+def draw_positives(table: torch.Tensor, index: torch.Tensor, generator: torch.Generator | None = None
+                   ) -> torch.Tensor:
+    """One positive per anchor, uniformly among its table entries (METHOD §3): long, on the table's
+    device; drawn on the generator's device (the table's without one, from torch's global RNG)."""
     rows = table[index.to(table.device)]
-    pick = torch.randint(rows.shape[1], (rows.shape[0],), generator=generator, device=generator.device)
+    on = generator.device if generator is not None else table.device
+    pick = torch.randint(rows.shape[1], (rows.shape[0],), generator=generator, device=on)
     return rows[torch.arange(rows.shape[0], device=rows.device), pick.to(rows.device)].long()

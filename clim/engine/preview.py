@@ -39,7 +39,7 @@ _COMPARE_TITLES = {"knn": "kNN only (same features)", "random": "random"}
 class Inspection:
     """What the figure is drawn from. ``table`` long [N, P]; ``labels`` long [N] (-1 unknown);
     ``images``: the dataset with no transform (items are PIL images); ``details``: see
-    :func:`clim.method.positives.anchor_details`; ``epoch``: the metrics record trained with the table."""
+    :func:`clim.method.bank.anchor_details`; ``epoch``: the metrics record trained with the table."""
 
     table: torch.Tensor
     labels: torch.Tensor
@@ -198,19 +198,19 @@ def render(inspection: Inspection, out: str | Path, anchors: int = PREVIEW_ANCHO
                        cutmix_row(inspection, int(chosen[0]), cell, seed))
 
 
-def write_positives_preview(model, dataset, config: Config, out_dir: str | Path,
-                            warn: Callable[[str], None]) -> Path | None:
-    """Training hook, right after a refresh: save the refresh's per-anchor details and draw
-    ``positives/epoch_NNN.png`` (a dozen anchors). Main rank only; a failure costs one warning,
-    never the run."""
-    details = getattr(model, "refresh_details", None)
-    if distributed.rank() != 0 or details is None:
+def write_positives_preview(bank, dataset, config: Config, out_dir: str | Path,
+                            warn: Callable[[str], None], epoch: int) -> Path | None:
+    """Training hook, right after a refresh of ``bank`` (:class:`~clim.method.bank.PositiveBank`):
+    save the refresh's per-anchor details and draw ``positives/epoch_NNN.png`` (a dozen anchors);
+    ``epoch`` is the metrics record that trains with the new table. Main rank only; a failure costs
+    one warning, never the run."""
+    if distributed.rank() != 0 or bank.details is None:
         return None
-    epoch = details["epoch"]
+    details = {"epoch": epoch, **bank.details}
     try:
         folder = Path(out_dir) / PREVIEW_DIR
         checkpoint.save_atomic(details, folder / DETAILS_NAME)
-        inspection = Inspection(model.positives.detach().cpu().long(), dataset.labels.cpu(),
+        inspection = Inspection(bank.table.detach().cpu(), dataset.labels.cpu(),
                                 getattr(dataset, "classes", None), raw_images(dataset), details, epoch, config)
         return render(inspection, folder / f"epoch_{epoch:03d}.png")
     except Exception as error:  # drawing is a by-product: it must never stop training

@@ -28,7 +28,8 @@ from clim.engine.logging import RunLogger
 from clim.engine.preview import write_positives_preview
 from clim.evaluation.knn import weighted_knn
 from clim.method.objective import StepOutput, compute_step
-from clim.method.positives import is_refresh_epoch, needs_table, num_clusters, refresh_positives
+from clim.method.positives import (build_bank, checkpoint_model_state, is_refresh_epoch, load_checkpoint_model_state,
+                                   needs_table, refresh_positives)
 from clim.models.moco import MoCo, build_moco
 from clim.runtime import checkpoint, distributed
 from clim.runtime.features import extract_features
@@ -261,7 +262,10 @@ def pretrain(config: Config, out_dir: str | Path) -> list[dict]:
         logger.message(f"kNN monitor off: '{config.data.name}' has no labelled train and test splits here")
 
     # Model and optimiser
-    model: MoCo = build_moco(config, info.in_channels, image_size, len(dataset)).to(device)
+    model: MoCo = build_moco(config, info.in_channels, image_size).to(device)
+    bank = build_bank(config, len(dataset))  # CLIM's positives table (None for MoCo v2)
+    if bank is not None:
+        bank.to(device)
     runner = StepRunner(model, config, device)
     optimizer, scaler = runner.optimizer, runner.scaler
     steps = len(pipeline)
@@ -274,7 +278,7 @@ def pretrain(config: Config, out_dir: str | Path) -> list[dict]:
     if ckpt_path.exists():
         saved = checkpoint.load(ckpt_path, map_location=device)
         _check_resume(saved, config)
-        model.load_state_dict(saved["model"])
+        load_checkpoint_model_state(model, bank, saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scaler.load_state_dict(saved["scaler"])
         checkpoint.set_rng_state(saved["rng"])
@@ -297,7 +301,7 @@ def pretrain(config: Config, out_dir: str | Path) -> list[dict]:
 
     def save(epoch_done: int, partial_state: dict | None = None) -> None:
         checkpoint.save_atomic({
-            "config": config.to_dict(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "config": config.to_dict(), "model": checkpoint_model_state(model, bank), "optimizer": optimizer.state_dict(),
             "scaler": scaler.state_dict(), "epoch": epoch_done, "step": step, "rng": checkpoint.rng_state(),
             "history": history, "data_info": data_info_dict(info, image_size), "num_samples": len(dataset),
             **({"partial": partial_state} if partial_state is not None else {}),
@@ -308,12 +312,13 @@ def pretrain(config: Config, out_dir: str | Path) -> list[dict]:
         record: dict = dict(resume["record"]) if resume else {"epoch": epoch + 1}
         # (resuming inside an epoch: its positives were refreshed before the save and are in the model)
         if resume is None and (is_refresh_epoch(config, epoch) or
-                               (needs_table(config, epoch) and not model.has_positives)):
+                               (needs_table(config, epoch) and not bank.filled)):
             model.eval()
-            record["selection"] = refresh_positives(model, selection_dataset, dataset.labels, config, epoch, device)
-            logger.message(_refresh_message(record["selection"], num_clusters(config, len(dataset)), epoch))
-            write_positives_preview(model, dataset, config, out_dir, logger.message)  # main rank, never raises
-        table = model.positives if needs_table(config, epoch) else None
+            record["selection"] = refresh_positives(bank, model, selection_dataset, config, epoch, device)
+            logger.message(_refresh_message(record["selection"], bank.num_clusters, epoch))
+            # epoch + 1: the metrics record (and first epoch) that trains with this table
+            write_positives_preview(bank, dataset, config, out_dir, logger.message, epoch + 1)  # never raises
+        table = bank.table if needs_table(config, epoch) else None
         if table is not None and (epoch == start_epoch or not needs_table(config, epoch - 1)):
             logger.message(f"epoch {epoch + 1}: CLIM's positive term joins the loss from now on, so the loss "
                            f"rises; metrics.jsonl and TensorBoard log loss_moco and loss_positive apart")

@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from clim.config import Config, ConfigError, parse_overrides
+from clim.method.positives import load_checkpoint_model_state
 from clim.models.backbones import build_backbone, uses_small_stem
 from clim.models.moco import MoCo, build_moco
 from clim.runtime import checkpoint
@@ -60,8 +61,8 @@ def load_run(ckpt_path: str | Path, device: str | torch.device | None = "cpu") -
     path, state = checkpoint.load_trainer_checkpoint(ckpt_path)
     config = Config.from_dict(state["config"])
     info = dict(state["data_info"])
-    model = build_moco(config, info["in_channels"], info["image_size"], state.get("num_samples", 0))
-    model.load_state_dict(state["model"])
+    model = build_moco(config, info["in_channels"], info["image_size"])
+    load_checkpoint_model_state(model, None, state["model"])  # the positives table is not needed here
     model.to(resolve_device(device)).eval()
     return PretrainedRun(path, config, model, info, state.get("epoch"), state.get("step"))
 

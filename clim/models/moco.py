@@ -1,7 +1,8 @@
 """The MoCo v2 core (METHOD §1) as one small module: encoders, queue, momentum update, BN tricks.
 
-All of the method's state lives here and is saved with it: the negative-key queue and CLIM's
-positives table are registered buffers, so a checkpoint of the module is a checkpoint of the method.
+All of MoCo's state lives here and is saved with it: the negative-key queue is a registered buffer,
+so a checkpoint of the module is a checkpoint of the method. CLIM's positives table is a module of
+its own, :class:`clim.method.bank.PositiveBank` (the trainer saves both).
 """
 
 from __future__ import annotations
@@ -130,7 +131,7 @@ def projection_head(in_dim: int, out_dim: int) -> nn.Sequential:
 class MoCo(nn.Module):
     def __init__(self, backbone: str = "resnet18", in_channels: int = 3, small_stem: bool = False,
                  head_dim: int = 128, queue_size: int = 65536, momentum: float = 0.999,
-                 bn_splits: int = 8, num_samples: int = 0, num_positives: int = 10):
+                 bn_splits: int = 8):
         super().__init__()
         net, feature_dim = build_backbone(backbone, in_channels, small_stem)
         self.encoder_q = nn.Sequential(_use_split_bn(net), projection_head(feature_dim, head_dim))
@@ -143,8 +144,6 @@ class MoCo(nn.Module):
         self.set_bn_splits(bn_splits)
         self.register_buffer("queue", F.normalize(torch.randn(queue_size, head_dim), dim=1))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
-        # CLIM's positives table (METHOD §2): -1 until the first refresh; int32 halves its size.
-        self.register_buffer("positives", torch.full((num_samples, num_positives), -1, dtype=torch.int32))
 
     @property
     def backbone_q(self) -> nn.Module:
@@ -153,10 +152,6 @@ class MoCo(nn.Module):
     @property
     def backbone_k(self) -> nn.Module:
         return self.encoder_k[0]
-
-    @property
-    def has_positives(self) -> bool:
-        return self.positives.numel() > 0 and bool((self.positives[:, 0] >= 0).all())
 
     def set_bn_splits(self, splits: int) -> None:
         for module in self.modules():
@@ -239,7 +234,7 @@ class MoCo(nn.Module):
         self.queue_ptr.copy_((self.queue_ptr + keys.shape[0]) % size)
 
 
-def build_moco(config: Config, in_channels: int, image_size: int, num_samples: int) -> MoCo:
+def build_moco(config: Config, in_channels: int, image_size: int) -> MoCo:
     _, splits = batch_layout(config, distributed.world_size())
     return MoCo(
         backbone=config.model.backbone,
@@ -251,6 +246,4 @@ def build_moco(config: Config, in_channels: int, image_size: int, num_samples: i
         # Groups of train.batch_size / model.bn_splits images on one device and under DDP (where
         # shuffle-BN mixes ranks for the keys): clim.config.batch_layout.
         bn_splits=splits,
-        num_samples=num_samples if config.method.name == "clim" else 0,
-        num_positives=config.method.num_positives,
     )

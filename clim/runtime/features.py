@@ -24,7 +24,8 @@ def extract_features(module: nn.Module, dataset: Dataset, batch_size: int = 256,
     The module runs in eval mode (BatchNorm uses its running statistics, so a feature does not
     depend on its batch) and gets its previous training mode back afterwards. ``device`` defaults
     to the module's own; when given, the module is moved there. ``progress`` None shows a bar only
-    on a terminal. Items are ``(image, index, label)`` as the dataset registry returns them.
+    on a terminal. Items are ``(image, index, label)`` as the dataset registry returns them, or
+    ``(image, label)`` (torchvision's datasets), ``(image,)`` or a bare image tensor (labels −1).
     """
     device = torch.device(device) if device is not None else module_device(module)
     module.to(device)
@@ -35,7 +36,8 @@ def extract_features(module: nn.Module, dataset: Dataset, batch_size: int = 256,
     show = sys.stderr.isatty() if progress is None else progress
     feats, labels = [], []
     try:
-        for images, _, targets in tqdm(loader, desc="features", disable=not show, leave=False):
+        for batch in tqdm(loader, desc="features", disable=not show, leave=False):
+            images, targets = _images_and_labels(batch)
             out = module(images.to(device, non_blocking=True))
             feats.append(out.float().flatten(1).cpu())
             labels.append(torch.as_tensor(targets, dtype=torch.long))
@@ -44,3 +46,11 @@ def extract_features(module: nn.Module, dataset: Dataset, batch_size: int = 256,
     if not feats:
         raise ValueError("cannot extract features from an empty dataset")
     return torch.cat(feats), torch.cat(labels)
+
+
+def _images_and_labels(batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """A collated batch of any item format of :func:`extract_features`: (images, labels)."""
+    if isinstance(batch, torch.Tensor):
+        batch = (batch,)
+    images = batch[0]
+    return images, batch[-1] if len(batch) > 1 else torch.full((images.shape[0],), -1, dtype=torch.long)

@@ -111,10 +111,9 @@ def test_same_seed_same_batch_whatever_the_workers(folder):
 
 def test_a_training_step_runs(folder):
     config, dataset, pipeline = _pipeline(folder, "method.name=clim", "method.resolutions=[16,12]")
-    model = build_moco(config, 3, SIZE, len(dataset))
-    model.positives.copy_(_random_table(len(dataset)))
+    model = build_moco(config, 3, SIZE)
     optimizer = torch.optim.SGD(model.encoder_q.parameters(), lr=0.03, momentum=0.9)
-    batch = next(iter(pipeline.epoch(0, model.positives)))
+    batch = next(iter(pipeline.epoch(0, _random_table(len(dataset)))))
     out = compute_step(model, batch, config)
     assert torch.isfinite(out.loss) and out.lam_mean is not None
     optimizer.zero_grad(set_to_none=True)

@@ -27,7 +27,7 @@ def test_compiled_encoders_trace_whole_and_give_the_same_step(tiny_config, monke
     def step(compiled: bool):
         torch.manual_seed(0)
         config.train.compile = compiled
-        model = build_moco(config, 1, 8, len(dataset))
+        model = build_moco(config, 1, 8)
         runner = StepRunner(model, config, torch.device("cpu"))
         torch.manual_seed(1)
         out = runner(batch, 0)

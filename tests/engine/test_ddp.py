@@ -43,7 +43,8 @@ from clim.config import load_config
 from clim.data import build_dataset
 from clim.data.arrays import ArrayDataset
 from clim.data.transforms import eval_transform_for
-from clim.method.positives import embed_dataset, refresh_positives, selection_encoder
+from clim.method.bank import embed_dataset
+from clim.method.positives import build_bank, refresh_positives, selection_encoder
 from clim.models.moco import build_moco
 from clim.runtime import distributed
 
@@ -53,10 +54,12 @@ config = load_config("demo-cpu", overrides=sys.argv[2:])
 full = build_dataset("digits", None, "pretrain")
 dataset = ArrayDataset(full.images[:255], full.labels[:255], full.info, eval_transform_for(full.info, 8))
 torch.manual_seed(0)
-model = build_moco(config, 1, 8, len(dataset))
-features = embed_dataset(selection_encoder(model, config), dataset, 64, runtime.device)
-diagnostics = refresh_positives(model, dataset, dataset.labels, config, 1, runtime.device)
-torch.save({"features": features, "positives": model.positives.clone(), "diagnostics": diagnostics,
+model = build_moco(config, 1, 8)
+bank = build_bank(config, len(dataset))
+features, labels = embed_dataset(selection_encoder(model, config), dataset, 64, runtime.device)
+assert torch.equal(labels, dataset.labels)
+diagnostics = refresh_positives(bank, model, dataset, config, 1, runtime.device)
+torch.save({"features": features, "positives": bank.table.clone(), "diagnostics": diagnostics,
             "world": distributed.world_size()}, f"{sys.argv[1]}/rank{runtime.rank}.pt")
 distributed.teardown()
 """
@@ -104,7 +107,7 @@ runtime = distributed.setup("cpu")
 config = load_config("demo-cpu", overrides=sys.argv[2:])
 dataset = build_dataset("digits", None, "pretrain")
 torch.manual_seed(0)
-model = build_moco(config, 1, 8, len(dataset))
+model = build_moco(config, 1, 8)
 pipeline = build_pipeline(dataset, config, 8, runtime.device, runtime.rank, runtime.world_size)
 runner = StepRunner(model, config, runtime.device)
 batch = next(iter(pipeline.epoch(0)))

@@ -45,7 +45,7 @@ def tiny_ckpt(tmp_path):
     config.data.num_workers = 0
     config.model.backbone = "resnet10"
     config.model.queue_size = 64
-    model = build_moco(config, TINY_INFO.in_channels, TINY_INFO.image_size, num_samples=48)
+    model = build_moco(config, TINY_INFO.in_channels, TINY_INFO.image_size)
     data_info = {"name": "tiny", "num_classes": 4, "in_channels": 1, "image_size": 8,
                  "mean": [0.5], "std": [0.25]}
     path = tmp_path / "run" / "checkpoint.pt"

@@ -61,11 +61,7 @@ def test_build_moco_follows_config():
     config.model.backbone = "resnet10"
     config.model.queue_size = 32
     config.model.bn_splits = 2
-    config.method.name = "clim"
-    config.method.num_positives = 5
-    model = build_moco(config, in_channels=1, image_size=8, num_samples=7)
+    model = build_moco(config, in_channels=1, image_size=8)
     assert model.backbone_q.conv1.kernel_size == (3, 3)  # 8 px: small stem by default
-    assert model.queue.shape == (32, 128) and model.positives.shape == (7, 5)
+    assert model.queue.shape == (32, 128)
     assert model.encoder_q[1][0].in_features == 512
-    config.method.name = "mocov2"
-    assert build_moco(config, 1, 8, 7).positives.numel() == 0
