@@ -56,3 +56,19 @@ def test_pinned_public_names_still_import():
     assert select_positives is selection.select_positives
     assert (cutmix, mixup) == (mixing.cutmix, mixing.mixup)
     assert (info_nce, mixed_info_nce) == (losses.info_nce, losses.mixed_info_nce)
+
+
+def test_import_clim_is_light_and_exposes_the_python_api():
+    """``import clim`` loads no torch (``clim --help`` stays fast); the API's names appear on first
+    use, exactly those ``clim.api`` imports (the list in clim/__init__.py cannot drift)."""
+    light = subprocess.run([sys.executable, "-c", "import sys, clim; print('torch' in sys.modules)"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert light.stdout.strip() == "False", light.stderr
+    import clim.api
+    from clim.method.bank import PositiveBank
+
+    assert {name for name in vars(clim.api) if not name.startswith("_")} == set(clim.__all__)
+    assert all(getattr(clim, name) is getattr(clim.api, name) for name in clim.__all__)
+    assert clim.PositiveBank is PositiveBank and clim.losses.info_nce is clim.info_nce
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        clim.nothing  # noqa: B018
