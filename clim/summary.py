@@ -65,7 +65,7 @@ def _method_line(config: Config, num_samples: int | None) -> str:
               "none": "no mixing"}[method.mixing]
     if method.num_clusters is not None:
         clusters = method.num_clusters
-    else:  # clim.method.positives.num_clusters' rule
+    else:  # clim.method.selection.default_num_clusters' rule
         clusters = f"{max(2, num_samples // 100)} (N/100)" if num_samples else "N/100"
     return (f"method    CLIM: {method.selection} positives ({method.num_positives} per image, k {method.knn_k}, "
             f"{clusters} clusters, {method.selection_features} features), {mixing}{sizes}{crops}; "

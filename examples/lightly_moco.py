@@ -10,13 +10,12 @@ rejected with that hint, not used silently).
 
 from __future__ import annotations
 
-import argparse
 import copy
 import sys
 
 import torch
 import torch.nn.functional as F
-from tiny_digits import augment, backbone, digits
+from tiny_digits import augment, backbone, digits, epochs_argument
 from torch import nn
 
 import clim
@@ -66,6 +65,4 @@ def main(epochs: int = 6, refresh_every: int = 2, batch_size: int = 64, seed: in
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=6)
-    main(parser.parse_args().epochs)
+    main(epochs_argument(__doc__))

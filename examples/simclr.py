@@ -9,10 +9,9 @@ view and the positive's view, with the same in-batch negatives.
 
 from __future__ import annotations
 
-import argparse
 
 import torch
-from tiny_digits import augment, backbone, digits
+from tiny_digits import augment, backbone, digits, epochs_argument
 from torch import nn
 
 import clim
@@ -46,6 +45,4 @@ def main(epochs: int = 6, refresh_every: int = 2, batch_size: int = 64, seed: in
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=6)
-    main(parser.parse_args().epochs)
+    main(epochs_argument(__doc__))

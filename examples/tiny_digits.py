@@ -1,7 +1,9 @@
-"""What the examples share: sklearn's 8×8 digits as a tensor dataset, a batched augmentation and a
-small CNN backbone, so that each example trains on a CPU in seconds (no download)."""
+"""What the examples share: sklearn's 8×8 digits as a tensor dataset, a batched augmentation, a
+small CNN backbone (so that each example trains on a CPU in seconds, no download) and ``--epochs``."""
 
 from __future__ import annotations
+
+import argparse
 
 import torch
 import torch.nn.functional as F
@@ -37,3 +39,10 @@ def backbone(width: int = 32) -> nn.Sequential:
         nn.Conv2d(1, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
         nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(),
         nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+
+def epochs_argument(doc: str, default: int = 6) -> int:
+    """The ``--epochs`` of an example's command line (its docstring's first line as the help)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=default, help=f"epochs to train (default {default})")
+    return parser.parse_args().epochs

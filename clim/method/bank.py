@@ -58,11 +58,11 @@ def embed_dataset(encoder: nn.Module, dataset: Dataset, batch_size: int = 256, d
 
 
 def anchor_details(result: SelectionResult) -> dict[str, Tensor]:
-    """Per-anchor facts of a selection, CPU tensors: ``knn`` int32 [N, P] (what kNN-only selection
+    """Per-anchor facts of a selection, CPU tensors: ``knn`` long [N, P] (what kNN-only selection
     would pick on the same features), ``filled`` bool [N], and where the strategy has them
     ``cluster_size`` int32 [N] (members of the anchor's cluster, itself included) and ``omega_size``
     int32 [N] (|Ω_p|, or |Ω1 ∩ Ω2| for ``knn_kmeans``)."""
-    details = {"knn": result.neighbors[:, :result.positives.shape[1]].int().cpu(), "filled": result.filled.cpu()}
+    details = {"knn": result.neighbors[:, :result.positives.shape[1]].cpu(), "filled": result.filled.cpu()}
     if result.assignments is not None:
         sizes = torch.bincount(result.assignments, minlength=result.centroids.shape[0])
         details["cluster_size"] = sizes[result.assignments].int().cpu()

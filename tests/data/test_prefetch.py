@@ -13,7 +13,7 @@ CPU = torch.device("cpu")
 def _table(n, p=4, seed=0):
     g = torch.Generator().manual_seed(seed)
     rows = [torch.randperm(n - 1, generator=g)[:p] for _ in range(n)]
-    return torch.stack([r + (r >= i).long() for i, r in enumerate(rows)]).to(torch.int32)
+    return torch.stack([r + (r >= i).long() for i, r in enumerate(rows)])
 
 
 def _consume(batches):

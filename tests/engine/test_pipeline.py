@@ -22,7 +22,7 @@ def _table(n, p=10, seed=0):
     """A positives table: p distinct indices per row, never the row itself."""
     g = torch.Generator().manual_seed(seed)
     rows = [torch.randperm(n - 1, generator=g)[:p] for _ in range(n)]
-    return torch.stack([r + (r >= i).long() for i, r in enumerate(rows)]).to(torch.int32)
+    return torch.stack([r + (r >= i).long() for i, r in enumerate(rows)])
 
 
 def _pipeline(kind, digits, tiny_config, *overrides, rank=0, world_size=1):
@@ -121,7 +121,7 @@ def test_multicrop_small_views(digits, tiny_config):
 
 
 def test_draw_positives_uses_every_column():
-    table = torch.arange(40, dtype=torch.int32).view(4, 10)
+    table = torch.arange(40).view(4, 10)
     index = torch.full((2000,), 2)
     drawn = draw_positives(table, index, torch.Generator().manual_seed(0))
     assert set(drawn.tolist()) == set(range(20, 30))
