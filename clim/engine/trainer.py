@@ -310,7 +310,7 @@ def pretrain(config: Config, out_dir: str | Path) -> list[dict]:
     for epoch in range(start_epoch, config.train.epochs):
         resume = partial if epoch == start_epoch else None
         record: dict = dict(resume["record"]) if resume else {"epoch": epoch + 1}
-        # (resuming inside an epoch: its positives were refreshed before the save and are in the model)
+        # (resuming inside an epoch: its positives were refreshed before the save and are in the bank)
         if resume is None and (is_refresh_epoch(config, epoch) or
                                (needs_table(config, epoch) and not bank.filled)):
             model.eval()

@@ -24,8 +24,8 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset, Subset
 
 from clim.data.views import draw_positives
-from clim.method.selection import (DEFAULT_K, DEFAULT_NUM_POSITIVES, SelectionResult, default_num_clusters,
-                                   select_positives, selection_diagnostics)
+from clim.method.selection import (DEFAULT_K, DEFAULT_NUM_POSITIVES, STRATEGIES, SelectionResult,
+                                   default_num_clusters, select_positives, selection_diagnostics)
 from clim.runtime import distributed
 from clim.runtime.features import extract_features, module_device
 
@@ -95,6 +95,8 @@ class PositiveBank(nn.Module):
             raise ValueError(f"PositiveBank needs more than k = {k} samples, got num_samples={num_samples}")
         if not 0 < num_positives <= k:
             raise ValueError(f"num_positives must be in [1, k = {k}], got {num_positives}")
+        if strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy {strategy!r}; valid strategies: {', '.join(STRATEGIES)}")
         self.strategy, self.k, self.backend = strategy, k, backend
         self.num_clusters = default_num_clusters(num_samples) if num_clusters is None else num_clusters
         self.register_buffer("table", torch.full((num_samples, num_positives), -1, dtype=torch.long))

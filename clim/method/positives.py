@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from clim.config import Config
+from clim.config import Config, ConfigError
 from clim.method.bank import PositiveBank
 from clim.models.moco import MoCo
 
@@ -46,11 +46,14 @@ def refresh_seed(config: Config, epoch: int) -> int:
 
 
 def build_bank(config: Config, num_samples: int) -> PositiveBank | None:
-    """The run's positives bank (None for MoCo v2)."""
+    """The run's positives bank (None for MoCo v2); a dataset too small for it is a ConfigError."""
     if config.method.name != "clim":
         return None
     method = config.method
-    return PositiveBank(num_samples, method.num_positives, method.selection, method.num_clusters, method.knn_k)
+    try:
+        return PositiveBank(num_samples, method.num_positives, method.selection, method.num_clusters, method.knn_k)
+    except ValueError as error:
+        raise ConfigError(f"{error} (method.knn_k, method.num_positives)") from None
 
 
 def refresh_positives(bank: PositiveBank, model: MoCo, dataset, config: Config, epoch: int,

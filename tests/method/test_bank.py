@@ -44,6 +44,13 @@ def test_the_done_when_of_issue_18():
     assert torch.isfinite(clim.mixed_info_nce(q, k, kt, lam=lam)) and torch.isfinite(clim.info_nce(q, k))
 
 
+def test_a_bank_that_cannot_work_is_refused_when_built():
+    with pytest.raises(ValueError, match="more than k = 40"):
+        clim.PositiveBank(num_samples=40)
+    with pytest.raises(ValueError, match="unknown strategy"):
+        clim.PositiveBank(num_samples=100, strategy="centre_wise")
+
+
 def test_sample_before_any_refresh_is_an_error():
     bank = clim.PositiveBank(num_samples=100)
     with pytest.raises(RuntimeError, match="refresh"):
