@@ -45,7 +45,7 @@ def _recompute_details(ckpt_path: Path, config: Config, dataset, epoch: int) -> 
     run = load_run(ckpt_path, device)
     embedded = copy.copy(dataset)
     embedded.transform = eval_transform_for(dataset.info, run.data_info["image_size"])
-    bank = build_bank(config, len(dataset)).to(device)
+    bank = build_bank(config, len(dataset), device)
     bank.refresh_from(selection_encoder(run.model, config), embedded, config.train.batch_size, device,
                       seed=refresh_seed(config, epoch - 1))
     return bank.details

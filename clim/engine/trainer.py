@@ -263,9 +263,7 @@ def pretrain(config: Config, out_dir: str | Path) -> list[dict]:
 
     # Model and optimiser
     model: MoCo = build_moco(config, info.in_channels, image_size).to(device)
-    bank = build_bank(config, len(dataset))  # CLIM's positives table (None for MoCo v2)
-    if bank is not None:
-        bank.to(device)
+    bank = build_bank(config, len(dataset), device)  # CLIM's positives table (None for MoCo v2)
     runner = StepRunner(model, config, device)
     optimizer, scaler = runner.optimizer, runner.scaler
     steps = len(pipeline)
@@ -301,7 +299,8 @@ def pretrain(config: Config, out_dir: str | Path) -> list[dict]:
 
     def save(epoch_done: int, partial_state: dict | None = None) -> None:
         checkpoint.save_atomic({
-            "config": config.to_dict(), "model": checkpoint_model_state(model, bank), "optimizer": optimizer.state_dict(),
+            "config": config.to_dict(), "model": checkpoint_model_state(model, bank),
+            "optimizer": optimizer.state_dict(),
             "scaler": scaler.state_dict(), "epoch": epoch_done, "step": step, "rng": checkpoint.rng_state(),
             "history": history, "data_info": data_info_dict(info, image_size), "num_samples": len(dataset),
             **({"partial": partial_state} if partial_state is not None else {}),

@@ -110,8 +110,9 @@ def cutmix(
 
     ``λ ~ Beta(α, α)``, α = 2 by default (METHOD). The box region of each anchor is replaced by
     the same region of its positive; ``lam`` is then reset to the exact share of anchor pixels,
-    ``1 − box_area / (H·W)``, because clipping makes the drawn λ only approximate. The mask is built by broadcasting row/column coordinates, one
-    pass for the whole batch. Works for any dtype and device.
+    ``1 − box_area / (H·W)``, because clipping makes the drawn λ only approximate. The mask is
+    built by broadcasting row/column coordinates, one pass for the whole batch. Works for any dtype
+    and device.
 
     Returns:
         ``(mixed, lam)``: mixed images (anchor's dtype/device), lam float32 [B] on that device.

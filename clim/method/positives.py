@@ -45,15 +45,17 @@ def refresh_seed(config: Config, epoch: int) -> int:
     return config.train.seed * 10_000 + epoch
 
 
-def build_bank(config: Config, num_samples: int) -> PositiveBank | None:
-    """The run's positives bank (None for MoCo v2); a dataset too small for it is a ConfigError."""
+def build_bank(config: Config, num_samples: int, device: torch.device | str = "cpu") -> PositiveBank | None:
+    """The run's positives bank on ``device`` (None for MoCo v2); a dataset too small for it is a
+    ConfigError."""
     if config.method.name != "clim":
         return None
     method = config.method
     try:
-        return PositiveBank(num_samples, method.num_positives, method.selection, method.num_clusters, method.knn_k)
+        bank = PositiveBank(num_samples, method.num_positives, method.selection, method.num_clusters, method.knn_k)
     except ValueError as error:
         raise ConfigError(f"{error} (method.knn_k, method.num_positives)") from None
+    return bank.to(device)
 
 
 def refresh_positives(bank: PositiveBank, model: MoCo, dataset, config: Config, epoch: int,
