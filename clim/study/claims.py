@@ -137,8 +137,8 @@ PAPER_SEMISUP_1PCT = 59.3  # the final CLIM model, not the 200-epoch ablation on
 CLAIMS = (
     Claim("CLIM beats MoCo v2 at equal epochs (linear)", FULL_CLIM, "mocov2"),
     Claim("CLIM beats MoCo v2 at equal epochs (kNN)", FULL_CLIM, "mocov2", "knn_k20_top1"),
-    Claim("CLIM beats MoCo v2 given CLIM's CPU minutes (linear)", FULL_CLIM, "mocov2-time"),
-    Claim("CLIM beats MoCo v2 given CLIM's CPU minutes (kNN)", FULL_CLIM, "mocov2-time", "knn_k20_top1"),
+    Claim("CLIM beats MoCo v2 given at least CLIM's CPU minutes (linear)", FULL_CLIM, "mocov2-time"),
+    Claim("CLIM beats MoCo v2 given at least CLIM's CPU minutes (kNN)", FULL_CLIM, "mocov2-time", "knn_k20_top1"),
     Claim("CLIM has a higher intra-class similarity than MoCo v2 (Table 12)", FULL_CLIM, "mocov2",
           "intra_class_similarity"),
     Claim("CutMix helps with random positives (Table 6)", "random-cutmix", "random-none"),

@@ -36,8 +36,8 @@ class Scale:
     # OMP threads per run: on a 2-core machine shared with other jobs one thread ran ResNet-10 at
     # 28 px about 3x faster than two (two threads spin-wait on each other); None: torch's default.
     threads: int | None
-    # MoCo v2 epochs that cost the CPU time of CLIM's schedule (the equal-time comparison), measured
-    # on the preset (see its header)
+    # MoCo v2 epochs that cost at least the CPU time of CLIM's schedule (the equal-time comparison),
+    # measured on the preset (see its header)
     equal_time_epochs: int
     clusters: tuple[int, int, int]  # Table 8: m below, at and above N / 100 (the middle one is full CLIM's)
 

@@ -108,7 +108,8 @@ def _headline(records: _Records) -> list[str]:
     minutes = [f"`{name}` {format_stat(records.stat(name, 'cpu_minutes'), 2)}" for name in HEADLINE]
     return (["## Headline: CLIM vs MoCo v2", "",
              "CLIM − MoCo v2 per seed (same seed: same data order and initialisation). *Equal CPU minutes* "
-             "compares CLIM with `mocov2-time`, MoCo v2 on a longer schedule whose CPU time matches CLIM's.", ""]
+             "compares CLIM with `mocov2-time`, MoCo v2 on a longer schedule chosen to cost at least CLIM's CPU time "
+             "(the measured minutes are below the table).", ""]
             + _table(["comparison", "metric", "MoCo v2", "CLIM", *PAIRED_HEADER], rows)
             + [f"CPU minutes per run (training + evaluation, one thread): {', '.join(minutes)}.", ""])
 
