@@ -59,7 +59,7 @@ def test_variants_differ_from_full_clim_only_in_their_keys(tmp_path):
     time = configs.pop("mocov2-time")
     assert (time.method.name, time.train.epochs) == ("mocov2", SCALES["cpu"].equal_time_epochs)
     epochs = {config.train.epochs for config in configs.values()}
-    assert epochs == {10}  # equal epochs for every other variant
+    assert epochs == {20}  # equal epochs for every other variant
 
 
 @pytest.mark.parametrize("scale", list(SCALES))
@@ -171,3 +171,15 @@ def test_results_name_no_machine_path(tmp_path):
                     "--results RESULTS.md")
     args.records, args.results = None, None
     assert "--records results/ablate-cpu " in command_line(args)
+
+
+def test_a_record_stays_valid_for_new_keys_but_not_for_an_edited_preset(tmp_path):
+    from clim.study.matrix import same_spec
+
+    run = plan_runs("cpu", tmp_path, tmp_path, 1, only="clim")[0]
+    assert run.spec["config"]["train.epochs"] == 20 and same_spec(run.spec, run.spec)
+    older = {**run.spec, "config": {k: v for k, v in run.spec["config"].items() if k != "train.compile"}}
+    assert same_spec(older, run.spec)  # a key added to the code after the record was written
+    edited = {**run.spec, "config": {**run.spec["config"], "train.epochs": 10}}
+    assert not same_spec(edited, run.spec)  # the preset trained something else then
+    assert not same_spec({**run.spec, "seed": 1}, run.spec)

@@ -44,7 +44,7 @@ class Scale:
 
 SCALES = {
     "smoke": Scale("ablate-smoke", (8, 6), "quick", "quick", 1, 3, (7, 14, 28)),
-    "cpu": Scale("ablate-cpu", (16, 12), "small", "small", 1, 15, (50, 100, 200)),
+    "cpu": Scale("ablate-cpu", (16, 12), "small", "small", 1, 30, (50, 100, 200)),
     "gpu": Scale("ablate-gpu", (28, 20), "small", "small", None, 30, (300, 600, 1200)),
 }
 
@@ -148,10 +148,26 @@ def plan_runs(scale_name: str, out: str | Path, records: str | Path, seeds: int 
                 spec = {"scale": scale_name, "variant": variant.name, "seed": seed, "preset": scale.preset,
                         "overrides": [*variant.overrides, *overrides, f"train.seed={seed}"],
                         "evaluation": evaluation}
-                load_config(scale.preset, overrides=spec["overrides"])
+                spec["config"] = flat_config(load_config(scale.preset, overrides=spec["overrides"]))
                 runs.append(Run(variant, seed, Path(out) / "runs" / variant.name / f"seed{seed}",
                                 Path(records) / variant.name / f"seed{seed}.json", spec))
     return runs
+
+
+def flat_config(config) -> dict:
+    """Every resolved config key and its value (``train.epochs``: 10, ...): what a record was trained with."""
+    return {f"{section}.{key}": value for section, values in config.to_dict().items() for key, value in values.items()}
+
+
+def same_spec(recorded: dict, planned: dict) -> bool:
+    """Whether a record was made for the planned run: the same variant, seed, preset, overrides and
+    evaluation, and every config key it recorded resolves to the same value today (so editing a preset
+    invalidates its records; a key added to the code later, absent from the record, is not compared)."""
+    plain = {key: value for key, value in planned.items() if key != "config"}
+    if {key: value for key, value in recorded.items() if key != "config"} != plain:
+        return False
+    config = planned.get("config", {})
+    return all(key in config and config[key] == value for key, value in recorded.get("config", {}).items())
 
 
 def read_record(path: str | Path, spec: dict | None = None) -> dict | None:
@@ -163,7 +179,7 @@ def read_record(path: str | Path, spec: dict | None = None) -> dict | None:
         record = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    return record if spec is None or record.get("spec") == spec else None
+    return record if spec is None or same_spec(record.get("spec", {}), spec) else None
 
 
 def read_records(records: str | Path) -> list[dict]:
