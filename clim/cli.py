@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -172,7 +173,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def resume_command(argv: list[str]) -> str:
+    """The command that resumes a stopped run: this one again (under torchrun, the same launch)."""
+    command = f"clim {shlex.join(argv)}"
+    return f"the same torchrun launch of `{command}`" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else command
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -180,6 +188,11 @@ def main(argv: list[str] | None = None) -> int:
             check_writable(args.out, folder=args.command in _FOLDER_OUT)
         return args.func(args)
     except Exception as error:
+        stopping = sys.modules.get("clim.engine.stopping")
+        if stopping is not None and isinstance(error, stopping.RunInterrupted):  # saved: one line, 130 / 143
+            if error.show:
+                print(f"clim: {error}; resume with: {resume_command(argv)}", file=sys.stderr)
+            return error.exit_code
         code = _exit_code(error)
         if code is None:
             raise

@@ -108,7 +108,7 @@ def _run(command: list[str], log: Path | None, timeout: float):
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=_env(), cwd=REPO)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def run_clim(clim_script):
     """``run_clim(args, small=True, launcher=None, log=None)``: `python -m clim ARGS` in a subprocess (the
     digits-subset script when ``small``); a CompletedProcess, or a running Popen writing to ``log``."""

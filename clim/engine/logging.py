@@ -1,4 +1,5 @@
-"""One logging path: a progress bar per epoch, ``metrics.jsonl`` per epoch, TensorBoard per step.
+"""One logging path: progress per epoch (a bar on a terminal, a plain line every 30 s elsewhere),
+``metrics.jsonl`` per epoch, TensorBoard per step.
 
 ``metrics.jsonl`` holds exactly one JSON object per finished epoch (key ``"epoch"``). The same
 records are kept in the checkpoint, and on resume the file is rewritten from them, so a kill between
@@ -11,8 +12,11 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Callable
 
 from tqdm import tqdm
+
+from clim.runtime.progress import Progress
 
 METRICS_NAME = "metrics.jsonl"
 
@@ -61,9 +65,12 @@ class RunLogger:
             self._writer = SummaryWriter(str(self.out_dir / "tensorboard"))
         return self._writer
 
-    def progress(self, total: int, epoch: int, epochs: int, initial: int = 0):
-        return tqdm(total=total, initial=initial, desc=f"epoch {epoch + 1}/{epochs}", disable=not self.enabled,
-                    mininterval=0.5 if sys.stderr.isatty() else 10.0, dynamic_ncols=True, leave=True)
+    def progress(self, total: int, epoch: int, epochs: int, initial: int = 0, first_line: bool = False,
+                 extra: Callable[[], dict[str, str]] | None = None) -> Progress:
+        """The epoch's steps; without a terminal a line every 30 s and at the epoch's end (and at its
+        first step when ``first_line``: the loss from the run's first step)."""
+        return Progress(total, f"epoch {epoch + 1}/{epochs}", initial=initial, enabled=self.enabled,
+                        first_line=first_line, last_line=True, extra=extra)
 
     def message(self, text: str) -> None:
         if self.enabled:

@@ -3,7 +3,8 @@
 Running the same command again on the same output folder resumes from ``checkpoint.pt``: both
 encoders, queue, positives table, optimiser, AMP scaler, step, epoch, RNG states and the metrics
 history. ``train.epochs`` may be raised to go on (the cosine schedule is then stretched to the new
-length from the resumed step on).
+length from the resumed step on). SIGINT / SIGTERM finish the step, save inside the epoch and stop
+(clim.engine.stopping).
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ import copy
 import json
 import math
 import random
+import signal
 import time
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -26,6 +29,7 @@ from clim.data.prefetch import prefetched
 from clim.data.transforms import eval_transform_for
 from clim.engine.logging import RunLogger
 from clim.engine.preview import write_positives_preview
+from clim.engine.stopping import RunInterrupted, StopRequest
 from clim.evaluation.knn import weighted_knn
 from clim.method.objective import StepOutput, compute_step
 from clim.method.positives import (build_bank, checkpoint_model_state, is_refresh_epoch, load_checkpoint_model_state,
@@ -33,6 +37,7 @@ from clim.method.positives import (build_bank, checkpoint_model_state, is_refres
 from clim.models.moco import MoCo, build_moco
 from clim.runtime import checkpoint, distributed
 from clim.runtime.features import extract_features
+from clim.runtime.progress import format_seconds
 from clim.summary import output_paths, run_summary
 
 # Keys that must match to resume: the rest (epochs, logging, eval cadence) may change.
@@ -233,9 +238,18 @@ def _check_resume(saved: dict, config: Config) -> None:
                               f"now {config.get(key)!r} (use a new --out)")
 
 
-def pretrain(config: Config, out_dir: str | Path) -> list[dict]:
-    """Train (or resume) into ``out_dir``; returns the per-epoch metrics history."""
-    out_dir = Path(out_dir)
+def pretrain(config: Config, out_dir: str | Path, eta_after: Callable[[list[dict]], float] | None = None
+             ) -> list[dict]:
+    """Train (or resume) into ``out_dir``; returns the per-epoch metrics history.
+
+    SIGINT / SIGTERM save and raise :class:`RunInterrupted`. ``eta_after(history)``: the seconds the
+    caller will spend after pretraining (``clim demo``'s evaluations), added to the whole-run ETA.
+    """
+    with StopRequest() as stop:
+        return _pretrain(config, Path(out_dir), stop, eta_after)
+
+
+def _pretrain(config: Config, out_dir: Path, stop: StopRequest, eta_after) -> list[dict]:
     runtime = distributed.setup(config.train.device)
     device = runtime.device
     seed_everything(config.train.seed + runtime.rank)
@@ -263,6 +277,7 @@ def pretrain(config: Config, out_dir: str | Path) -> list[dict]:
 
     # Model and optimiser
     model: MoCo = build_moco(config, info.in_channels, image_size).to(device)
+    distributed.broadcast_module(model)  # one initial model on every rank
     bank = build_bank(config, len(dataset), device)  # CLIM's positives table (None for MoCo v2)
     runner = StepRunner(model, config, device)
     optimizer, scaler = runner.optimizer, runner.scaler
@@ -298,6 +313,9 @@ def pretrain(config: Config, out_dir: str | Path) -> list[dict]:
         "image_size": image_size, "in_channels": info.in_channels, "num_samples": len(dataset)}))
 
     def save(epoch_done: int, partial_state: dict | None = None) -> None:
+        distributed.broadcast_module(model, norm_only=True)  # every rank then holds what the file holds
+        if not runtime.is_main:
+            return
         checkpoint.save_atomic({
             "config": config.to_dict(), "model": checkpoint_model_state(model, bank),
             "optimizer": optimizer.state_dict(),
@@ -305,6 +323,22 @@ def pretrain(config: Config, out_dir: str | Path) -> list[dict]:
             "history": history, "data_info": data_info_dict(info, image_size), "num_samples": len(dataset),
             **({"partial": partial_state} if partial_state is not None else {}),
         }, ckpt_path)
+
+    def save_inside_epoch(epoch: int, batch: dict, record: dict, seen: int, started: float) -> None:
+        """Every rank's point in the epoch (resumed exactly: tests/engine/test_resume.py)."""
+        ranks = distributed.all_gather_object({
+            "pipeline": batch["resume"], "step_generator": batch["generator"].get_state(),
+            "meter": runner.meter.state(), "rng": checkpoint.rng_state()})
+        save(epoch, {"record": record, "seen": seen, "elapsed": time.perf_counter() - started, "ranks": ranks})
+        distributed.barrier()  # on a stop, no rank exits (and has a launcher kill the others) before the file is whole
+
+    def stopped(where: str) -> RunInterrupted:
+        logger.close()
+        by = stop.name or "a signal to another rank"
+        return RunInterrupted(stop.signum or signal.SIGTERM, f"stopped by {by} {where}; checkpoint saved: {ckpt_path}",
+                              show=runtime.is_main)
+
+    first_step = step  # this process's first: its loss is read once (then every log_every steps)
 
     for epoch in range(start_epoch, config.train.epochs):
         resume = partial if epoch == start_epoch else None
@@ -329,7 +363,13 @@ def pretrain(config: Config, out_dir: str | Path) -> list[dict]:
             runner.meter.load_state(resume["meter"])
             seen, started = resume["seen"], started - resume["elapsed"]
         resume_at = {**resume["pipeline"], "step_generator": resume["step_generator"]} if resume else None
-        bar = logger.progress(steps, epoch, config.train.epochs, initial=resume_at["step"] if resume_at else 0)
+        def run_eta() -> dict[str, str]:
+            seconds = remaining_seconds(config, history, epoch, bar.total - bar.n, bar.seconds_per_unit() or 0.0,
+                                        steps, monitor is not None) + (eta_after(history) if eta_after else 0.0)
+            return {"run ETA": format_seconds(seconds)}
+
+        bar = logger.progress(steps, epoch, config.train.epochs, initial=resume_at["step"] if resume_at else 0,
+                              first_line=epoch == start_epoch, extra=run_eta)
         last_save = time.monotonic()
         for batch in prefetched(pipeline.epoch(epoch, table, resume_at), device):
             lr = cosine_lr(config.lr, step, total_steps, warmup_steps)
@@ -337,39 +377,44 @@ def pretrain(config: Config, out_dir: str | Path) -> list[dict]:
             runner(batch, step)
             seen += len(batch["index"]) * runtime.world_size
             step += 1
-            bar.update()
-            if step % config.train.log_every == 0:  # the only host sync of the loop
+            if step % config.train.log_every == 0 or step == first_step + 1:  # the only host sync of the loop
                 reading = _read_meter(runner, epoch, ckpt_path, bar)
                 images_per_s = seen / (time.perf_counter() - started)
-                bar.set_postfix(loss=f"{reading['loss']:.3f}", lr=f"{lr:.4f}", img_s=f"{images_per_s:.0f}",
-                                refresh=False)
+                bar.set_postfix(loss=f"{reading['loss']:.3f}", lr=f"{lr:.4f}", img_s=f"{images_per_s:.0f}")
                 scalars = {"loss": reading["loss"], "lr": lr, **reading["parts"]}
                 if reading["lambda"] is not None:
                     scalars["lambda"] = reading["lambda"]
                 logger.step(step, scalars)
-                if _checkpoint_due(config, last_save):  # a kill inside a long epoch loses minutes, not the epoch
-                    ranks = distributed.all_gather_object({
-                        "pipeline": batch["resume"], "step_generator": batch["generator"].get_state(),
-                        "meter": runner.meter.state(), "rng": checkpoint.rng_state()})
-                    if runtime.is_main:
-                        save(epoch, {"record": record, "seen": seen, "elapsed": time.perf_counter() - started,
-                                     "ranks": ranks})
-                    last_save = time.monotonic()
+            bar.update()
+            # A Python bool and a clock (under DDP one host collective): stop after this step on a signal,
+            # and save this often inside a long epoch, so a kill loses minutes, not the epoch.
+            stop_now, save_now = distributed.any_rank_on_host(stop.requested, _checkpoint_due(config, last_save))
+            if stop_now or save_now:
+                save_inside_epoch(epoch, batch, record, seen, started)
+                last_save = time.monotonic()
+            if stop_now:
+                bar.close()  # the line then starts on its own
+                raise stopped(f"at epoch {epoch + 1}/{config.train.epochs}, step {batch['resume']['step']} of "
+                              f"{steps} (saved inside the epoch)")
         reading = _read_meter(runner, epoch, ckpt_path, bar)
-        bar.close()
         elapsed = time.perf_counter() - started
+        bar.set_postfix(loss=f"{reading['loss']:.3f}", lr=f"{lr:.4f}", img_s=f"{seen / elapsed:.0f}")
+        bar.close()
         record.update(loss=reading["loss_mean"], **reading["parts_mean"], lr=lr if steps else config.lr,
                       images_per_s=seen / elapsed, epoch_seconds=elapsed)
 
         last = epoch + 1 == config.train.epochs
         if monitor is not None and ((epoch + 1) % config.train.knn_every == 0 or last):
+            knn_started = time.perf_counter()
             record["knn_top1"] = monitor(model.backbone_q)
+            record["knn_seconds"] = time.perf_counter() - knn_started
             logger.message(f"epoch {epoch + 1}: kNN top-1 {record['knn_top1']:.2f}%")
         history.append(record)
-        if runtime.is_main:
-            save(epoch + 1)
-            logger.epoch(record)
+        save(epoch + 1)
+        logger.epoch(record)  # main rank only
         distributed.barrier()
+        if not last and distributed.any_rank_on_host(stop.requested)[0]:  # a signal during the monitor or save
+            raise stopped(f"after epoch {epoch + 1}/{config.train.epochs}")
     logger.message(output_paths(out_dir))
     logger.close()
     distributed.teardown()
@@ -387,10 +432,24 @@ def resume_message(path: Path, epochs_done: int, epochs: int, steps: int, step_i
 
 
 def _checkpoint_due(config: Config, last_save: float) -> bool:
-    """``train.checkpoint_every_minutes`` have passed since the last save, on any rank (all ranks
-    then save together: the decision is a collective, made where the loop syncs anyway)."""
+    """``train.checkpoint_every_minutes`` have passed since this rank's last save (the loop asks all
+    ranks together, so that they save together)."""
     minutes = config.train.checkpoint_every_minutes
-    return minutes > 0 and distributed.any_rank(time.monotonic() - last_save >= minutes * 60)
+    return minutes > 0 and time.monotonic() - last_save >= minutes * 60
+
+
+def remaining_seconds(config: Config, history: list[dict], epoch: int, steps_left: int, seconds_per_step: float,
+                      steps: int, monitored: bool) -> float:
+    """The whole run's time left: its steps at this epoch's rate, plus each coming positives refresh
+    and kNN monitor as long as the last one took (nothing for those not seen yet)."""
+    refresh = next((r["selection"]["seconds"] for r in reversed(history) if "seconds" in r.get("selection", {})), 0.0)
+    knn = next((r["knn_seconds"] for r in reversed(history) if "knn_seconds" in r), 0.0)
+    epochs = config.train.epochs
+    seconds = (steps_left + (epochs - epoch - 1) * steps) * seconds_per_step
+    for coming in range(epoch, epochs):
+        seconds += refresh if coming > epoch and is_refresh_epoch(config, coming) else 0.0
+        seconds += knn if monitored and ((coming + 1) % config.train.knn_every == 0 or coming + 1 == epochs) else 0.0
+    return seconds
 
 
 def _refresh_message(selection: dict, clusters: int, epoch: int) -> str:

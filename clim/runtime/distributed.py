@@ -44,8 +44,10 @@ def setup(device: str = "auto") -> Runtime:
 
 
 def teardown() -> None:
+    global _HOST_GROUP
     if dist.is_initialized():
         dist.destroy_process_group()
+    _HOST_GROUP = None
 
 
 def world_size() -> int:
@@ -89,6 +91,25 @@ def all_gather_object(obj) -> list:
     return gathered
 
 
+@torch.no_grad()
+def broadcast_module(module: torch.nn.Module, norm_only: bool = False) -> None:
+    """Give every rank rank 0's parameters and buffers (what DDP's constructor does): ranks seed
+    apart (``train.seed + rank``), so their initial weights and queue differ otherwise. With
+    ``norm_only``, only the BatchNorm running statistics, the one state each rank keeps for itself
+    (from its own batches): the trainer aligns them whenever it saves, so that every rank holds
+    what the checkpoint holds and a resumed run continues as the uninterrupted one.
+    """
+    if world_size() == 1:
+        return
+    if norm_only:
+        tensors = [buffer for layer in module.modules() if isinstance(layer, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d))
+                   for buffer in layer.buffers(recurse=False)]
+    else:
+        tensors = [*module.parameters(), *module.buffers()]
+    for tensor in tensors:
+        dist.broadcast(tensor, 0)
+
+
 def broadcast(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
     if world_size() > 1:
         dist.broadcast(tensor, src)
@@ -110,6 +131,26 @@ def any_rank(flag: bool) -> bool:
     value = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.all_reduce(value)
     return bool(value.item() > 0)
+
+
+_HOST_GROUP = None  # a gloo group beside NCCL, for decisions made on the host
+
+
+def any_rank_on_host(*flags: bool) -> tuple[bool, ...]:
+    """Per flag, True on every rank when it is True on at least one, agreed over a CPU (gloo) group.
+
+    The training loop asks this after every step (stop requested? checkpoint due?): on NCCL runs a
+    second, gloo group carries it, so the answer costs one small host collective and never waits
+    for the device (:func:`any_rank` reads a device tensor).
+    """
+    if world_size() == 1:
+        return tuple(bool(flag) for flag in flags)
+    global _HOST_GROUP
+    if dist.get_backend() != "gloo" and _HOST_GROUP is None:
+        _HOST_GROUP = dist.new_group(backend="gloo")  # every rank reaches this first call together
+    value = torch.tensor([1.0 if flag else 0.0 for flag in flags])
+    dist.all_reduce(value, op=dist.ReduceOp.MAX, group=_HOST_GROUP)
+    return tuple(item > 0 for item in value.tolist())
 
 
 def average_gradients(parameters) -> None:

@@ -1,0 +1,109 @@
+"""Progress a user sees whatever the terminal: a tqdm bar on a TTY, a plain line every N seconds
+otherwise (a log file, ``nohup``, a CI job, a SLURM output file), with done/total, the caller's
+values (loss, images/s, ...) and an ETA. Every long command (pretraining, linear and semi-supervised
+evaluation, feature extraction) shows its progress through :class:`Progress`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Callable
+
+from tqdm import tqdm
+
+PLAIN_EVERY_SECONDS = 30.0  # a plain line this often when stderr is not a terminal
+
+_open_bars = 0  # tqdm bars drawn on a terminal right now: a line there is not ended yet
+
+
+def format_seconds(seconds: float) -> str:
+    """``42s``, ``3m05s``, ``2h07m``."""
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def end_line() -> None:
+    """End the line a terminal bar is drawing, so that what is written next starts on its own line
+    (signal-safe: one ``os.write``)."""
+    if _open_bars:
+        os.write(sys.stderr.fileno(), b"\n")
+
+
+class Progress:
+    """``total`` units (steps, epochs, batches) from ``initial``.
+
+    ``update(n)`` after each unit; ``set_postfix(loss="6.123", ...)`` values shown beside the count;
+    ``poll()`` inside a long unit (a plain line falls due on time, not on units). On a terminal the
+    bar is tqdm's; elsewhere a line ``desc: 45/100 (45 %), loss 6.123, ETA 1m10s`` goes to stderr
+    every ``every`` seconds, at the first update when ``first_line``, and at ``close()`` when
+    ``last_line`` or a line was written before. ``extra()``, when given, returns more values, fresh
+    for each line or postfix (e.g. ``{"run ETA": "12m30s"}``).
+    """
+
+    def __init__(self, total: int, desc: str, initial: int = 0, enabled: bool = True, leave: bool = True,
+                 every: float = PLAIN_EVERY_SECONDS, terminal: bool | None = None,
+                 extra: Callable[[], dict[str, str]] | None = None, first_line: bool = False, last_line: bool = False):
+        global _open_bars
+        terminal = sys.stderr.isatty() if terminal is None else terminal
+        self.total, self.desc, self.n, self.every, self.extra = total, desc, initial, every, extra
+        self.postfix: dict[str, str] = {}
+        self.plain = enabled and not terminal
+        self.bar = None
+        if enabled and terminal:
+            self.bar = tqdm(total=total, initial=initial, desc=desc, leave=leave, dynamic_ncols=True,
+                            mininterval=0.5)
+            _open_bars += 1
+        self._start_n, self._started = initial, time.monotonic()
+        self._printed_n, self._printed_at = None, self._started
+        self._first_line, self._last_line = first_line, last_line
+
+    def set_postfix(self, **values: str) -> None:
+        self.postfix.update(values)
+        if self.bar is not None:
+            self.bar.set_postfix({**self.postfix, **(self.extra() if self.extra else {})}, refresh=False)
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        if self.bar is not None:
+            self.bar.update(n)
+        elif self.plain and ((self._first_line and self._printed_n is None)
+                             or time.monotonic() - self._printed_at >= self.every):
+            self._line()
+
+    def poll(self) -> None:
+        if self.plain and time.monotonic() - self._printed_at >= self.every:
+            self._line()
+
+    def seconds_per_unit(self) -> float | None:
+        """This bar's rate so far (None before the first unit)."""
+        done = self.n - self._start_n
+        return (time.monotonic() - self._started) / done if done > 0 else None
+
+    def eta_seconds(self) -> float | None:
+        per_unit = self.seconds_per_unit()
+        return None if per_unit is None else (self.total - self.n) * per_unit
+
+    def close(self) -> None:
+        global _open_bars
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+            _open_bars -= 1
+        elif self.plain and self._printed_n != self.n and (self._last_line or self._printed_n is not None):
+            self._line()
+        self.plain = False
+
+    def _line(self) -> None:
+        parts = [f"{self.desc}: {self.n}/{self.total}" + (f" ({100 * self.n / self.total:.0f} %)" if self.total else "")]
+        eta = self.eta_seconds()
+        values = {**self.postfix, **({"ETA": format_seconds(eta)} if eta is not None and self.n < self.total else {}),
+                  **(self.extra() if self.extra else {})}
+        parts += [f"{key} {value}" for key, value in values.items()]
+        tqdm.write(", ".join(parts), file=sys.stderr)
+        self._printed_n, self._printed_at = self.n, time.monotonic()

@@ -1,0 +1,155 @@
+"""SIGTERM / SIGINT inside the first epoch: the step finishes, an in-epoch checkpoint is written, one
+line says where and how to resume, the exit code is 128 + signal; the same command again resumes
+inside that epoch and ends with the weights of an uninterrupted run. Real signals, real processes.
+
+Approach: tiny CLIM runs on the digits subset (tests/conftest.py) with batch 16, so an epoch is 16
+steps; stderr is a file, so the trainer writes a plain progress line at its first step, and the
+signal goes out as soon as that line appears. The checkpoint on disk then says where the run really
+stopped (inside epoch 1), which the test checks rather than assumes. Two processes (gloo,
+torchrun): only rank 0 gets the signal, and both ranks must still stop after the same step.
+"""
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from clim.engine.stopping import StopRequest
+from clim.runtime import checkpoint
+
+from test_ddp import LAUNCHER
+
+EPOCHS, STEPS = 2, 16
+
+
+def _args(out, tiny_overrides, *extra):
+    args = ["pretrain", "--preset", "demo-cpu", "--out", str(out)]
+    for item in tiny_overrides(f"train.epochs={EPOCHS}", "train.batch_size=16", "train.deterministic=true",
+                               *extra, clim=True):
+        args += ["--set", item]
+    return args
+
+
+def _wait_for_first_step(process, log: Path, timeout=240):
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if process.poll() is not None:
+            pytest.fail(f"run ended (code {process.returncode}) before its first step:\n{log.read_text()[-3000:]}")
+        if log.exists() and f"epoch 1/{EPOCHS}: " in log.read_text():
+            return
+        time.sleep(0.005)
+    process.kill()
+    pytest.fail("no progress line appeared")
+
+
+def _stopped_inside_first_epoch(ckpt: Path, steps: int = STEPS) -> int:
+    saved = checkpoint.load(ckpt)
+    assert saved["epoch"] == 0 and "partial" in saved, "the stop did not land inside the first epoch"
+    stops = {rank["pipeline"]["step"] for rank in saved["partial"]["ranks"]}
+    assert len(stops) == 1  # every rank stopped after the same step
+    (step,) = stops
+    assert 1 <= step < steps and saved["step"] == step
+    return step
+
+
+def _assert_same_weights(run_dir: Path, reference_dir: Path) -> None:
+    mine = checkpoint.load(run_dir / checkpoint.CHECKPOINT_NAME)
+    ref = checkpoint.load(reference_dir / checkpoint.CHECKPOINT_NAME)
+    assert "partial" not in mine and mine["epoch"] == ref["epoch"] == EPOCHS and mine["step"] == ref["step"]
+    different = [k for k in ref["model"] if not torch.equal(mine["model"][k], ref["model"][k])]
+    assert different == []
+    assert bool((mine["model"]["positives"] >= 0).all())  # trained with CLIM's positives after the stop
+    for a, b in zip(mine["optimizer"]["state"].values(), ref["optimizer"]["state"].values()):
+        assert torch.equal(a["momentum_buffer"], b["momentum_buffer"])
+    assert [r["loss"] for r in mine["history"]] == [r["loss"] for r in ref["history"]]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, run_clim, tiny_overrides):
+    """The uninterrupted run, started once in the background for both signals."""
+    out, logs = tmp_path_factory.mktemp("reference"), tmp_path_factory.mktemp("logs")
+    return run_clim(_args(out, tiny_overrides), log=logs / "reference.log"), out, logs / "reference.log"
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_inside_first_epoch_saves_and_resumes_exactly(signum, code, reference, run_clim, tiny_overrides,
+                                                             tmp_path):
+    out, log = tmp_path / "run", tmp_path / "stopped.log"
+    victim = run_clim(_args(out, tiny_overrides), log=log)
+    _wait_for_first_step(victim, log)
+    victim.send_signal(signum)
+    assert victim.wait(timeout=120) == code, log.read_text()[-3000:]
+    ckpt = out / checkpoint.CHECKPOINT_NAME
+    step = _stopped_inside_first_epoch(ckpt)
+    text = log.read_text()
+    lines = [line for line in text.splitlines() if "stopped by" in line]
+    name = signal.Signals(signum).name
+    assert lines == [f"clim: stopped by {name} at epoch 1/{EPOCHS}, step {step} of {STEPS} (saved inside the epoch); "
+                     f"checkpoint saved: {ckpt}; resume with: clim {' '.join(_args(out, tiny_overrides))}"], text[-2000:]
+    assert "Traceback" not in text
+
+    again = run_clim(_args(out, tiny_overrides))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"step {step} of {STEPS} (saved inside the epoch)" in again.stderr
+    process, reference_dir, reference_log = reference
+    assert process.wait(timeout=300) == 0, reference_log.read_text()[-3000:]
+    _assert_same_weights(out, reference_dir)
+
+
+def _children(pid: int) -> list[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(x) for x in children.read_text().split()] if children.exists() else []
+
+
+def _rank_zero(launcher_pid: int, timeout=120) -> int:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        for child in _children(launcher_pid):
+            try:
+                environ = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"RANK=0" in environ and b"LOCAL_RANK=0" in environ:
+                return child
+        time.sleep(0.05)
+    pytest.fail("no rank-0 worker found under torchrun")
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="finds torchrun's workers through /proc")
+def test_signal_to_rank_zero_stops_both_ranks_after_the_same_step(run_clim, tiny_overrides, tmp_path):
+    ddp = lambda out: _args(out, tiny_overrides, "train.device=cpu", "train.batch_size=32")  # noqa: E731
+    reference_dir, out = tmp_path / "reference", tmp_path / "run"
+    background = run_clim(ddp(reference_dir), launcher=LAUNCHER, log=tmp_path / "reference.log")
+    log = tmp_path / "stopped.log"
+    victim = run_clim(ddp(out), launcher=LAUNCHER, log=log)
+    rank_zero = _rank_zero(victim.pid)
+    _wait_for_first_step(victim, log)
+    os.kill(rank_zero, signal.SIGTERM)  # rank 1 gets nothing: it learns of the stop through the collective
+    victim.wait(timeout=120)
+    text = log.read_text()
+    ckpt = out / checkpoint.CHECKPOINT_NAME
+    step = _stopped_inside_first_epoch(ckpt, STEPS // 2)  # global batch 32: 8 steps per epoch
+    assert sum("clim: stopped by SIGTERM" in line for line in text.splitlines()) == 1, text[-3000:]
+    assert "resume with: the same torchrun launch of `clim pretrain" in text
+
+    again = run_clim(ddp(out), launcher=LAUNCHER, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"step {step} of {STEPS // 2} (saved inside the epoch)" in again.stderr
+    assert background.wait(timeout=300) == 0, (tmp_path / "reference.log").read_text()[-3000:]
+    _assert_same_weights(out, reference_dir)
+
+
+def test_second_signal_stops_at_once():
+    """In this process: the first SIGINT only sets the flag; one a moment later raises at once."""
+    with StopRequest() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.requested and stop.name == "SIGINT"
+        os.kill(os.getpid(), signal.SIGINT)  # the same stop delivered twice (e.g. torchrun passing it on)
+        time.sleep(0.6)
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
