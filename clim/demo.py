@@ -7,6 +7,8 @@ once whether pretraining learned anything beyond what the architecture and the p
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from clim.runtime.checkpoint import CHECKPOINT_NAME
 from clim.engine.trainer import pretrain
 from clim.evaluation.common import eval_datasets, load_run, plain_backbone, write_result
 from clim.runtime.features import extract_features
+from clim.runtime.machine import choose_torch_threads
 from clim.evaluation.knn import KNN_SETTINGS, run_knn
 from clim.models.backbones import build_backbone, uses_small_stem
 from clim.report import write_report
@@ -29,22 +32,48 @@ def _pixels(dataset) -> tuple[torch.Tensor, torch.Tensor]:
     return pixels.flatten(1), dataset.labels
 
 
+def _backbone_knn(backbone, train_ds, test_ds, num_classes: int) -> dict[str, float]:
+    train = extract_features(backbone, train_ds, batch_size=512)
+    test = extract_features(backbone, test_ds, batch_size=512)
+    return run_knn(*train, *test, num_classes=num_classes)
+
+
+def references(config, info: dict, train_ds, test_ds) -> dict[str, dict[str, float]]:
+    """What kNN gets for free: the same backbone at random initialisation, and the raw pixels."""
+    torch.manual_seed(config.train.seed)
+    random_init, _ = build_backbone(config.model.backbone, info["in_channels"],
+                                    uses_small_stem(info["image_size"], config.model.small_stem))
+    return {"random init": _backbone_knn(random_init, train_ds, test_ds, info["num_classes"]),
+            "raw pixels": run_knn(*_pixels(train_ds), *_pixels(test_ds), num_classes=info["num_classes"])}
+
+
 def compare(run_dir: Path) -> dict[str, dict[str, float]]:
     """kNN top-1 of the trained backbone, the same backbone at random init, and raw pixels."""
     run = load_run(run_dir / CHECKPOINT_NAME)
     config, info = run.config, run.data_info
     train_ds, test_ds = eval_datasets(config, info)
     trained, _ = plain_backbone(config, info, run.model)
-    torch.manual_seed(config.train.seed)
-    random_init, _ = build_backbone(config.model.backbone, info["in_channels"],
-                                    uses_small_stem(info["image_size"], config.model.small_stem))
-    rows = {}
-    for name, backbone in (("trained", trained), ("random init", random_init)):
-        train = extract_features(backbone, train_ds, batch_size=512)
-        test = extract_features(backbone, test_ds, batch_size=512)
-        rows[name] = run_knn(*train, *test, num_classes=info["num_classes"])
-    rows["raw pixels"] = run_knn(*_pixels(train_ds), *_pixels(test_ds), num_classes=info["num_classes"])
-    return rows
+    return {"trained": _backbone_knn(trained, train_ds, test_ds, info["num_classes"]),
+            **references(config, info, train_ds, test_ds)}
+
+
+REFERENCE_MAX_IMAGES = 20_000  # train + test: the references take seconds to a minute on a CPU
+
+
+def write_references(run_dir: Path) -> Path | None:
+    """``eval/knn_references.json`` (random init and raw pixels, for the report's kNN plots) when
+    they are cheap: array data (pixels at hand) of at most REFERENCE_MAX_IMAGES images; else None."""
+    run = load_run(run_dir / CHECKPOINT_NAME)
+    train_ds, test_ds = eval_datasets(run.config, run.data_info)
+    if not hasattr(train_ds, "images") or len(train_ds) + len(test_ds) > REFERENCE_MAX_IMAGES:
+        return None
+    rows = references(run.config, run.data_info, train_ds, test_ds)
+    return write_result(run_dir / "eval" / "knn_references.json", {
+        "protocol": "knn_references", "knn_settings": [list(s) for s in KNN_SETTINGS], **_flat(rows)})
+
+
+def _flat(rows: dict[str, dict[str, float]]) -> dict[str, float]:
+    return {f"{name.replace(' ', '_')}_{key}": value for name, values in rows.items() for key, value in values.items()}
 
 
 def format_table(rows: dict[str, dict[str, float]]) -> str:
@@ -69,8 +98,15 @@ def refresh_line(record: dict, config) -> str:
 def run_demo(out: str | Path, preset: str = "clim-demo-cpu", overrides: list[str] | tuple[str, ...] = ()) -> dict:
     out = Path(out)
     config = load_config(preset, overrides=overrides)
+    if "OMP_NUM_THREADS" not in os.environ and not torch.cuda.is_available():
+        threads, line = choose_torch_threads()  # threads on cores that other jobs keep busy slow every step
+        torch.set_num_threads(threads)
+        print(line, file=sys.stderr)
     started = time.perf_counter()
-    history = pretrain(config, out)
+    # The whole demo's ETA: the comparison after pretraining embeds the splits twice (trained, random
+    # init), each about as long as one kNN monitor evaluation.
+    history = pretrain(config, out, eta_after=lambda done: 2 * next(
+        (r["knn_seconds"] for r in reversed(done) if "knn_seconds" in r), 0.0))
     train_seconds = time.perf_counter() - started
     rows = compare(out)
     table = format_table(rows)
@@ -85,8 +121,7 @@ def run_demo(out: str | Path, preset: str = "clim-demo-cpu", overrides: list[str
             print(refresh_line(record, config))
     result = {"protocol": "demo", "preset": preset, "overrides": list(overrides), "epochs": config.train.epochs,
               "pretrain_seconds": round(train_seconds, 1), "images_per_s": history[-1]["images_per_s"],
-              "knn_settings": [list(s) for s in KNN_SETTINGS],
-              **{f"{name.replace(' ', '_')}_{key}": value for name, values in rows.items() for key, value in values.items()}}
+              "knn_settings": [list(s) for s in KNN_SETTINGS], **_flat(rows)}
     result["total_seconds"] = round(time.perf_counter() - started, 1)  # pretraining + this comparison
     write_result(out / "eval" / "demo.json", result)
     print(f"\nreport: {write_report(out)} ({result['total_seconds'] / 60:.1f} min in all, "

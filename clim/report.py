@@ -13,8 +13,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from clim.engine.logging import METRICS_NAME  # noqa: E402
+from clim.runtime.checkpoint import CHECKPOINT_NAME  # noqa: E402
 
 
 def read_history(run_dir: str | Path) -> list[dict]:
@@ -24,16 +26,25 @@ def read_history(run_dir: str | Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _plot(path: Path, title: str, ylabel: str, series: dict[str, tuple[list, list]]) -> None:
+def _plot(path: Path, title: str, ylabel: str, series: dict[str, tuple[list, list]], xlabel: str = "epoch",
+          levels: dict[str, float] | None = None, marks: dict[str, float] | None = None) -> None:
+    """Lines of ``series``; ``levels``: reference values as horizontal lines; ``marks``: events as
+    vertical lines at an x."""
     figure, axis = plt.subplots(figsize=(5, 3.2), dpi=110)
     for label, (xs, ys) in series.items():
         axis.plot(xs, ys, marker="o", markersize=3, label=label)
-    axis.set_xlabel("epoch")
+    for (label, value), style in zip((levels or {}).items(), ("--", ":", "-.")):
+        axis.axhline(value, linestyle=style, color="grey", label=f"{label} ({value:.2f} %)")
+    for label, x in (marks or {}).items():
+        axis.axvline(x, linestyle="--", color="tab:red", alpha=0.6, label=label)
+    axis.set_xlabel(xlabel)
+    if xlabel == "epoch":
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axis.set_ylabel(ylabel)
     axis.set_title(title)
     axis.grid(alpha=0.3)
-    if len(series) > 1:
-        axis.legend()
+    if len(series) + len(levels or {}) + len(marks or {}) > 1:
+        axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)
@@ -59,31 +70,34 @@ def training_minutes(history: list[dict]) -> list[float]:
     return minutes
 
 
-def _plot_knn_minutes(path: Path, history: list[dict], references: dict[str, float]) -> bool:
-    """kNN top-1 against training minutes, with reference accuracies as horizontal lines."""
-    points = [(m, r["knn_top1"]) for m, r in zip(training_minutes(history), history)
-              if isinstance(r.get("knn_top1"), (int, float))]
-    if not points:
-        return False
-    figure, axis = plt.subplots(figsize=(5, 3.2), dpi=110)
-    axis.plot([m for m, _ in points], [v for _, v in points], marker="o", markersize=3, label="trained")
-    for (label, value), style in zip(references.items(), ("--", ":", "-.")):
-        axis.axhline(value, linestyle=style, color="grey", label=f"{label} ({value:.2f} %)")
-    axis.set_xlabel("training minutes")
-    axis.set_ylabel("top-1 %")
-    axis.set_title("weighted kNN top-1 (k=20) against time")
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
-    return True
+LOSS_PARTS = ("loss_moco", "loss_positive", "loss_multicrop")
+
+
+def _plot_loss(path: Path, history: list[dict]) -> None:
+    """The epoch loss and its parts; a mark where CLIM's positive term joins (the loss rises there)."""
+    series = {"loss (total)": _series(history, "loss")}
+    series.update({part: _series(history, part) for part in LOSS_PARTS if _series(history, part)[0]})
+    joined = _series(history, "loss_positive")[0]
+    marks = {f"positives join (epoch {joined[0]})": joined[0] - 0.5} if joined else None
+    _plot(path, "training loss and its parts", "loss (epoch mean)", series, marks=marks)
 
 
 def _references(run_dir: Path) -> dict[str, float]:
-    """Raw pixels and random init kNN top-1 (k=20) from ``eval/demo.json`` (``clim demo``), if any."""
-    path = run_dir / "eval" / "demo.json"
-    result = json.loads(path.read_text()) if path.exists() else {}
+    """Raw pixels and random init kNN top-1 (k=20): from ``eval/demo.json`` (``clim demo``) or
+    ``eval/knn_references.json``, computed once when missing and cheap (clim.demo.write_references)."""
+    for name in ("demo.json", "knn_references.json"):
+        if (run_dir / "eval" / name).exists():
+            path = run_dir / "eval" / name
+            break
+    else:
+        if not (run_dir / CHECKPOINT_NAME).exists():
+            return {}
+        from clim.demo import write_references  # torch and the data: only when there is something to compute
+
+        path = write_references(run_dir)
+        if path is None:
+            return {}
+    result = json.loads(path.read_text())
     names = {"raw pixels": "raw_pixels_knn_k20_top1", "random init": "random_init_knn_k20_top1"}
     return {label: result[key] for label, key in names.items() if isinstance(result.get(key), (int, float))}
 
@@ -112,17 +126,19 @@ def write_report(run_dir: str | Path) -> Path:
         lines += ["## Configuration", "", "```json", json.dumps(config, indent=1), "```", ""]
 
     lines += ["## Training", ""]
-    _plot(plots / "loss.png", "training loss", "loss", {"loss": _series(history, "loss")})
+    _plot_loss(plots / "loss.png", history)
     lines += ["![loss](plots/loss.png)", ""]
     knn = _series(history, "knn_top1")
     if knn[0]:
-        _plot(plots / "knn.png", "weighted kNN top-1 (k=20)", "top-1 %", {"kNN": knn})
-        lines += ["![kNN top-1](plots/knn.png)", ""]
         references = _references(run_dir)
-        if _plot_knn_minutes(plots / "knn_minutes.png", history, references):
-            note = " and ".join(references) + " as horizontal lines" if references else "no reference lines"
-            lines += [f"The same against training minutes (epochs plus positives refreshes; {note}):", "",
-                      "![kNN top-1 against minutes](plots/knn_minutes.png)", ""]
+        note = " and ".join(references) + " as horizontal lines" if references else "no reference lines"
+        _plot(plots / "knn.png", "weighted kNN top-1 (k=20)", "top-1 %", {"trained": knn}, levels=references)
+        lines += [f"kNN top-1 of the trained backbone ({note}):", "", "![kNN top-1](plots/knn.png)", ""]
+        minutes = [m for m, r in zip(training_minutes(history), history) if isinstance(r.get("knn_top1"), (int, float))]
+        _plot(plots / "knn_minutes.png", "weighted kNN top-1 (k=20) against time", "top-1 %",
+              {"trained": (minutes, knn[1])}, xlabel="training minutes", levels=references)
+        lines += ["The same against training minutes (epochs plus positives refreshes):", "",
+                  "![kNN top-1 against minutes](plots/knn_minutes.png)", ""]
     rows = [[r["epoch"], round(m, 2), r.get("loss"), r.get("lr"), r.get("images_per_s"), r.get("knn_top1", "")]
             for r, m in zip(history, training_minutes(history))]
     lines += _table(rows, ["epoch", "minutes", "loss", "lr", "images/s", "kNN top-1 %"]) + [""]

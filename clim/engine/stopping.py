@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import threading
 import time
 
@@ -79,7 +78,6 @@ class StopRequest:
         end_line()
         if signum == signal.SIGINT:
             raise KeyboardInterrupt  # the CLI prints its line and exits with 130
-        os.write(sys.stderr.fileno(), b"clim: second SIGTERM: stopping now, without saving (the last "
-                                      b"checkpoint is kept)\n")
+        os.write(2, b"clim: second SIGTERM: stopping now, without saving (the last checkpoint is kept)\n")
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)

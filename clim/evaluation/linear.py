@@ -20,7 +20,6 @@ deviation from the protocol that the result JSON records; numbers are usually cl
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import asdict, dataclass
 from typing import Callable, Iterable
 
@@ -28,10 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from clim.evaluation.common import stratified_holdout
 from clim.runtime.features import extract_features
+from clim.runtime.progress import Progress
 
 
 @dataclass(frozen=True)
@@ -76,21 +75,19 @@ def accuracy_report(logits: torch.Tensor, labels: torch.Tensor, prefix: str) -> 
     return {f"{prefix}_top{k}": value for k, value in topk_accuracy(logits, labels, ks).items()}
 
 
-def _progress(show: bool | None) -> bool:
-    return sys.stderr.isatty() if show is None else show
-
-
 def fit_classifier(classifier: nn.Module, optimizer: torch.optim.Optimizer, milestones: Iterable[int],
                    epochs: int, batches: Callable[[int], Iterable[tuple[torch.Tensor, torch.Tensor]]],
                    progress: bool | None = None, desc: str = "linear") -> float:
     """Cross-entropy training over ``batches(epoch)`` with a step schedule; returns the last epoch's loss.
 
     ``batches`` yields ``(inputs, labels)`` already on the classifier's device; the schedule steps
-    once per epoch (×0.1 at each milestone).
+    once per epoch (×0.1 at each milestone). Progress (unless ``progress`` is False): a bar on a
+    terminal, else a line every 30 s with the epoch, its loss and the ETA.
     """
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(milestones), gamma=0.1)
     loss_sum, seen = 0.0, 0
-    for epoch in tqdm(range(epochs), desc=desc, disable=not _progress(progress), leave=False):
+    bar = Progress(epochs, f"{desc} epochs", enabled=progress is not False, leave=False)
+    for epoch in range(epochs):
         loss_sum, seen = 0.0, 0
         for inputs, labels in batches(epoch):
             loss = F.cross_entropy(classifier(inputs), labels)
@@ -99,10 +96,15 @@ def fit_classifier(classifier: nn.Module, optimizer: torch.optim.Optimizer, mile
             optimizer.step()
             loss_sum += loss.item() * labels.shape[0]
             seen += labels.shape[0]
+            bar.poll()
         scheduler.step()
         if not math.isfinite(loss_sum):
+            bar.close()
             raise FloatingPointError(f"{desc}: the loss became {loss_sum / seen} in epoch {epoch + 1}; "
                                      "lower the learning rate (--lr)")
+        bar.set_postfix(loss=f"{loss_sum / max(1, seen):.4f}")
+        bar.update()
+    bar.close()
     return loss_sum / max(1, seen)
 
 

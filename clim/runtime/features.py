@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import sys
-
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
+
+from clim.runtime import distributed
+from clim.runtime.progress import Progress
 
 
 def module_device(module: nn.Module) -> torch.device:
@@ -23,9 +23,10 @@ def extract_features(module: nn.Module, dataset: Dataset, batch_size: int = 256,
 
     The module runs in eval mode (BatchNorm uses its running statistics, so a feature does not
     depend on its batch) and gets its previous training mode back afterwards. ``device`` defaults
-    to the module's own; when given, the module is moved there. ``progress`` None shows a bar only
-    on a terminal. Items are ``(image, index, label)`` as the dataset registry returns them, or
-    ``(image, label)`` (torchvision's datasets), ``(image,)`` or a bare image tensor (labels −1).
+    to the module's own; when given, the module is moved there. ``progress`` None shows it on the
+    main rank (a bar on a terminal, else a line every 30 s), False not at all. Items are
+    ``(image, index, label)`` as the dataset registry returns them, or ``(image, label)``
+    (torchvision's datasets), ``(image,)`` or a bare image tensor (labels −1).
     """
     device = torch.device(device) if device is not None else module_device(module)
     module.to(device)
@@ -33,15 +34,18 @@ def extract_features(module: nn.Module, dataset: Dataset, batch_size: int = 256,
     module.eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         pin_memory=device.type == "cuda")
-    show = sys.stderr.isatty() if progress is None else progress
+    bar = Progress(len(loader), "features", enabled=distributed.rank() == 0 if progress is None else progress,
+                   leave=False)
     feats, labels = [], []
     try:
-        for batch in tqdm(loader, desc="features", disable=not show, leave=False):
+        for batch in loader:
             images, targets = _images_and_labels(batch)
             out = module(images.to(device, non_blocking=True))
             feats.append(out.float().flatten(1).cpu())
             labels.append(torch.as_tensor(targets, dtype=torch.long))
+            bar.update()
     finally:
+        bar.close()
         module.train(was_training)
     if not feats:
         raise ValueError("cannot extract features from an empty dataset")

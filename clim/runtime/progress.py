@@ -13,7 +13,7 @@ from typing import Callable
 
 from tqdm import tqdm
 
-PLAIN_EVERY_SECONDS = 30.0  # a plain line this often when stderr is not a terminal
+PLAIN_EVERY_SECONDS = 30.0  # a plain line this often when stderr is not a terminal (env CLIM_PROGRESS_EVERY)
 
 _open_bars = 0  # tqdm bars drawn on a terminal right now: a line there is not ended yet
 
@@ -32,7 +32,7 @@ def end_line() -> None:
     """End the line a terminal bar is drawing, so that what is written next starts on its own line
     (signal-safe: one ``os.write``)."""
     if _open_bars:
-        os.write(sys.stderr.fileno(), b"\n")
+        os.write(2, b"\n")
 
 
 class Progress:
@@ -41,16 +41,18 @@ class Progress:
     ``update(n)`` after each unit; ``set_postfix(loss="6.123", ...)`` values shown beside the count;
     ``poll()`` inside a long unit (a plain line falls due on time, not on units). On a terminal the
     bar is tqdm's; elsewhere a line ``desc: 45/100 (45 %), loss 6.123, ETA 1m10s`` goes to stderr
-    every ``every`` seconds, at the first update when ``first_line``, and at ``close()`` when
+    every ``every`` seconds (default 30, or ``CLIM_PROGRESS_EVERY``), at the first update when ``first_line``, and at ``close()`` when
     ``last_line`` or a line was written before. ``extra()``, when given, returns more values, fresh
     for each line or postfix (e.g. ``{"run ETA": "12m30s"}``).
     """
 
     def __init__(self, total: int, desc: str, initial: int = 0, enabled: bool = True, leave: bool = True,
-                 every: float = PLAIN_EVERY_SECONDS, terminal: bool | None = None,
+                 every: float | None = None, terminal: bool | None = None,
                  extra: Callable[[], dict[str, str]] | None = None, first_line: bool = False, last_line: bool = False):
         global _open_bars
         terminal = sys.stderr.isatty() if terminal is None else terminal
+        if every is None:
+            every = float(os.environ.get("CLIM_PROGRESS_EVERY", PLAIN_EVERY_SECONDS))
         self.total, self.desc, self.n, self.every, self.extra = total, desc, initial, every, extra
         self.postfix: dict[str, str] = {}
         self.plain = enabled and not terminal

@@ -10,6 +10,7 @@ torchrun): only rank 0 gets the signal, and both ranks must still stop after the
 """
 
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -90,6 +91,10 @@ def test_signal_inside_first_epoch_saves_and_resumes_exactly(signum, code, refer
     assert lines == [f"clim: stopped by {name} at epoch 1/{EPOCHS}, step {step} of {STEPS} (saved inside the epoch); "
                      f"checkpoint saved: {ckpt}; resume with: clim {' '.join(_args(out, tiny_overrides))}"], text[-2000:]
     assert "Traceback" not in text
+    # stderr is no terminal: plain progress lines, the first one at the first step, with its loss
+    first = next(line for line in text.splitlines() if line.startswith(f"epoch 1/{EPOCHS}: "))
+    assert re.fullmatch(rf"epoch 1/{EPOCHS}: 1/{STEPS} \(6 %\), loss \d+\.\d{{3}}, lr 0\.0600, img_s \d+, "
+                        r"ETA \w+, run ETA \w+", first), first
 
     again = run_clim(_args(out, tiny_overrides))
     assert again.returncode == 0, again.stderr[-3000:]
