@@ -199,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"clim: error: {_error_line(error, getattr(args, 'out', None))}", file=sys.stderr)
         return code
     except KeyboardInterrupt:
+        progress = sys.modules.get("clim.runtime.progress")
+        if progress is not None:
+            progress.end_line()  # the message on its own line, not glued to a bar
         print("clim: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
 

@@ -334,6 +334,7 @@ def _pretrain(config: Config, out_dir: Path, stop: StopRequest, eta_after) -> li
 
     def stopped(where: str) -> RunInterrupted:
         logger.close()
+        distributed.teardown()
         by = stop.name or "a signal to another rank"
         return RunInterrupted(stop.signum or signal.SIGTERM, f"stopped by {by} {where}; checkpoint saved: {ckpt_path}",
                               show=runtime.is_main)

@@ -199,4 +199,10 @@ def run_matrix(scale: str, out: str | Path, records: str | Path, seeds: int | No
 
 
 if __name__ == "__main__":
-    run_one(sys.argv[1])
+    from clim.engine.stopping import RunInterrupted
+
+    try:
+        run_one(sys.argv[1])
+    except RunInterrupted as stop:  # Ctrl-C / SIGTERM: saved inside the epoch, resumed by the next `clim ablate`
+        print(f"clim: {stop}", file=sys.stderr)
+        sys.exit(stop.exit_code)

@@ -158,3 +158,23 @@ def test_second_signal_stops_at_once():
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(1)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+
+
+def test_interrupt_elsewhere_ends_the_bar_line_first(monkeypatch, capsys, tmp_path):
+    """Ctrl-C outside pretraining (here inside `clim report`) while a terminal bar is drawn: the line
+    is ended before the CLI's message, which then stands on its own."""
+    from clim.cli import main
+    from clim.runtime import progress
+
+    written = []
+    monkeypatch.setattr(progress.os, "write", lambda fd, data: written.append((fd, data)))
+    monkeypatch.setattr(progress, "_open_bars", 0)  # put back afterwards: the bar below is left open
+
+    def interrupted(run_dir):
+        progress.Progress(10, "features", terminal=True).update()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("clim.report.write_report", interrupted)
+    assert main(["report", str(tmp_path)]) == 130
+    assert written == [(2, b"\n")]
+    assert capsys.readouterr().err.splitlines()[-1].startswith("clim: interrupted")

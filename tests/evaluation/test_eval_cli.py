@@ -91,3 +91,14 @@ def test_export_handler(tiny_ckpt, tmp_path, capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["torchvision_compatible"] is False and "build_backbone" in info["load"]
     assert json.loads((tmp_path / "b.pth.json").read_text())["small_stem"] is True
+
+
+def test_linear_without_a_terminal_prints_progress_lines(tiny_ckpt, tiny_data, tmp_path, capsys, monkeypatch):
+    """stderr is no terminal here: plain lines (epoch count, loss, ETA) instead of silence."""
+    monkeypatch.setenv("CLIM_PROGRESS_EVERY", "0")
+    common = [arg for arg in _common(tiny_ckpt) if arg != "--no-progress"]
+    assert _run("eval", "linear", *common, "--preset", "quick", "--epochs", "2",
+                "--out", str(tmp_path / "linear.json")) == 0
+    err = capsys.readouterr().err
+    assert "linear epochs: 1/2 (50 %), loss " in err and ", ETA " in err
+    assert "features: " in err  # the test split's features
