@@ -364,7 +364,8 @@ def _pretrain(config: Config, out_dir: Path, stop: StopRequest, eta_after) -> li
             runner.meter.load_state(resume["meter"])
             seen, started = resume["seen"], started - resume["elapsed"]
         resume_at = {**resume["pipeline"], "step_generator": resume["step_generator"]} if resume else None
-        def run_eta() -> dict[str, str]:
+
+        def run_eta() -> dict[str, str]:  # the whole run's (and the caller's after it), beside the epoch's own
             seconds = remaining_seconds(config, history, epoch, bar.total - bar.n, bar.seconds_per_unit() or 0.0,
                                         steps, monitor is not None) + (eta_after(history) if eta_after else 0.0)
             return {"run ETA": format_seconds(seconds)}

@@ -16,6 +16,7 @@ from tqdm import tqdm
 PLAIN_EVERY_SECONDS = 30.0  # a plain line this often when stderr is not a terminal (env CLIM_PROGRESS_EVERY)
 
 _open_bars = 0  # tqdm bars drawn on a terminal right now: a line there is not ended yet
+_last_line_at = time.monotonic()  # the last plain line of any bar: many short bars in a row still show life
 
 
 def format_seconds(seconds: float) -> str:
@@ -41,7 +42,8 @@ class Progress:
     ``update(n)`` after each unit; ``set_postfix(loss="6.123", ...)`` values shown beside the count;
     ``poll()`` inside a long unit (a plain line falls due on time, not on units). On a terminal the
     bar is tqdm's; elsewhere a line ``desc: 45/100 (45 %), loss 6.123, ETA 1m10s`` goes to stderr
-    every ``every`` seconds (default 30, or ``CLIM_PROGRESS_EVERY``), at the first update when ``first_line``, and at ``close()`` when
+    when ``every`` seconds (default 30, or ``CLIM_PROGRESS_EVERY``) have passed since the last plain
+    line of any bar, at the first update when ``first_line``, and at ``close()`` when
     ``last_line`` or a line was written before. ``extra()``, when given, returns more values, fresh
     for each line or postfix (e.g. ``{"run ETA": "12m30s"}``).
     """
@@ -62,7 +64,7 @@ class Progress:
                             mininterval=0.5)
             _open_bars += 1
         self._start_n, self._started = initial, time.monotonic()
-        self._printed_n, self._printed_at = None, self._started
+        self._printed_n = None
         self._first_line, self._last_line = first_line, last_line
 
     def set_postfix(self, **values: str) -> None:
@@ -74,13 +76,15 @@ class Progress:
         self.n += n
         if self.bar is not None:
             self.bar.update(n)
-        elif self.plain and ((self._first_line and self._printed_n is None)
-                             or time.monotonic() - self._printed_at >= self.every):
+        elif self.plain and ((self._first_line and self._printed_n is None) or self._due()):
             self._line()
 
     def poll(self) -> None:
-        if self.plain and time.monotonic() - self._printed_at >= self.every:
+        if self.plain and self._due():
             self._line()
+
+    def _due(self) -> bool:
+        return time.monotonic() - _last_line_at >= self.every
 
     def seconds_per_unit(self) -> float | None:
         """This bar's rate so far (None before the first unit)."""
@@ -102,10 +106,11 @@ class Progress:
         self.plain = False
 
     def _line(self) -> None:
+        global _last_line_at
         parts = [f"{self.desc}: {self.n}/{self.total}" + (f" ({100 * self.n / self.total:.0f} %)" if self.total else "")]
         eta = self.eta_seconds()
         values = {**self.postfix, **({"ETA": format_seconds(eta)} if eta is not None and self.n < self.total else {}),
                   **(self.extra() if self.extra else {})}
         parts += [f"{key} {value}" for key, value in values.items()]
         tqdm.write(", ".join(parts), file=sys.stderr)
-        self._printed_n, self._printed_at = self.n, time.monotonic()
+        self._printed_n, _last_line_at = self.n, time.monotonic()

@@ -167,3 +167,15 @@ def test_diverged_is_raised_from_pretrain(tmp_path, small_digits, tiny_config, m
     with pytest.raises(trainer.TrainingDiverged, match="epoch 1, step 0"):
         trainer.pretrain(tiny_config("train.knn_every=0"), tmp_path)
     assert not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_whole_run_eta_counts_steps_refreshes_and_monitors(tiny_config):
+    """4 epochs of 10 steps, at epoch 1 (0-based) with 4 steps left at 2 s a step; refreshes at
+    epochs 2 and 3 (refresh_every 1) as long as the last one (30 s); the monitor every 2 epochs
+    (epochs 2 and 4, 1-based) as long as the last one (5 s)."""
+    config = tiny_config("train.epochs=4", "train.knn_every=2", clim=True)
+    history = [{"epoch": 1, "knn_seconds": 5.0, "selection": {"seconds": 30.0}}]
+    seconds = trainer.remaining_seconds(config, history, 1, 4, 2.0, 10, monitored=True)
+    assert seconds == (4 + 2 * 10) * 2.0 + 2 * 30.0 + 2 * 5.0
+    assert trainer.remaining_seconds(config, history, 1, 4, 2.0, 10, monitored=False) == 48.0 + 60.0
+    assert trainer.remaining_seconds(config, [], 3, 0, 2.0, 10, monitored=True) == 0.0  # nothing seen yet

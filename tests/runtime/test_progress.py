@@ -31,6 +31,7 @@ def test_plain_lines_first_on_time_and_last(capsys):
 
 def test_plain_line_every_n_seconds_and_quiet_when_short(capsys, monkeypatch):
     monkeypatch.setenv("CLIM_PROGRESS_EVERY", "0.05")
+    monkeypatch.setattr(progress, "_last_line_at", time.monotonic())
     bar = Progress(4, "features", terminal=False)
     bar.update()
     assert _lines(capsys) == []  # nothing before the first interval
@@ -44,11 +45,15 @@ def test_plain_line_every_n_seconds_and_quiet_when_short(capsys, monkeypatch):
     assert len(lines) == 3
     assert lines[0].startswith("features: 1/4 (25 %), ETA ") and lines[1].startswith("features: 2/4 (50 %), ETA ")
     assert lines[2].startswith("features: 3/4 (75 %), ETA ")
-    quiet = Progress(4, "features", terminal=False, every=3600)
+    quiet = Progress(4, "features", terminal=False, every=3600)  # the lines above were just written
     for _ in range(4):
         quiet.update()
     quiet.close()
     assert _lines(capsys) == []  # a short job writes nothing
+    time.sleep(0.06)
+    later = Progress(4, "linear epochs", terminal=False)
+    later.update()  # a new bar, but nothing was written for longer than the interval: a line at once
+    assert _lines(capsys)[0].startswith("linear epochs: 1/4")
     off = Progress(4, "x", enabled=False, terminal=False, every=0, first_line=True, last_line=True)
     off.update()
     off.close()
