@@ -179,3 +179,19 @@ def test_whole_run_eta_counts_steps_refreshes_and_monitors(tiny_config):
     assert seconds == (4 + 2 * 10) * 2.0 + 2 * 30.0 + 2 * 5.0
     assert trainer.remaining_seconds(config, history, 1, 4, 2.0, 10, monitored=False) == 48.0 + 60.0
     assert trainer.remaining_seconds(config, [], 3, 0, 2.0, 10, monitored=True) == 0.0  # nothing seen yet
+
+
+def test_in_epoch_checkpoints_do_not_wait_for_a_log_step(tmp_path, small_digits, tiny_config, monkeypatch):
+    """train.checkpoint_every_minutes is looked at after every step, not only every train.log_every."""
+    saved = []
+    real_save = checkpoint.save_atomic
+
+    def save(state, path):
+        saved.append(state["partial"]["ranks"][0]["pipeline"]["step"] if "partial" in state else "epoch end")
+        real_save(state, path)
+
+    monkeypatch.setattr(checkpoint, "save_atomic", save)
+    config = tiny_config("train.epochs=1", "train.knn_every=0", "train.log_every=1000",
+                         "train.checkpoint_every_minutes=0.000001")
+    trainer.pretrain(config, tmp_path)
+    assert saved == [1, 2, 3, 4, "epoch end"]  # 4 steps of 64, none of them a log step
