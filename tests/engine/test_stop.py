@@ -178,3 +178,24 @@ def test_interrupt_elsewhere_ends_the_bar_line_first(monkeypatch, capsys, tmp_pa
     assert main(["report", str(tmp_path)]) == 130
     assert written == [(2, b"\n")]
     assert capsys.readouterr().err.splitlines()[-1].startswith("clim: interrupted")
+
+
+_TWO_SIGTERMS = """
+import os, signal, time
+from clim.engine.stopping import StopRequest
+with StopRequest() as stop:
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert stop.requested
+    time.sleep(0.6)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(5)
+print("not stopped")
+"""
+
+
+def test_second_sigterm_ends_the_process_at_once(run_python, tmp_path):
+    script = tmp_path / "two_sigterms.py"
+    script.write_text(_TWO_SIGTERMS)
+    result = run_python([script], timeout=60)
+    assert result.returncode == -signal.SIGTERM and "not stopped" not in result.stdout
+    assert result.stderr.strip() == "clim: second SIGTERM: stopping now, without saving (the last checkpoint is kept)"
