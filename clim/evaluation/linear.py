@@ -20,6 +20,7 @@ deviation from the protocol that the result JSON records; numbers are usually cl
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import asdict, dataclass
 from typing import Callable, Iterable
 
