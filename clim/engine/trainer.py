@@ -274,7 +274,7 @@ def pretrain(config: Config, out_dir: str | Path) -> list[dict]:
     ckpt_path = out_dir / checkpoint.CHECKPOINT_NAME
     start_epoch, step, history, partial = 0, 0, [], None
     if ckpt_path.exists():
-        saved = checkpoint.load(ckpt_path, map_location=device)
+        saved = checkpoint.load(ckpt_path)  # onto the CPU: load_state_dict places it
         _check_resume(saved, config)
         load_checkpoint_model_state(model, bank, saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
