@@ -51,23 +51,38 @@ class OpCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def step_ops(method: str, bn_splits: int, args) -> collections.Counter:
-    """The ops of the second step (the first creates the optimiser state) of ``method``."""
-    torch.manual_seed(0)
-    size = args.image_size
-    images = torch.randint(0, 256, (2 * args.batch_size, 3, size, size), dtype=torch.uint8)
+def random_dataset(n: int, size: int) -> ArrayDataset:
+    """``n`` random 3-channel ``size`` px images (the op count does not depend on their content)."""
+    images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     info = DatasetInfo("random", 10, 3, size, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
-    dataset = ArrayDataset(images, torch.zeros(len(images), dtype=torch.long), info)
+    return ArrayDataset(images, torch.zeros(n, dtype=torch.long), info)
+
+
+def step_config(method: str, bn_splits: int, args, **train) -> Config:
+    """The step's config: ``args``' backbone (small stem), image size, batch size and device, the CUDA
+    code path's precision settings (bf16 autocast, batched views; ``args.channels_last``) unless
+    ``train`` overrides them, CutMix for CLIM."""
     config = Config()
-    for key, value in {
-        "data.name": "random", "data.image_size": size, "model.backbone": args.backbone,
+    values = {
+        "data.name": "random", "data.image_size": args.image_size, "model.backbone": args.backbone,
         "model.small_stem": True, "model.queue_size": 4096, "model.bn_splits": bn_splits,
         "train.batch_size": args.batch_size, "train.device": args.device, "train.amp": True,
         "train.channels_last": args.channels_last, "train.batch_views": True,
         "method.name": method, "method.mixing": "cutmix", "method.resolutions": None,
-    }.items():
+    }
+    values.update({f"train.{key}": value for key, value in train.items()})
+    for key, value in values.items():
         config.set(key, value)
     config.validate()
+    return config
+
+
+def step_ops(method: str, bn_splits: int, args) -> collections.Counter:
+    """The ops of the second step (the first creates the optimiser state) of ``method``."""
+    torch.manual_seed(0)
+    size = args.image_size
+    dataset = random_dataset(2 * args.batch_size, size)
+    config = step_config(method, bn_splits, args)
     device = torch.device(args.device)
     model = build_moco(config, 3, size, len(dataset)).to(device)
     if method == "clim":
