@@ -7,7 +7,8 @@ step is the part of its cost that no kernel speed-up removes. This script counts
 into one pass, bf16 autocast. It prints, per method, the count with ``model.bn_splits=8`` and with
 ``bn_splits=1`` (plain BN, the reference) and their ratio, then the ops that differ most. (CLIM's
 query and key views are batched, so even at ``bn_splits=1`` each view gets its own statistics through
-the same grouped op: its ratio compares 8 groups with 1 per view.) ``--foreach`` gives SGD the
+the same grouped op: its ratio compares 8 groups with 1 per view; the count with plain
+``F.batch_norm`` calls, one view per pass, is printed beside it.) ``--foreach`` gives SGD the
 multi-tensor update it uses on CUDA (on CPU tensors torch loops over the parameters).
 
 Last, the bf16 error of split-BN (channels-last, 8 groups, 2 chunks) at activation mean/std 2 and
@@ -77,12 +78,12 @@ def step_config(method: str, bn_splits: int, args, **train) -> Config:
     return config
 
 
-def step_ops(method: str, bn_splits: int, args) -> collections.Counter:
+def step_ops(method: str, bn_splits: int, args, batch_views: bool = True) -> collections.Counter:
     """The ops of the second step (the first creates the optimiser state) of ``method``."""
     torch.manual_seed(0)
     size = args.image_size
     dataset = random_dataset(2 * args.batch_size, size)
-    config = step_config(method, bn_splits, args)
+    config = step_config(method, bn_splits, args, batch_views=batch_views)
     device = torch.device(args.device)
     model = build_moco(config, 3, size, len(dataset)).to(device)
     if method == "clim":
@@ -137,6 +138,10 @@ def main(argv=None) -> int:
         total_split, total_plain = sum(split.values()), sum(plain.values())
         print(f"{method}: {total_split} ops with bn_splits={args.splits}, {total_plain} with bn_splits=1: "
               f"{total_split / total_plain:.2f}x")
+        if method == "clim":
+            unbatched = sum(step_ops(method, 1, args, batch_views=False).values())
+            print(f"clim: {unbatched} ops with bn_splits=1 and one view per pass (plain F.batch_norm): "
+                  f"bn_splits={args.splits} batched is {total_split / unbatched:.2f}x that")
         changed = sorted(set(split) | set(plain), key=lambda op: plain[op] - split[op])[:args.top]
         print("  most added: " + ", ".join(f"{op} {plain[op]}->{split[op]}" for op in changed))
     for mean_over_std in (2.0, 13.0):
