@@ -6,12 +6,12 @@ free ``[N/s, s·C, H, W]`` view through one ``F.batch_norm`` call (``SplitBatchN
 path), but for a channels-last batch, or several chunks, no view of the batch puts those three
 indices in one dimension, and letting autograd differentiate a composite costs ~40 small ops and
 ~14 passes over the activation per layer. :class:`GroupedBatchNorm` is the composite done by hand:
-5-6 activation-sized ops forward and 5 backward, every one of them keeping the input's layout.
+4-5 activation-sized ops forward and 6 backward, every one of them keeping the input's layout.
 
 Precision follows cuDNN's BN: statistics and the affine map are computed in float32 (float64 for
 float64 input) and only the output is rounded to the input's dtype. Reducing bf16 activations
 in bf16 and applying scale and shift in bf16 cancels catastrophically once the activation's mean
-is large against its spread; benchmarks/op_count.py --precision prints both errors.
+is large against its spread; benchmarks/op_count.py prints both errors.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class GroupedBatchNorm(torch.autograd.Function):
             running_mean.addmv_(mean.view(chunks * groups, c).t().to(running_mean.dtype), weights, beta=decay)
             running_var.addmv_(var.view(chunks * groups, c).t().to(running_var.dtype), weights, beta=decay,
                                alpha=count / max(1, count - 1))  # F.batch_norm keeps the unbiased variance
-        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+        if any(ctx.needs_input_grad[:3]):
             ctx.save_for_backward(xhat, invstd, weight)
         ctx.count = per_group * h * w
         return out
