@@ -43,8 +43,14 @@ class GroupedBatchNorm(torch.autograd.Function):
         invstd = torch.rsqrt(var + eps)
         # x̂ in place in the upcast copy; full-precision input gets a fresh tensor instead
         xhat = (upcast.sub_(mean) if upcast is not view else view - mean).mul_(invstd)
+        # b + w·x̂ in float32, rounded once into a fresh tensor of x's dtype and layout (a view would not
+        # do: the in-place ReLU after BN may not modify a custom Function's view output)
         out = torch.empty_like(x)
-        torch.addcmul(bias.view(c, 1, 1), xhat, weight.view(c, 1, 1), out=out.view(view.shape))
+        affine = bias.view(c, 1, 1), xhat, weight.view(c, 1, 1)
+        if torch.compiler.is_compiling():  # dynamo refuses out= into a strided view; Inductor fuses the copy
+            out.view(view.shape).copy_(torch.addcmul(*affine))
+        else:
+            torch.addcmul(*affine, out=out.view(view.shape))
         if running_mean is not None:
             count = per_group * h * w
             weights = _chunk_weights(chunks, groups, momentum, running_mean)
@@ -68,11 +74,8 @@ class GroupedBatchNorm(torch.autograd.Function):
         grad_weight = grad_xhat_sum.sum((0, 2)).view(c)
         grad_bias = grad_sum.sum((0, 2)).view(c)
         scale = weight.view(c, 1, 1) * invstd
-        # product's buffer is free now: it becomes ḡ + ĝ·x̂, then g − (ḡ + ĝ·x̂)/n
-        torch.addcmul(grad_sum, xhat, grad_xhat_sum, out=product)
-        torch.add(grad_view, product, alpha=-1.0 / ctx.count, out=product)
-        grad_input = torch.empty_like(grad)
-        torch.mul(product, scale, out=grad_input.view(xhat.shape))
+        centred = torch.add(grad_view, torch.addcmul(grad_sum, xhat, grad_xhat_sum), alpha=-1.0 / ctx.count)
+        grad_input = (centred * scale).to(grad.dtype).view(grad.shape)  # g − (ḡ + ĝ·x̂)/n, times w·σ⁻¹
         return grad_input, grad_weight, grad_bias, None, None, None, None, None, None
 
 

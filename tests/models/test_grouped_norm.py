@@ -81,3 +81,11 @@ def test_module_path_keeps_running_stats_and_layout_under_autograd():
     plain = torch.nn.BatchNorm2d(4, track_running_stats=False)
     no_stats = grouped_batch_norm(x.detach(), plain, 2, 2)
     torch.testing.assert_close(no_stats, out.detach(), rtol=1e-4, atol=1e-5)
+
+
+def test_traces_without_graph_breaks():
+    """torch.compile (train.compile) sees the op whole: no graph break inside split-BN."""
+    bn = SplitBatchNorm2d(4, num_splits=2)
+    bn.chunks = 2
+    x = torch.randn(8, 4, 3, 3).contiguous(memory_format=torch.channels_last)
+    assert torch._dynamo.explain(bn)(x).graph_break_count == 0
