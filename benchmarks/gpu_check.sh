@@ -1,41 +1,77 @@
 #!/usr/bin/env bash
-# Every GPU benchmark of the project, on one GPU, in <= 8 minutes; results under $OUT.
+# Every GPU benchmark and check of the project, on one GPU, in <= 8.5 minutes (BUDGET_S = 510 s);
+# results under $OUT.
 #
-#   1. throughput at 32 px, ResNet-18 small stem, batch 512, cifar10-shaped random data:
-#      ours MoCo v2, ours CLIM (CutMix, random positives table), lightly (same precision), with the
-#      host syncs of 20 steps counted by source line and a torch.profiler table of 10 steps;
-#      1b the same two of ours with train.compile=true, 1c ours MoCo v2 without prefetching
-#   2. benchmarks/selection.py --device cuda --n 1281167 --m 10000 (torch backend without faiss-gpu)
-#   3. the large-data path: 224 px ResNet-50 on a folder of random JPEGs, ours with data.decode=auto
-#      (nvJPEG on the GPU) next to lightly; 3b ours with data.decode=cpu (workers decode)
-#   4. the trainer itself: `clim pretrain --preset mocov2-fmnist --set train.batch_size=512`, images/s
+# Most important first; each step has its own time limit (the table below), and the limits plus the
+# set-up reserve add up to at most BUDGET_S (checked before anything runs):
+#   1. throughput at 32 px, ResNet-18 small stem, batch 512, cifar10-shaped random data: ours MoCo v2,
+#      ours CLIM (CutMix, random positives table), lightly (same precision), with the host syncs of 20
+#      steps counted by source line and a torch.profiler table of 10 steps
+#   2. resume on CUDA: a short trainer run (fmnist-mini, deterministic) killed inside its second epoch
+#      and run again must finish with the uninterrupted run's tensors (benchmarks/resume_check.py)
+#   3. benchmarks/selection.py --device cuda --n 1281167 --m 10000 (torch backend without faiss-gpu)
+#   4. the large-data path: 224 px ResNet-50 on a folder of random JPEGs, ours with data.decode=auto
+#      (nvJPEG on the GPU) next to lightly
+#   5. the trainer itself: `clim pretrain --preset mocov2-fmnist --set train.batch_size=512`, images/s
 #      of its second epoch, next to lightly's MoCo v2 example as published (fp32) on the same
-#      Fashion-MNIST images (needs benchmarks/gpu_data, see prepare_gpu_wheels.sh)
-#   5. lightly's example as published (fp32) at 32 px, for reference
-#   6. the CUDA-only tests of tests/ (-k 'cuda or gpu')
+#      Fashion-MNIST images (benchmarks/gpu_data, packed by prepare_gpu_wheels.sh)
+#   6. variants of step 1: NCHW (train.channels_last=false: split-BN as one cuDNN call on the free
+#      [N/s, s*C, H, W] view where a pass holds one view, the grouped op otherwise), and NCHW without
+#      batched views (every pass one cuDNN call)
+#   7. bf16 autocast vs float32: the loss curves of the same 100 steps (benchmarks/amp_curve.py)
+#   8. the CUDA-only tests of tests/ (-k 'cuda or gpu')
+#   9. train.compile=true for ours MoCo v2 (its set-up + warm-up line is the compile time), only when
+#      the steps before left COMPILE_NEEDS seconds of the budget unused (they usually end early)
 #
 # The GPU machine has torch / torchvision but no lightly, faiss, Fashion-MNIST or network: run
 # benchmarks/prepare_gpu_wheels.sh here first, then through the device tool
 #     run(command="bash benchmarks/gpu_check.sh", carry=["benchmarks/wheels", "benchmarks/gpu_data"],
 #         timeout_s=600)
-# Every step has its own time limit and a failing step does not stop the others; summary.txt
-# lists each step's exit status (124 = stopped at its limit). At most 8 files are written to $OUT.
-# The steps run in order of importance: the last ones are skipped when the budget is spent.
+# A failing step does not stop the others; summary.txt lists each step's exit status (124 = stopped
+# at its limit). At most 8 files are written to $OUT. `bash benchmarks/gpu_check.sh --plan` prints
+# the steps and their limits and exits.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/out/gpu_check}
-mkdir -p "$OUT"
 PY=${PYTHON:-python3}
-BUDGET=${BUDGET_S:-470}  # seconds for the whole script (the target is 8 minutes)
+BUDGET=${BUDGET_S:-510}  # seconds for the whole script, set-up included
+SETUP_RESERVE=25         # environment report and the pip installs before step 1
 export PYTHONUNBUFFERED=1
 THROUGHPUT="$PY benchmarks/throughput.py --device cuda"
 
+# name:limit_s, in the order they run; a step's limit is also cut to what is left of the budget.
+LIMITS=(throughput-32px:80 resume-cuda:60 selection:50 folder-gpu-decode:70 fmnist-trainer:45
+        fmnist-lightly:30 nchw:30 nchw-unbatched:25 amp-curve:30 cuda-tests:45)
+COMPILE_NEEDS=100  # s: cold Inductor compiles of both encoders' graphs; run only if the steps above left that
+planned=$SETUP_RESERVE
+for entry in "${LIMITS[@]}"; do planned=$((planned + ${entry#*:})); done
+if [ "${1:-}" = "--plan" ]; then
+    printf '%s\n' "${LIMITS[@]}" "setup:$SETUP_RESERVE" "total:$planned budget:$BUDGET" \
+        "compile: in what is left, if >= ${COMPILE_NEEDS}s"
+    exit 0
+fi
+if ((planned > BUDGET)); then
+    echo "gpu_check: the step limits add up to ${planned}s, over the ${BUDGET}s budget" >&2
+    exit 2
+fi
+mkdir -p "$OUT"
+
 log() { echo "[gpu_check +${SECONDS}s] $*" | tee -a "$OUT/summary.txt"; }
 
-# step NAME LIMIT_S OUTPUT_FILE COMMAND...: run with a time limit (never past the budget), append output.
+limit_of() {
+    local entry
+    for entry in "${LIMITS[@]}"; do
+        [ "${entry%%:*}" = "$1" ] && echo "${entry#*:}" && return
+    done
+    echo "gpu_check: no limit for step $1" >&2
+    exit 2
+}
+
+# step NAME OUTPUT_FILE COMMAND...: run with NAME's limit (never past the budget), append output.
 step() {
-    local name=$1 limit=$2 file=$3
-    shift 3
+    local name=$1 file=$2 limit
+    limit=$(limit_of "$name") || exit 2
+    shift 2
     local left=$((BUDGET - SECONDS))
     if ((left < 15)); then
         log "$name: skipped, budget spent"
@@ -44,9 +80,9 @@ step() {
     ((limit > left)) && limit=$left
     log "$name: start (limit ${limit}s): $*"
     echo "\$ $*" >>"$OUT/$file"
-    timeout --kill-after=10 "$limit" "$@" >>"$OUT/$file" 2>&1
+    timeout --kill-after=5 "$limit" "$@" >>"$OUT/$file" 2>&1
     local rc=$?
-    log "$name: rc=$rc; $(grep -E 'ratio_vs_lightly|epoch time|select_positives:|plain faiss|images/s of epoch|host syncs in' "$OUT/$file" | tail -4 | tr '\n' ' ')"
+    log "$name: rc=$rc; $(grep -E 'ratio_vs_lightly|epoch time|select_positives:|plain faiss|images/s of epoch|host syncs in|resume_check:|amp_curve:|warm-up steps|passed|failed' "$OUT/$file" | tail -4 | tr '\n' ' ')"
 }
 
 # --- environment and installs (no network: carried wheels only) -----------------------------------
@@ -67,47 +103,61 @@ step() {
     "$PY" -c "import lightly; print('lightly', lightly.__version__)" 2>&1
 } >"$OUT/environment.txt" 2>&1
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-log "environment: $(grep -m1 -E 'NVIDIA|H100|H200' "$OUT/environment.txt")"
+log "environment: $(grep -m1 -E 'NVIDIA|H100|H200' "$OUT/environment.txt"); step limits ${planned}s of ${BUDGET}s"
 
 # --- 1. throughput, 32 px ----------------------------------------------------------------------------
 SMALL=(--dataset cifar10-random --backbone resnet18 --small-stem true --image-size 32 --batch-size 512
        --steps 50 --warmup 10)
-step throughput-32px 110 throughput_32px.txt $THROUGHPUT "${SMALL[@]}" --sync-debug --profile 10
+step throughput-32px throughput_32px.txt $THROUGHPUT "${SMALL[@]}" --sync-debug --profile 10
 
-# --- 4. the trainer on Fashion-MNIST, next to lightly's published example ----------------------------
-FMNIST=benchmarks/gpu_data/fashion-mnist
-if [ -e "$FMNIST/train-images-idx3-ubyte.gz" ]; then
-    step fmnist-trainer 70 fmnist.txt "$PY" benchmarks/trainer_rate.py --out /tmp/clim-fmnist -- \
-        --preset mocov2-fmnist --set "data.root=$PWD/$FMNIST" --set train.batch_size=512 --set train.epochs=2 \
-        --set train.knn_every=0 --set train.device=cuda
-    step fmnist-lightly 50 fmnist.txt $THROUGHPUT --dataset fmnist --root "$PWD/$FMNIST" --batch-size 512 \
-        --steps 40 --warmup 5 --variants lightly --lightly-precision fp32
-else
-    log "fmnist: no Fashion-MNIST in $FMNIST (run benchmarks/prepare_gpu_wheels.sh where it is installed): skipped"
-fi
+# --- 2. resume on CUDA: killed inside an epoch, run again ----------------------------------------------
+# (cuBLAS is deterministic only with a fixed workspace configuration)
+step resume-cuda checks.txt env CUBLAS_WORKSPACE_CONFIG=:4096:8 "$PY" benchmarks/resume_check.py --out /tmp/clim-resume -- --preset mocov2-fmnist \
+    --set data.name=fmnist-mini --set data.num_workers=2 --set train.device=cuda --set train.batch_size=256 \
+    --set train.epochs=2 --set train.knn_every=0 --set train.deterministic=true \
+    --set train.checkpoint_every_minutes=0.000001 --set train.log_every=10
 
-# --- 2. selection at ImageNet scale ------------------------------------------------------------------
-step selection 100 selection.txt "$PY" benchmarks/selection.py --device cuda --n 1281167 --m 10000 --repeat 2
+# --- 3. selection at ImageNet scale ------------------------------------------------------------------
+step selection selection.txt "$PY" benchmarks/selection.py --device cuda --n 1281167 --m 10000 --repeat 2
 
-# --- 3. the large-data path: JPEG folder, 224 px, ResNet-50 ------------------------------------------
+# --- 4. the large-data path: JPEG folder, 224 px, ResNet-50 ------------------------------------------
 FOLDER=(--dataset jpeg-folder --root /tmp/clim-jpegs --n 8192 --backbone resnet50 --image-size 224
         --batch-size 128 --steps 20 --warmup 5)
-step folder-gpu-decode 110 throughput_folder.txt $THROUGHPUT "${FOLDER[@]}" --variants ours-mocov2,lightly \
+step folder-gpu-decode throughput_folder.txt $THROUGHPUT "${FOLDER[@]}" --variants ours-mocov2,lightly \
     --augment device --decode auto
 
-# --- 1b. compiled encoders, 1c. no prefetching ---------------------------------------------------------
-step throughput-32px-compile 110 throughput_32px_variants.txt $THROUGHPUT "${SMALL[@]}" \
-    --variants ours-mocov2,ours-clim --set train.compile=true
-step throughput-32px-noprefetch 35 throughput_32px_variants.txt $THROUGHPUT "${SMALL[@]}" \
-    --variants ours-mocov2 --prefetch false
+# --- 5. the trainer on Fashion-MNIST, next to lightly's published example ----------------------------
+FMNIST=benchmarks/gpu_data/fashion-mnist
+if [ -e "$FMNIST/train-images-idx3-ubyte.gz" ]; then
+    step fmnist-trainer fmnist.txt "$PY" benchmarks/trainer_rate.py --out /tmp/clim-fmnist -- \
+        --preset mocov2-fmnist --set "data.root=$PWD/$FMNIST" --set train.batch_size=512 --set train.epochs=2 \
+        --set train.knn_every=0 --set train.device=cuda
+    step fmnist-lightly fmnist.txt $THROUGHPUT --dataset fmnist --root "$PWD/$FMNIST" --batch-size 512 \
+        --steps 40 --warmup 5 --variants lightly --lightly-precision fp32
+else
+    log "fmnist: no Fashion-MNIST in $FMNIST (run benchmarks/prepare_gpu_wheels.sh and carry benchmarks/gpu_data): skipped"
+fi
 
-# --- 3b. workers decode (the CPU path) -----------------------------------------------------------------
-step folder-cpu-decode 45 throughput_folder.txt $THROUGHPUT "${FOLDER[@]}" --variants ours-mocov2 \
-    --augment device --decode cpu
+# --- 6. NCHW split-BN (one cuDNN call on the [N/s, s*C, H, W] view) ------------------------------------
+step nchw throughput_32px_variants.txt $THROUGHPUT "${SMALL[@]}" --steps 30 --variants ours-mocov2,ours-clim \
+    --set train.channels_last=false
+step nchw-unbatched throughput_32px_variants.txt $THROUGHPUT "${SMALL[@]}" --steps 30 --variants ours-mocov2,ours-clim \
+    --set train.channels_last=false --set train.batch_views=false
 
-# --- 5. lightly as published (fp32), 32 px -----------------------------------------------------------
-step lightly-fp32 40 throughput_32px.txt $THROUGHPUT "${SMALL[@]}" --variants lightly --lightly-precision fp32
-# --- 6. the CUDA-only tests (the rest of the suite runs on CPU in CI) --------------------------------
-step cuda-tests 60 cuda_tests.txt "$PY" -m pytest -q -p no:cacheprovider --continue-on-collection-errors \
+# --- 7. bf16 vs fp32 loss curves over the same 100 steps ---------------------------------------------
+step amp-curve checks.txt "$PY" benchmarks/amp_curve.py --device cuda --steps 100
+
+# --- 8. the CUDA-only tests (the rest of the suite runs on CPU in CI) --------------------------------
+step cuda-tests checks.txt "$PY" -m pytest -q -p no:cacheprovider --continue-on-collection-errors \
     -k "cuda or gpu" tests
+
+# --- 9. compiled encoders, only in the time the limits above left unused (the compile time is the
+#        set-up + warm-up line against step 1's) -------------------------------------------------------
+if ((BUDGET - SECONDS >= COMPILE_NEEDS)); then
+    LIMITS+=("compile:$((BUDGET - SECONDS))")
+    step compile throughput_32px_variants.txt $THROUGHPUT "${SMALL[@]}" --steps 30 --variants ours-mocov2 \
+        --set train.compile=true
+else
+    log "compile: skipped, $((BUDGET - SECONDS))s left of the ${COMPILE_NEEDS}s it needs"
+fi
 log "done in ${SECONDS}s"

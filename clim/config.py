@@ -89,8 +89,9 @@ class TrainConfig:
     seed: int = 0  # seed of weights, augmentation and selection (rank r uses seed + r)
     device: str = "auto"  # auto | cpu | cuda
     amp: bool | None = None  # autocast; null: on CUDA only
-    amp_dtype: str = "bfloat16"  # bfloat16 | float16 (float16 adds a GradScaler, saved in checkpoints)
+    amp_dtype: str = "bfloat16"  # bfloat16 | float16 (adds a GradScaler, saved in checkpoints, and a host sync per step)
     channels_last: bool | None = None  # channels-last activations; null: on CUDA only
+    cudnn_benchmark: bool | None = None  # cuDNN autotunes the step's convolutions (null: on CUDA unless deterministic)
     knn_every: int = 5  # kNN monitor period in epochs (0: never)
     knn_k: int = 20  # neighbours of the weighted-kNN monitor
     knn_temperature: float = 0.07  # vote temperature of the weighted-kNN monitor

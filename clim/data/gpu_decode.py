@@ -241,6 +241,14 @@ class GpuDecodePipeline(DevicePipeline):
         return load
 
     def _decode(self, batch: dict, stats: dict) -> dict:
+        if torch.device(self.device).type == "cuda":
+            # torchvision's CUDA decode_jpeg allocates its outputs on this thread's current stream, then
+            # writes them from nvJPEG's own stream without waiting on this one (pytorch/vision#9606).
+            # The caching allocator reuses a block as soon as it is freed on its stream, so the decoder
+            # can be handed memory the previous batch's queued crop kernels still read: draining this
+            # (side) stream first orders the allocation after them. A host wait in the decode thread,
+            # never in the training loop.
+            torch.cuda.current_stream(self.device).synchronize()
         cropped, reasons = decode_and_crop(batch, self.device, self.sizes[0], self.views.small_size,
                                            self._fallback_image(batch))
         stats["images"] += len(batch["jpeg_ids"]) + len(batch["decoded_ids"])

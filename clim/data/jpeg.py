@@ -132,12 +132,25 @@ def crop_views(images: list[torch.Tensor], image_ids: torch.Tensor, boxes: torch
         height, width = image.shape[-2:]
         x0, y0 = min(x0, width - 1), min(y0, height - 1)
         crop = image[:, y0: y0 + min(h, height - y0), x0: x0 + min(w, width - x0)]
-        out.append(F.interpolate(crop.unsqueeze(0).float(), size=(size, size), mode="bilinear",
-                                 antialias=True, align_corners=False))
+        out.append(_resize(crop.unsqueeze(0).float(), size))
     views = torch.cat(out)
     flips = flips.to(views.device)
     views = torch.where(flips[:, None, None, None], views.flip(-1), views)
     return views.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def _resize(crop: torch.Tensor, size: int) -> torch.Tensor:
+    """Antialiased bilinear resize of ``crop`` [1, C, H, W] to ``size`` x ``size``. CUDA's antialiased
+    kernel keeps a block's filter weights in shared memory and refuses downscales beyond ~94x ("Please
+    reduce the scale factor"); such a (rare) crop is resized on the CPU instead, which gives the same
+    result (it runs in the decode thread, not the training loop)."""
+    options = dict(size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    try:
+        return F.interpolate(crop, **options)
+    except RuntimeError as error:
+        if "reduce the scale factor" not in str(error):
+            raise
+        return F.interpolate(crop.cpu(), **options).to(crop.device)
 
 
 def decode_and_crop(batch: dict, device: torch.device | str, size: int, small_size: int | None = None,

@@ -148,8 +148,12 @@ class StepRunner:
         self.channels_last = on_cuda if config.train.channels_last is None else config.train.channels_last
         self.autocast = (torch.autocast(device_type=device.type, dtype=getattr(torch, config.train.amp_dtype))
                          if use_amp else nullcontext())
-        # float16 needs loss scaling (older GPUs); bfloat16, the default, does not.
+        # float16 needs loss scaling (older GPUs); bfloat16, the default, does not. GradScaler.step reads
+        # its found-inf flag on the host (it skips the step on overflow): one sync per step with float16.
         self.scaler = torch.amp.GradScaler(device.type, enabled=use_amp and config.train.amp_dtype == "float16")
+        if on_cuda:
+            benchmark = config.train.cudnn_benchmark
+            torch.backends.cudnn.benchmark = not config.train.deterministic if benchmark is None else benchmark
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
         model.batch_views = on_cuda if config.train.batch_views is None else config.train.batch_views
@@ -289,7 +293,7 @@ def _pretrain(config: Config, out_dir: Path, stop: StopRequest, eta_after) -> li
     ckpt_path = out_dir / checkpoint.CHECKPOINT_NAME
     start_epoch, step, history, partial = 0, 0, [], None
     if ckpt_path.exists():
-        saved = checkpoint.load(ckpt_path, map_location=device)
+        saved = checkpoint.load(ckpt_path)  # onto the CPU: load_state_dict places it
         _check_resume(saved, config)
         load_checkpoint_model_state(model, bank, saved["model"])
         optimizer.load_state_dict(saved["optimizer"])

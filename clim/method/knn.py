@@ -61,11 +61,32 @@ def _cuda_matmul_settings(device: torch.device, **settings):
             setattr(matmul, name, value)
 
 
+@contextlib.contextmanager
 def _ieee_fp32_matmul(device: torch.device):
-    """Force full fp32 matmuls on CUDA (no TF32), so that the torch kNN stays exact."""
-    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):  # torch >= 2.9
-        return _cuda_matmul_settings(device, fp32_precision="ieee")
-    return _cuda_matmul_settings(device, allow_tf32=False)
+    """Full fp32 matmuls on CUDA (no TF32) for the block, so that the torch kNN stays exact.
+
+    torch >= 2.9 has two APIs for this, and cuBLAS raises ("a mix of the legacy and new APIs") once
+    both have been used: the flags are changed and restored through the one the process uses. The
+    legacy state (``set_float32_matmul_precision`` / ``allow_tf32``) is readable unless the new one
+    (``fp32_precision``) was set, where reading it raises; untouched, matmuls are IEEE already.
+    """
+    if device.type != "cuda":
+        yield
+        return
+    try:
+        legacy = torch.get_float32_matmul_precision()  # "high" also after allow_tf32 = True
+    except RuntimeError:  # the new API is in use
+        with _cuda_matmul_settings(device, fp32_precision="ieee"):
+            yield
+        return
+    if legacy == "highest":
+        yield
+        return
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(legacy)
 
 
 def _chunk_rows(n_cols: int, device: torch.device, cap: int = 8192) -> int:

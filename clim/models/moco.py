@@ -16,6 +16,7 @@ from torch import nn
 
 from clim.config import Config, batch_layout
 from clim.models.backbones import build_backbone, uses_small_stem
+from clim.models.grouped_norm import grouped_batch_norm
 from clim.runtime import distributed
 
 
@@ -37,10 +38,12 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
     so that neither ever copies an activation into another layout:
 
     * NCHW-contiguous input, one chunk: the batch viewed as ``[N/s, s·C, H, W]`` (a free view)
-      through one ``F.batch_norm`` call, each (group, channel) pair a channel (fastest on CPU);
-    * otherwise (channels-last on a GPU, or several chunks): :func:`grouped_batch_norm`, per-group
-      statistics from one ``var_mean`` reduction on a ``[chunks, N/(chunks·s), s, C, H, W]`` view
-      and one fused multiply-add that keeps the input's layout.
+      through one ``F.batch_norm`` call, each (group, channel) pair a channel (fastest on CPU; on
+      CUDA the ``train.channels_last=false`` variant, one cuDNN call);
+    * otherwise (channels-last on a GPU, or several chunks):
+      :func:`~clim.models.grouped_norm.grouped_batch_norm`, one autograd op with a hand-written
+      backward on a ``[chunks, N/(chunks·s), s, C, H, W]`` view that keeps the input's layout,
+      statistics and affine map in float32.
     """
 
     def __init__(self, num_features: int, num_splits: int = 1, **kwargs):
@@ -68,43 +71,6 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
             self.running_var.copy_(var.view(splits, c).mean(0))
             self.num_batches_tracked += 1
         return out.view(n, c, h, w)
-
-
-def grouped_batch_norm(x: torch.Tensor, bn: nn.BatchNorm2d, groups: int, chunks: int = 1) -> torch.Tensor:
-    """Training-mode BN of ``x`` [N, C, H, W] (any memory layout), ``chunks`` consecutive batches of
-    N/chunks samples, each with its ``groups`` groups (samples ``g::groups`` of the chunk)
-    normalised by their own statistics. ``bn``'s running statistics get, per chunk and in order, the
-    mean of its groups' updates: what ``groups`` separate ``F.batch_norm`` calls per chunk would give.
-
-    The ``[chunks, N/(chunks·groups), groups, C, H, W]`` view splits the batch dimension only, so it
-    is free for every layout, and both the reduction and the multiply-add keep the input's layout
-    (no ``copy_``). Statistics are reduced in float32 (``var_mean`` accumulates in float32 for bf16 /
-    fp16 input too); the per-channel scale and shift are applied in the input's dtype. The output
-    is a fresh tensor, not a view, so the in-place ReLU / residual add after it need no CopySlices.
-    Autograd differentiates it.
-    """
-    n, c, h, w = x.shape
-    per_group = n // (chunks * groups)
-    view = x.view(chunks, per_group, groups, c, h, w)
-    var, mean = torch.var_mean(view, dim=(1, 4, 5), correction=0)  # [chunks, groups, C]
-    mean, var = mean.float(), var.float()
-    scale = bn.weight.float() * torch.rsqrt(var + bn.eps)
-    shift = bn.bias.float() - mean * scale
-
-    def per_sample(values: torch.Tensor) -> torch.Tensor:  # [chunks, groups, C] -> [N, C, 1, 1]
-        rows = values.to(x.dtype)[:, None].expand(chunks, per_group, groups, c)
-        return rows.reshape(n, c)[:, :, None, None]
-
-    out = torch.addcmul(per_sample(shift), x, per_sample(scale))
-    if bn.track_running_stats:
-        with torch.no_grad():
-            count = per_group * h * w
-            unbiased = var.mean(1) * (count / max(1, count - 1))  # F.batch_norm's running var
-            for chunk in range(chunks):
-                bn.running_mean.lerp_(mean[chunk].mean(0).to(bn.running_mean.dtype), bn.momentum)
-                bn.running_var.lerp_(unbiased[chunk].to(bn.running_var.dtype), bn.momentum)
-            bn.num_batches_tracked += chunks
-    return out
 
 
 def _largest_divisor(n: int, at_most: int) -> int:

@@ -3,6 +3,11 @@
 Writes go to a temporary file in the same folder, are fsynced, then renamed over the target, so a
 kill -9 at any moment leaves either the previous or the new checkpoint, never a torn one. Loading
 uses ``torch.load(weights_only=True)``: a checkpoint cannot execute code.
+
+Every load reads onto the CPU, whatever device trained or will train: ``load_state_dict`` then
+copies model, optimiser and scaler state to where the live tensors are, and :func:`set_rng_state`
+needs CPU tensors (``torch.set_rng_state``, ``Generator.set_state`` and ``.numpy()`` reject CUDA
+ones, which is what ``map_location=<cuda device>`` would hand them).
 """
 
 from __future__ import annotations
@@ -11,10 +16,8 @@ import os
 import pickle
 import random
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    import torch
 
 # torch and numpy are imported inside the functions: `clim --help` and `clim ablate` import this
 # module for CHECKPOINT_NAME and CheckpointError without loading torch.
@@ -48,8 +51,8 @@ class CheckpointError(ValueError):
 TRAINER_KEYS = ("config", "model", "data_info")
 
 
-def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """The checkpoint dict at ``path``, loaded with ``weights_only=True``.
+def load(path: str | Path) -> dict[str, Any]:
+    """The checkpoint dict at ``path``, loaded onto the CPU with ``weights_only=True``.
 
     Raises FileNotFoundError when there is no file, CheckpointError (one line, naming the file) when
     it is a directory, not a weights-only file, corrupt or truncated, or holds no dict.
@@ -63,7 +66,7 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
     import torch
 
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         if "weights only" in str(error).lower():
             raise CheckpointError(
@@ -106,14 +109,13 @@ def _is_text(head: bytes) -> bool:
     return False
 
 
-def load_trainer_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"
-                            ) -> tuple[Path, dict[str, Any]]:
+def load_trainer_checkpoint(path: str | Path) -> tuple[Path, dict[str, Any]]:
     """``(file, state)`` of a trainer checkpoint given as a file or its run folder (``--ckpt``);
     CheckpointError when the file is not one (e.g. an exported backbone)."""
     path = Path(path)
     if path.is_dir():
         path = path / CHECKPOINT_NAME
-    state = load(path, map_location)
+    state = load(path)
     missing = [key for key in TRAINER_KEYS if key not in state]
     if missing:
         raise CheckpointError(f"{path} is not a clim trainer checkpoint (missing {', '.join(missing)})")
@@ -137,6 +139,8 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore :func:`rng_state`'s generators; the CUDA ones too when as many devices are visible.
+    The states must be CPU tensors, as :func:`load` returns them."""
     import numpy as np
     import torch
 

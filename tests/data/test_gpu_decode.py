@@ -407,3 +407,23 @@ def test_cuda_matches_cpu(folder):
     for name in ("query", "key", "positive_key", "positive_query"):
         diff = (on_cuda[name].cpu().int() - on_cpu[name].int()).abs()
         assert diff.float().mean() < 1.5 and diff.max() <= 32, name
+
+
+def test_crop_views_resizes_on_the_cpu_where_the_device_kernel_refuses(monkeypatch):
+    """CUDA's antialiased interpolate raises beyond ~94x downscale; that crop is resized on the CPU."""
+    image = torch.randint(0, 256, (3, 40, 30), dtype=torch.uint8)
+    boxes = torch.tensor([[0, 0, 30, 40], [5, 5, 20, 20]])
+    args = ([image], torch.tensor([0, 0]), boxes, torch.tensor([False, True]), 8)
+    expected = jpeg.crop_views(*args)
+    real, calls = jpeg.F.interpolate, []
+
+    def refuse_the_first(tensor, **options):
+        calls.append(tensor.device)
+        if len(calls) == 1:
+            raise RuntimeError("Provided interpolation parameters can not be handled with current algorithm "
+                               "implementation. Please reduce the scale factor. Too much shared memory required")
+        return real(tensor, **options)
+
+    monkeypatch.setattr(jpeg.F, "interpolate", refuse_the_first)
+    assert torch.equal(jpeg.crop_views(*args), expected)
+    assert len(calls) == 3  # the refused call, its CPU retry, the second view

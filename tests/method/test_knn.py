@@ -165,3 +165,28 @@ def test_kmeans_backends_agree_for_the_same_seed(seed):
     torch_centroids, torch_assign = kmeans_torch(x, 20, seed)
     assert torch.equal(torch_assign, faiss_assign)
     torch.testing.assert_close(torch_centroids, faiss_centroids, atol=1e-4, rtol=0)
+
+
+_TF32_CHECK = """
+import torch
+from clim.method.knn import _ieee_fp32_matmul
+matmul = torch.backends.cuda.matmul
+if {new!r}:
+    matmul.fp32_precision = "tf32"
+else:
+    torch.set_float32_matmul_precision("high")
+with _ieee_fp32_matmul(torch.device("cuda")):
+    inside = matmul.fp32_precision, (matmul.allow_tf32 if not {new!r} else None)
+after = matmul.fp32_precision if {new!r} else (torch.get_float32_matmul_precision(), matmul.allow_tf32)
+print(inside, after)
+"""
+
+
+@pytest.mark.parametrize("new_api", [False, True])
+def test_ieee_matmul_block_uses_and_restores_the_api_the_process_set(new_api, run_python):
+    """The flags are set without a GPU: cuBLAS would read allow_tf32 inside the block, which raises
+    ("mix of the legacy and new APIs") when the legacy API set it and the new one changed it."""
+    result = run_python(["-c", _TF32_CHECK.format(new=new_api)])
+    assert result.returncode == 0, result.stderr[-2000:]
+    expected = "('ieee', None) tf32" if new_api else "('ieee', False) ('high', True)"
+    assert result.stdout.strip() == expected

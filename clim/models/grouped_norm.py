@@ -1,0 +1,110 @@
+"""Split-batch BN for any memory layout as one autograd op with a hand-written backward (METHOD §1).
+
+``F.batch_norm`` (cuDNN) normalises channel ``c`` over the batch and the image. Split-BN needs the
+statistics per (batch chunk, sample group, channel); for an NCHW batch with one chunk that is the
+free ``[N/s, s·C, H, W]`` view through one ``F.batch_norm`` call (``SplitBatchNorm2d``'s other
+path), but for a channels-last batch, or several chunks, no view of the batch puts those three
+indices in one dimension, and letting autograd differentiate a composite costs ~40 small ops and
+~14 passes over the activation per layer. :class:`GroupedBatchNorm` is the composite done by hand:
+4-5 activation-sized ops forward and 6 backward, every one of them keeping the input's layout.
+
+Precision follows cuDNN's BN: statistics and the affine map are computed in float32 (float64 for
+float64 input) and only the output is rounded to the input's dtype. Reducing bf16 activations
+in bf16 and applying scale and shift in bf16 cancels catastrophically once the activation's mean
+is large against its spread; benchmarks/op_count.py prints both errors.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+_DIMS = (1, 4, 5)  # of the [chunks, per_group, groups, C, H, W] view: what one group's statistics reduce
+
+
+class GroupedBatchNorm(torch.autograd.Function):
+    """Training-mode BN of ``x`` [N, C, H, W] with per-(chunk, group, channel) statistics.
+
+    Forward: one float32 copy of a low-precision input (reused in place as x̂), one ``var_mean``,
+    x̂ = (x − μ)·σ⁻¹ in place, the output ``b + w·x̂`` written straight into a tensor of the input's
+    dtype and layout, and the running statistics updated by two ``addmv_`` (all chunks at once).
+    Backward (x̂ saved in float32): with ḡ = Σg and ĝ = Σg·x̂ per group over its n values,
+    ``dx = w·σ⁻¹·(g − (ḡ + ĝ·x̂)/n)``, ``dw = Σ ĝ``, ``db = Σ ḡ``.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, running_mean, running_var, groups: int, chunks: int,
+                momentum: float, eps: float):
+        n, c, h, w = x.shape
+        per_group = n // (chunks * groups)
+        view = x.view(chunks, per_group, groups, c, h, w)
+        upcast = view.to(torch.float64 if x.dtype == torch.float64 else torch.float32)
+        var, mean = torch.var_mean(upcast, dim=_DIMS, correction=0, keepdim=True)  # [chunks, 1, groups, C, 1, 1]
+        invstd = torch.rsqrt(var + eps)
+        # x̂ in place in the upcast copy; full-precision input gets a fresh tensor instead
+        xhat = (upcast.sub_(mean) if upcast is not view else view - mean).mul_(invstd)
+        # b + w·x̂ in float32, rounded once into a fresh tensor of x's dtype and layout (a view would not
+        # do: the in-place ReLU after BN may not modify a custom Function's view output)
+        out = torch.empty_like(x)
+        affine = bias.view(c, 1, 1), xhat, weight.view(c, 1, 1)
+        if torch.compiler.is_compiling():  # dynamo refuses out= into a strided view; Inductor fuses the copy
+            out.view(view.shape).copy_(torch.addcmul(*affine))
+        else:
+            torch.addcmul(*affine, out=out.view(view.shape))
+        if running_mean is not None:
+            count = per_group * h * w
+            weights = _chunk_weights(chunks, groups, momentum, running_mean)
+            decay = (1.0 - momentum) ** chunks
+            running_mean.addmv_(mean.view(chunks * groups, c).t().to(running_mean.dtype), weights, beta=decay)
+            running_var.addmv_(var.view(chunks * groups, c).t().to(running_var.dtype), weights, beta=decay,
+                               alpha=count / max(1, count - 1))  # F.batch_norm keeps the unbiased variance
+        if any(ctx.needs_input_grad[:3]):
+            ctx.save_for_backward(xhat, invstd, weight)
+        ctx.count = per_group * h * w
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        xhat, invstd, weight = ctx.saved_tensors
+        c = weight.shape[0]
+        grad_view = grad.view(xhat.shape)
+        grad_sum = torch.sum(grad_view, dim=_DIMS, keepdim=True, dtype=xhat.dtype)
+        product = grad_view * xhat
+        grad_xhat_sum = torch.sum(product, dim=_DIMS, keepdim=True)
+        grad_weight = grad_xhat_sum.sum((0, 2)).view(c)
+        grad_bias = grad_sum.sum((0, 2)).view(c)
+        scale = weight.view(c, 1, 1) * invstd
+        centred = torch.add(grad_view, torch.addcmul(grad_sum, xhat, grad_xhat_sum), alpha=-1.0 / ctx.count)
+        grad_input = (centred * scale).to(grad.dtype).view(grad.shape)  # g − (ḡ + ĝ·x̂)/n, times w·σ⁻¹
+        return grad_input, grad_weight, grad_bias, None, None, None, None, None, None
+
+
+_WEIGHTS: dict[tuple, torch.Tensor] = {}
+
+
+def _chunk_weights(chunks: int, groups: int, momentum: float, like: torch.Tensor) -> torch.Tensor:
+    """Weights of the (chunk, group) statistics in the running average, cached per device: ``chunks``
+    momentum updates in turn, each with its chunk's mean over groups, are ``r ← (1 − m)^k·r + Σ w·s``
+    with ``w = m·(1 − m)^(k−1−i) / groups`` for chunk i: a tensor on ``like``'s device and of its dtype,
+    built once, not per step."""
+    key = (chunks, groups, momentum, like.device, like.dtype)
+    if key not in _WEIGHTS:
+        per_chunk = [momentum * (1.0 - momentum) ** (chunks - 1 - i) / groups for i in range(chunks)]
+        _WEIGHTS[key] = torch.tensor(per_chunk, dtype=like.dtype).repeat_interleave(groups).to(like.device)
+    return _WEIGHTS[key]
+
+
+def grouped_batch_norm(x: torch.Tensor, bn: nn.BatchNorm2d, groups: int, chunks: int = 1) -> torch.Tensor:
+    """Training-mode BN of ``x`` [N, C, H, W] (any memory layout), ``chunks`` consecutive batches of
+    N/chunks samples, each with its ``groups`` groups (samples ``g::groups`` of the chunk)
+    normalised by their own statistics. ``bn``'s running statistics get, per chunk and in order, the
+    mean of its groups' updates: what ``groups`` separate ``F.batch_norm`` calls per chunk would give.
+    The output is a fresh tensor of ``x``'s dtype and layout (not a view: the in-place ReLU / residual
+    add after it need no CopySlices)."""
+    track = bn.track_running_stats
+    out = GroupedBatchNorm.apply(x, bn.weight, bn.bias, bn.running_mean if track else None,
+                                 bn.running_var if track else None, groups, chunks, bn.momentum, bn.eps)
+    if track:
+        with torch.no_grad():
+            bn.num_batches_tracked += chunks
+    return out
