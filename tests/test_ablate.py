@@ -183,3 +183,20 @@ def test_a_record_stays_valid_for_new_keys_but_not_for_an_edited_preset(tmp_path
     edited = {**run.spec, "config": {**run.spec["config"], "train.epochs": 10}}
     assert not same_spec(edited, run.spec)  # the preset trained something else then
     assert not same_spec({**run.spec, "seed": 1}, run.spec)
+
+
+def test_the_readme_headline_is_what_the_committed_records_say(tmp_path):
+    """README's CLIM-vs-MoCo v2 block is generated from results/ablate-cpu; regenerate it when records change
+    (`clim ablate --scale cpu --report --readme README.md`)."""
+    from pathlib import Path
+
+    from clim.study.results import README_BEGIN, README_END, headline_text, write_readme_headline
+
+    root = Path(__file__).resolve().parents[1]
+    text = headline_text("cpu", root / "results" / "ablate-cpu")
+    readme = (root / "README.md").read_text()
+    assert text in readme, "README headline is stale: run clim ablate --scale cpu --report --readme README.md"
+    copy = tmp_path / "README.md"
+    copy.write_text(f"intro\n{README_BEGIN}\nold\n{README_END}\nrest\n")
+    assert write_readme_headline(copy, text) and copy.read_text() == f"intro\n{text}\nrest\n"
+    assert not write_readme_headline(copy, text)  # already fresh

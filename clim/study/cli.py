@@ -7,7 +7,7 @@ import shlex
 
 from clim.evaluation.cli import positive_int
 from clim.study.matrix import GROUPS, SCALES, plan_runs, read_record
-from clim.study.results import portable_path, write_results
+from clim.study.results import headline_text, portable_path, write_readme_headline, write_results
 from clim.study.runner import run_matrix
 
 
@@ -34,7 +34,11 @@ def _out(args: argparse.Namespace) -> str:
 
 def _ablate(args: argparse.Namespace) -> int:
     if args.report:
-        print(f"results: {write_results(args.scale, _records(args), args.results, command_line(args), args.overrides, args.seeds)}")
+        path = write_results(args.scale, _records(args), args.results, command_line(args), args.overrides, args.seeds)
+        print(f"results: {path}")
+        if args.readme:
+            write_readme_headline(args.readme, headline_text(args.scale, _records(args), args.seeds))
+            print(f"headline: {args.readme}")
         return 0
     if args.dry_run:
         for run in plan_runs(args.scale, _out(args), _records(args), args.seeds, args.only, args.overrides):
@@ -68,5 +72,6 @@ def register(subparsers) -> None:
     parser.add_argument("--jobs", type=positive_int, default=1,
                         help="runs at a time, each a subprocess with the scale's torch threads (cpu: 1 each)")
     parser.add_argument("--report", action="store_true", help="only write RESULTS.md from the records, run nothing")
+    parser.add_argument("--readme", help="with --report: also rewrite the headline block of this README")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and their state, run nothing")
     parser.set_defaults(func=_ablate)
