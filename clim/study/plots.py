@@ -24,7 +24,7 @@ def plot_results(curves: dict[str, list[list[dict]]], differences: list[tuple[st
     """Write the PNGs into ``folder``; returns the Markdown lines that show them.
 
     ``curves``: per variant, each record's per-epoch curve; ``differences``: (label, clim.study.claims.Paired
-    or None) per claim; ``random_init``: mean kNN top-1 of the random-init backbones (a reference line)."""
+    or None) per accuracy claim (percentage points); ``random_init``: mean kNN top-1 of the random-init backbones (a reference line)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -37,7 +37,7 @@ def plot_results(curves: dict[str, list[list[dict]]], differences: list[tuple[st
 
     shown = [(label, result) for label, result in differences if result is not None and result.low is not None]
     if shown:
-        figure, axis = plt.subplots(figsize=(8, 0.45 * len(shown) + 1.4), dpi=110)
+        figure, axis = plt.subplots(figsize=(11, 0.45 * len(shown) + 1.6), dpi=110)
         for row, (label, result) in enumerate(shown):
             colour = "tab:green" if result.low > 0 else "tab:red" if result.high < 0 else "tab:grey"
             axis.errorbar(result.mean, row, xerr=[[result.mean - result.low], [result.high - result.mean]], fmt="o",
@@ -45,8 +45,8 @@ def plot_results(curves: dict[str, list[list[dict]]], differences: list[tuple[st
         axis.axvline(0.0, color="black", linewidth=0.8)
         axis.set_yticks(range(len(shown)), [f"{label} (n={result.n})" for label, result in shown], fontsize=7)
         axis.invert_yaxis()
-        axis.set(xlabel="paired difference, claimed-better − claimed-worse (points; 95 % t interval)",
-                 title="The paper's claims on our runs (green: agrees, red: disagrees, grey: inconclusive)")
+        axis.set(xlabel="paired difference, claimed-better − claimed-worse, percentage points (95 % t interval)",
+                 title="The paper's claims on our runs\n(green: agrees, red: disagrees, grey: inconclusive)")
         axis.grid(alpha=0.3, axis="x")
         figures["claims.png"] = (figure, axis, "paired differences per claim", False)
 

@@ -181,7 +181,8 @@ def _claims(records: _Records) -> tuple[list[str], list[tuple[str, Paired | None
         rows.append([claim.text, f"`{claim.better}` vs `{claim.worse}`", METRICS[claim.metric][0], paper_text,
                      f"{records.cell(claim.better, claim.metric)} vs {records.cell(claim.worse, claim.metric)}",
                      *_paired_cells(result, digits)])
-        differences.append((f"{claim.text} [{METRICS[claim.metric][0]}]", result))
+        if claim.metric.endswith("top1"):  # the figure's axis is percentage points
+            differences.append((claim.text, result))
     lines = (["## The paper's claims", "", agreement_summary(verdicts), "",
               "Each claim is judged on per-seed differences (claimed-better − claimed-worse) over the seeds both "
               "variants have: *agrees* when the 95 % Student-t interval of the mean difference lies above 0, "
