@@ -181,8 +181,3 @@ def read_record(path: str | Path, spec: dict | None = None) -> dict | None:
         return None
     return record if spec is None or same_spec(record.get("spec", {}), spec) else None
 
-
-def read_records(records: str | Path) -> list[dict]:
-    """Every record under ``records`` (any spec): what RESULTS.md is made from."""
-    found = (read_record(path) for path in sorted(Path(records).glob("*/seed*.json")))
-    return [record for record in found if record is not None]
