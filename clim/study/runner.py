@@ -28,16 +28,15 @@ RECORD_VERSION = 1
 def evaluate_run(run_dir: Path, evaluation: dict, seed: int) -> dict:
     """kNN (and the same backbone at random init), linear probe (cached features, lr chosen on a held-out
     part of the train split), 1 % semi-supervised and intra-class similarity (METHOD §5)."""
-    import torch
     from torch.utils.data import Subset
 
+    from clim.demo import references
     from clim.evaluation.common import (crop_flip_transform, eval_dataset, eval_datasets, eval_spec, load_run,
                                         num_classes_of, plain_backbone, resolve_device)
     from clim.evaluation.knn import run_knn
     from clim.evaluation.linear import LINEAR_PRESETS, linear_probe
     from clim.evaluation.semisup import SEMISUP_PRESETS, balanced_subset, finetune
     from clim.evaluation.similarity import intra_class_similarity
-    from clim.models.backbones import build_backbone, uses_small_stem
     from clim.runtime.features import extract_features
 
     run = load_run(run_dir, "cpu")
@@ -48,16 +47,12 @@ def evaluate_run(run_dir: Path, evaluation: dict, seed: int) -> dict:
     train_ds, test_ds = eval_datasets(config, info)
     classes = num_classes_of(train_ds)
 
-    def features(backbone):
-        return (*extract_features(backbone, train_ds, EVAL_BATCH, device, workers, False),
-                *extract_features(backbone, test_ds, EVAL_BATCH, device, workers, False))
-
-    train_feats, train_labels, test_feats, test_labels = features(run.model.backbone_q)
+    train_feats, train_labels = extract_features(run.model.backbone_q, train_ds, EVAL_BATCH, device, workers, False)
+    test_feats, test_labels = extract_features(run.model.backbone_q, test_ds, EVAL_BATCH, device, workers, False)
     results = run_knn(train_feats, train_labels, test_feats, test_labels, classes, device=device)
-    torch.manual_seed(seed)  # the reference every claim about learning is paired with (as clim demo draws it)
-    random_init, _ = build_backbone(config.model.backbone, info["in_channels"],
-                                    uses_small_stem(info["image_size"], config.model.small_stem))
-    reference = run_knn(*features(random_init.to(device)), classes, device=device)
+    # the reference every claim about learning is paired with: the backbone at random init, drawn with the
+    # run's seed exactly as `clim demo` draws it
+    reference = references(config, info, train_ds, test_ds)["random init"]
     labelled = train_labels >= 0
     linear = linear_probe(train_feats[labelled], train_labels[labelled], test_feats, test_labels, classes,
                           LINEAR_PRESETS[evaluation["linear_preset"]], seed, device, progress=False)
