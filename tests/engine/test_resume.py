@@ -146,12 +146,15 @@ def test_kill_inside_an_epoch_and_resume_is_exact(run_clim, tiny_overrides, tmp_
         {k: v for k, v in ref["history"][1]["selection"].items() if k not in timing}
 
 
-def test_raising_epochs_continues(resumed, small_digits, tiny_config):
+def test_raising_epochs_continues(resumed, small_digits, tiny_config, capsys):
     if not (resumed / checkpoint.CHECKPOINT_NAME).exists():
         pytest.skip("needs the resumed run")
     before = checkpoint.load(resumed / checkpoint.CHECKPOINT_NAME)
     config = tiny_config(f"train.epochs={EPOCHS + 1}", "train.knn_every=0", clim=True)
     history = trainer.pretrain(config, resumed)
+    said = capsys.readouterr().err
+    # the positive term joined at epoch 2 (refresh_every 1): resuming at 3 must not say it joins now
+    assert "joins the loss" not in said and "epoch 3: the loss includes CLIM's positive term (since epoch 2)" in said
     assert [r["epoch"] for r in history] == [1, 2, 3]
     assert history[:2] == before["history"]  # earlier epochs kept, not re-run
     assert "selection" in history[2]  # the refresh schedule goes on
