@@ -34,6 +34,7 @@ from clim.data.arrays import ArrayDataset
 from clim.data.pipeline import build_pipeline
 from clim.data.registry import DatasetInfo
 from clim.engine.trainer import StepRunner
+from clim.method.positives import build_bank
 from clim.models.grouped_norm import grouped_batch_norm
 from clim.models.moco import SplitBatchNorm2d, build_moco
 from clim.runtime.machine import cpu_model
@@ -82,17 +83,19 @@ def step_ops(method: str, bn_splits: int, args, batch_views: bool = True) -> col
     """The ops of the second step (the first creates the optimiser state) of ``method``."""
     torch.manual_seed(0)
     size = args.image_size
-    dataset = random_dataset(2 * args.batch_size, size)
+    dataset = random_dataset(max(2 * args.batch_size, 64), size)  # two steps; CLIM's bank needs > k = 40
     config = step_config(method, bn_splits, args, batch_views=batch_views)
     device = torch.device(args.device)
-    model = build_moco(config, 3, size, len(dataset)).to(device)
-    if method == "clim":
-        model.positives.copy_((torch.arange(len(dataset))[:, None] + 1 + torch.arange(model.positives.shape[1]))
-                              % len(dataset))
+    model = build_moco(config, 3, size).to(device)
+    bank = build_bank(config, len(dataset), device)
+    table = None
+    if bank is not None:  # any valid table: the step's ops do not depend on which positives it holds
+        table = bank.table
+        table.copy_((torch.arange(len(dataset))[:, None] + 1 + torch.arange(table.shape[1])) % len(dataset))
     runner = StepRunner(model, config, device)
     for group in runner.optimizer.param_groups:
         group["foreach"] = args.foreach or None
-    batches = build_pipeline(dataset, config, size, device).epoch(0, model.positives if method == "clim" else None)
+    batches = build_pipeline(dataset, config, size, device).epoch(0, table)
     runner(next(batches), 0)
     batch = next(batches)
     with OpCounter() as counter:

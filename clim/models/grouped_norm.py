@@ -16,6 +16,9 @@ is large against its spread; benchmarks/op_count.py prints both errors.
 
 from __future__ import annotations
 
+import contextlib
+import threading
+
 import torch
 from torch import nn
 
@@ -27,14 +30,15 @@ class GroupedBatchNorm(torch.autograd.Function):
 
     Forward: one float32 copy of a low-precision input (reused in place as x̂), one ``var_mean``,
     x̂ = (x − μ)·σ⁻¹ in place, the output ``b + w·x̂`` written straight into a tensor of the input's
-    dtype and layout, and the running statistics updated by two ``addmv_`` (all chunks at once).
+    dtype and layout, and the running statistics updated by two ``addmv_`` (all chunks at once), or,
+    inside :func:`deferred_running_stats`, together with every other layer's at the block's end.
     Backward (x̂ saved in float32): with ḡ = Σg and ĝ = Σg·x̂ per group over its n values,
     ``dx = w·σ⁻¹·(g − (ḡ + ĝ·x̂)/n)``, ``dw = Σ ĝ``, ``db = Σ ḡ``.
     """
 
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, groups: int, chunks: int,
-                momentum: float, eps: float):
+                momentum: float, eps: float, reuse_input: bool = False):
         n, c, h, w = x.shape
         per_group = n // (chunks * groups)
         view = x.view(chunks, per_group, groups, c, h, w)
@@ -43,21 +47,20 @@ class GroupedBatchNorm(torch.autograd.Function):
         invstd = torch.rsqrt(var + eps)
         # x̂ in place in the upcast copy; full-precision input gets a fresh tensor instead
         xhat = (upcast.sub_(mean) if upcast is not view else view - mean).mul_(invstd)
-        # b + w·x̂ in float32, rounded once into a fresh tensor of x's dtype and layout (a view would not
+        # b + w·x̂ in float32, rounded once into a tensor of x's dtype and layout: x itself when the caller
+        # says nothing else reads it (x̂ holds all the backward needs), else a fresh one (a view would not
         # do: the in-place ReLU after BN may not modify a custom Function's view output)
-        out = torch.empty_like(x)
+        reuse = reuse_input and not (x.is_leaf and x.requires_grad) and not torch.compiler.is_compiling()
+        out = x if reuse else torch.empty_like(x)
         affine = bias.view(c, 1, 1), xhat, weight.view(c, 1, 1)
         if torch.compiler.is_compiling():  # dynamo refuses out= into a strided view; Inductor fuses the copy
             out.view(view.shape).copy_(torch.addcmul(*affine))
         else:
             torch.addcmul(*affine, out=out.view(view.shape))
+        if reuse:
+            ctx.mark_dirty(x)
         if running_mean is not None:
-            count = per_group * h * w
-            weights = _chunk_weights(chunks, groups, momentum, running_mean)
-            decay = (1.0 - momentum) ** chunks
-            running_mean.addmv_(mean.view(chunks * groups, c).t().to(running_mean.dtype), weights, beta=decay)
-            running_var.addmv_(var.view(chunks * groups, c).t().to(running_var.dtype), weights, beta=decay,
-                               alpha=count / max(1, count - 1))  # F.batch_norm keeps the unbiased variance
+            _update_running_stats(running_mean, running_var, mean, var, chunks, groups, momentum, per_group * h * w)
         if any(ctx.needs_input_grad[:3]):
             ctx.save_for_backward(xhat, invstd, weight)
         ctx.count = per_group * h * w
@@ -76,7 +79,7 @@ class GroupedBatchNorm(torch.autograd.Function):
         scale = weight.view(c, 1, 1) * invstd
         centred = torch.add(grad_view, torch.addcmul(grad_sum, xhat, grad_xhat_sum), alpha=-1.0 / ctx.count)
         grad_input = (centred * scale).to(grad.dtype).view(grad.shape)  # g − (ḡ + ĝ·x̂)/n, times w·σ⁻¹
-        return grad_input, grad_weight, grad_bias, None, None, None, None, None, None
+        return grad_input, grad_weight, grad_bias, None, None, None, None, None, None, None
 
 
 _WEIGHTS: dict[tuple, torch.Tensor] = {}
@@ -94,17 +97,117 @@ def _chunk_weights(chunks: int, groups: int, momentum: float, like: torch.Tensor
     return _WEIGHTS[key]
 
 
-def grouped_batch_norm(x: torch.Tensor, bn: nn.BatchNorm2d, groups: int, chunks: int = 1) -> torch.Tensor:
+class _Pending(threading.local):
+    """The running-stat updates and batch counters held back by the innermost
+    :func:`deferred_running_stats` block of this thread (``updates`` is None outside one), and the
+    ids of their buffers."""
+    updates: list | None = None
+    counters: list | None = None
+    buffers: set | None = None
+
+    def hold(self, kind: str, buffer: torch.Tensor, entry: tuple) -> bool:
+        """Hold ``entry`` back if a block is open (False if not). A buffer already held (a layer run
+        twice in one block) first gets everything held so far applied: the updates do not commute, and
+        a multi-tensor op may not see one tensor twice."""
+        if self.updates is None:  # (callers check torch.compiler.is_compiling() first)
+            return False
+        if (kind, id(buffer)) in self.buffers:
+            self.apply()
+        self.buffers.add((kind, id(buffer)))
+        (self.updates if kind == "stats" else self.counters).append(entry)
+        return True
+
+    def apply(self) -> None:
+        with torch.no_grad():
+            if self.updates:
+                _apply_running_stats(self.updates)
+            for chunks in sorted({chunks for _, chunks in self.counters}):
+                torch._foreach_add_([counter for counter, c in self.counters if c == chunks], chunks)
+        self.updates, self.counters, self.buffers = [], [], set()
+
+
+_PENDING = _Pending()
+
+
+def _update_running_stats(running_mean, running_var, mean, var, chunks, groups, momentum, count) -> None:
+    """``chunks`` momentum updates of the running statistics with each chunk's mean over its groups
+    (``mean`` / ``var`` [chunks, 1, groups, C, 1, 1], biased), now or at the end of the enclosing
+    :func:`deferred_running_stats` block. Under ``torch.compile`` always now: Inductor fuses them."""
+    unbias = count / max(1, count - 1)  # F.batch_norm keeps the unbiased variance
+    if not torch.compiler.is_compiling() and _PENDING.hold("stats", running_mean, (running_mean, running_var, mean, var, chunks, groups, momentum, unbias)):
+        return
+    c = running_mean.shape[0]
+    weights = _chunk_weights(chunks, groups, momentum, running_mean)
+    decay = (1.0 - momentum) ** chunks
+    running_mean.addmv_(mean.view(chunks * groups, c).t().to(running_mean.dtype), weights, beta=decay)
+    running_var.addmv_(var.view(chunks * groups, c).t().to(running_var.dtype), weights, beta=decay, alpha=unbias)
+
+
+@contextlib.contextmanager
+def deferred_running_stats():
+    """Within the block, split-BN layers (:func:`grouped_batch_norm`) hold back their running-stat and
+    ``num_batches_tracked`` updates, and the block's end applies them all in six ops instead of three
+    per layer: one concatenation of every layer's statistics, one matrix-vector product with the
+    chunk weights, one multiply by each value's factor (the variance's n/(n−1)), then two multi-tensor
+    updates of the running buffers (``r ← (1 − m)^k·r + update``) and one of the counters. The
+    buffers end as the per-layer updates would leave them (to float rounding); nothing reads them
+    inside the block (training-mode BN uses batch statistics). An exception inside the block drops
+    the pending updates, as an interrupted forward pass would have left some layers un-updated.
+    ``MoCo`` encodes every batch inside one: on a GPU that is 54 fewer kernel launches per
+    ResNet-18 forward. Blocks nest; the inner one applies its own layers' updates."""
+    outer = _PENDING.updates, _PENDING.counters, _PENDING.buffers
+    _PENDING.updates, _PENDING.counters, _PENDING.buffers = [], [], set()
+    try:
+        yield
+        _PENDING.apply()
+    finally:
+        _PENDING.updates, _PENDING.counters, _PENDING.buffers = outer
+
+
+def _apply_running_stats(updates: list) -> None:
+    """The pending updates, batched per (chunks, groups, momentum, buffer dtype and device)."""
+    batches: dict[tuple, list] = {}
+    for update in updates:
+        running_mean, _, _, _, chunks, groups, momentum, _ = update
+        batches.setdefault((chunks, groups, momentum, running_mean.dtype, running_mean.device), []).append(update)
+    for (chunks, groups, momentum, dtype, device), batch in batches.items():
+        rows = chunks * groups
+        stats = torch.cat([s.view(rows, -1) for update in batch for s in update[2:4]], dim=1)
+        target = torch.mv(stats.t().to(dtype), _chunk_weights(chunks, groups, momentum, batch[0][0]))
+        target.mul_(_value_factors(batch, dtype, device))
+        buffers = [buffer for update in batch for buffer in update[:2]]
+        torch._foreach_mul_(buffers, (1.0 - momentum) ** chunks)
+        torch._foreach_add_(buffers, list(target.split([b.shape[0] for b in buffers])))
+
+
+_FACTORS: dict[tuple, torch.Tensor] = {}
+
+
+def _value_factors(batch: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """1 for each mean, n/(n−1) for each variance, in :func:`_apply_running_stats`' order; cached
+    per layer shapes, so a steady training loop builds it once."""
+    key = (tuple((update[0].shape[0], update[7]) for update in batch), dtype, device)
+    if key not in _FACTORS:
+        _FACTORS[key] = torch.cat([torch.full((c,), value, dtype=dtype) for c, unbias in key[0]
+                                   for value in (1.0, unbias)]).to(device)
+    return _FACTORS[key]
+
+
+def grouped_batch_norm(x: torch.Tensor, bn: nn.BatchNorm2d, groups: int, chunks: int = 1,
+                       reuse_input: bool = False) -> torch.Tensor:
     """Training-mode BN of ``x`` [N, C, H, W] (any memory layout), ``chunks`` consecutive batches of
     N/chunks samples, each with its ``groups`` groups (samples ``g::groups`` of the chunk)
     normalised by their own statistics. ``bn``'s running statistics get, per chunk and in order, the
     mean of its groups' updates: what ``groups`` separate ``F.batch_norm`` calls per chunk would give.
     The output is a fresh tensor of ``x``'s dtype and layout (not a view: the in-place ReLU / residual
-    add after it need no CopySlices)."""
+    add after it need no CopySlices), or, with ``reuse_input``, ``x`` itself overwritten: one
+    activation-sized allocation less per layer, for callers whose ``x`` nothing else reads (a
+    convolution's output, as everywhere in a ResNet; a leaf that requires grad is never overwritten)."""
     track = bn.track_running_stats
     out = GroupedBatchNorm.apply(x, bn.weight, bn.bias, bn.running_mean if track else None,
-                                 bn.running_var if track else None, groups, chunks, bn.momentum, bn.eps)
-    if track:
+                                 bn.running_var if track else None, groups, chunks, bn.momentum, bn.eps,
+                                 reuse_input)
+    if track and not (not torch.compiler.is_compiling() and _PENDING.hold("counter", bn.num_batches_tracked, (bn.num_batches_tracked, chunks))):
         with torch.no_grad():
             bn.num_batches_tracked += chunks
     return out

@@ -16,7 +16,7 @@ from torch import nn
 
 from clim.config import Config, batch_layout
 from clim.models.backbones import build_backbone, uses_small_stem
-from clim.models.grouped_norm import grouped_batch_norm
+from clim.models.grouped_norm import deferred_running_stats, grouped_batch_norm
 from clim.runtime import distributed
 
 
@@ -44,19 +44,24 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
       :func:`~clim.models.grouped_norm.grouped_batch_norm`, one autograd op with a hand-written
       backward on a ``[chunks, N/(chunks·s), s, C, H, W]`` view that keeps the input's layout,
       statistics and affine map in float32.
+
+    ``reuse_input`` lets the second path write its output over its input (one activation-sized
+    allocation less per layer): only for inputs nothing else reads, such as the convolution outputs
+    every BN of a torchvision ResNet normalises (``MoCo`` sets it for its backbones).
     """
 
-    def __init__(self, num_features: int, num_splits: int = 1, **kwargs):
+    def __init__(self, num_features: int, num_splits: int = 1, reuse_input: bool = False, **kwargs):
         super().__init__(num_features, **kwargs)
         self.num_splits = num_splits
         self.chunks = 1
+        self.reuse_input = reuse_input  # the grouped path may overwrite its input (nothing else reads it)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return super().forward(x)
         splits = _largest_divisor(x.shape[0] // self.chunks, self.num_splits)
         if self.chunks > 1 or (splits > 1 and not x.is_contiguous()):
-            return grouped_batch_norm(x, self, splits, self.chunks)
+            return grouped_batch_norm(x, self, splits, self.chunks, self.reuse_input)
         if splits == 1:
             return super().forward(x)
         n, c, h, w = x.shape
@@ -77,15 +82,17 @@ def _largest_divisor(n: int, at_most: int) -> int:
     return next(d for d in range(min(n, at_most), 0, -1) if n % d == 0)
 
 
-def _use_split_bn(module: nn.Module) -> nn.Module:
-    """Replace every BatchNorm2d of ``module`` with a SplitBatchNorm2d holding the same state."""
+def _use_split_bn(module: nn.Module, reuse_input: bool = False) -> nn.Module:
+    """Replace every BatchNorm2d of ``module`` with a SplitBatchNorm2d holding the same state
+    (``reuse_input``: see :class:`SplitBatchNorm2d`)."""
     for name, child in module.named_children():
         if isinstance(child, nn.BatchNorm2d) and not isinstance(child, SplitBatchNorm2d):
-            split = SplitBatchNorm2d(child.num_features, eps=child.eps, momentum=child.momentum)
+            split = SplitBatchNorm2d(child.num_features, eps=child.eps, momentum=child.momentum,
+                                     reuse_input=reuse_input)
             split.load_state_dict(child.state_dict())
             setattr(module, name, split)
         else:
-            _use_split_bn(child)
+            _use_split_bn(child, reuse_input)
     return module
 
 
@@ -100,7 +107,8 @@ class MoCo(nn.Module):
                  bn_splits: int = 8):
         super().__init__()
         net, feature_dim = build_backbone(backbone, in_channels, small_stem)
-        self.encoder_q = nn.Sequential(_use_split_bn(net), projection_head(feature_dim, head_dim))
+        # every BN of a torchvision ResNet reads a convolution's output that nothing else reads
+        self.encoder_q = nn.Sequential(_use_split_bn(net, reuse_input=True), projection_head(feature_dim, head_dim))
         self.encoder_k = copy.deepcopy(self.encoder_q)
         for param in self.encoder_k.parameters():
             param.requires_grad_(False)
@@ -130,7 +138,8 @@ class MoCo(nn.Module):
         for module in norms:
             module.chunks = chunks
         try:
-            yield
+            with deferred_running_stats():
+                yield
         finally:
             for module in norms:
                 module.chunks = 1
@@ -161,7 +170,8 @@ class MoCo(nn.Module):
         return list(keys[torch.argsort(order)].chunk(count))
 
     def encode_query(self, images: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.encoder_q(images), dim=1)
+        with deferred_running_stats():  # all layers' running-stat updates in a few ops at the end
+            return F.normalize(self.encoder_q(images), dim=1)
 
     @torch.no_grad()
     def encode_key(self, images: torch.Tensor) -> torch.Tensor:
@@ -170,7 +180,8 @@ class MoCo(nn.Module):
         if distributed.world_size() > 1:
             return self._encode_key_shuffled_across_ranks(images)
         order = torch.randperm(images.shape[0], device=images.device)
-        keys = F.normalize(self.encoder_k(images[order]), dim=1)
+        with deferred_running_stats():
+            keys = F.normalize(self.encoder_k(images[order]), dim=1)
         return keys[torch.argsort(order)]
 
     def _encode_key_shuffled_across_ranks(self, images: torch.Tensor) -> torch.Tensor:
@@ -178,7 +189,8 @@ class MoCo(nn.Module):
         everything = distributed.all_gather_cat(images)
         order = distributed.broadcast(torch.randperm(everything.shape[0], device=images.device))
         mine = order.view(distributed.world_size(), local)[distributed.rank()]
-        keys = F.normalize(self.encoder_k(everything[mine]), dim=1)
+        with deferred_running_stats():
+            keys = F.normalize(self.encoder_k(everything[mine]), dim=1)
         gathered = distributed.all_gather_cat(keys)
         return gathered[torch.argsort(order)].view(distributed.world_size(), local, -1)[distributed.rank()]
 

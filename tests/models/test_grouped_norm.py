@@ -1,5 +1,7 @@
 """GroupedBatchNorm (split-BN as one op) against per-(chunk, group) F.batch_norm, and its bf16 precision."""
 
+import contextlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -93,3 +95,106 @@ def test_traces_without_graph_breaks():
     bn.chunks = 2
     x = torch.randn(8, 4, 3, 3).contiguous(memory_format=torch.channels_last)
     assert torch._dynamo.explain(bn)(x).graph_break_count == 0
+
+
+def _norms_and_inputs():
+    """Split-BN layers of different widths, chunk counts and spatial sizes (so n/(n-1) differs), with
+    their channels-last training inputs."""
+    torch.manual_seed(3)
+    shapes = [(4, 2, 2, 3), (6, 3, 2, 2), (3, 2, 3, 1), (5, 2, 2, 3)]  # channels, splits, chunks, size
+    norms, inputs = [], []
+    for channels, splits, chunks, size in shapes:
+        bn = SplitBatchNorm2d(channels, num_splits=splits, momentum=0.1 + 0.05 * chunks)
+        bn.chunks = chunks
+        with torch.no_grad():
+            bn.running_mean.normal_()
+            bn.running_var.uniform_(0.5, 2.0)
+        norms.append(bn)
+        x = torch.randn(splits * chunks * 2, channels, size, size + 1) * 3 + 1
+        inputs.append(x.contiguous(memory_format=torch.channels_last))
+    return norms, inputs
+
+
+def test_deferred_running_stats_leave_the_buffers_as_per_layer_updates_do():
+    from clim.models.grouped_norm import deferred_running_stats
+
+    now, inputs = _norms_and_inputs()
+    deferred, _ = _norms_and_inputs()
+    order = [0, 1, 2, 3, 1]  # layer 1 twice: its updates do not commute with each other
+    for i in order:
+        now[i](inputs[i])
+    with deferred_running_stats():
+        outputs = [deferred[i](inputs[i]) for i in order]
+        # the repeat applied what was held before it; layer 1's second update waits for the block's end
+        assert int(deferred[1].num_batches_tracked) == deferred[1].chunks
+    for i, (a, b) in enumerate(zip(now, deferred)):
+        torch.testing.assert_close(b.running_mean, a.running_mean)
+        torch.testing.assert_close(b.running_var, a.running_var)
+        assert int(b.num_batches_tracked) == int(a.num_batches_tracked) == a.chunks * order.count(i)
+    for i, out in zip(order, outputs):
+        torch.testing.assert_close(out, now[i](inputs[i]))
+
+
+def test_deferred_running_stats_cost_a_fixed_number_of_ops_whatever_the_depth():
+    from clim.models.grouped_norm import deferred_running_stats
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops += not func.is_view
+            return func(*args, **(kwargs or {}))
+
+    def ops(depth, deferred):
+        x = torch.randn(8, 4, 3, 3).contiguous(memory_format=torch.channels_last)
+        norms = []
+        for _ in range(depth):
+            norms.append(SplitBatchNorm2d(4, num_splits=2))
+            norms[-1].chunks = 2
+        for _ in range(2):  # the first pass builds the cached weights and factors
+            with Count() as count:
+                with deferred_running_stats() if deferred else contextlib.nullcontext():
+                    for bn in norms:
+                        bn(x)
+        return count.ops
+
+    per_layer_now = ops(3, False) - ops(2, False)
+    per_layer_deferred = ops(3, True) - ops(2, True)
+    assert per_layer_now - per_layer_deferred == 3  # two addmv_ and the counter's add_ per layer
+    assert ops(1, True) - per_layer_deferred == 6  # the block's end: cat, mv, mul_ and three _foreach_
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_reusing_the_input_changes_no_output_or_gradient(dtype):
+    """reuse_input writes the output over the convolution's output it normalises: same values, same
+    gradients for the convolution before it and for the BN's affine parameters, one tensor fewer."""
+    torch.manual_seed(4)
+    images = torch.randn(8, 3, 5, 5, dtype=torch.float64).to(dtype).contiguous(memory_format=torch.channels_last)
+    results = []
+    for reuse in (False, True):
+        torch.manual_seed(5)
+        conv = torch.nn.Conv2d(3, 4, 3, padding=1).to(dtype).to(memory_format=torch.channels_last)
+        bn = SplitBatchNorm2d(4, num_splits=2, reuse_input=reuse).to(dtype)
+        bn.chunks = 2
+        with torch.no_grad():
+            bn.weight.uniform_(0.5, 1.5)
+        features = conv(images)
+        out = torch.relu_(bn(features))
+        assert (out.data_ptr() == features.data_ptr()) == reuse
+        out.float().square().sum().backward()
+        results.append([out.detach(), conv.weight.grad, conv.bias.grad, bn.weight.grad, bn.bias.grad,
+                        bn.running_mean, bn.running_var])
+    for plain, reused in zip(*results):
+        torch.testing.assert_close(reused, plain, rtol=0, atol=0)
+
+
+def test_a_leaf_that_requires_grad_is_never_overwritten():
+    x = torch.randn(8, 4, 3, 3).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    before = x.detach().clone()
+    bn = SplitBatchNorm2d(4, num_splits=2, reuse_input=True)
+    bn.chunks = 2
+    bn(x).sum().backward()
+    assert torch.equal(x.detach(), before) and x.grad is not None
