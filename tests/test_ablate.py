@@ -200,3 +200,15 @@ def test_the_readme_headline_is_what_the_committed_records_say(tmp_path):
     copy.write_text(f"intro\n{README_BEGIN}\nold\n{README_END}\nrest\n")
     assert write_readme_headline(copy, text) and copy.read_text() == f"intro\n{text}\nrest\n"
     assert not write_readme_headline(copy, text)  # already fresh
+
+
+def test_cpu_minutes_per_run_leave_out_resumed_runs():
+    """A resumed run's record counts only its last process: averaging it in would understate the cost."""
+    from clim.study.results import _Records
+
+    records = _Records([])
+    records.found = {"clim": {0: {"cpu_minutes": 8.0}, 1: {"cpu_minutes": 9.0},
+                              2: {"cpu_minutes": 0.8, "resumed": True}}}
+    stat = records.cost("clim")
+    assert (stat.mean, stat.n) == (8.5, 2)
+    assert records.cost("mocov2") is None
