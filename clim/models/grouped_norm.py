@@ -173,11 +173,18 @@ def _apply_running_stats(updates: list) -> None:
     for (chunks, groups, momentum, dtype, device), batch in batches.items():
         rows = chunks * groups
         stats = torch.cat([s.view(rows, -1) for update in batch for s in update[2:4]], dim=1)
-        target = torch.mv(stats.t().to(dtype), _chunk_weights(chunks, groups, momentum, batch[0][0]))
+        with _no_autocast(device):  # CUDA autocast runs mv in bf16 / fp16 (the in-place addmv_ it replaces
+            # was never cast): running statistics stay float32
+            target = torch.mv(stats.t().to(dtype), _chunk_weights(chunks, groups, momentum, batch[0][0]))
         target.mul_(_value_factors(batch, dtype, device))
         buffers = [buffer for update in batch for buffer in update[:2]]
         torch._foreach_mul_(buffers, (1.0 - momentum) ** chunks)
         torch._foreach_add_(buffers, list(target.split([b.shape[0] for b in buffers])))
+
+
+def _no_autocast(device: torch.device):
+    available = getattr(torch.amp, "is_autocast_available", lambda kind: kind in ("cpu", "cuda"))
+    return torch.autocast(device.type, enabled=False) if available(device.type) else contextlib.nullcontext()
 
 
 _FACTORS: dict[tuple, torch.Tensor] = {}
