@@ -203,7 +203,7 @@ def test_the_readme_headline_is_what_the_committed_records_say(tmp_path):
 
 
 def test_cpu_minutes_per_run_leave_out_resumed_runs():
-    """A resumed run's record counts only its last process: averaging it in would understate the cost."""
+    """A resumed record from before cpu_complete counted only its last process: it would understate the cost."""
     from clim.study.results import _Records
 
     records = _Records([])
@@ -212,3 +212,26 @@ def test_cpu_minutes_per_run_leave_out_resumed_runs():
     stat = records.cost("clim")
     assert (stat.mean, stat.n) == (8.5, 2)
     assert records.cost("mocov2") is None
+
+
+def test_a_resumed_run_adds_the_cpu_minutes_of_its_stopped_processes(tmp_path):
+    """A process ended by a stop request leaves its CPU minutes for the rerun; one killed outright
+    leaves its 'running' mark, and the run's CPU minutes are then flagged incomplete."""
+    from clim.study.runner import _cpu_add, _cpu_before
+
+    assert _cpu_before(tmp_path, resumed=False) == (0.0, True)  # a fresh run
+    _cpu_add(tmp_path, 3.5, True)  # stopped by SIGTERM after 3.5 CPU minutes
+    assert _cpu_before(tmp_path, resumed=True) == (3.5, True)  # the rerun starts from there
+    # ... and is killed outright (no _cpu_add): the next process knows a share is missing
+    assert _cpu_before(tmp_path, resumed=True) == (3.5, False)
+    assert _cpu_before(tmp_path, resumed=False) == (0.0, True)  # no checkpoint: the run starts over
+
+
+def test_cpu_minutes_count_resumed_runs_when_every_process_is_counted():
+    from clim.study.results import _Records
+
+    records = _Records([])
+    records.found = {"clim": {0: {"cpu_minutes": 8.0, "resumed": True, "cpu_complete": True},
+                              1: {"cpu_minutes": 2.0, "resumed": True, "cpu_complete": False}}}
+    stat = records.cost("clim")
+    assert (stat.mean, stat.n) == (8.0, 1)

@@ -96,6 +96,30 @@ def _commit() -> str | None:
     return found.stdout.strip() or None
 
 
+CPU_NAME = "cpu_spent.json"  # in the run folder: CPU minutes of the processes before this one
+
+
+def _cpu_before(run_dir: Path, resumed: bool) -> tuple[float, bool]:
+    """(CPU minutes the earlier processes of this run spent, whether every one of them is counted), and
+    this process marked as running. A process that ends by a stop request (SIGINT / SIGTERM) adds its
+    share (:func:`_cpu_add`); one killed outright (SIGKILL, power) cannot, and leaves the mark: the
+    record then says ``cpu_complete: false``."""
+    path = run_dir / CPU_NAME
+    before = {"cpu_minutes": 0.0, "complete": not resumed, "running": False}
+    if resumed:  # (without a checkpoint, what earlier processes spent bought nothing: the run starts over)
+        try:
+            before = json.loads(path.read_text())
+        except (OSError, ValueError):
+            pass
+    complete = bool(before.get("complete")) and not before.get("running")
+    path.write_text(json.dumps({"cpu_minutes": before["cpu_minutes"], "complete": complete, "running": True}))
+    return float(before["cpu_minutes"]), complete
+
+
+def _cpu_add(run_dir: Path, minutes: float, complete: bool) -> None:
+    (run_dir / CPU_NAME).write_text(json.dumps({"cpu_minutes": minutes, "complete": complete, "running": False}))
+
+
 def run_one(run_dir: str | Path) -> dict:
     """Train (or resume) and evaluate one run from its ``ablate.json``; writes its record."""
     from clim.engine.trainer import pretrain
@@ -107,19 +131,26 @@ def run_one(run_dir: str | Path) -> dict:
     job = json.loads((run_dir / SPEC_NAME).read_text())
     spec = job["spec"]
     resumed = (run_dir / CHECKPOINT_NAME).exists()
+    cpu_earlier, cpu_complete = _cpu_before(run_dir, resumed)
     started, cpu_started = time.perf_counter(), time.process_time()
     config = load_config(spec["preset"], overrides=spec["overrides"])
-    history = pretrain(config, run_dir)
-    trained, cpu_trained = time.perf_counter(), time.process_time()
-    metrics = evaluate_run(run_dir, spec["evaluation"], config.train.seed)
+    try:
+        history = pretrain(config, run_dir)
+        trained, cpu_trained = time.perf_counter(), time.process_time()
+        metrics = evaluate_run(run_dir, spec["evaluation"], config.train.seed)
+    except BaseException:  # a stop request (or an error): this process's share is kept for the rerun
+        _cpu_add(run_dir, cpu_earlier + time.process_time() / 60, cpu_complete)
+        raise
     precision = [r["selection"]["positive_precision"] for r in history
                  if "positive_precision" in r.get("selection", {})]
     metrics["positive_precision"] = precision[-1] if precision else None
     record = {"version": RECORD_VERSION, "spec": spec, "variant": spec["variant"], "seed": spec["seed"],
               "overrides": spec["overrides"], "metrics": metrics, "curve": _curve(history),
-              # CPU time of this process (all threads: with one torch thread, what the run takes on one core);
-              # a run resumed from a checkpoint counts only its last process (``resumed``)
-              "cpu_minutes": time.process_time() / 60, "train_cpu_minutes": (cpu_trained - cpu_started) / 60,
+              # CPU time (all threads: with one torch thread, what the run takes on one core) of every process of
+              # the run; ``cpu_complete`` false: an earlier process was killed outright and is missing. The
+              # train / eval split is this process's alone.
+              "cpu_minutes": cpu_earlier + time.process_time() / 60, "cpu_complete": cpu_complete,
+              "train_cpu_minutes": (cpu_trained - cpu_started) / 60,
               "eval_cpu_minutes": (time.process_time() - cpu_trained) / 60, "resumed": resumed,
               "wall_minutes": (time.perf_counter() - started) / 60, "train_wall_minutes": (trained - started) / 60,
               "epochs": len(history), "load_average": list(os.getloadavg()),
