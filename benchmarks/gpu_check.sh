@@ -18,7 +18,9 @@
 #   6. variants of step 1: NCHW (train.channels_last=false: split-BN as one cuDNN call on the free
 #      [N/s, s*C, H, W] view where a pass holds one view, the grouped op otherwise), and NCHW without
 #      batched views (every pass one cuDNN call)
-#   7. bf16 autocast vs float32: the loss curves of the same 100 steps (benchmarks/amp_curve.py)
+#   7. bf16 autocast vs float32: the loss curves of the same 100 steps (benchmarks/amp_curve.py);
+#      then the ops of one step on the real CUDA path, split-BN vs plain BN (benchmarks/op_count.py,
+#      the CPU proxy of BENCHMARKS.md measured where it stands for)
 #   8. the CUDA-only tests of tests/ (-k 'cuda or gpu')
 #   9. train.compile=true for ours MoCo v2 (its set-up + warm-up line is the compile time), only when
 #      the steps before left COMPILE_NEEDS seconds of the budget unused (they usually end early)
@@ -41,7 +43,7 @@ THROUGHPUT="$PY benchmarks/throughput.py --device cuda"
 
 # name:limit_s, in the order they run; a step's limit is also cut to what is left of the budget.
 LIMITS=(throughput-32px:80 resume-cuda:60 selection:50 folder-gpu-decode:70 fmnist-trainer:45
-        fmnist-lightly:30 nchw:30 nchw-unbatched:25 amp-curve:30 cuda-tests:45)
+        fmnist-lightly:30 nchw:30 nchw-unbatched:25 amp-curve:30 op-count:20 cuda-tests:45)
 COMPILE_NEEDS=100  # s: cold Inductor compiles of both encoders' graphs; run only if the steps above left that
 planned=$SETUP_RESERVE
 for entry in "${LIMITS[@]}"; do planned=$((planned + ${entry#*:})); done
@@ -146,6 +148,7 @@ step nchw-unbatched throughput_32px_variants.txt $THROUGHPUT "${SMALL[@]}" --ste
 
 # --- 7. bf16 vs fp32 loss curves over the same 100 steps ---------------------------------------------
 step amp-curve checks.txt "$PY" benchmarks/amp_curve.py --device cuda --steps 100
+step op-count checks.txt "$PY" benchmarks/op_count.py --device cuda --foreach
 
 # --- 8. the CUDA-only tests (the rest of the suite runs on CPU in CI) --------------------------------
 step cuda-tests checks.txt "$PY" -m pytest -q -p no:cacheprovider --continue-on-collection-errors \
