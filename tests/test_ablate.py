@@ -217,12 +217,12 @@ def test_cpu_minutes_per_run_leave_out_resumed_runs():
 def test_a_resumed_run_adds_the_cpu_minutes_of_its_stopped_processes(tmp_path):
     """A process ended by a stop request leaves its CPU minutes for the rerun; one killed outright
     leaves its 'running' mark, and the run's CPU minutes are then flagged incomplete."""
-    from clim.study.runner import _cpu_add, _cpu_before
+    from clim.study.runner import _cpu_before, _cpu_write
 
     assert _cpu_before(tmp_path, resumed=False) == (0.0, True)  # a fresh run
-    _cpu_add(tmp_path, 3.5, True)  # stopped by SIGTERM after 3.5 CPU minutes
+    _cpu_write(tmp_path, 3.5, True)  # stopped by SIGTERM after 3.5 CPU minutes
     assert _cpu_before(tmp_path, resumed=True) == (3.5, True)  # the rerun starts from there
-    # ... and is killed outright (no _cpu_add): the next process knows a share is missing
+    # ... and is killed outright (no _cpu_write): the next process knows a share is missing
     assert _cpu_before(tmp_path, resumed=True) == (3.5, False)
     assert _cpu_before(tmp_path, resumed=False) == (0.0, True)  # no checkpoint: the run starts over
 

@@ -357,13 +357,13 @@ def _pretrain(config: Config, out_dir: Path, stop: StopRequest, eta_after) -> li
             # epoch + 1: the metrics record (and first epoch) that trains with this table
             write_positives_preview(bank, dataset, config, out_dir, logger.message, epoch + 1)  # never raises
         table = bank.table if needs_table(config, epoch) else None
+        apart = "metrics.jsonl and TensorBoard log loss_moco and loss_positive apart"
         if table is not None and not needs_table(config, epoch - 1):
             logger.message(f"epoch {epoch + 1}: CLIM's positive term joins the loss from now on, so the loss "
-                           f"rises; metrics.jsonl and TensorBoard log loss_moco and loss_positive apart")
+                           f"rises; {apart}")
         elif table is not None and epoch == start_epoch:  # resumed after the term joined: no rise here
             logger.message(f"epoch {epoch + 1}: the loss includes CLIM's positive term (since epoch "
-                           f"{config.method.refresh_every + 1}); metrics.jsonl and TensorBoard log loss_moco "
-                           f"and loss_positive apart")
+                           f"{config.method.refresh_every + 1}); {apart}")
 
         model.train()
         runner.meter.reset()

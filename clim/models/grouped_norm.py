@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -97,6 +98,18 @@ def _chunk_weights(chunks: int, groups: int, momentum: float, like: torch.Tensor
     return _WEIGHTS[key]
 
 
+class _Update(NamedTuple):
+    """One layer's held-back running-stat update (``mean`` / ``var`` [chunks, 1, groups, C, 1, 1], biased)."""
+    running_mean: torch.Tensor
+    running_var: torch.Tensor
+    mean: torch.Tensor
+    var: torch.Tensor
+    chunks: int
+    groups: int
+    momentum: float
+    unbias: float  # n / (n − 1): F.batch_norm keeps the unbiased variance
+
+
 class _Pending(threading.local):
     """The running-stat updates and batch counters held back by the innermost
     :func:`deferred_running_stats` block of this thread (``updates`` is None outside one), and the
@@ -134,7 +147,7 @@ def _update_running_stats(running_mean, running_var, mean, var, chunks, groups, 
     (``mean`` / ``var`` [chunks, 1, groups, C, 1, 1], biased), now or at the end of the enclosing
     :func:`deferred_running_stats` block. Under ``torch.compile`` always now: Inductor fuses them."""
     unbias = count / max(1, count - 1)  # F.batch_norm keeps the unbiased variance
-    update = (running_mean, running_var, mean, var, chunks, groups, momentum, unbias)
+    update = _Update(running_mean, running_var, mean, var, chunks, groups, momentum, unbias)
     if not torch.compiler.is_compiling() and _PENDING.hold("stats", running_mean, update):
         return
     c = running_mean.shape[0]
@@ -167,18 +180,18 @@ def deferred_running_stats():
 
 def _apply_running_stats(updates: list) -> None:
     """The pending updates, batched per (chunks, groups, momentum, buffer dtype and device)."""
-    batches: dict[tuple, list] = {}
-    for update in updates:
-        running_mean, _, _, _, chunks, groups, momentum, _ = update
-        batches.setdefault((chunks, groups, momentum, running_mean.dtype, running_mean.device), []).append(update)
+    batches: dict[tuple, list[_Update]] = {}
+    for u in updates:
+        key = (u.chunks, u.groups, u.momentum, u.running_mean.dtype, u.running_mean.device)
+        batches.setdefault(key, []).append(u)
     for (chunks, groups, momentum, dtype, device), batch in batches.items():
         rows = chunks * groups
-        stats = torch.cat([s.view(rows, -1) for update in batch for s in update[2:4]], dim=1)
+        stats = torch.cat([s.view(rows, -1) for u in batch for s in (u.mean, u.var)], dim=1)
         with _no_autocast(device):  # CUDA autocast runs mv in bf16 / fp16 (the in-place addmv_ it replaces
             # was never cast): running statistics stay float32
-            target = torch.mv(stats.t().to(dtype), _chunk_weights(chunks, groups, momentum, batch[0][0]))
+            target = torch.mv(stats.t().to(dtype), _chunk_weights(chunks, groups, momentum, batch[0].running_mean))
         target.mul_(_value_factors(batch, dtype, device))
-        buffers = [buffer for update in batch for buffer in update[:2]]
+        buffers = [buffer for u in batch for buffer in (u.running_mean, u.running_var)]
         torch._foreach_mul_(buffers, (1.0 - momentum) ** chunks)
         torch._foreach_add_(buffers, list(target.split([b.shape[0] for b in buffers])))
 
@@ -191,10 +204,10 @@ def _no_autocast(device: torch.device):
 _FACTORS: dict[tuple, torch.Tensor] = {}
 
 
-def _value_factors(batch: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+def _value_factors(batch: list[_Update], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """1 for each mean, n/(n−1) for each variance, in :func:`_apply_running_stats`' order; cached
     per layer shapes, so a steady training loop builds it once."""
-    key = (tuple((update[0].shape[0], update[7]) for update in batch), dtype, device)
+    key = (tuple((u.running_mean.shape[0], u.unbias) for u in batch), dtype, device)
     if key not in _FACTORS:
         _FACTORS[key] = torch.cat([torch.full((c,), value, dtype=dtype) for c, unbias in key[0]
                                    for value in (1.0, unbias)]).to(device)

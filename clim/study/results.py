@@ -32,6 +32,11 @@ def duration(seconds: float) -> str:
     return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
+def _fully_counted(record: dict) -> bool:
+    """Whether a record's CPU minutes cover every process of its run (see :meth:`_Records.cost`)."""
+    return not record.get("resumed") or bool(record.get("cpu_complete"))
+
+
 class _Records:
     """The planned runs and the records found for them (same spec), by variant and seed."""
 
@@ -67,7 +72,7 @@ class _Records:
         process was killed outright (``cpu_complete`` false; records before that key counted only the
         last process) would understate the cost."""
         return summarize(float(record["cpu_minutes"]) for record in self.found.get(variant, {}).values()
-                         if not record.get("resumed") or record.get("cpu_complete"))
+                         if _fully_counted(record))
 
     def cell(self, variant: str, metric: str, digits: int | None = None) -> str:
         if variant not in self.found:
@@ -279,7 +284,7 @@ def _every_variant(records: _Records) -> list[str]:
         rows.append([f"`{name}`", planned[0].variant.group,
                      " ".join(f"`{o}`" for o in planned[0].variant.overrides) or "(the preset)",
                      *(records.cell(name, m) for m in METRICS), f"{done}/{len(planned)}",
-                     format_stat(records.cost(name), 2) if records.cost(name) else "—"])
+                     format_stat(records.cost(name), 2)])  # "—" when none is fully counted
     return ["## Every variant, every metric", ""] + _table(
         ["variant", "group", "overrides", *(title for title, _ in METRICS.values()), "records",
          "CPU minutes per run (fully counted)"],
@@ -339,7 +344,7 @@ def _machines(records: _Records) -> list[str]:
             machines.append(record["machine"])
     dates = sorted(record["created"] for record in found)
     total = sum(record["cpu_minutes"] for record in found)
-    resumed = sum(bool(record.get("resumed")) and not record.get("cpu_complete") for record in found)
+    resumed = sum(not _fully_counted(record) for record in found)
     commits = sorted({record.get("commit") or "?" for record in found})
     loads = [record["load_average"][1] for record in found if record.get("load_average")]
     keys = ("cpu", "cpu_count", "torch_threads", "device", "gpu", "torch", "python", "platform")

@@ -102,7 +102,7 @@ CPU_NAME = "cpu_spent.json"  # in the run folder: CPU minutes of the processes b
 def _cpu_before(run_dir: Path, resumed: bool) -> tuple[float, bool]:
     """(CPU minutes the earlier processes of this run spent, whether every one of them is counted), and
     this process marked as running. A process that ends by a stop request (SIGINT / SIGTERM) adds its
-    share (:func:`_cpu_add`); one killed outright (SIGKILL, power) cannot, and leaves the mark: the
+    share (:func:`_cpu_write`); one killed outright (SIGKILL, power) cannot, and leaves the mark: the
     record then says ``cpu_complete: false``."""
     path = run_dir / CPU_NAME
     before = {"cpu_minutes": 0.0, "complete": not resumed, "running": False}
@@ -112,12 +112,13 @@ def _cpu_before(run_dir: Path, resumed: bool) -> tuple[float, bool]:
         except (OSError, ValueError):
             pass
     complete = bool(before.get("complete")) and not before.get("running")
-    path.write_text(json.dumps({"cpu_minutes": before["cpu_minutes"], "complete": complete, "running": True}))
+    _cpu_write(run_dir, float(before["cpu_minutes"]), complete, running=True)
     return float(before["cpu_minutes"]), complete
 
 
-def _cpu_add(run_dir: Path, minutes: float, complete: bool) -> None:
-    (run_dir / CPU_NAME).write_text(json.dumps({"cpu_minutes": minutes, "complete": complete, "running": False}))
+def _cpu_write(run_dir: Path, minutes: float, complete: bool, running: bool = False) -> None:
+    """``running``: this process has not added its share yet (it is at work, or was killed outright)."""
+    (run_dir / CPU_NAME).write_text(json.dumps({"cpu_minutes": minutes, "complete": complete, "running": running}))
 
 
 def run_one(run_dir: str | Path) -> dict:
@@ -139,7 +140,7 @@ def run_one(run_dir: str | Path) -> dict:
         trained, cpu_trained = time.perf_counter(), time.process_time()
         metrics = evaluate_run(run_dir, spec["evaluation"], config.train.seed)
     except BaseException:  # a stop request (or an error): this process's share is kept for the rerun
-        _cpu_add(run_dir, cpu_earlier + time.process_time() / 60, cpu_complete)
+        _cpu_write(run_dir, cpu_earlier + time.process_time() / 60, cpu_complete)
         raise
     precision = [r["selection"]["positive_precision"] for r in history
                  if "positive_precision" in r.get("selection", {})]
