@@ -235,3 +235,25 @@ def test_cpu_minutes_count_resumed_runs_when_every_process_is_counted():
                               1: {"cpu_minutes": 2.0, "resumed": True, "cpu_complete": False}}}
     stat = records.cost("clim")
     assert (stat.mean, stat.n) == (8.0, 1)
+
+
+def test_holm_adjusts_the_p_values_present_step_down():
+    from clim.study.claims import holm
+
+    # sorted: 0.005 x 4 = 0.02, 0.01 x 3 = 0.03, 0.03 x 2 = 0.06, 0.04 x 1 = 0.04 -> kept monotone at 0.06
+    adjusted = holm([0.01, 0.04, 0.03, None, 0.005])
+    assert adjusted[3] is None
+    assert adjusted[:3] + adjusted[4:] == [pytest.approx(0.03), pytest.approx(0.06), pytest.approx(0.06),
+                                           pytest.approx(0.02)]
+    assert holm([0.6, 0.7]) == [1.0, 1.0]  # capped at 1
+    assert holm([]) == []
+
+
+def test_similarity_gap_is_intra_class_minus_all_pairs_per_seed():
+    from clim.study.results import _Records
+
+    records = _Records([])
+    records.found = {"clim": {0: {"metrics": {"intra_class_similarity": 0.7, "all_pairs_similarity": 0.5}},
+                              1: {"metrics": {"intra_class_similarity": 0.6}}}}  # no all-pairs value: left out
+    assert records.similarity_gap("clim") == {0: pytest.approx(0.2)}
+    assert records.similarity_gap("mocov2") == {}

@@ -101,10 +101,26 @@ def format_paired(result: Paired | None, digits: int = 2) -> str:
     return text
 
 
-def format_p(result: Paired | None) -> str:
-    if result is None or result.p is None:
+def format_probability(p: float | None) -> str:
+    if p is None:
         return "—"
-    return f"{result.p:.3f}" if result.p >= 0.001 else f"{result.p:.1e}"
+    return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
+
+
+def format_p(result: Paired | None) -> str:
+    return format_probability(None if result is None else result.p)
+
+
+def holm(p_values: list[float | None]) -> list[float | None]:
+    """Holm's step-down adjustment of the p-values present (None stays None): the family-wise error
+    over all of them stays ≤ α when each adjusted p is compared with α."""
+    present = sorted((p, i) for i, p in enumerate(p_values) if p is not None)
+    adjusted: list[float | None] = [None] * len(p_values)
+    running = 0.0
+    for rank, (p, i) in enumerate(present):
+        running = max(running, min(1.0, (len(present) - rank) * p))
+        adjusted[i] = running
+    return adjusted
 
 
 def agreement_summary(verdicts: list[str]) -> str:
