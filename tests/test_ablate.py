@@ -257,3 +257,22 @@ def test_similarity_gap_is_intra_class_minus_all_pairs_per_seed():
                               1: {"metrics": {"intra_class_similarity": 0.6}}}}  # no all-pairs value: left out
     assert records.similarity_gap("clim") == {0: pytest.approx(0.2)}
     assert records.similarity_gap("mocov2") == {}
+
+
+def test_cutmix_effect_per_selection_and_over_the_five():
+    from clim.study.matrix import FULL_CLIM, SELECTIONS, selection_variant
+    from clim.study.results import _mixing_effect, _Records
+
+    records = _Records([])
+    records.found = {}
+    for rank, selection in enumerate(SELECTIONS):
+        for mixing, gain in (("none", 0.0), ("cutmix", 1.0 + rank)):  # CutMix adds 1 + rank points
+            name = selection_variant(selection, mixing)
+            seeds = range(3) if name != FULL_CLIM else range(4)  # seed 3 lacks the other nine cells
+            records.found[name] = {s: {"metrics": {"linear_top1": 80.0 + gain + 0.1 * s * (mixing == "cutmix") * rank}}
+                                   for s in seeds}
+    rows = {line.split(" | ")[0].strip("| "): line for line in _mixing_effect(records) if line.startswith("| ")}
+    assert "| +1.00 [+1.00, +1.00] | 0.0e+00 | 3/3 | 3 | **agrees** |" in rows["random"]
+    assert rows["center_wise"].endswith("| 3/3 | 3 | **agrees** |")  # seed 3 has no partner
+    # mean of the five: 1 + mean(rank) = 3 points, plus 0.1 * seed * mean(rank) = 0.2 * seed
+    assert rows["mean of the five"].startswith("| mean of the five | +3.20 [")
