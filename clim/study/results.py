@@ -265,7 +265,8 @@ def _mixing_effect(records: _Records) -> list[str]:
     rows = [[selection, *_paired_cells(effect[selection], 2)] for selection in SELECTIONS]
     rows.append(["mean of the five", *_paired_cells(records.mixing_effect(), 2)])
     return (["What CutMix adds to each selection: linear top-1 of CutMix − no mixing, per seed; *agrees*: the interval "
-             "lies above 0, CutMix helps, as in every row where the paper reports both columns. *Mean of the five* "
+             "lies above 0, CutMix helps, as the paper finds for random positives (the one row it reports both "
+             "columns of). *Mean of the five* "
              "averages each seed's five selections first (seeds with all ten cells).", ""]
             + _table(["selection", *PAIRED_HEADER], rows))
 
