@@ -29,7 +29,7 @@ def losses(amp: bool, dataset, args) -> list[float]:
     config = step_config("mocov2", 8, args, amp=amp)
     device = torch.device(args.device)
     torch.manual_seed(0)
-    model = build_moco(config, dataset.info.in_channels, args.image_size, len(dataset)).to(device)
+    model = build_moco(config, dataset.info.in_channels, args.image_size).to(device)
     runner = StepRunner(model, config, device)
     pipeline = build_pipeline(dataset, config, args.image_size, device)
     values, epoch = [], 0
