@@ -148,13 +148,19 @@ def write_report(run_dir: str | Path) -> Path:
         lines += ["## Positive selection (METHOD §2)", ""]
         precision = _series(history, "selection", "positive_precision")
         if precision[0]:
+            series = {"positives": precision,  # kNN-only selection's pick (same P), then all of Ω2
+                      "P nearest kNN neighbours (P = method.num_positives)":
+                          _series(history, "selection", "knn_top_p_precision"),
+                      "all k kNN neighbours (method.knn_k)": _series(history, "selection", "knn_precision")}
             _plot(plots / "positive_precision.png", "positive precision at each refresh", "precision",
-                  {"positives": precision,
-                   "all k kNN neighbours (method.knn_k)": _series(history, "selection", "knn_precision")})
+                  {label: points for label, points in series.items() if points[0]})  # older runs: no top-P
             lines += ["![positive precision](plots/positive_precision.png)", ""]
-        keys = ["positive_precision", "knn_precision", "omega_mean", "fill_fraction", "cluster_size_min",
-                "cluster_size_median", "cluster_size_max", "seconds"]
+        keys = ["positive_precision", "knn_top_p_precision", "knn_precision", "omega_mean", "fill_fraction",
+                "cluster_size_min", "cluster_size_median", "cluster_size_max", "seconds"]
         rows = [[r["epoch"]] + [r["selection"].get(k, "") for k in keys] for r in refreshes]
+        lines += ["Label precision (share of pairs with the anchor's label): `positive_precision` of the "
+                  "selected positives, `knn_top_p_precision` of the same number of nearest neighbours (what "
+                  "kNN-only selection picks), `knn_precision` of all k neighbours.", ""]
         lines += _table(rows, ["epoch"] + keys) + [""]
         previews = {int(p.stem[6:]): p.name for p in (run_dir / "positives").glob("epoch_*.png")
                     if p.stem[6:].isdigit()}

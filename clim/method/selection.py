@@ -246,6 +246,8 @@ def _label_precision(labels: Tensor, table: Tensor) -> tuple[float | None, int]:
 def selection_diagnostics(result: SelectionResult, labels: Tensor | None = None) -> dict:
     """JSON-friendly statistics of a selection (METHOD §2), plain Python floats / lists.
 
+    ``labels`` [N]: a tensor, a list or a numpy array of ints, −1 = unknown.
+
     Keys present only where they apply:
     - with clusters: ``cluster_size_min`` / ``_median`` / ``_max`` (empty clusters count as 0),
       ``cluster_size_hist`` (counts) over ``cluster_size_bin_edges`` ``[0, 1, 2, 4, …]``
@@ -254,9 +256,12 @@ def selection_diagnostics(result: SelectionResult, labels: Tensor | None = None)
     - always: ``fill_fraction`` (share of anchors that needed filling);
     - with labels (−1 = unknown): ``labelled_pairs``, the number of (anchor, positive) pairs whose
       two labels are known, and — when it is > 0 — ``positive_precision``, the share of those pairs
-      with equal labels (pairs with an unknown label are left out, not counted as misses); the same
-      for the k neighbours as ``knn_labelled_pairs`` and ``knn_precision`` — how the user sees
-      whether selection finds same-class positives, and on how much labelled data.
+      with equal labels (pairs with an unknown label are left out, not counted as misses). The same
+      for the P nearest neighbours (P = the table's width; what kNN-only selection picks, the fair
+      comparison with ``positive_precision``) as ``knn_top_p_labelled_pairs`` and
+      ``knn_top_p_precision``, and for all k neighbours (Ω2) as ``knn_labelled_pairs`` and
+      ``knn_precision`` — how the user sees whether selection finds same-class positives, and on
+      how much labelled data.
     """
     stats: dict = {"fill_fraction": float(result.filled.float().mean())}
     if result.assignments is not None:
@@ -274,11 +279,14 @@ def selection_diagnostics(result: SelectionResult, labels: Tensor | None = None)
     if result.omega_sizes is not None:
         stats["omega_mean"] = float(result.omega_sizes.float().mean())
     if labels is not None:
-        labels = labels.to(result.positives.device).long()
-        for prefix, table in (("", result.positives), ("knn_", result.neighbors)):
+        labels = torch.as_tensor(labels).to(result.positives.device).long()
+        if labels.shape != result.positives.shape[:1]:
+            raise ValueError(f"labels must be [N] = [{result.positives.shape[0]}] (one per image, −1 = unknown), "
+                             f"got shape {tuple(labels.shape)}")
+        nearest = result.neighbors[:, :result.positives.shape[1]]
+        for prefix, table in (("", result.positives), ("knn_top_p_", nearest), ("knn_", result.neighbors)):
             precision, pairs = _label_precision(labels, table)
             stats[f"{prefix}labelled_pairs"] = pairs
-            name = "positive_precision" if not prefix else "knn_precision"
             if precision is not None:
-                stats[name] = precision
+                stats[f"{prefix}precision" if prefix else "positive_precision"] = precision
     return stats
