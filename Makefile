@@ -4,7 +4,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install bench clean
+CLIM := $(VENV)/bin/clim
+
+.PHONY: demo inspect test install bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,8 +17,14 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# `make` does not put $(VENV)/bin on your PATH: run clim as $(CLIM) (the demo's "next:" line does), or
+# `. $(VENV)/bin/activate` first to type plain `clim`.
 demo: $(STAMP)
 	$(PY) -m clim demo --out runs/demo
+	@echo "clim is $(CLIM) (not on PATH; '. $(VENV)/bin/activate' puts it there)"
+
+inspect: $(STAMP)
+	$(CLIM) inspect runs/demo
 
 test: $(STAMP)
 	$(PY) -m pytest

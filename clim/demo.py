@@ -8,6 +8,8 @@ once whether pretraining learned anything beyond what the architecture and the p
 from __future__ import annotations
 
 import os
+import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -95,6 +97,30 @@ def refresh_line(record: dict, config) -> str:
             f" anchors filled {100 * selection.get('fill_fraction', 0):.0f} %")
 
 
+def clim_command() -> str:
+    """How the shell that started this process runs ``clim``: ``clim`` when that name on PATH is this
+    environment's script; else the script's path (relative when under the working directory, e.g.
+    ``.venv/bin/clim`` after ``make demo``, which does not put the venv on PATH); else
+    ``python -m clim`` with this interpreter."""
+    script = Path(sys.executable).parent / ("clim.exe" if os.name == "nt" else "clim")
+    found = shutil.which("clim")
+    if not script.is_file():
+        return f"{shlex.quote(sys.executable)} -m clim"
+    if found and os.path.samefile(found, script):
+        return "clim"
+    try:
+        relative = script.absolute().relative_to(Path.cwd())
+    except ValueError:
+        return shlex.quote(str(script.absolute()))
+    return shlex.quote(str(relative) if relative.parent != Path(".") else f"./{relative}")  # a path, not a name
+
+
+def next_hint(out: str | Path) -> str:
+    """The demo's last line: the README's next commands, spelled so that they run from this shell."""
+    clim, run = clim_command(), shlex.quote(str(out))
+    return f"next: {clim} inspect {run}; {clim} eval knn --ckpt {shlex.quote(str(Path(out) / CHECKPOINT_NAME))}"
+
+
 def run_demo(out: str | Path, preset: str = "clim-demo-cpu", overrides: list[str] | tuple[str, ...] = ()) -> dict:
     out = Path(out)
     config = load_config(preset, overrides=overrides)
@@ -126,4 +152,5 @@ def run_demo(out: str | Path, preset: str = "clim-demo-cpu", overrides: list[str
     write_result(out / "eval" / "demo.json", result)
     print(f"\nreport: {write_report(out)} ({result['total_seconds'] / 60:.1f} min in all, "
           f"{torch.get_num_threads()} torch thread(s))")
+    print(next_hint(out))
     return result
