@@ -8,11 +8,12 @@ A preset is a YAML file of overrides (``clim/presets/NAME.yaml``); it may name a
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -21,6 +22,22 @@ PRESET_DIR = Path(__file__).parent / "presets"
 
 class ConfigError(ValueError):
     """A bad config key or value; the CLI prints it on one line and exits with code 2."""
+
+
+# The smallest image side (data.image_size, method.resolutions, method.multicrop_size) that every
+# augmentation path and backbone stem handles: the Gaussian blur's smallest kernel has 3 taps and pads
+# 1 px by reflection, which needs 2 px (at 1 px the batched, loader and device paths all fail). 2 and
+# 3 px train end to end (both stems, CutMix, several resolutions); below 8 px the ResNet's last
+# stages see padding more than pixels, so such sizes are for tests, not for learning.
+MIN_IMAGE_SIZE = 2
+_MIN_SIZE_REASON = "the Gaussian blur's 3-tap kernel pads 1 px by reflection"
+# numpy takes seeds below 2**32 and rank r seeds with train.seed + r: room for 1024 processes
+SEED_LIMIT = 2**32 - 1024
+# CLIM's k-means at a refresh is seeded with train.seed * 10000 + epoch (clim.method.positives.refresh_seed),
+# and faiss takes that seed as a 32-bit signed int
+REFRESH_SEED_STRIDE = 10_000
+KMEANS_SEED_LIMIT = 2**31 - 1
+CLUSTERED_SELECTIONS = ("kmeans", "knn_kmeans", "center_wise")  # the strategies that run k-means
 
 
 # Every field carries its meaning as a comment: the line(s) right above it and/or a trailing one.
@@ -152,6 +169,13 @@ class Config:
         setattr(section, name, _coerce(key, value, hint))
 
     def validate(self) -> None:
+        """Every key's type, range and finiteness, and the combinations that any use of a config relies
+        on; a one-line :class:`ConfigError` naming the key, the value and what is allowed. A checkpoint's
+        config is held to this as well; what only matters to start a run is :func:`check_training`."""
+        for key, hint in _field_hints().items():  # also values assigned as attributes, not via set()
+            value = self.get(key)
+            if not _has_type(value, hint):
+                raise ConfigError(f"invalid value {value!r} for '{key}' (expected {_type_words(hint)})")
         choices = {
             "data.augment": ("auto", "batched", "loader", "device"),
             "data.decode": ("auto", "cpu", "gpu"),
@@ -170,9 +194,13 @@ class Config:
         if not re.fullmatch(r"resnet(10|18|34|50)(_w[1-9]\d*)?", self.model.backbone):
             raise ConfigError(f"invalid value {self.model.backbone!r} for 'model.backbone' (choose from resnet10, "
                               "resnet18, resnet34, resnet50, each optionally narrowed as NAME_wN, e.g. resnet10_w16)")
+        for key, hint in _field_hints().items():  # NaN passes every comparison below, so this goes first
+            value = self.get(key)
+            if float in typing.get_args(hint) + (hint,) and value is not None and not math.isfinite(value):
+                raise ConfigError(f"invalid value {value!r} for '{key}' (must be a finite number)")
         positive = ["train.epochs", "train.batch_size", "model.queue_size", "model.bn_splits",
                     "method.knn_k", "method.num_positives", "method.refresh_every", "model.head_dim"]
-        optional_positive = ["method.num_clusters", "data.image_size", "train.lr"]  # None: automatic
+        optional_positive = ["method.num_clusters", "train.lr"]  # None: automatic
         for key in positive + [k for k in optional_positive if self.get(k) is not None]:
             if self.get(key) <= 0:
                 raise ConfigError(f"invalid value {self.get(key)!r} for '{key}' (must be > 0)")
@@ -186,6 +214,13 @@ class Config:
             raise ConfigError("'method.resolutions' must list at least one size")
         if self.method.multicrop and self.method.resolutions and len(self.method.resolutions) > 1:
             raise ConfigError("'method.multicrop' and several 'method.resolutions' are exclusive (Table 7)")
+        for key, allowed, rule in _RANGES:
+            value = self.get(key)
+            if value is not None and not rule(value):
+                raise ConfigError(f"invalid value {value!r} for '{key}' ({allowed})")
+        if any(size < MIN_IMAGE_SIZE for size in self.method.resolutions or ()):
+            raise ConfigError(f"invalid value {self.method.resolutions!r} for 'method.resolutions' (every size must be "
+                              f">= {MIN_IMAGE_SIZE}: {_MIN_SIZE_REASON}; null: [image_size])")
 
     def get(self, key: str) -> Any:
         section, _, name = key.partition(".")
@@ -199,6 +234,70 @@ class Config:
 
 def _sections() -> list[str]:
     return [f.name for f in dataclasses.fields(Config)]
+
+
+def _field_hints() -> dict[str, Any]:
+    """``{"section.name": type hint}`` of every key, in the dataclasses' order."""
+    sections = typing.get_type_hints(Config)
+    return {f"{section}.{name}": hint for section in _sections()
+            for name, hint in typing.get_type_hints(sections[section]).items()}
+
+
+def _has_type(value: Any, hint: Any) -> bool:
+    args = typing.get_args(hint)
+    if value is None:
+        return type(None) in args
+    base = next((a for a in args if a is not type(None)), hint) if args else hint
+    if typing.get_origin(base) is list:
+        (item,) = typing.get_args(base)
+        return isinstance(value, list) and all(_has_type(v, item) for v in value)
+    if base in (int, float):  # an int is a number too; a bool is neither
+        return isinstance(value, int if base is int else (int, float)) and not isinstance(value, bool)
+    return isinstance(value, base)
+
+
+def _type_words(hint: Any) -> str:
+    args = typing.get_args(hint)
+    base = next((a for a in args if a is not type(None)), hint) if args else hint
+    words = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+    text = "a list of integers" if typing.get_origin(base) is list else words.get(base, str(base))
+    return text + (" or null" if type(None) in args else "")
+
+
+def _probability(key: str) -> tuple[str, str, Callable[[Any], bool]]:
+    return key, "a probability: must be in [0, 1]", lambda value: 0 <= value <= 1
+
+
+# (key, what is allowed, rule) of every bound that Config.validate checks after its older checks;
+# a None value (automatic) is not checked.
+_RANGES: list[tuple[str, str, Callable[[Any], bool]]] = [
+    ("data.image_size", f"must be >= {MIN_IMAGE_SIZE}: {_MIN_SIZE_REASON}; null: the dataset's native size",
+     lambda value: value >= MIN_IMAGE_SIZE),
+    ("data.num_workers", "must be >= 0; 0: load in the main process", lambda value: value >= 0),
+    ("data.crop_min_scale", "must be in (0, 1]: the smallest crop's share of the image area",
+     lambda value: 0 < value <= 1),
+    ("data.jitter_strength", "must be in [0, 2]: the hue jitter is strength / 4, at most 0.5",
+     lambda value: 0 <= value <= 2),
+    _probability("data.jitter_p"),
+    _probability("data.grayscale_p"),
+    _probability("data.blur_p"),
+    _probability("data.flip_p"),
+    ("model.temperature", "must be > 0", lambda value: value > 0),
+    ("train.momentum", "must be in [0, 1)", lambda value: 0 <= value < 1),
+    ("train.weight_decay", "must be >= 0", lambda value: value >= 0),
+    ("train.warmup_epochs", "must be >= 0; 0: no warm-up", lambda value: value >= 0),
+    ("train.seed", f"must be in [0, {SEED_LIMIT - 1}]: rank r seeds numpy with train.seed + r, which must stay "
+     "below 2**32", lambda value: 0 <= value < SEED_LIMIT),
+    ("train.knn_every", "must be >= 0; 0: never", lambda value: value >= 0),
+    ("train.knn_k", "must be > 0", lambda value: value > 0),
+    ("train.knn_temperature", "must be > 0", lambda value: value > 0),
+    ("train.log_every", "must be > 0: a period in steps", lambda value: value > 0),
+    ("train.checkpoint_every_minutes", "must be >= 0; 0: at epoch ends only", lambda value: value >= 0),
+    ("method.alpha", "must be > 0: the parameter of Beta(alpha, alpha)", lambda value: value > 0),
+    ("method.mixup_alpha", "must be > 0: the parameter of Beta(alpha, alpha)", lambda value: value > 0),
+    ("method.multicrop_size", f"must be >= {MIN_IMAGE_SIZE}: {_MIN_SIZE_REASON}; null: 96/224 of image_size",
+     lambda value: value >= MIN_IMAGE_SIZE),
+]
 
 
 def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -264,19 +363,27 @@ def _load_yaml(path: Path) -> dict[str, Any]:
     return values
 
 
-def _resolve(values: dict[str, Any], seen: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Apply ``base:`` inheritance: the base preset's keys, then these."""
+def _resolve(values: dict[str, Any], seen: tuple[str, ...] = (), source: str = "") -> dict[str, Any]:
+    """Apply ``base:`` inheritance: the base preset's keys, then these. ``source`` (the file) is for messages."""
     base = values.pop("base", None)
     if base is None:
         return _flatten(values)
     if base in seen:
         raise ConfigError(f"preset inheritance loops through '{base}'")
-    merged = _resolve(_load_yaml(_preset_path(base)), seen + (base,))
+    path = _preset_path(base, f"'base' in {source}" if source else "'base'")
+    merged = _resolve(_load_yaml(path), seen + (base,), str(path))
     merged.update(_flatten(values))
     return merged
 
 
-def _preset_path(name: str) -> Path:
+_PRESET_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
+def _preset_path(name: Any, where: str = "--preset") -> Path:
+    """``clim/presets/NAME.yaml``: a preset (``--preset`` or ``base:``) is a name, never a path."""
+    if not isinstance(name, str) or not _PRESET_NAME.fullmatch(name) or ".." in name:
+        raise ConfigError(f"invalid preset name {name!r} for {where} (a NAME from clim/presets, without a path: "
+                          f"{', '.join(preset_names())}; a YAML file of your own goes through --config FILE)")
     path = PRESET_DIR / f"{name}.yaml"
     if not path.exists():
         raise ConfigError(f"unknown preset '{name}' (known: {', '.join(preset_names())})")
@@ -338,16 +445,69 @@ def load_config(preset: str | None = None, config_file: str | None = None,
                 overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Build a validated config from a preset or a YAML file, then ``key=value`` overrides."""
     if preset is not None:
-        values = _resolve(_load_yaml(_preset_path(preset)))
+        path = _preset_path(preset)
+        values = _resolve(_load_yaml(path), source=str(path))
     elif config_file is not None:
         path = Path(config_file)
         if not path.exists():
             raise ConfigError(f"config file not found: {config_file}")
-        values = _resolve(_load_yaml(path))
+        values = _resolve(_load_yaml(path), source=config_file)
     else:
         values = {}
     values.update(parse_overrides(overrides))
-    return Config.from_dict(values)
+    config = Config.from_dict(values)
+    check_training(config)
+    return config
+
+
+def check_training(config: Config) -> None:
+    """The rules that only matter to start (or go on with) a run, on top of :meth:`Config.validate`;
+    :func:`load_config` applies them. A checkpoint's config is not held to them, so that a run trained
+    before a rule existed can still be evaluated."""
+    queue, batch = config.model.queue_size, config.train.batch_size
+    if queue < batch:
+        raise ConfigError(f"invalid value {queue!r} for 'model.queue_size' (must be >= train.batch_size={batch}: "
+                          f"every step writes the global batch of keys into the queue, which keeps only its last "
+                          f"queue_size keys)")
+    method, seed = config.method, config.train.seed
+    if method.name == "clim" and method.selection in CLUSTERED_SELECTIONS:
+        limit = (KMEANS_SEED_LIMIT - config.train.epochs) // REFRESH_SEED_STRIDE
+        if seed > limit:
+            raise ConfigError(f"invalid value {seed!r} for 'train.seed' (must be <= {limit} for method.name=clim with "
+                              f"train.epochs={config.train.epochs}: the k-means of a refresh is seeded with "
+                              f"train.seed * {REFRESH_SEED_STRIDE} + epoch, which faiss takes as a 32-bit int)")
+
+
+def check_for_dataset(config: Config, num_samples: int) -> None:
+    """The rules that need the number of training images (call it once the dataset is built):
+    an epoch must hold a full global batch (the last partial batch is dropped), and CLIM's positives
+    table needs more images than ``method.knn_k`` neighbours and at most one k-means cluster per image.
+    A queue larger than the dataset is allowed (the run summary warns about it)."""
+    batch = config.train.batch_size
+    if num_samples < batch:
+        raise ConfigError(f"invalid value {batch!r} for 'train.batch_size' (must be <= the {num_samples} training "
+                          f"images: an epoch takes only full global batches, so it would have no step)")
+    method = config.method
+    if method.name != "clim":
+        return
+    if num_samples <= method.knn_k:
+        raise ConfigError(f"invalid value {method.knn_k!r} for 'method.knn_k' (must be < the {num_samples} training "
+                          f"images: every image needs knn_k neighbours other than itself)")
+    if method.selection in CLUSTERED_SELECTIONS and method.num_clusters is not None and \
+            method.num_clusters > num_samples:
+        raise ConfigError(f"invalid value {method.num_clusters!r} for 'method.num_clusters' (must be <= the "
+                          f"{num_samples} training images; null: N / 100)")
+
+
+def check_device(config: Config) -> None:
+    """``train.device=cuda`` needs a visible CUDA device; imports torch, so call it where torch is loaded."""
+    if config.train.device != "cuda":
+        return
+    import torch  # here, not at the top: validating a config must not load torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError("train.device='cuda' but no CUDA device is visible (torch.cuda.is_available() is False); "
+                          "use train.device=auto or cpu")
 
 
 def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, str]:
