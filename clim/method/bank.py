@@ -16,8 +16,10 @@ returns), the dtype indexing wants.
 
 from __future__ import annotations
 
+import numbers
 import time
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -38,11 +40,22 @@ def embed_dataset(encoder: nn.Module, dataset: Dataset, batch_size: int = 256, d
     """``(features [N, d], labels [N])`` of every item, L2-normalised, ordered by dataset index, on
     every rank (METHOD §2).
 
+    Items of ``dataset`` (``dataset[i]``), one of:
+
+    - ``(image, index, label)`` (this package's datasets),
+    - ``(image, label)`` (torchvision's datasets),
+    - ``(image,)`` or a bare ``image`` (labels −1),
+
+    where ``image`` is a tensor [C, H, W] (a PIL image needs a transform ending in ``ToTensor()``)
+    and ``label`` an int (−1 = unknown). Lists work as tuples; other items (dicts, PIL images,
+    string labels) are refused before any embedding.
+
     Under DDP each rank embeds a strided shard and the (index, feature, label) triples are gathered
     and placed by index, so sampler padding can neither duplicate nor drop an image. The encoder
-    runs in eval mode (see :func:`~clim.runtime.features.extract_features` for the item formats);
-    labels are −1 where the items carry none.
+    runs in eval mode; labels are −1 where the items carry none.
     """
+    if len(dataset) > 0:
+        check_item(dataset[0])
     rank, world = distributed.rank(), distributed.world_size()
     shard = list(range(rank, len(dataset), world))
     features, labels = extract_features(encoder, Subset(dataset, shard), batch_size=batch_size, device=device,
@@ -55,6 +68,60 @@ def embed_dataset(encoder: nn.Module, dataset: Dataset, batch_size: int = 256, d
     ordered_labels = torch.empty(len(dataset), device=on, dtype=torch.long)
     ordered_labels[index] = distributed.all_gather_uneven(labels)
     return ordered, ordered_labels
+
+
+ITEM_FORMATS = ("(image, index, label)", "(image, label)", "(image,)", "image")
+
+
+def _is_int_label(label) -> bool:
+    if isinstance(label, Tensor):
+        return label.dim() == 0 and not label.is_floating_point() and not label.is_complex()
+    return isinstance(label, numbers.Integral)
+
+
+def _not_a_tensor(value) -> str:
+    if hasattr(value, "getpixel"):
+        return "a PIL image (give the dataset a transform ending in torchvision's ToTensor())"
+    return f"a {type(value).__name__}"
+
+
+def check_item(item) -> None:
+    """Raise a TypeError naming the accepted formats (:func:`embed_dataset`) unless ``item`` is one."""
+    if isinstance(item, Tensor):
+        return
+    if not isinstance(item, (tuple, list)):
+        problem = f" is {_not_a_tensor(item)}"
+    elif not item or not isinstance(item[0], Tensor):
+        problem = f"'s image is {_not_a_tensor(item[0])}" if item else " is empty"
+    elif len(item) > 3:
+        problem = f" has {len(item)} parts"
+    elif len(item) > 1 and not _is_int_label(item[-1]):
+        problem = f"'s label (its last part) is {_not_a_tensor(item[-1])}"
+    else:
+        return
+    raise TypeError(f"dataset items must be {', '.join(ITEM_FORMATS[:-1])} or a bare image, with image a tensor "
+                    f"(such as [C, H, W]) and label an int (−1 = unknown), but item 0{problem}")
+
+
+def _as_tensor(value, name: str, dtype: torch.dtype | None = None) -> Tensor:
+    """``value`` (a tensor, list or numpy array) as a tensor; anything else is a TypeError."""
+    if isinstance(value, Tensor):
+        return value if dtype is None else value.to(dtype)
+    try:
+        return torch.as_tensor(np.asarray(value), dtype=dtype)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"{name} must be a tensor, a list or a numpy array, got {type(value).__name__}") from None
+
+
+def _as_labels(labels, n: int) -> Tensor | None:
+    if labels is None:
+        return None
+    labels = _as_tensor(labels, "labels")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise TypeError(f"labels must be integers (−1 = unknown), got dtype {labels.dtype}")
+    if labels.shape != (n,):
+        raise ValueError(f"labels must be [num_samples] = [{n}], one per image, got shape {tuple(labels.shape)}")
+    return labels.long()
 
 
 def anchor_details(result: SelectionResult) -> dict[str, Tensor]:
@@ -122,14 +189,17 @@ class PositiveBank(nn.Module):
     def refresh(self, features: Tensor, labels: Tensor | None = None, seed: int | None = None) -> dict:
         """Select a new table from ``features`` [N, d] (row i = image i; normalised here).
 
-        ``labels`` [N] (−1 = unknown) add the positive precision to the diagnostics. ``seed`` seeds
+        ``labels`` [N] ints (−1 = unknown) add the positive precision to the diagnostics; features
+        and labels may also be lists or numpy arrays. ``seed`` seeds
         k-means and the draws; None draws a fresh one from torch's global generator (METHOD: a fresh
         seed at every refresh). Under DDP rank 0 selects and broadcasts, so pass the same features
         on every rank. Returns :func:`~clim.method.selection.selection_diagnostics` plus ``seed``
         and ``seconds`` (rank 0; ``{"seconds": ...}`` elsewhere).
         """
+        features = _as_tensor(features, "features")
         if features.dim() != 2 or features.shape[0] != self.num_samples:
             raise ValueError(f"features must be [num_samples={self.num_samples}, d], got {tuple(features.shape)}")
+        labels = _as_labels(labels, self.num_samples)
         started = time.perf_counter()
         seed = int(torch.randint(2**31 - 1, ())) if seed is None else seed
         table = torch.empty_like(self.table)
@@ -153,21 +223,42 @@ class PositiveBank(nn.Module):
         """Embed ``dataset`` with ``encoder`` in index order (:func:`embed_dataset`, DDP-aware) and
         :meth:`refresh` from it; labels the items carry feed the positive precision.
 
+        ``dataset[i]`` is ``(image, index, label)``, ``(image, label)``, ``(image,)`` or ``image``,
+        with image a tensor and label an int (−1 = unknown): see :func:`embed_dataset`.
         METHOD §2: the encoder is the momentum (key) encoder with its head, and ``dataset`` gives
         the images un-augmented (the evaluation transform). ``seconds`` covers both parts.
         """
+        if len(dataset) != self.num_samples:
+            raise ValueError(f"the dataset has {len(dataset)} items but the bank was built for "
+                             f"num_samples={self.num_samples} (one table row per item)")
         started = time.perf_counter()
         features, labels = embed_dataset(encoder, dataset, batch_size, device, num_workers)
         diagnostics = self.refresh(features, labels, seed)
         diagnostics["seconds"] = round(time.perf_counter() - started, 2)
         return diagnostics
 
-    def sample(self, index: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def sample(self, index: Tensor, generator: torch.Generator | None = None, check: bool | None = None) -> Tensor:
         """One positive per anchor of ``index`` [B], uniformly among its P (METHOD §3): long [B] on
-        the table's device. No host synchronisation (the bank must have been refreshed or loaded)."""
+        the table's device (the bank must have been refreshed or loaded).
+
+        ``index``: dataset indices, a tensor, list or numpy array of ints. ``check``: refuse indices
+        outside [0, N) (a negative one would silently wrap around). None (default) checks an index on
+        the CPU (free: a DataLoader's) and not one on a GPU, where reading its range would be a host
+        synchronisation per step; True checks there too, False never. Without a check, no host
+        synchronisation.
+        """
         if not self.filled:
             raise RuntimeError("the PositiveBank is empty: call refresh() or refresh_from() (or load a filled "
                                "state_dict) before sample()")
+        index = _as_tensor(index, "index")
+        if index.dim() != 1 or index.is_floating_point() or index.is_complex() or index.dtype == torch.bool:
+            raise TypeError(f"index must be a 1-D tensor of integer dataset indices [B], got dtype {index.dtype} "
+                            f"and shape {tuple(index.shape)}")
+        if (index.device.type == "cpu" if check is None else check) and index.numel():
+            low, high = int(index.min()), int(index.max())
+            if low < 0 or high >= self.num_samples:
+                raise IndexError(f"index must be dataset indices in [0, {self.num_samples}) (num_samples = "
+                                 f"{self.num_samples}), got values from {low} to {high}")
         return draw_positives(self.table, index, generator)
 
     def _after_load(self, incompatible) -> None:

@@ -68,6 +68,9 @@ def _checked(q: Tensor, keys: tuple[Tensor, ...], queue: Tensor | None, normaliz
              ) -> tuple[Tensor, tuple[Tensor, ...], Tensor | None]:
     """Shape checks (host-side only) and, with ``normalize``, the square-queue check and the inputs
     L2-normalised along dim 1."""
+    for name, value in (("queries", q), *(("keys", key) for key in keys), ("queue", queue)):
+        if not isinstance(value, Tensor) and (value is not None or name != "queue"):
+            raise TypeError(f"{name} must be a tensor, got {type(value).__name__}")
     if q.dim() != 2:
         raise ValueError(f"queries must be [B, d], got shape {tuple(q.shape)}")
     for key in keys:
@@ -104,9 +107,17 @@ def info_nce(q: Tensor, k: Tensor, queue: Tensor | None = None, temperature: flo
     """MoCo InfoNCE (paper Eq. 1, METHOD §1): one positive key per query, negatives from the queue
     or, with ``queue=None``, the batch's other keys.
 
+    Gradient flows through every input that carries it; which do depends on the loop:
+
+    - MoCo (a queue): ``q`` from the query encoder carries gradient; ``k`` from the momentum
+      encoder and the queue do not (compute them under ``torch.no_grad()`` or detach them).
+    - in-batch (``queue=None``, SimCLR style): ``q`` and ``k`` come from the same encoder and both
+      carry gradient (``k`` is also the negatives); the symmetric loss is
+      ``(info_nce(z1, z2) + info_nce(z2, z1)) / 2``.
+
     Args:
-        q: queries [B, d] (with gradient).
-        k: positive keys [B, d] (momentum encoder, no gradient).
+        q: queries [B, d].
+        k: positive keys [B, d].
         queue: negative keys ``[K, d]`` — one per row; lightly's ``MemoryBankModule`` gives
             ``(d, K)``: pass ``bank.T``. None: in-batch negatives ``k_j, j ≠ b`` (SimCLR style).
         temperature: τ (METHOD: 0.2).
@@ -137,12 +148,16 @@ def mixed_info_nce(
     ``queue=None`` the other anchors' keys ``k_anchor_j, j ≠ b``), weighted by the anchor's pixel
     share λ of the mixed query (not one loss with two positives).
 
+    Gradient, as in :func:`info_nce`: in a MoCo loop only ``q`` carries it (the keys come from the
+    momentum encoder, no gradient); in an in-batch loop (``queue=None``) the keys come from the
+    trained encoder and carry gradient too.
+
     Args:
         q: queries of the mixed images [B, d].
         k_anchor: keys of a second view of the anchors [B, d].
         k_positive: keys of a view of the selected positives [B, d].
         queue: negatives ``[K, d]`` (see :func:`info_nce`), or None for in-batch negatives.
-        lam: anchor share per sample, a [B] tensor or a float — required: what
+        lam: anchor share per sample, a [B] tensor (or list) or a float — required: what
             :func:`~clim.method.mixing.cutmix` / :func:`~clim.method.mixing.mixup` return.
         temperature: τ (METHOD: 0.2).
         reduction: ``"mean"`` or ``"none"``.
@@ -151,8 +166,11 @@ def mixed_info_nce(
     if lam is None:
         raise TypeError("mixed_info_nce needs lam, the anchor's share of each mixed query (cutmix / mixup return it)")
     q, (k_anchor, k_positive), queue = _checked(q, (k_anchor, k_positive), queue, normalize)
+    lam = torch.as_tensor(lam, dtype=torch.float32, device=q.device)
+    if lam.dim() != 0 and lam.shape != q.shape[:1]:
+        raise ValueError(f"lam must be a float or one anchor share per query, [B] = [{q.shape[0]}] for queries of "
+                         f"shape {tuple(q.shape)}, got lam of shape {tuple(lam.shape)}")
     negatives = k_anchor if queue is None else queue
     loss_anchor, loss_positive = _nce_terms(q, (k_anchor, k_positive), negatives, temperature,
                                             in_batch=queue is None)
-    lam = torch.as_tensor(lam, dtype=torch.float32, device=loss_anchor.device)
     return _reduce(lam * loss_anchor + (1.0 - lam) * loss_positive, reduction)

@@ -103,10 +103,26 @@ def cutmix_boxes(
     return tuple(t.to(device) for t in boxes)
 
 
+def _check_pair(name: str, anchor: Tensor, positive: Tensor, images: bool) -> None:
+    """Host-side shape checks (no synchronisation): tensors, [B, C, H, W] for CutMix, equal shapes."""
+    for role, value in (("anchor", anchor), ("positive", positive)):
+        if not isinstance(value, Tensor):
+            raise TypeError(f"{name} needs {role} as a tensor, got {type(value).__name__}")
+    if images and anchor.dim() != 4:
+        raise ValueError(f"{name} needs images [B, C, H, W], got anchor of shape {tuple(anchor.shape)}"
+                         + (" (a single image? add the batch dimension: x.unsqueeze(0))" if anchor.dim() == 3 else ""))
+    if not images and anchor.dim() < 1:
+        raise ValueError(f"{name} needs a batch [B, ...], got a 0-d anchor")
+    if positive.shape != anchor.shape:
+        raise ValueError(f"{name} needs one positive per anchor, of the anchor's shape: anchor "
+                         f"{tuple(anchor.shape)}, positive {tuple(positive.shape)}")
+
+
 def cutmix(
     anchor: Tensor, positive: Tensor, alpha: float = CUTMIX_ALPHA, generator: torch.Generator | None = None
 ) -> tuple[Tensor, Tensor]:
-    """CutMix of anchors [B, C, H, W] with positives of the same shape (METHOD §3).
+    """CutMix of anchors [B, C, H, W] with positives of the same shape (METHOD §3); other shapes are
+    refused with both shapes named.
 
     ``λ ~ Beta(α, α)``, α = 2 by default (METHOD). The box region of each anchor is replaced by
     the same region of its positive; ``lam`` is then reset to the exact share of anchor pixels,
@@ -117,6 +133,7 @@ def cutmix(
     Returns:
         ``(mixed, lam)``: mixed images (anchor's dtype/device), lam float32 [B] on that device.
     """
+    _check_pair("cutmix", anchor, positive, images=True)
     b, _, h, w = anchor.shape
     y1, y2, x1, x2, _ = cutmix_boxes(b, h, w, alpha, generator, anchor.device)
     rows = torch.arange(h, device=anchor.device).view(1, h, 1)
@@ -135,12 +152,14 @@ def mixup(
 ) -> tuple[Tensor, Tensor]:
     """Pixel mixup (METHOD §3, paper Table 10): ``mixed_b = λ_b·anchor_b + (1−λ_b)·positive_b``.
 
-    ``λ_b ~ Beta(α, α)`` per sample (METHOD: α = 0.2, the default). Floating-point
-    images only, since a convex combination of integer images would need rounding.
+    ``λ_b ~ Beta(α, α)`` per sample (METHOD: α = 0.2, the default). Anchors [B, ...] and positives
+    of the same shape; floating-point images only, since a convex combination of integer images
+    would need rounding.
 
     Returns:
         ``(mixed, lam)``: mixed images (anchor's dtype/device), lam float32 [B] on that device.
     """
+    _check_pair("mixup", anchor, positive, images=False)
     if not anchor.is_floating_point():
         raise TypeError(f"mixup needs floating-point images, got {anchor.dtype}")
     lam = sample_beta(alpha, anchor.shape[0], generator, anchor.device)
