@@ -34,19 +34,19 @@ def _last_refresh_epoch(history: list[dict]) -> int | None:
     return next((record["epoch"] for record in reversed(history) if "selection" in record), None)
 
 
-def _recompute_details(ckpt_path: Path, config: Config, dataset, epoch: int) -> dict:
-    """The refresh's per-anchor facts again, from the checkpoint's (later) encoder: same
+def _recompute_details(model, image_size: int, config: Config, dataset, epoch: int) -> dict:
+    """The refresh's per-anchor facts again, from the checkpoint's (later) encoder ``model``: same
     strategy, cluster count and k-means seed as the refresh that made the table."""
     from clim.data.transforms import eval_transform_for
-    from clim.evaluation.common import load_run, resolve_device
+    from clim.evaluation.common import resolve_device
     from clim.method.positives import build_bank, refresh_seed, selection_encoder
 
     device = resolve_device(None)
-    run = load_run(ckpt_path, device)
+    model = model.to(device).eval()
     embedded = copy.copy(dataset)
-    embedded.transform = eval_transform_for(dataset.info, run.data_info["image_size"])
+    embedded.transform = eval_transform_for(dataset.info, image_size)
     bank = build_bank(config, len(dataset), device)
-    bank.refresh_from(selection_encoder(run.model, config), embedded, config.train.batch_size, device,
+    bank.refresh_from(selection_encoder(model, config), embedded, config.train.batch_size, device,
                       seed=refresh_seed(config, epoch - 1))
     return bank.details
 
@@ -54,12 +54,11 @@ def _recompute_details(ckpt_path: Path, config: Config, dataset, epoch: int) -> 
 def load_inspection(path: str | Path) -> Inspection:
     """Table, labels, images and per-anchor details of a run folder or a checkpoint file."""
     from clim.data import build_dataset
+    from clim.evaluation.common import fitted_model, trainer_state
 
-    ckpt_path = resolve_checkpoint(path)
-    state = checkpoint.load(ckpt_path)
-    if "config" not in state or "model" not in state:
-        raise ConfigError(f"{ckpt_path} is not a clim checkpoint")
-    config = Config.from_dict(state["config"])
+    # a file that lacks a key or whose weights do not fit its model: one line, before anything is drawn
+    ckpt_path, state, config, info = trainer_state(resolve_checkpoint(path))
+    model = fitted_model(ckpt_path, state, config, info)
     table = state["model"].get("positives")
     if table is None or table.numel() == 0 or bool((table[:, 0] < 0).any()):
         raise NoPositivesError(f"{ckpt_path} has no positives table (a MoCo v2 run, or CLIM before its first "
@@ -74,7 +73,7 @@ def load_inspection(path: str | Path) -> Inspection:
     details = checkpoint.load(details_path) if details_path.is_file() else None
     note = ""
     if details is None or details["epoch"] != epoch or tuple(details["knn"].shape) != tuple(table.shape):
-        details = _recompute_details(ckpt_path, config, dataset, epoch)
+        details = _recompute_details(model, info["image_size"], config, dataset, epoch)
         note = (f"cluster sizes, |Ω| and kNN picks recomputed with the encoder of epoch {state.get('epoch')} "
                 f"(no {PREVIEW_DIR}/{DETAILS_NAME} of this refresh beside the checkpoint)")
     return Inspection(table.long(), dataset.labels, getattr(dataset, "classes", None), raw_images(dataset),
@@ -86,6 +85,9 @@ def inspect_run(path: str | Path, anchors: int = PREVIEW_ANCHORS, seed: int = 0,
     """``clim inspect``: draw the figure; default output ``<run>/positives/inspect.png``."""
     if anchors < 1:
         raise ConfigError(f"--anchors must be at least 1, got {anchors}")
-    inspection = load_inspection(path)
+    from clim.evaluation.common import check_output
+
     out = out or resolve_checkpoint(path).parent / PREVIEW_DIR / "inspect.png"
+    check_output(out)  # the default output too, before the checkpoint is read
+    inspection = load_inspection(path)
     return render(inspection, out, anchors, seed, compare)

@@ -9,9 +9,8 @@ from safetensors.torch import load_file
 
 from clim.config import Config
 from clim.evaluation.export import detectron2_name, export_detectron2, export_torchvision
-from clim.models.backbones import build_backbone
 from clim.models.moco import build_moco
-from clim.runtime.checkpoint import save_atomic
+from clim.runtime.checkpoint import CheckpointError, save_atomic
 
 
 def _checkpoint(tmp_path, backbone="resnet18", in_channels=3, image_size=224):
@@ -59,13 +58,59 @@ def test_torchvision_round_trip_gives_identical_features(resnet18_ckpt, tmp_path
         assert torch.allclose(net(x), ours(x), atol=1e-5)
 
 
-def test_small_stem_export_says_how_to_load(tmp_path):
-    path, model = _checkpoint(tmp_path, backbone="resnet10", in_channels=1, image_size=28)
+@pytest.mark.parametrize("backbone, in_channels, image_size, loader", [
+    ("resnet18", 1, 28, "torchvision"),   # small stem, 1 channel: the CPU presets' layout
+    ("resnet10", 1, 28, "torchvision"),   # no named constructor: torchvision's public ResNet class
+    ("resnet18", 3, 32, "torchvision"),   # small stem, 3 channels
+    ("resnet10_w8", 1, 28, "clim"),       # narrowed: no torchvision network fits
+])
+def test_load_line_followed_literally_loads_strictly_with_identical_features(tmp_path, backbone, in_channels,
+                                                                             image_size, loader):
+    path, model = _checkpoint(tmp_path, backbone=backbone, in_channels=in_channels, image_size=image_size)
     info = export_torchvision(path, tmp_path / "small.pth")
-    assert info["torchvision_compatible"] is False and info["small_stem"] is True
-    assert "build_backbone" in info["load"]
-    net, _ = build_backbone("resnet10", in_channels=1, small_stem=True)
-    net.load_state_dict(torch.load(tmp_path / "small.pth", weights_only=True))  # strict: everything fits
+    assert info["torchvision_compatible"] is False and info["small_stem"] is True and info["loader"] == loader
+    assert "\n" not in info["load"] and str(tmp_path / "small.pth") in info["load"]
+    assert ("clim" in info["load"]) == (loader == "clim")
+    if loader == "clim":
+        assert "narrowed" in info["note"] and "no torchvision constructor" in info["note"]
+    else:
+        assert f"torch.nn.Conv2d({in_channels}, 64, 3, 1, 1, bias=False)" in info["load"]
+        assert "m.maxpool = torch.nn.Identity()" in info["load"]
+    namespace = {}
+    exec(info["load"], namespace)  # the printed line as a user would paste it; load_state_dict is strict
+    net = namespace["m"].eval()
+    x = torch.randn(2, in_channels, image_size, image_size)
+    with torch.no_grad():
+        assert torch.allclose(net(x), model.backbone_q.eval()(x), atol=1e-5)
+
+
+def test_safetensors_load_line_and_imagenet_stem_line(resnet18_ckpt, tmp_path):
+    path, model = resnet18_ckpt
+    info = export_torchvision(path, tmp_path / "b.safetensors")
+    assert info["torchvision_compatible"] is True and "load_file(" in info["load"]
+    assert info["load"].startswith("import torch, torchvision; m = torchvision.models.resnet18(); m.fc = ")
+    namespace = {}
+    exec(info["load"], namespace)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(namespace["m"].eval()(x), model.backbone_q.eval()(x), atol=1e-5)
+
+
+def test_export_refuses_weights_that_would_not_load_into_the_load_line(resnet18_ckpt, tmp_path, monkeypatch):
+    """The strict load into the line's network is checked before writing: a line that did not fit
+    (here a wrong conv1 on purpose) stops the export and nothing is written."""
+    path, _ = resnet18_ckpt
+    from clim.evaluation import export
+
+    wrong = "import torch, torchvision; m = torchvision.models.resnet18(); m.conv1 = torch.nn.Conv2d(3, 64, 3)"
+    monkeypatch.setattr(export, "torchvision_recipe", lambda layout: (wrong, "", False))
+    with pytest.raises(CheckpointError, match=r"'conv1.weight' has shape \(64, 3, 7, 7\), expected \(64, 3, 3, 3\)"):
+        export_torchvision(path, tmp_path / "never.pth")
+    with pytest.raises(CheckpointError, match="2 missing key"):  # fc.weight, fc.bias: fc was not replaced
+        monkeypatch.setattr(export, "torchvision_recipe",
+                            lambda layout: ("import torchvision; m = torchvision.models.resnet18()", "", False))
+        export_torchvision(path, tmp_path / "never.pth")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_detectron2_pickle_names_and_shapes(resnet18_ckpt, tmp_path):
@@ -118,10 +163,26 @@ def test_one_channel_imagenet_stem_note_says_only_conv1_differs(tmp_path):
     path, model = _checkpoint(tmp_path, backbone="resnet18", in_channels=1, image_size=96)
     info = export_torchvision(path, tmp_path / "gray.pth")
     assert info["torchvision_compatible"] is False and info["small_stem"] is False
-    assert "only conv1 differs" in info["load"] and "maxpool" in info["load"]
+    assert "only conv1 differs" in info["note"] and "maxpool" in info["note"]
+    assert "m.conv1 = torch.nn.Conv2d(1, 64, 7, 2, 3, bias=False)" in info["load"]
     # the recipe in the note works: torchvision's resnet18 with only conv1 replaced
     net = torchvision.models.resnet18(num_classes=10)
     net.conv1 = torch.nn.Conv2d(1, 64, 7, 2, 3, bias=False)
     result = net.load_state_dict(torch.load(tmp_path / "gray.pth", weights_only=True), strict=False)
     assert sorted(result.missing_keys) == ["fc.bias", "fc.weight"] and result.unexpected_keys == []
     assert "only stem.conv1 differs" in export_detectron2(path, tmp_path / "gray.pkl")["load"]
+
+
+@pytest.mark.parametrize("exporter, suffix", [(export_torchvision, ".pth"), (export_detectron2, ".pkl")])
+def test_checkpoints_that_load_but_do_not_fit_are_refused_before_writing(tmp_path, exporter, suffix):
+    path, _ = _checkpoint(tmp_path, backbone="resnet10", in_channels=1, image_size=28)
+    state = torch.load(path, weights_only=True)
+    state["model"]["encoder_q.0.conv1.weight"] = torch.zeros(3)
+    save_atomic(state, tmp_path / "bad.pt")
+    torch.save({"config": {}, "model": {}, "data_info": {}}, tmp_path / "empty.pt")
+    with pytest.raises(CheckpointError, match=r"'encoder_q.0.conv1.weight' has shape \(3,\), expected \(64, 1, 3, 3\)"):
+        exporter(tmp_path / "bad.pt", tmp_path / "out" / f"bad{suffix}")
+    with pytest.raises(CheckpointError, match=r"missing key\(s\) config.model.backbone, data_info.name, "
+                                              r"data_info.in_channels"):
+        exporter(tmp_path / "empty.pt", tmp_path / "out" / f"empty{suffix}")
+    assert not (tmp_path / "out").exists()

@@ -239,3 +239,12 @@ def test_a_failing_preview_is_one_warning_not_an_error(tmp_path, tiny_config):
     assert "disk gone" in messages[0]
     assert write_positives_preview(Unrefreshed(), Broken(), config, tmp_path, messages.append, 5) is None
     assert len(messages) == 1
+
+
+def test_an_unwritable_default_output_is_one_line_before_the_checkpoint_is_read(digits_run, capsys, monkeypatch):
+    run, _ = digits_run
+    (run / PREVIEW_DIR).write_text("a file where the figure's folder would go")
+    monkeypatch.setattr("clim.inspect.load_inspection", lambda path: pytest.fail("the checkpoint was read"))
+    assert main(["inspect", str(run)]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and f"{run / PREVIEW_DIR} is not a folder" in error

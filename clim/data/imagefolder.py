@@ -17,6 +17,10 @@ Layouts (``root`` is ``data.root``):
 - ``root/train/<class>/**/*`` and ``root/val/<class>/**/*`` (``root/test`` is accepted for val);
 - ``root/<class>/**/*``: the train split only;
 - ``root/*.jpg`` with no class folders: unlabelled images (labels -1), split ``pretrain`` only.
+
+Symlinked folders are followed once by real path: a link into a folder the scan lists anyway (a loop
+such as ``cat/loop -> .``, or ``cat/more -> ../dog``) or to a folder reached before is not followed, so
+every file is listed once; the summary line counts and names such links.
 """
 
 from __future__ import annotations
@@ -63,17 +67,40 @@ def _has_image_ext(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def _walk(folder: Path) -> Iterator[Path]:
-    """Every non-hidden file under ``folder``, in a deterministic (sorted) order."""
+class _LinkGuard:
+    """Which symlinked folders a scan follows: one whose real path is new, neither inside nor above a
+    folder the scan covers already (the split folder, its class folders, links followed before). A
+    loop (``c0/loop -> .``) or a second way into the same files (``c0/more -> ../c1``) is skipped and
+    recorded in ``skipped`` as ``(link, real path)``, so that every file is listed once."""
+
+    def __init__(self, *folders: Path):
+        self.roots = [Path(os.path.realpath(folder)) for folder in folders]
+        self.skipped: list[tuple[str, str]] = []
+
+    def follow(self, link: str) -> bool:
+        real = Path(os.path.realpath(link))
+        if any(real == root or real.is_relative_to(root) or root.is_relative_to(real) for root in self.roots):
+            self.skipped.append((link, str(real)))
+            return False
+        self.roots.append(real)
+        return True
+
+
+def _walk(folder: Path, guard: _LinkGuard | None = None) -> Iterator[Path]:
+    """Every non-hidden file under ``folder``, in a deterministic (sorted) order; symlinked folders
+    are followed as ``guard`` allows (by default one rooted at ``folder``: loops are cut)."""
+    guard = guard or _LinkGuard(folder)
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))
+        dirnames[:] = [d for d in sorted(dirnames) if not _is_hidden(d)
+                       and (not os.path.islink(os.path.join(dirpath, d)) or guard.follow(os.path.join(dirpath, d)))]
         for name in sorted(filenames):
             if not _is_hidden(name):
                 yield Path(dirpath, name)
 
 
-def _has_images(folder: Path) -> bool:
-    return any(_has_image_ext(p.name) for p in _walk(folder))
+def _has_images(folder: Path, *covered: Path) -> bool:
+    """Whether ``folder`` holds an image file that a scan covering ``covered`` too would list."""
+    return any(_has_image_ext(p.name) for p in _walk(folder, _LinkGuard(folder, *covered)))
 
 
 def _subdirs(folder: Path) -> list[Path]:
@@ -122,6 +149,8 @@ class ImageFolderScan:
     classes: list[str] | None  # None for a flat, unlabelled folder
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     empty_classes: list[str] = field(default_factory=list)
+    # symlinked folders not followed, their files being listed already (a loop, a link to another class)
+    skipped_links: list[tuple[str, str]] = field(default_factory=list)  # (link, real path)
 
 
 def _split_folder(root: Path, split: str) -> tuple[Path, Path]:
@@ -143,7 +172,7 @@ def _classes(train_folder: Path) -> tuple[list[str], list[str]]:
     """Class names (sorted sub-folders holding at least one image file) and the empty ones."""
     classes, empty = [], []
     for sub in _subdirs(train_folder):
-        (classes if _has_images(sub) else empty).append(sub.name)
+        (classes if _has_images(sub, train_folder) else empty).append(sub.name)
     return classes, empty
 
 
@@ -272,12 +301,13 @@ def scan_image_folder(root: str | os.PathLike, split: str = "pretrain", verify: 
     skipped: list[tuple[str, str]] = []
     candidates: list[tuple[Path, int]] = []
 
+    guard = _LinkGuard(folder, *_subdirs(folder))  # every class folder is listed where it is, once
     if classes:
         class_to_idx = {name: i for i, name in enumerate(classes)}
         for sub in _subdirs(folder):
             if sub.name in class_to_idx:
-                candidates += [(p, class_to_idx[sub.name]) for p in _walk(sub)]
-            elif folder != train_folder and _has_images(sub):
+                candidates += [(p, class_to_idx[sub.name]) for p in _walk(sub, guard)]
+            elif folder != train_folder and _has_images(sub, folder):
                 skipped.append((str(sub), _NOT_TRAIN_CLASS))
         skipped += [(str(p), _OUTSIDE) for p in _top_files(folder)]
     else:
@@ -305,6 +335,7 @@ def scan_image_folder(root: str | os.PathLike, split: str = "pretrain", verify: 
         classes=classes or None,
         skipped=skipped,
         empty_classes=empty,
+        skipped_links=guard.skipped,
     )
     _report_skipped(scan)
     return scan
@@ -313,7 +344,7 @@ def scan_image_folder(root: str | os.PathLike, split: str = "pretrain", verify: 
 def _report_skipped(scan: ImageFolderScan) -> None:
     """One line that counts what the scan left out (the counts add up to the files found), then the
     first ``_LISTED`` paths; said once per process for the same folder and result."""
-    if not scan.skipped and not scan.empty_classes:
+    if not scan.skipped and not scan.empty_classes and not scan.skipped_links:
         return
     files = [(path, reason) for path, reason in scan.skipped if reason != _NOT_TRAIN_CLASS]
     folders = [path for path, reason in scan.skipped if reason == _NOT_TRAIN_CLASS]
@@ -329,13 +360,21 @@ def _report_skipped(scan: ImageFolderScan) -> None:
                      + ", ".join(Path(path).name for path in folders))
     if scan.empty_classes:
         parts.append(f"ignored {len(scan.empty_classes)} class folder(s) without images: " + ", ".join(scan.empty_classes))
+    if scan.skipped_links:
+        links = [f"{os.path.relpath(link, scan.folder)} -> {real}" for link, real in scan.skipped_links[:_LISTED]]
+        more = len(scan.skipped_links) - len(links)
+        parts.append(f"did not follow {len(scan.skipped_links)} symlinked folder(s) whose files are listed once "
+                     "already (a loop, or a second way into a scanned folder): " + ", ".join(links)
+                     + (f" and {more} more" if more else ""))
+    advice = ("Repair or remove them to use them (or to silence this)" if files or folders or scan.empty_classes
+              else "Remove those links to silence this")
     lines = [f"imagefolder {scan.folder}: using {len(scan.files)} images; " + "; ".join(parts)
-             + ". Repair or remove them to use them (or to silence this)" + (":" if files else "")]
+             + f". {advice}" + (":" if files else "")]
     lines += [f"  {path} ({reason})" for path, reason in files[:_LISTED]]
     if len(files) > _LISTED:
         lines.append(f"  ... and {len(files) - _LISTED} more")
-    _log_once(("skipped", str(scan.folder)) + tuple(map(tuple, scan.skipped)) + tuple(scan.empty_classes),
-              "\n".join(lines))
+    _log_once(("skipped", str(scan.folder)) + tuple(map(tuple, scan.skipped)) + tuple(scan.empty_classes)
+              + tuple(map(tuple, scan.skipped_links)), "\n".join(lines))
 
 
 class ImageFolderDataset(Dataset):

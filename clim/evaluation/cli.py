@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -67,6 +68,7 @@ class _Session:
         self.run = common.load_run(args.ckpt, self.device)
         self.spec = common.eval_spec(self.run.config, self.run.data_info, args.overrides)
         self.out = Path(args.out) if args.out else common.default_out(self.run.path, protocol)
+        common.check_output(self.out)  # before any data is read, the default output too (a read-only run folder)
         self.progress = False if args.no_progress else None
         self.num_workers = (args.num_workers if args.num_workers is not None
                             else self.run.config.data.num_workers)
@@ -134,10 +136,30 @@ def _lr_value(text: str) -> str | float:
         raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
 
 
+def _linear_lr(args: argparse.Namespace, session: _Session, preset, train_features) -> tuple[float, dict]:
+    """The linear classifier's lr and what the result file says about its choice: ``--lr auto`` (the
+    default) picks it on cached features of held-out training images (``train_features()``), never
+    the test split; a number is used as given (30: the paper's protocol)."""
+    from clim.evaluation import common
+    from clim.evaluation.linear import LINEAR_PRESETS, PROBE_HOLDOUT, PROBE_LRS, choose_lr
+
+    if args.lr != "auto":
+        lr = float(args.lr)
+        paper = " (the paper's protocol)" if lr == LINEAR_PRESETS["paper"].lr else ""
+        return lr, {"lr_rule": f"fixed by --lr{paper}"}
+    train_ds, feats, labels = train_features()
+    lr, sweep = choose_lr(feats, labels, common.num_classes_of(train_ds), replace(preset, batch_size=args.batch_size),
+                          args.seed, session.device, progress=session.progress)
+    return lr, {"lr_rule": f"auto: the best held-out top-1 of lrs {list(PROBE_LRS)}, each trained on "
+                           f"{1 - PROBE_HOLDOUT:g} of the train split's cached features and scored on the other "
+                           f"{PROBE_HOLDOUT:g} (class-stratified); the test split is not read",
+                "lr_sweep": sweep, "lr_sweep_holdout": PROBE_HOLDOUT}
+
+
 def _linear(args: argparse.Namespace) -> int:
     from clim.evaluation import common
-    from clim.evaluation.linear import (LINEAR_PRESETS, PROBE_HOLDOUT, above_chance_loss, choose_lr,
-                                        linear_on_backbone, linear_on_features, preset_settings, resolve_preset)
+    from clim.evaluation.linear import (LINEAR_PRESETS, above_chance_loss, linear_on_backbone, linear_on_features,
+                                        preset_settings, resolve_preset)
 
     session = _Session(args, "linear")
     name, preset = resolve_preset(args.preset, session.spec.image_size, LINEAR_PRESETS)
@@ -145,25 +167,21 @@ def _linear(args: argparse.Namespace) -> int:
         preset = replace(preset, epochs=args.epochs,
                          milestones=_scaled_milestones(preset.milestones, preset.epochs, args.epochs))
     backbone = session.run.model.backbone_q
-    sweep = {}
-    if args.lr == "auto":  # chosen on cached features of a held-out part of the train split, never the test split
-        train_ds, _ = session.datasets()
-        train_feats, train_labels = session.features(backbone, train_ds)
-        keep = train_labels >= 0
-        lr, sweep = choose_lr(train_feats[keep], train_labels[keep], common.num_classes_of(train_ds),
-                              replace(preset, batch_size=args.batch_size), args.seed, session.device,
-                              progress=session.progress)
-        sweep = {"lr_sweep": sweep, "lr_sweep_holdout": PROBE_HOLDOUT}
-    else:
-        lr = float(args.lr) if args.lr is not None else preset.lr
+
+    @functools.cache
+    def train_features():  # un-augmented train images: the lr sweep's and --cached-features' (extracted once)
+        train_ds = session.dataset("train")
+        feats, labels = session.features(backbone, train_ds)
+        return train_ds, feats[labels >= 0], labels[labels >= 0]
+
+    lr, lr_record = _linear_lr(args, session, preset, train_features)
     preset = replace(preset, batch_size=args.batch_size, lr=lr)
     if args.cached_features:
-        train_ds, test_ds = session.datasets()
+        train_ds, train_feats, train_labels = train_features()
+        test_ds = session.dataset("test")
         classes = common.num_classes_of(train_ds)
-        train_feats, train_labels = session.features(backbone, train_ds)
         test_feats, test_labels = session.features(backbone, test_ds)
-        keep = train_labels >= 0
-        results = linear_on_features(train_feats[keep], train_labels[keep], test_feats, test_labels, classes,
+        results = linear_on_features(train_feats, train_labels, test_feats, test_labels, classes,
                                      preset, args.seed, session.device, session.progress)
     else:
         train_ds, test_ds = session.datasets(common.crop_flip_transform(session.spec, preset.crop_scale))
@@ -172,7 +190,8 @@ def _linear(args: argparse.Namespace) -> int:
                                      session.num_workers, session.progress)
     above = above_chance_loss(results["final_train_loss"], classes)
     record = {**session.settings("linear", train=train_ds, test=test_ds), **results, **preset_settings(name, preset),
-              **sweep, "train_loss_above_chance": above, "num_classes": classes, "cached_features": args.cached_features,
+              **lr_record, "train_loss_above_chance": above, "num_classes": classes,
+              "cached_features": args.cached_features,
               "train_augmentation": ("none (cached features of un-augmented images; deviation from METHOD §5)"
                                      if args.cached_features else
                                      f"RandomResizedCrop(scale={list(preset.crop_scale)}) + horizontal flip")}
@@ -270,6 +289,8 @@ def _export(args: argparse.Namespace) -> int:
     exporter = export_torchvision if args.to == "torchvision" else export_detectron2
     info = exporter(args.ckpt, args.out)
     print(json.dumps(info, indent=2))
+    if args.to == "torchvision":  # stdout stays one JSON document; the line to copy goes to stderr
+        print(f"load it with (checked: loads strictly): {info['load']}", file=sys.stderr)
     return 0
 
 
@@ -286,8 +307,10 @@ def register(subparsers) -> None:
     linear.add_argument("--preset", default="auto", choices=["auto", "paper", "small", "quick"],
                         help="auto: paper above 64 px, small at or below (see clim.evaluation.linear)")
     linear.add_argument("--epochs", type=positive_int, help="override the preset's epochs (decay points scale along)")
-    linear.add_argument("--lr", type=_lr_value, help="override the preset's learning rate (paper: 30); auto: the "
-                                                     "best of a small sweep on a held-out 20 %% of the train split")
+    linear.add_argument("--lr", type=_lr_value, default="auto",
+                        help="auto (the default): the best of lrs 0.1, 0.3, 1, 3, 10, 30, each trained on cached "
+                             "features of 80 %% of the train split and scored on the other 20 %% (the test split "
+                             "is not read); a number fixes it: --lr 30 is the paper's protocol")
     linear.add_argument("--cached-features", action="store_true",
                         help="train on features of un-augmented images extracted once (fast; "
                              "drops the train augmentation, a deviation from the protocol)")

@@ -13,6 +13,7 @@ import copy
 import datetime
 import json
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -22,10 +23,11 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from clim.config import Config, ConfigError, parse_overrides
-from clim.method.positives import load_checkpoint_model_state
+from clim.method.positives import TABLE_KEY
 from clim.models.backbones import build_backbone, uses_small_stem
 from clim.models.moco import MoCo, build_moco
 from clim.runtime import checkpoint
+from clim.runtime.checkpoint import CheckpointError
 from clim.summary import needs_holdout
 
 RESIZE_RATIO = 0.875  # ImageNet convention: resize to size / 0.875, centre-crop size
@@ -56,13 +58,86 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return device
 
 
-def load_run(ckpt_path: str | Path, device: str | torch.device | None = "cpu") -> PretrainedRun:
-    """Rebuild the pretrained MoCo from a trainer checkpoint (eval mode, on ``device``)."""
+# What every command that reads a trainer checkpoint builds the model and the evaluation data from.
+DATA_INFO_KEYS = ("name", "in_channels", "image_size", "mean", "std")
+
+
+def trainer_state(ckpt_path: str | Path) -> tuple[Path, dict[str, Any], Config, dict[str, Any]]:
+    """``(file, state, config, data_info)`` of a trainer checkpoint (a file or its run folder) that has
+    every key the model and the evaluation data are built from; else a one-line CheckpointError that
+    names the missing keys or the invalid value. :func:`fitted_model` then checks the weights."""
     path, state = checkpoint.load_trainer_checkpoint(ckpt_path)
-    config = Config.from_dict(state["config"])
+    for entry in checkpoint.TRAINER_KEYS:
+        if not isinstance(state[entry], dict):
+            raise CheckpointError(f"{path}: its '{entry}' entry is a {type(state[entry]).__name__}, not a dict")
     info = dict(state["data_info"])
+    model_config = state["config"].get("model")
+    missing = [] if isinstance(model_config, dict) and "backbone" in model_config else ["config.model.backbone"]
+    missing += [f"data_info.{key}" for key in DATA_INFO_KEYS if key not in info]
+    if missing:
+        raise CheckpointError(f"{path} is not a complete clim trainer checkpoint: missing key(s) {', '.join(missing)}")
+    for key in ("in_channels", "image_size"):
+        if isinstance(info[key], bool) or not isinstance(info[key], int) or info[key] < 1:
+            raise CheckpointError(f"{path}: data_info.{key} is {info[key]!r}, not a positive integer")
+    for key in ("mean", "std"):
+        if not isinstance(info[key], (list, tuple)) or not info[key]:
+            raise CheckpointError(f"{path}: data_info.{key} is {info[key]!r}, not a list of numbers")
+    try:
+        config = Config.from_dict(state["config"])
+    except ConfigError as error:
+        raise CheckpointError(f"{path} holds an invalid config: {error}") from None
+    return path, state, config, info
+
+
+def state_mismatches(expected: dict[str, Any], found: dict[str, Any]) -> list[str]:
+    """Why ``found`` would not load strictly where ``expected`` (a ``state_dict()``) came from: one
+    phrase per kind of problem (missing keys, unexpected keys, other shapes), with its first key."""
+    missing = [key for key in expected if key not in found]
+    unexpected = [key for key in found if key not in expected]
+    wrong = [key for key in expected if key in found and (
+        not torch.is_tensor(found[key]) or tuple(found[key].shape) != tuple(expected[key].shape))]
+
+    def shape(value) -> str:
+        return str(tuple(value.shape)) if torch.is_tensor(value) else f"a {type(value).__name__}, not a tensor"
+
+    problems = []
+    if wrong:
+        key = wrong[0]
+        problems.append(f"'{key}' has shape {shape(found[key])}, expected {shape(expected[key])}"
+                        + (f" ({len(wrong)} keys of another shape)" if len(wrong) > 1 else ""))
+    if missing:
+        problems.append(f"{len(missing)} missing key(s), first '{missing[0]}' (expected shape "
+                        f"{shape(expected[missing[0]])})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s), first '{unexpected[0]}'")
+    return problems
+
+
+def load_strictly(module: nn.Module, weights: dict[str, Any], what: str) -> None:
+    """``module.load_state_dict(weights, strict=True)``; every missing or unexpected key and every
+    shape mismatch becomes one CheckpointError line starting with ``what``."""
+    problems = state_mismatches(module.state_dict(), weights)
+    if problems:
+        raise CheckpointError(f"{what}: {'; '.join(problems)}")
+    module.load_state_dict(weights, strict=True)
+
+
+def fitted_model(path: Path, state: dict[str, Any], config: Config, info: dict[str, Any]) -> MoCo:
+    """The MoCo that ``config`` and ``info`` describe, holding the checkpoint's weights (loaded strictly;
+    the positives table, a training-time buffer, is not part of the model)."""
     model = build_moco(config, info["in_channels"], info["image_size"])
-    load_checkpoint_model_state(model, None, state["model"])  # the positives table is not needed here
+    stem = "small" if uses_small_stem(info["image_size"], config.model.small_stem) else "ImageNet"
+    weights = {key: value for key, value in state["model"].items() if key != TABLE_KEY}
+    load_strictly(model, weights, f"{path} does not fit the model its config and data_info describe "
+                                  f"({config.model.backbone}, {info['in_channels']} input channel(s), {stem} stem)")
+    return model
+
+
+def load_run(ckpt_path: str | Path, device: str | torch.device | None = "cpu") -> PretrainedRun:
+    """Rebuild the pretrained MoCo from a trainer checkpoint (eval mode, on ``device``); a file that
+    lacks a key or whose weights do not fit is a one-line CheckpointError (:func:`trainer_state`)."""
+    path, state, config, info = trainer_state(ckpt_path)
+    model = fitted_model(path, state, config, info)
     model.to(resolve_device(device)).eval()
     return PretrainedRun(path, config, model, info, state.get("epoch"), state.get("step"))
 
@@ -239,6 +314,27 @@ def default_out(ckpt_path: str | Path, protocol: str) -> Path:
     path = Path(ckpt_path)
     folder = path if path.is_dir() else path.parent
     return folder / "eval" / f"{protocol}.json"
+
+
+def check_output(path: str | Path, flag: str = "--out") -> None:
+    """A ConfigError (one line, exit 2) unless a file can be written at ``path``, found before any
+    work: a temporary file is created (and removed) in the nearest existing folder above it, which
+    also catches what permission bits do not show (read-only or special file systems, root)."""
+    target = Path(path).expanduser().absolute()
+    if target.is_dir():
+        raise ConfigError(f"{flag} {path} is a folder, not a file")
+    folder = target.parent
+    while not folder.exists():  # False too for a path below a file
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ConfigError(f"{flag} {path} cannot be created: {folder} is not a folder")
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".clim-write-check-", dir=folder)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        raise ConfigError(f"{flag} {path} cannot be written: creating a file in {folder} failed "
+                          f"({error.strerror or error}); choose another {flag}") from None
 
 
 def run_settings(run: PretrainedRun, spec: EvalSpec, sizes: dict[str, int], seed: int,

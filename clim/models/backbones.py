@@ -53,7 +53,21 @@ def uses_small_stem(image_size: int, small_stem: bool | None) -> bool:
 
 
 def build_backbone(name: str, in_channels: int = 3, small_stem: bool = False) -> tuple[ResNet, int]:
-    """Return a ResNet without classifier (``fc = Identity``) and its pooled feature dimension."""
+    """Return a ResNet without classifier (``fc = Identity``) and its pooled feature dimension.
+
+    ``name``: ``resnet10``, ``resnet18``, ``resnet34`` or ``resnet50``, optionally narrowed as
+    ``NAME_wN`` (stage widths N, 2N, 4N, 8N; the stem has N channels). ``small_stem``: ``conv1`` is a
+    3x3 stride-1 conv and ``maxpool`` is removed (what pretraining uses at 64 px or less); otherwise
+    the ImageNet 7x7 stride-2 stem, with ``in_channels`` input channels either way. The network is a
+    ``torchvision.models.ResNet`` with torchvision's state_dict keys, so a backbone exported with
+    ``clim export --to torchvision`` loads into it strictly::
+
+        net, dim = build_backbone("resnet10_w8", in_channels=1, small_stem=True)
+        net.load_state_dict(torch.load("backbone.pth", weights_only=True))   # features: net(x), [B, dim]
+
+    The export's ``load`` line names the arguments of the checkpoint at hand; for standard widths it
+    builds the same network from torchvision alone.
+    """
     base, width = parse_backbone(name)
     block, layers = _LAYOUTS[base]
     model = ResNet(block, layers, zero_init_residual=False)

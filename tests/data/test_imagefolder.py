@@ -200,3 +200,27 @@ def test_transform_and_pickling_for_workers(messy_folder):
     clone = pickle.loads(pickle.dumps(ds))  # what spawned DataLoader workers receive
     batch = next(iter(torch.utils.data.DataLoader(clone, batch_size=4)))
     assert batch[0].shape == (4, 3, 32, 32) and batch[1].tolist() == [0, 1, 2, 3]
+
+
+def test_symlinked_folders_are_followed_once_by_real_path(tmp_path):
+    """A loop (c0/loop -> .) and a link to another class (c0/other -> ../c1) would list files many times
+    and under the wrong label; a link to a folder outside the tree is followed once."""
+    root, outside = tmp_path / "links", tmp_path / "outside"
+    for i in range(3):
+        save_image(root / "c0" / f"a{i}.png", rgb(i))
+        save_image(root / "c1" / f"b{i}.png", rgb(10 + i))
+        save_image(outside / f"x{i}.png", rgb(20 + i))
+    (root / "c0" / "loop").symlink_to(".", target_is_directory=True)
+    (root / "c0" / "other").symlink_to("../c1", target_is_directory=True)
+    (root / "c0" / "extra").symlink_to(outside, target_is_directory=True)
+    (root / "c1" / "extra_again").symlink_to(outside, target_is_directory=True)  # the same files a second time
+    ds, messages = build_quietly(root, "train")
+    real_files = [ds.path(i).resolve() for i in range(len(ds))]
+    assert len(ds) == 9 and len(set(real_files)) == 9  # each real file once
+    assert names(ds) == ["a0.png", "a1.png", "a2.png", "x0.png", "x1.png", "x2.png", "b0.png", "b1.png", "b2.png"]
+    assert ds.labels.tolist() == [0] * 6 + [1] * 3  # c1's files keep c1's label
+    assert len(messages) == 1 and len(messages[0].splitlines()) == 1
+    head = messages[0]
+    assert "using 9 images; did not follow 3 symlinked folder(s)" in head
+    for link in ("c0/loop ->", "c0/other ->", "c1/extra_again ->"):
+        assert link in head

@@ -1,9 +1,12 @@
 import argparse
 import json
 import math
+from pathlib import Path
 
 import pytest
+import torch
 
+from clim.cli import main
 from clim.config import ConfigError
 from clim.evaluation.cli import register
 
@@ -88,8 +91,11 @@ def test_errors_are_config_or_file_errors(tiny_ckpt, tiny_data, tmp_path):
 
 def test_export_handler(tiny_ckpt, tmp_path, capsys):
     assert _run("export", "--ckpt", str(tiny_ckpt), "--to", "torchvision", "--out", str(tmp_path / "b.pth")) == 0
-    info = json.loads(capsys.readouterr().out)
-    assert info["torchvision_compatible"] is False and "build_backbone" in info["load"]
+    captured = capsys.readouterr()
+    info = json.loads(captured.out)
+    assert info["torchvision_compatible"] is False and info["loader"] == "torchvision"
+    assert "m.conv1 = torch.nn.Conv2d(1, 64, 3, 1, 1, bias=False); m.maxpool = torch.nn.Identity()" in info["load"]
+    assert captured.err.strip().endswith(info["load"]) and captured.err.count("\n") == 1  # the line to copy
     assert json.loads((tmp_path / "b.pth.json").read_text())["small_stem"] is True
 
 
@@ -102,3 +108,103 @@ def test_linear_without_a_terminal_prints_progress_lines(tiny_ckpt, tiny_data, t
     err = capsys.readouterr().err
     assert "linear epochs: 1/2 (50 %), loss " in err and ", ETA " in err
     assert "features: " in err  # the test split's features
+
+
+def test_linear_lr_defaults_to_the_choice_on_held_out_train_images(tiny_ckpt, tiny_data, tmp_path, monkeypatch):
+    parser = argparse.ArgumentParser(prog="clim")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["eval", "linear", "--ckpt", "x"])
+    assert args.lr == "auto" and args.cached_features is False
+    help_text = " ".join(parser._subparsers._group_actions[0].choices["eval"]._subparsers._group_actions[0]
+                         .choices["linear"].format_help().split())
+    assert "auto (the default)" in help_text and "--lr 30 is the paper's protocol" in help_text
+
+    from clim.evaluation import linear
+
+    chosen = []
+    real_choose_lr = linear.choose_lr
+
+    def spy(feats, labels, *rest, **kwargs):  # what the sweep sees: the 48 train images, never the 24 test ones
+        chosen.append(len(labels))
+        return real_choose_lr(feats, labels, *rest, **kwargs)
+
+    monkeypatch.setattr(linear, "choose_lr", spy)
+    out = tmp_path / "linear.json"
+    assert _run("eval", "linear", *_common(tiny_ckpt), "--preset", "quick", "--epochs", "1", "--out", str(out)) == 0
+    record = json.loads(out.read_text())
+    assert chosen == [48] and record["lr_rule"].startswith("auto") and record["cached_features"] is False
+    sweep = {float(lr): top1 for lr, top1 in record["lr_sweep"].items()}
+    assert record["lr"] == max(sweep, key=lambda lr: (sweep[lr], -lr))
+
+    assert _run("eval", "linear", *_common(tiny_ckpt), "--preset", "quick", "--epochs", "1", "--lr", "30",
+                "--out", str(out)) == 0
+    record = json.loads(out.read_text())
+    assert record["lr"] == 30.0 and record["lr_rule"] == "fixed by --lr (the paper's protocol)"
+    assert "lr_sweep" not in record and chosen == [48]
+
+
+@pytest.fixture
+def unfit_ckpts(tiny_ckpt, tmp_path):
+    """A checkpoint whose backbone conv1 is a tensor of the wrong shape, and one with empty entries."""
+    state = torch.load(tiny_ckpt, weights_only=True)
+    state["model"]["encoder_q.0.conv1.weight"] = torch.zeros(3)
+    bad = tmp_path / "bad" / "checkpoint.pt"
+    bad.parent.mkdir()
+    torch.save(state, bad)
+    empty = tmp_path / "empty.pt"
+    torch.save({"config": {}, "model": {}, "data_info": {}}, empty)
+    return bad, empty
+
+
+COMMANDS = [["eval", "knn"], ["eval", "linear"], ["eval", "semisup", "--fraction", "0.5"], ["eval", "similarity"],
+            ["eval", "tsne"], ["inspect"], ["export", "--to", "torchvision"], ["export", "--to", "detectron2"]]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: "-".join(c[:2]))
+def test_checkpoints_that_load_but_do_not_fit_are_one_line_exit_2(unfit_ckpts, tiny_data, tmp_path, command, capsys):
+    bad, empty = unfit_ckpts
+    for ckpt, expected in ((bad, "'encoder_q.0.conv1.weight' has shape (3,), expected (64, 1, 3, 3)"),
+                           (empty, "missing key(s) config.model.backbone, data_info.name, data_info.in_channels")):
+        out = tmp_path / "out" / ("model.pth" if command[0] == "export" else "result.json")
+        where = [str(ckpt)] if command[0] == "inspect" else ["--ckpt", str(ckpt), "--out", str(out)]
+        assert main([*command, *where]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("clim: error: ") and err.count("\n") == 1 and expected in err, err
+        assert not (tmp_path / "out").exists() and tiny_data == []
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs /proc (no file can be created in it)")
+@pytest.mark.parametrize("command", [c for c in COMMANDS if c[0] != "inspect"], ids=lambda c: "-".join(c[:2]))
+def test_an_unwritable_out_fails_before_any_work(tiny_ckpt, tiny_data, command, capsys):
+    out = "/proc/clim-no-such-folder/" + ("model.pth" if command[0] == "export" else "result.json")
+    assert main([*command, "--ckpt", str(tiny_ckpt), "--out", out]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("clim: error: --out /proc/clim-no-such-folder/") and err.count("\n") == 1
+    assert tiny_data == []  # no dataset was built: nothing was evaluated
+
+
+def test_an_unwritable_default_out_fails_before_any_work(tiny_ckpt, tiny_data, tmp_path, monkeypatch, capsys):
+    blocker = tmp_path / "file.txt"  # a regular file where a folder would have to be: even root cannot write there
+    blocker.write_text("x")
+    monkeypatch.setattr("clim.evaluation.common.default_out",
+                        lambda ckpt, protocol: blocker / "eval" / f"{protocol}.json")
+    assert main(["eval", "knn", "--ckpt", str(tiny_ckpt), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {blocker}/eval/knn.json cannot be created: {blocker} is not a folder" in err and tiny_data == []
+
+
+def test_check_output_tries_a_file_in_the_folder(tmp_path, monkeypatch):
+    from clim.evaluation import common
+
+    common.check_output(tmp_path / "new" / "deeper" / "x.json")  # creatable: nothing is left behind
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ConfigError, match="is a folder"):
+        common.check_output(tmp_path)
+
+    def refuse(**kwargs):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(common.tempfile, "mkstemp", refuse)
+    with pytest.raises(ConfigError, match=r"--out .*x.json cannot be written: creating a file in .* failed "
+                                          r"\(Read-only file system\)"):
+        common.check_output(tmp_path / "x.json")
