@@ -2,7 +2,8 @@
 
 Expected user errors (bad config key or value, missing file or dataset, a file that is no checkpoint,
 an output path that cannot be written) print one line on stderr and exit with code 2, without a
-traceback; a diverged run exits with code 1.
+traceback; an output folder in use by another live run exits with code 2; a diverged run, or a
+checkpoint that could not be written (disk full), exits with code 1.
 
 torch is imported only by the handlers that need it, so ``clim --help`` and ``clim config`` start fast.
 """
@@ -107,8 +108,10 @@ def _exit_code(error: BaseException) -> int | None:
         return 2
     # Only modules that were imported can have raised their errors: no torch import here.
     checkpoint = sys.modules.get("clim.runtime.checkpoint")
-    if checkpoint is not None and isinstance(error, checkpoint.CheckpointError):
+    if checkpoint is not None and isinstance(error, (checkpoint.CheckpointError, checkpoint.RunFolderBusy)):
         return 2
+    if checkpoint is not None and isinstance(error, checkpoint.CheckpointWriteError):
+        return 1
     trainer = sys.modules.get("clim.engine.trainer")
     if trainer is not None and isinstance(error, trainer.TrainingDiverged):
         return 1

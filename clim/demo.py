@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import torch
 
 from clim.config import load_config
+from clim.summary import clim_command
 from clim.runtime.checkpoint import CHECKPOINT_NAME
 from clim.engine.trainer import pretrain
 from clim.evaluation.common import eval_datasets, load_run, plain_backbone, write_result
@@ -95,24 +95,6 @@ def refresh_line(record: dict, config) -> str:
             f" (all {config.method.knn_k} kNN neighbours {selection['knn_precision']:.3f}; `clim inspect` shows"
             f" the {config.method.num_positives} nearest), mean |Omega_p| {selection.get('omega_mean', 0):.1f},"
             f" anchors filled {100 * selection.get('fill_fraction', 0):.0f} %")
-
-
-def clim_command() -> str:
-    """How the shell that started this process runs ``clim``: ``clim`` when that name on PATH is this
-    environment's script; else the script's path (relative when under the working directory, e.g.
-    ``.venv/bin/clim`` after ``make demo``, which does not put the venv on PATH); else
-    ``python -m clim`` with this interpreter."""
-    script = Path(sys.executable).parent / ("clim.exe" if os.name == "nt" else "clim")
-    found = shutil.which("clim")
-    if not script.is_file():
-        return f"{shlex.quote(sys.executable)} -m clim"
-    if found and os.path.samefile(found, script):
-        return "clim"
-    try:
-        relative = script.absolute().relative_to(Path.cwd())
-    except ValueError:
-        return shlex.quote(str(script.absolute()))
-    return shlex.quote(str(relative) if relative.parent != Path(".") else f"./{relative}")  # a path, not a name
 
 
 def next_hint(out: str | Path) -> str:

@@ -16,13 +16,17 @@ images on a single device (split-BN) and the whole per-process batch under DDP (
 
 from __future__ import annotations
 
+import os
+import shlex
+import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
 from clim.config import Config, ConfigError, batch_layout
 
 __all__ = ["CHECKPOINT_FILE", "CONFIG_FILE", "METRICS_FILE", "TENSORBOARD_DIR", "needs_holdout", "output_paths",
-           "run_summary"]
+           "clim_command", "run_summary"]
 
 # The names the trainer writes (clim.runtime.checkpoint.CHECKPOINT_NAME, clim.engine.logging.METRICS_NAME;
 # a test keeps them equal).
@@ -149,5 +153,25 @@ def output_paths(out_dir: str | Path) -> str:
         f"  {out / METRICS_FILE}  (one JSON line per epoch)",
         f"  {out / TENSORBOARD_DIR}  (tensorboard --logdir {out / TENSORBOARD_DIR})",
         f"  {out / CONFIG_FILE}  (the resolved configuration)",
-        f"next: clim report {out}; clim eval knn --ckpt {ckpt}",
+        f"next: {clim_command()} report {shlex.quote(str(out))}; {clim_command()} eval knn --ckpt "
+        f"{shlex.quote(str(ckpt))}",
     ])
+
+
+def clim_command() -> str:
+    """How the shell that started this process runs ``clim``: ``clim`` when that name on PATH is this
+    environment's script; else the script's path (relative when under the working directory, e.g.
+    ``.venv/bin/clim`` after ``make demo``, which does not put the venv on PATH); else
+    ``python -m clim`` with this interpreter."""
+    script = Path(sys.executable).parent / ("clim.exe" if os.name == "nt" else "clim")
+    found = shutil.which("clim")
+    if not script.is_file():
+        return f"{shlex.quote(sys.executable)} -m clim"
+    if found and os.path.samefile(found, script):
+        return "clim"
+    try:
+        relative = script.absolute().relative_to(Path.cwd())
+    except ValueError:
+        return shlex.quote(str(script.absolute()))
+    return shlex.quote(str(relative) if relative.parent != Path(".") else f"./{relative}")  # a path, not a name
+

@@ -54,3 +54,11 @@ def test_make_demo_prints_where_clim_is_and_make_inspect_runs_it():
                           capture_output=True, text=True, cwd=demo.Path(demo.__file__).resolve().parents[1])
     assert "clim is .venv/bin/clim (not on PATH" in plan.stdout, plan.stdout + plan.stderr
     assert plan.stdout.rstrip().endswith(".venv/bin/clim inspect runs/demo"), plan.stdout
+
+
+def test_pretraining_ends_with_the_same_runnable_command(venv, monkeypatch):
+    from clim.summary import output_paths
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    last = output_paths("runs/x").splitlines()[-1]
+    assert last.startswith("next: .venv/bin/clim report ") and " .venv/bin/clim eval knn --ckpt " in last

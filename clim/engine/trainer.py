@@ -12,8 +12,10 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import random
 import signal
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -22,7 +24,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from clim.config import Config, ConfigError, batch_layout
+from clim.config import Config, ConfigError, batch_layout, check_device, check_for_dataset
 from clim.data import build_dataset
 from clim.data.pipeline import build_pipeline
 from clim.data.prefetch import prefetched
@@ -40,13 +42,16 @@ from clim.runtime.features import extract_features
 from clim.runtime.progress import format_seconds
 from clim.summary import output_paths, run_summary
 
+EPOCH_BACKUP_NAME = "checkpoint.epoch.pt"  # the last epoch-end state while in-epoch saves replace checkpoint.pt
+DIVERGED_NAME = "checkpoint.diverged.pt"  # the newest in-epoch state of a run that diverged after it
+
 # Keys that must match to resume: the rest (epochs, logging, eval cadence) may change.
 FIXED_ON_RESUME = ("data.name", "data.image_size", "model.backbone", "model.head_dim", "model.queue_size",
                    "model.small_stem", "method.name", "method.num_positives", "train.batch_size")
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
+    """The loss (or a weight) became NaN or infinite; the last finite checkpoint, if any, is kept."""
 
 
 def seed_everything(seed: int) -> None:
@@ -224,22 +229,135 @@ class KnnMonitor:
                             self.config.train.knn_temperature, self.num_classes)
 
 
-def _read_meter(runner: StepRunner, epoch: int, ckpt_path: Path, bar) -> dict:
+def _read_meter(runner: StepRunner, epoch: int, saver: "Checkpointer", bar) -> dict:
     reading = runner.meter.read()
     if reading["bad"]:  # every rank stops here together
         bar.close()  # the error message then starts on its own line
-        raise TrainingDiverged(
-            f"loss became {reading['bad_value']} at epoch {epoch + 1}, step {reading['bad_step']}; the last good "
-            f"checkpoint ({ckpt_path}) is kept — lower train.lr and resume")
+        raise saver.diverged(f"loss became {reading['bad_value']} at epoch {epoch + 1}, step {reading['bad_step']}")
     return reading
 
 
-def _check_resume(saved: dict, config: Config) -> None:
+class Checkpointer:
+    """Writes ``checkpoint.pt`` and never lets a diverging run cost the last good epoch.
+
+    Before each save it reads, in one host sync, the meter's non-finite-loss flag (every step since
+    the epoch began) and whether any tensor about to be written (both encoders, queue, positives
+    table, optimiser buffers) is NaN or infinite: a non-finite state is never written.
+
+    Finite is not enough, though: a few steps at an absurd lr leave weights that are finite but
+    already lost (they blow up again at a sane lr). So the first in-epoch save of an epoch keeps the
+    epoch-end checkpoint it replaces as ``checkpoint.epoch.pt`` (a hard link: no space until then),
+    and on a divergence :meth:`diverged` puts that epoch-end state back as ``checkpoint.pt`` and keeps
+    the newest in-epoch save aside as ``checkpoint.diverged.pt``. The next epoch-end save removes both.
+    """
+
+    def __init__(self, path: Path, config: Config, model: MoCo, bank, runner: StepRunner, static: dict,
+                 is_main: bool, saved_at: str | None, epoch_end_at: str | None):
+        self.path, self.config, self.model, self.bank, self.runner = path, config, model, bank, runner
+        self.static, self.is_main = static, is_main  # data_info and num_samples: fixed for the run
+        self.saved_at = saved_at  # "epoch 3 (done)" / "epoch 4, step 17 of 90": what checkpoint.pt holds
+        self.epoch_end_at = epoch_end_at  # the newest epoch-end state on disk (checkpoint.pt or the backup)
+        self.backup = path.with_name(EPOCH_BACKUP_NAME)
+        self.aside = path.with_name(DIVERGED_NAME)
+
+    def save(self, epoch_done: int, step: int, history: list[dict], partial: dict | None = None,
+             where: str = "") -> None:
+        where = where or f"epoch {epoch_done} (done)"
+        model_state = checkpoint_model_state(self.model, self.bank)
+        optimizer_state = self.runner.optimizer.state_dict()
+        self._check_finite(model_state, optimizer_state, where)
+        distributed.broadcast_module(self.model, norm_only=True)  # every rank then holds what the file holds
+        if self.is_main:
+            if partial is not None and self.saved_at == self.epoch_end_at and self.path.exists():
+                self.backup.unlink(missing_ok=True)
+                os.link(self.path, self.backup)  # the epoch-end state outlives the in-epoch saves
+            checkpoint.save_atomic({
+                "config": self.config.to_dict(), "model": model_state, "optimizer": optimizer_state,
+                "scaler": self.runner.scaler.state_dict(), "epoch": epoch_done, "step": step,
+                "rng": checkpoint.rng_state(), "history": history, **self.static,
+                **({"partial": partial} if partial is not None else {}),
+            }, self.path)
+            if partial is None:
+                self.backup.unlink(missing_ok=True)
+                self.aside.unlink(missing_ok=True)
+        self.saved_at = where
+        if partial is None:
+            self.epoch_end_at = where
+
+    def _check_finite(self, model_state: dict, optimizer_state: dict, where: str) -> None:
+        tensors = [t for t in model_state.values() if torch.is_tensor(t) and t.is_floating_point()]
+        tensors += [t for buffers in optimizer_state["state"].values() for t in buffers.values()
+                    if torch.is_tensor(t) and t.is_floating_point()]
+        bad_weights = torch.stack([~torch.isfinite(t).all() for t in tensors]).any()
+        bad_loss, bad_weights = torch.stack([self.runner.meter.bad, bad_weights.to(self.runner.meter.bad.device)]
+                                            ).tolist()  # the save's one host sync
+        if distributed.any_rank(bad_loss or bad_weights):
+            what = "the loss became non-finite" if bad_loss else "the weights became non-finite"
+            raise self.diverged(f"{what} before the save at {where}")
+
+    def diverged(self, what: str) -> TrainingDiverged:
+        """Put the last epoch-end state back as checkpoint.pt (the in-epoch one aside) and say so."""
+        in_epoch = self.saved_at is not None and self.saved_at != self.epoch_end_at
+        if in_epoch and self.is_main:
+            os.replace(self.path, self.aside)
+            if self.epoch_end_at is not None:
+                os.replace(self.backup, self.path)
+        if in_epoch:
+            aside = f"; the newest in-epoch save ({self.saved_at}) is kept aside as {self.aside}"
+        else:
+            aside = ""
+        if self.epoch_end_at is not None:
+            kept = f"{self.path} holds the last good epoch end ({self.epoch_end_at}){aside}"
+            then = "then run the same command again to resume from it"
+        else:
+            kept = f"no epoch-end checkpoint is on disk, so {self.path} does not exist{aside}"
+            then = "then run the same command again to start afresh"
+        return TrainingDiverged(f"{what}; {kept}; likely causes: {divergence_causes(self.config, self.runner)}; "
+                                f"{then}")
+
+
+def divergence_causes(config: Config, runner: StepRunner) -> str:
+    """The settings that most often make the loss non-finite, with this run's values."""
+    rule = 0.03 * config.train.batch_size / 256
+    causes = [f"train.lr={config.lr:g} (METHOD's 0.03 x batch_size / 256 gives {rule:g}; lower it)"]
+    if config.model.temperature < 0.05:
+        causes.append(f"model.temperature={config.model.temperature:g} (small temperatures overflow the logits; "
+                      "METHOD uses 0.2)")
+    if runner.scaler.is_enabled():
+        causes.append("float16 autocast (train.amp_dtype=float16 overflows sooner; use bfloat16)")
+    return "; ".join(causes)
+
+
+def _check_resume(saved: dict, config: Config) -> dict[str, tuple]:
+    """Refuse keys that cannot change on resume; return the others that changed, ``{key: (old, new)}``."""
     saved_config = Config.from_dict(saved["config"])
     for key in FIXED_ON_RESUME:
         if saved_config.get(key) != config.get(key):
             raise ConfigError(f"cannot resume: '{key}' was {saved_config.get(key)!r} in the checkpoint, "
                               f"now {config.get(key)!r} (use a new --out)")
+    old, new = _flat(saved_config.to_dict()), _flat(config.to_dict())
+    return {key: (old[key], new[key]) for key in new if old.get(key) != new[key]}
+
+
+def _flat(values: dict, prefix: str = "") -> dict:
+    return {f"{prefix}{section}.{key}": value for section, keys in values.items() for key, value in keys.items()}
+
+
+def _jsonable(changes: dict[str, tuple]) -> dict[str, list]:
+    return {key: [before, after] for key, (before, after) in changes.items()}
+
+
+def record_config_change(out_dir: Path, config: Config, changes: dict[str, tuple], epoch: int, step: int) -> None:
+    """config.json holds the settings the run goes on with, and under ``"changes"`` every resume that
+    changed one (from which epoch and step, old and new value)."""
+    path = out_dir / "config.json"
+    previous = json.loads(path.read_text()) if path.exists() else {}
+    entry = {"from_epoch": epoch + 1, "step": step, "changed": _jsonable(changes)}
+    kept = {key: previous[key] for key in ("run", "changes") if key in previous}
+    kept["changes"] = kept.get("changes", []) + [entry]
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps({**config.to_dict(), **kept}, indent=2))
+    os.replace(tmp, path)
 
 
 def pretrain(config: Config, out_dir: str | Path, eta_after: Callable[[list[dict]], float] | None = None
@@ -249,11 +367,22 @@ def pretrain(config: Config, out_dir: str | Path, eta_after: Callable[[list[dict
     SIGINT / SIGTERM save and raise :class:`RunInterrupted`. ``eta_after(history)``: the seconds the
     caller will spend after pretraining (``clim demo``'s evaluations), added to the whole-run ETA.
     """
-    with StopRequest() as stop:
-        return _pretrain(config, Path(out_dir), stop, eta_after)
+    out_dir = Path(out_dir)
+    lock = checkpoint.RunLock(out_dir)
+    if distributed.launched_rank() == 0:  # one run per folder: a second one stops here, naming the first's PID
+        lock.acquire()
+        stale = checkpoint.remove_stale_temp_files(out_dir)  # no live writer can own them now
+        if stale:
+            print(f"removed {len(stale)} temporary file(s) left in {out_dir} by a killed run", file=sys.stderr)
+    try:
+        with StopRequest() as stop:
+            return _pretrain(config, out_dir, stop, eta_after)
+    finally:
+        lock.release()
 
 
 def _pretrain(config: Config, out_dir: Path, stop: StopRequest, eta_after) -> list[dict]:
+    check_device(config)  # train.device=cuda on a machine without one: one line, before anything starts
     runtime = distributed.setup(config.train.device)
     device = runtime.device
     seed_everything(config.train.seed + runtime.rank)
@@ -268,6 +397,7 @@ def _pretrain(config: Config, out_dir: Path, stop: StopRequest, eta_after) -> li
                                 verify=config.data.verify)
     except ValueError as error:  # unknown data.name, imagefolder without data.root: a config error
         raise ConfigError(str(error)) from None
+    check_for_dataset(config, len(dataset))  # e.g. more k-means clusters than images: refused before any step
     info = dataset.info
     image_size = config.data.image_size or info.image_size
     pipeline = build_pipeline(dataset, config, image_size, device, runtime.rank, runtime.world_size)
@@ -291,49 +421,55 @@ def _pretrain(config: Config, out_dir: Path, stop: StopRequest, eta_after) -> li
 
     # Resume
     ckpt_path = out_dir / checkpoint.CHECKPOINT_NAME
-    start_epoch, step, history, partial = 0, 0, [], None
+    start_epoch, step, history, partial, saved_at, epoch_end_at = 0, 0, [], None, None, None
     if ckpt_path.exists():
         saved = checkpoint.load(ckpt_path)  # onto the CPU: load_state_dict places it
-        _check_resume(saved, config)
+        changes = _check_resume(saved, config)
         load_checkpoint_model_state(model, bank, saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scaler.load_state_dict(saved["scaler"])
         checkpoint.set_rng_state(saved["rng"])
         start_epoch, step, history = saved["epoch"], saved["step"], list(saved["history"])
         partial = saved.get("partial")
+        saved_at = epoch_end_at = f"epoch {start_epoch} (done)"
         if partial is not None:  # saved inside an epoch: this rank's part of it
             partial = {**partial, **partial["ranks"][min(runtime.rank, len(partial["ranks"]) - 1)]}
             checkpoint.set_rng_state(partial["rng"])
+            saved_at = f"epoch {start_epoch + 1}, step {partial['pipeline']['step']} of {steps}"
+            if not (out_dir / EPOCH_BACKUP_NAME).exists():
+                epoch_end_at = None  # in the first epoch, or its epoch-end file is gone
         logger.rewrite(history)
         logger.message(resume_message(ckpt_path, start_epoch, config.train.epochs, steps,
                                       partial["pipeline"]["step"] if partial else None))
-    elif runtime.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        run = {"world_size": runtime.world_size, "batch_size_global": config.train.batch_size,
-               "batch_size_per_process": per_process, "bn_splits_per_process": bn_splits,
-               "bn_group_size": per_process // bn_splits, "lr": config.lr, "num_samples": len(dataset)}
-        (out_dir / "config.json").write_text(json.dumps({**config.to_dict(), "run": run}, indent=2))
+        if changes and runtime.is_main:
+            for key, (before, after) in changes.items():
+                logger.message(f"changed on resume: {key} {before!r} -> {after!r} (from epoch {start_epoch + 1})")
+            record_config_change(out_dir, config, changes, start_epoch, step)
+        if changes and partial is not None:
+            partial["record"] = {**partial["record"], "changed": _jsonable(changes)}
+        pending_changes = changes
+    else:
+        pending_changes = {}
+        if runtime.is_main:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            run = {"world_size": runtime.world_size, "batch_size_global": config.train.batch_size,
+                   "batch_size_per_process": per_process, "bn_splits_per_process": bn_splits,
+                   "bn_group_size": per_process // bn_splits, "lr": config.lr, "num_samples": len(dataset)}
+            (out_dir / "config.json").write_text(json.dumps({**config.to_dict(), "run": run}, indent=2))
     logger.message(run_summary(config, runtime.world_size, out_dir, {
         "image_size": image_size, "in_channels": info.in_channels, "num_samples": len(dataset)}))
-
-    def save(epoch_done: int, partial_state: dict | None = None) -> None:
-        distributed.broadcast_module(model, norm_only=True)  # every rank then holds what the file holds
-        if not runtime.is_main:
-            return
-        checkpoint.save_atomic({
-            "config": config.to_dict(), "model": checkpoint_model_state(model, bank),
-            "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict(), "epoch": epoch_done, "step": step, "rng": checkpoint.rng_state(),
-            "history": history, "data_info": data_info_dict(info, image_size), "num_samples": len(dataset),
-            **({"partial": partial_state} if partial_state is not None else {}),
-        }, ckpt_path)
+    saver = Checkpointer(ckpt_path, config, model, bank, runner,
+                         {"data_info": data_info_dict(info, image_size), "num_samples": len(dataset)},
+                         runtime.is_main, saved_at, epoch_end_at)
 
     def save_inside_epoch(epoch: int, batch: dict, record: dict, seen: int, started: float) -> None:
         """Every rank's point in the epoch (resumed exactly: tests/engine/test_resume.py)."""
         ranks = distributed.all_gather_object({
             "pipeline": batch["resume"], "step_generator": batch["generator"].get_state(),
             "meter": runner.meter.state(), "rng": checkpoint.rng_state()})
-        save(epoch, {"record": record, "seen": seen, "elapsed": time.perf_counter() - started, "ranks": ranks})
+        saver.save(epoch, step, history, {"record": record, "seen": seen, "elapsed": time.perf_counter() - started,
+                                          "ranks": ranks}, where=f"epoch {epoch + 1}, step {batch['resume']['step']} "
+                                                                 f"of {steps}")
         distributed.barrier()  # on a stop, no rank exits (and has a launcher kill the others) before the file is whole
 
     def stopped(where: str) -> RunInterrupted:
@@ -348,12 +484,15 @@ def _pretrain(config: Config, out_dir: Path, stop: StopRequest, eta_after) -> li
     for epoch in range(start_epoch, config.train.epochs):
         resume = partial if epoch == start_epoch else None
         record: dict = dict(resume["record"]) if resume else {"epoch": epoch + 1}
+        if pending_changes and resume is None:  # the first epoch that runs with settings changed on resume
+            record["changed"] = _jsonable(pending_changes)
+        pending_changes = {}
         # (resuming inside an epoch: its positives were refreshed before the save and are in the bank)
         if resume is None and (is_refresh_epoch(config, epoch) or
                                (needs_table(config, epoch) and not bank.filled)):
             model.eval()
             record["selection"] = refresh_positives(bank, model, selection_dataset, config, epoch, device)
-            logger.message(_refresh_message(record["selection"], bank.num_clusters, epoch))
+            logger.message(_refresh_message(record["selection"], bank.num_clusters, epoch, config.method.num_positives))
             # epoch + 1: the metrics record (and first epoch) that trains with this table
             write_positives_preview(bank, dataset, config, out_dir, logger.message, epoch + 1)  # never raises
         table = bank.table if needs_table(config, epoch) else None
@@ -388,13 +527,14 @@ def _pretrain(config: Config, out_dir: Path, stop: StopRequest, eta_after) -> li
             seen += len(batch["index"]) * runtime.world_size
             step += 1
             if step % config.train.log_every == 0 or step == first_step + 1:  # the only host sync of the loop
-                reading = _read_meter(runner, epoch, ckpt_path, bar)
+                reading = _read_meter(runner, epoch, saver, bar)
                 images_per_s = seen / (time.perf_counter() - started)
-                bar.set_postfix(loss=f"{reading['loss']:.3f}", lr=f"{lr:.4f}", img_s=f"{images_per_s:.0f}")
+                bar.set_postfix(loss=f"{reading['loss']:.3f} (read at step {step})", img_s=f"{images_per_s:.0f}")
                 scalars = {"loss": reading["loss"], "lr": lr, **reading["parts"]}
                 if reading["lambda"] is not None:
                     scalars["lambda"] = reading["lambda"]
                 logger.step(step, scalars)
+            bar.set_postfix(lr=f"{lr:.4f}")  # the current lr at every step (no sync); the loss is the last read
             bar.update()
             # A Python bool and a clock (under DDP one host collective): stop after this step on a signal,
             # and save this often inside a long epoch, so a kill loses minutes, not the epoch.
@@ -406,9 +546,10 @@ def _pretrain(config: Config, out_dir: Path, stop: StopRequest, eta_after) -> li
                 bar.close()  # the line then starts on its own
                 raise stopped(f"at epoch {epoch + 1}/{config.train.epochs}, step {batch['resume']['step']} of "
                               f"{steps} (saved inside the epoch)")
-        reading = _read_meter(runner, epoch, ckpt_path, bar)
+        reading = _read_meter(runner, epoch, saver, bar)
         elapsed = time.perf_counter() - started
-        bar.set_postfix(loss=f"{reading['loss']:.3f}", lr=f"{lr:.4f}", img_s=f"{seen / elapsed:.0f}")
+        bar.set_postfix(loss=f"{reading['loss']:.3f} (read at step {step})", lr=f"{lr:.4f}",
+                        img_s=f"{seen / elapsed:.0f}")
         bar.close()
         record.update(loss=reading["loss_mean"], **reading["parts_mean"], lr=lr if steps else config.lr,
                       images_per_s=seen / elapsed, epoch_seconds=elapsed)
@@ -420,7 +561,7 @@ def _pretrain(config: Config, out_dir: Path, stop: StopRequest, eta_after) -> li
             record["knn_seconds"] = time.perf_counter() - knn_started
             logger.message(f"epoch {epoch + 1}: kNN top-1 {record['knn_top1']:.2f}%")
         history.append(record)
-        save(epoch + 1)
+        saver.save(epoch + 1, step, history)
         logger.epoch(record)  # main rank only
         distributed.barrier()
         if not last and distributed.any_rank_on_host(stop.requested)[0]:  # a signal during the monitor or save
@@ -462,10 +603,12 @@ def remaining_seconds(config: Config, history: list[dict], epoch: int, steps_lef
     return seconds
 
 
-def _refresh_message(selection: dict, clusters: int, epoch: int) -> str:
+def _refresh_message(selection: dict, clusters: int, epoch: int, num_positives: int) -> str:
     text = f"positives refreshed for epoch {epoch + 1}: {clusters} clusters"
     if "positive_precision" in selection:
         text += f", positive precision {selection['positive_precision']:.3f}"
+        if "knn_top_p_precision" in selection:  # the same number of picks by plain kNN: a fair comparison
+            text += f" vs {selection['knn_top_p_precision']:.3f} for the {num_positives} nearest kNN neighbours"
         if "labelled_pairs" in selection:
             text += f" over {selection['labelled_pairs']} labelled pairs"
     return text

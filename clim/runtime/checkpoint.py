@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -26,21 +27,116 @@ CHECKPOINT_NAME = "checkpoint.pt"
 
 
 def save_atomic(state: dict[str, Any], path: str | Path) -> None:
+    """Write ``state`` to ``path`` through a fsynced temporary file and a rename.
+
+    A failed write (disk full, I/O error) removes the temporary file, leaves the previous ``path``
+    as it was and raises :class:`CheckpointWriteError`: one line with the path and the free space.
+    """
     import torch
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as handle:
-        torch.save(state, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
+    tmp = path.with_name(f"{TEMP_PREFIX}{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as handle:
+            torch.save(state, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except (OSError, RuntimeError) as error:  # torch's zip writer reports ENOSPC as a RuntimeError
+        tmp.unlink(missing_ok=True)
+        raise CheckpointWriteError(path, error) from None
     os.replace(tmp, path)
     directory = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(directory)
     finally:
         os.close(directory)
+
+
+TEMP_PREFIX = "."  # save_atomic's temporary files: ".NAME.tmpPID" beside NAME
+
+
+def remove_stale_temp_files(folder: str | Path) -> list[Path]:
+    """Remove the temporary files that killed writers left in ``folder`` (call it while holding the
+    folder's :class:`RunLock`: no live writer is then using them); returns what was removed."""
+    removed = []
+    for stale in sorted(Path(folder).rglob(f"{TEMP_PREFIX}*.tmp[0-9]*")):
+        if stale.is_file():
+            stale.unlink(missing_ok=True)
+            removed.append(stale)
+    return removed
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (disk full, I/O error); the previous file is intact.
+    The CLI prints it on one line and exits with code 1."""
+
+    def __init__(self, path: Path, error: BaseException):
+        free = _free_bytes(path.parent)
+        reason = getattr(error, "strerror", None) or str(error).strip().splitlines()[-1][:200]
+        if free is not None and free < 64 * 2**20:
+            reason = f"{reason}; probably the disk is full"
+        where = f"{free / 2**20:.1f} MiB free there" if free is not None else "free space unknown"
+        super().__init__(f"could not write {path} ({reason}; {where}); the previous checkpoint, if any, "
+                         "is kept unchanged; free some space or choose another --out, then run the same command")
+        self.path = path
+
+
+def _free_bytes(folder: Path) -> int | None:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+class RunLock:
+    """One run per output folder: an exclusive ``fcntl.flock`` on ``FOLDER/.lock``.
+
+    The operating system drops the lock when the process ends, however it ends (``kill -9``
+    included), so a stale lock cannot exist. The file holds the PID of the run that holds it, for
+    the message a second run prints. Readers (``clim eval``, ``inspect``, ``report``) never take it.
+    """
+
+    NAME = ".lock"
+
+    def __init__(self, folder: str | Path):
+        self.path = Path(folder) / self.NAME
+        self._handle = None
+
+    def acquire(self) -> None:
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise RunFolderBusy(f"{self.path.parent} is in use by another run (PID {holder}); wait for it to "
+                                "end or choose another --out") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self._handle = handle
+
+    def release(self) -> None:
+        if self._handle is not None:
+            self._handle.close()  # closing the last descriptor drops the flock
+            self._handle = None
+
+    def __enter__(self) -> "RunLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+class RunFolderBusy(RuntimeError):
+    """Another live process holds the output folder's :class:`RunLock`; the CLI exits with code 2."""
 
 
 class CheckpointError(ValueError):

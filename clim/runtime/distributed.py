@@ -50,6 +50,11 @@ def teardown() -> None:
     _HOST_GROUP = None
 
 
+def launched_rank() -> int:
+    """This process's rank as the launcher set it (``RANK``, torchrun), readable before :func:`setup`."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def world_size() -> int:
     return dist.get_world_size() if dist.is_initialized() else 1
 

@@ -131,4 +131,4 @@ def test_build_pipeline_modes(digits, tiny_config):
     assert isinstance(build_pipeline(digits, tiny_config(), 8, CPU), BatchedPipeline)
     assert isinstance(build_pipeline(digits, tiny_config("data.augment=loader"), 8, CPU), LoaderPipeline)
     with pytest.raises(ValueError, match="no full batch"):
-        build_pipeline(digits, tiny_config("train.batch_size=512"), 8, CPU)
+        build_pipeline(digits, tiny_config("train.batch_size=512", "model.queue_size=512"), 8, CPU)
