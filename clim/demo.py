@@ -87,13 +87,14 @@ def format_table(rows: dict[str, dict[str, float]]) -> str:
 
 
 def refresh_line(record: dict, config) -> str:
-    """One refresh of the positives table. The neighbours' precision is over all ``method.knn_k`` of
-    them (the selection's Ω2); `clim inspect` shows the precision of the ``num_positives`` nearest
-    (what kNN-only selection would pick), which is higher: nearer neighbours share the label more."""
-    selection = record["selection"]
+    """One refresh of the positives table, its precision beside plain kNN's at the same number of
+    picks (the ``num_positives`` nearest neighbours) and over all ``method.knn_k`` (the selection's Ω2)."""
+    selection, p = record["selection"], config.method.num_positives
+    top_p = selection.get("knn_top_p_precision")
+    same_p = f"the {p} nearest kNN neighbours {top_p:.3f}; " if top_p is not None else ""
     return (f"  epoch {record['epoch']}: precision {selection['positive_precision']:.3f}"
-            f" (all {config.method.knn_k} kNN neighbours {selection['knn_precision']:.3f}; `clim inspect` shows"
-            f" the {config.method.num_positives} nearest), mean |Omega_p| {selection.get('omega_mean', 0):.1f},"
+            f" ({same_p}all {config.method.knn_k}: {selection['knn_precision']:.3f}),"
+            f" mean |Omega_p| {selection.get('omega_mean', 0):.1f},"
             f" anchors filled {100 * selection.get('fill_fraction', 0):.0f} %")
 
 

@@ -19,7 +19,8 @@ def test_demo_and_inspect_name_the_neighbours_they_count():
     selection = selection_diagnostics(result, labels)
     assert selection["knn_precision"] == 0.5  # all k = 4 neighbours: the demo's number
     line = refresh_line({"epoch": 3, "selection": selection}, config)
-    assert "(all 4 kNN neighbours 0.500; `clim inspect` shows the 2 nearest)" in line
+    assert selection["knn_top_p_precision"] == 1.0  # the 2 nearest: what kNN-only selection picks
+    assert "precision 1.000 (the 2 nearest kNN neighbours 1.000; all 4: 0.500)" in line  # compared at equal P
     inspection = Inspection(positives, labels, None, None, anchor_details(result), 3, config)
     _, title = precision_panel(inspection)
     assert "(the 2 nearest neighbours: 1.000)" in title  # inspect's number: the P nearest
