@@ -1,4 +1,4 @@
-"""The Python API of CLIM for your own training loop (issue 18); ``import clim`` exposes these names.
+"""The Python API of CLIM for your own training loop; ``import clim`` exposes these names.
 
 ``clim.PositiveBank`` holds the positives table (refresh from features or an encoder, sample one
 positive per anchor, ``state_dict``); ``select_positives`` / ``selection_diagnostics`` are the

@@ -41,13 +41,13 @@ CLUSTERED_SELECTIONS = ("kmeans", "knn_kmeans", "center_wise")  # the strategies
 
 
 # Every field carries its meaning as a comment: the line(s) right above it and/or a trailing one.
-# scripts/config_table.py turns them into the README's key table (a test keeps the two equal), so a
-# new field needs a comment, and the README is regenerated with `python scripts/config_table.py --write`.
+# scripts/config_table.py turns them into the key table of docs/CONFIG.md (a test keeps the two equal), so a
+# new field needs a comment, and docs/CONFIG.md is regenerated with `python scripts/config_table.py --write`.
 
 
 @dataclass
 class DataConfig:
-    # fmnist, fmnist-mini (embedded), digits, cifar10, cifar100, stl10, imagefolder (README "Datasets")
+    # fmnist, fmnist-mini (embedded), digits, cifar10, cifar100, stl10, imagefolder (docs/USAGE.md "Datasets")
     name: str = "fmnist-mini"
     root: str | None = None  # dataset folder: image-folder root, CIFAR/STL-10 root, idx folder
     image_size: int | None = None  # training resolution; null: the dataset's native size (image folders: 224)

@@ -1,4 +1,4 @@
-"""What a pretraining run prints before its first step and after its last (issue 11, part 5).
+"""What a pretraining run prints before its first step and after its last.
 
 :func:`run_summary` states what will run — data, model, method, the global batch, the batch per
 process, the BatchNorm group size, the effective learning rate and where the outputs go — so a user

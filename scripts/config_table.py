@@ -1,13 +1,13 @@
-"""The README's table of config keys, generated from ``clim/config.py``.
+"""The table of config keys in docs/CONFIG.md, generated from ``clim/config.py``.
 
 Every field of the config dataclasses becomes a row: its key (``section.field``), its default as
 YAML spells it, and its meaning, which is the field's comment in ``clim/config.py`` (the ``#`` lines
 right above the field, then its trailing comment). A field without a comment is an error that names
-it, so no key reaches the README undocumented; a new field needs nothing here.
+it, so no key reaches docs/CONFIG.md undocumented; a new field needs nothing here.
 
     python scripts/config_table.py            # print the table
-    python scripts/config_table.py --write    # put it into README.md between the two markers
-    python scripts/config_table.py --check    # exit 1 when README.md's table is stale (tests/test_config_table.py)
+    python scripts/config_table.py --write    # put it into docs/CONFIG.md between the two markers
+    python scripts/config_table.py --check    # exit 1 when docs/CONFIG.md's table is stale (tests/test_config_table.py)
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import typing
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-README = REPO / "README.md"
+TARGET = REPO / "docs" / "CONFIG.md"
 BEGIN = "<!-- config keys: generated from clim/config.py by scripts/config_table.py --write; do not edit -->"
 END = "<!-- end of config keys -->"
 
@@ -100,34 +100,34 @@ def generated_table() -> str:
     return markdown(rows((REPO / "clim" / "config.py").read_text(), Config))
 
 
-def readme_table(readme: str) -> str:
-    """The text between the markers of ``readme``; SystemExit naming them when they are missing."""
-    if BEGIN not in readme or END not in readme:
-        raise SystemExit(f"config_table: README.md lacks the markers {BEGIN!r} and {END!r}")
-    return readme.split(BEGIN, 1)[1].split(END, 1)[0].strip("\n")
+def document_table(text: str) -> str:
+    """The text between the markers of ``text`` (docs/CONFIG.md); SystemExit naming them when they are missing."""
+    if BEGIN not in text or END not in text:
+        raise SystemExit(f"config_table: {TARGET.relative_to(REPO)} lacks the markers {BEGIN!r} and {END!r}")
+    return text.split(BEGIN, 1)[1].split(END, 1)[0].strip("\n")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     action = parser.add_mutually_exclusive_group()
-    action.add_argument("--write", action="store_true", help="replace the table in README.md")
-    action.add_argument("--check", action="store_true", help="exit 1 when README.md's table is stale")
+    action.add_argument("--write", action="store_true", help="replace the table in docs/CONFIG.md")
+    action.add_argument("--check", action="store_true", help="exit 1 when docs/CONFIG.md's table is stale")
     args = parser.parse_args(argv)
     table = generated_table()
     if not (args.write or args.check):
         print(table)
         return 0
-    readme = README.read_text()
-    current = readme_table(readme)
+    document = TARGET.read_text()
+    current = document_table(document)
     if args.check:
         if current != table:
-            print("README.md's config key table is stale: run python scripts/config_table.py --write",
+            print("docs/CONFIG.md's config key table is stale: run python scripts/config_table.py --write",
                   file=sys.stderr)
             return 1
         return 0
-    before, rest = readme.split(BEGIN, 1)
-    README.write_text(f"{before}{BEGIN}\n{table}\n{END}{rest.split(END, 1)[1]}")
-    print(f"wrote the table of {table.count(chr(10)) - 1} keys into {README}", file=sys.stderr)
+    before, rest = document.split(BEGIN, 1)
+    TARGET.write_text(f"{before}{BEGIN}\n{table}\n{END}{rest.split(END, 1)[1]}")
+    print(f"wrote the table of {table.count(chr(10)) - 1} keys into {TARGET}", file=sys.stderr)
     return 0
 
 

@@ -4,7 +4,7 @@ Both losses share one implementation, :func:`_nce_terms`: the negative logits ``
 are computed once per query batch and reused by every positive key, so the mixed loss (two
 InfoNCE terms on the same mixed query) costs one B×K matmul instead of two.
 
-Made hard to misuse (issue 18), with no host synchronisation on the common path:
+Made hard to misuse, with no host synchronisation on the common path:
 
 * every input is L2-normalised along its feature dimension (a no-op, up to rounding, for unit
   vectors), so a raw head output gives the cosine loss and not a silently wrong one;

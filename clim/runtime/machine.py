@@ -43,7 +43,7 @@ def choose_torch_threads(cores: int | None = None, load: float | None = None) ->
 
     A torch thread on a core another job keeps busy makes every parallel op wait for it: with one
     CPU-bound job beside it, ``make demo`` on 2 cores took 29 min with 2 threads against 5.7 min
-    alone (issue 19). ``cores`` and ``load`` default to this machine's, now.
+    alone. ``cores`` and ``load`` default to this machine's, now.
     """
     cores = usable_cores() if cores is None else cores
     if load is None:
