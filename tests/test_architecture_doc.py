@@ -90,7 +90,7 @@ def test_the_module_map_names_every_module_and_only_existing_ones():
     if absent := sorted(path for path in others if not list(REPO.glob(path))):
         problems.append("other files the map names that do not exist: " + ", ".join(absent))
     assert not problems, "docs/ARCHITECTURE.md's module map is out of date:\n" + "\n".join(problems)
-    assert "clim/data/registry.py" in named_modules and "clim/data/embedded/fmnist_mini.npz" in others
+    assert "clim/config.py" in named_modules and "clim/__main__.py" in named_modules and others  # the map was read
 
 
 def _resolves(dotted: str) -> bool:
@@ -112,6 +112,6 @@ def _resolves(dotted: str) -> bool:
 
 def test_every_clim_name_the_document_cites_resolves():
     cited = sorted(set(re.findall(r"\bclim(?:\.\w+)+", DOC.read_text())))
-    assert "clim.method.bank" in cited and "clim.engine.trainer.StepRunner" in cited
+    assert len(cited) > 10, cited  # the document was read
     stale = [name for name in cited if not _resolves(name)]
     assert not stale, "docs/ARCHITECTURE.md cites names that no longer exist: " + ", ".join(stale)
