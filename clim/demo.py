@@ -1,8 +1,9 @@
 """``clim demo`` (``make demo``): pretrain on the embedded Fashion-MNIST subset, then compare.
 
 The table puts the trained backbone next to the same backbone at random initialisation and raw
-pixels, all with the same weighted kNN (METHOD §5) on the embedded test split, so a user sees at
-once whether pretraining learned anything beyond what the architecture and the pixels give for free.
+pixels, at the training resolution and at the dataset's native one, all with the same weighted kNN
+(METHOD §5) and the same ridge classifier on the embedded test split, so a user sees at once whether
+pretraining learned anything beyond what the architecture and the pixels give for free.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from clim.config import load_config
 from clim.summary import clim_command
 from clim.runtime.checkpoint import CHECKPOINT_NAME
 from clim.engine.trainer import pretrain
+from clim.evaluation.cli import REFERENCE_MAX_IMAGES
 from clim.evaluation.common import eval_datasets, load_run, plain_backbone, write_result
 from clim.runtime.features import extract_features
 from clim.runtime.machine import choose_torch_threads
@@ -41,35 +43,87 @@ def _backbone_knn(backbone, train_ds, test_ds, num_classes: int) -> dict[str, fl
 
 
 def references(config, info: dict, train_ds, test_ds) -> dict[str, dict[str, float]]:
-    """What kNN gets for free: the same backbone at random initialisation, and the raw pixels."""
-    torch.manual_seed(config.train.seed)
-    random_init, _ = build_backbone(config.model.backbone, info["in_channels"],
-                                    uses_small_stem(info["image_size"], config.model.small_stem))
-    return {"random init": _backbone_knn(random_init, train_ds, test_ds, info["num_classes"]),
+    """What kNN gets for free: the same backbone at random initialisation, and the raw pixels at their
+    native size (the study's runner reads the first; :func:`compare` adds the training resolution)."""
+    return {"random init": _backbone_knn(_random_backbone(config, info), train_ds, test_ds, info["num_classes"]),
             "raw pixels": run_knn(*_pixels(train_ds), *_pixels(test_ds), num_classes=info["num_classes"])}
 
 
+def _random_backbone(config, info: dict):
+    """The backbone at random initialisation, drawn with the run's seed (what the study's records use)."""
+    torch.manual_seed(config.train.seed)
+    random_init, _ = build_backbone(config.model.backbone, info["in_channels"],
+                                    uses_small_stem(info["image_size"], config.model.small_stem))
+    return random_init
+
+
+def ridge_top1(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor) -> float:
+    """Top-1 % of a one-vs-rest ridge classifier on standardised features, its regularisation chosen by
+    leave-one-out on the train rows: the linear reference of clim.evaluation.references, on any features."""
+    import numpy as np
+    from sklearn.linear_model import RidgeClassifierCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from clim.evaluation.references import RIDGE_ALPHAS
+
+    labelled = train_y >= 0
+    model = make_pipeline(StandardScaler(), RidgeClassifierCV(alphas=RIDGE_ALPHAS))
+    model.fit(train_x[labelled].numpy().astype(np.float64), train_y[labelled].numpy())
+    return 100.0 * float((model.predict(test_x.numpy().astype(np.float64)) == test_y.numpy()).mean())
+
+
+def _row(train: tuple, test: tuple, num_classes: int) -> dict[str, float]:
+    """Both kNN settings and the ridge on ``(features, labels)`` of the train and test splits."""
+    return {**run_knn(*train, *test, num_classes=num_classes), "ridge_top1": ridge_top1(*train, *test),
+            "num_test": int(test[1].numel())}
+
+
+def _backbone_row(backbone, train_ds, test_ds, num_classes: int) -> dict[str, float]:
+    train = extract_features(backbone, train_ds, batch_size=512)
+    test = extract_features(backbone, test_ds, batch_size=512)
+    return _row(train, test, num_classes)
+
+
+def pixel_rows(train_ds, test_ds, image_size: int, num_classes: int) -> dict[str, dict[str, float]]:
+    """Raw pixels through the eval transform (resized, normalised, flattened) at the dataset's native size
+    (``raw pixels``) and, when it differs, at the training resolution (``raw pixels training size``)."""
+    from clim.evaluation.references import dataset_pixels
+
+    native = int(train_ds.info.image_size)
+    rows = {"raw pixels": {**_row(dataset_pixels(train_ds, native), dataset_pixels(test_ds, native), num_classes),
+                           "image_size": native}}
+    if image_size != native:
+        rows["raw pixels training size"] = {
+            **_row(dataset_pixels(train_ds, image_size), dataset_pixels(test_ds, image_size), num_classes),
+            "image_size": image_size}
+    return rows
+
+
 def compare(run_dir: Path) -> dict[str, dict[str, float]]:
-    """kNN top-1 of the trained backbone, the same backbone at random init, and raw pixels."""
+    """kNN top-1 (both settings) and ridge top-1 of the trained backbone, the same backbone at random
+    init, and raw pixels at the native and the training resolution (:func:`pixel_rows`)."""
     run = load_run(run_dir / CHECKPOINT_NAME)
     config, info = run.config, run.data_info
     train_ds, test_ds = eval_datasets(config, info)
     trained, _ = plain_backbone(config, info, run.model)
-    return {"trained": _backbone_knn(trained, train_ds, test_ds, info["num_classes"]),
-            **references(config, info, train_ds, test_ds)}
-
-
-REFERENCE_MAX_IMAGES = 20_000  # train + test: the references take seconds to a minute on a CPU
+    classes = info["num_classes"]
+    return {"trained": _backbone_row(trained, train_ds, test_ds, classes),
+            "random init": _backbone_row(_random_backbone(config, info), train_ds, test_ds, classes),
+            **pixel_rows(train_ds, test_ds, info["image_size"], classes)}
 
 
 def write_references(run_dir: Path) -> Path | None:
-    """``eval/knn_references.json`` (random init and raw pixels, for the report's kNN plots) when
-    they are cheap: array data (pixels at hand) of at most REFERENCE_MAX_IMAGES images; else None."""
+    """``eval/knn_references.json`` (random init and raw pixels at the native and the training resolution,
+    for the report's kNN plots) when they are cheap: array data (pixels at hand) of at most
+    REFERENCE_MAX_IMAGES images; else None."""
     run = load_run(run_dir / CHECKPOINT_NAME)
     train_ds, test_ds = eval_datasets(run.config, run.data_info)
     if not hasattr(train_ds, "images") or len(train_ds) + len(test_ds) > REFERENCE_MAX_IMAGES:
         return None
-    rows = references(run.config, run.data_info, train_ds, test_ds)
+    classes = run.data_info["num_classes"]
+    rows = {"random init": _backbone_row(_random_backbone(run.config, run.data_info), train_ds, test_ds, classes),
+            **pixel_rows(train_ds, test_ds, run.data_info["image_size"], classes)}
     return write_result(run_dir / "eval" / "knn_references.json", {
         "protocol": "knn_references", "knn_settings": [list(s) for s in KNN_SETTINGS], **_flat(rows)})
 
@@ -78,12 +132,38 @@ def _flat(rows: dict[str, dict[str, float]]) -> dict[str, float]:
     return {f"{name.replace(' ', '_')}_{key}": value for name, values in rows.items() for key, value in values.items()}
 
 
+def row_label(name: str, values: dict) -> str:
+    """``raw pixels, 16 px (training resolution)`` for the pixel rows; other rows keep their name."""
+    if name == "raw pixels training size":
+        return f"raw pixels, {values['image_size']} px (training resolution)"
+    if name == "raw pixels" and "image_size" in values:
+        return f"raw pixels, {values['image_size']} px (native)"
+    return name
+
+
 def format_table(rows: dict[str, dict[str, float]]) -> str:
-    keys = [f"knn_k{k}_top1" for k, _ in KNN_SETTINGS]
-    header = "| features | " + " | ".join(f"kNN top-1 k={k}, T={t}" for k, t in KNN_SETTINGS) + " |"
+    keys = [f"knn_k{k}_top1" for k, _ in KNN_SETTINGS] + ["ridge_top1"]
+    header = ("| features | " + " | ".join(f"kNN top-1 k={k}, T={t}" for k, t in KNN_SETTINGS)
+              + " | linear (ridge) top-1 |")
     lines = [header, "|---|" + "---|" * len(keys)]
-    lines += [f"| {name} | " + " | ".join(f"{values[k]:.2f} %" for k in keys) + " |" for name, values in rows.items()]
+    lines += [f"| {row_label(name, values)} | " + " | ".join(
+        f"{values[k]:.2f} %" if isinstance(values.get(k), float) else "—" for k in keys) + " |"
+        for name, values in rows.items()]
     return "\n".join(lines)
+
+
+def reference_words(rows: dict[str, dict[str, float]]) -> str:
+    """Where the trained backbone falls against every reference, in words (kNN k=20, and the ridge)."""
+    from clim.evaluation.cli import versus
+
+    trained = rows["trained"]
+    parts = []
+    for key, what in (("knn_k20_top1", "kNN k=20"), ("ridge_top1", "ridge")):
+        if isinstance(trained.get(key), float):
+            found = [versus(trained[key], values[key], row_label(name, values)) for name, values in rows.items()
+                     if name != "trained" and isinstance(values.get(key), float)]
+            parts.append(f"{what} {trained[key]:.2f} %: " + ", ".join(found))
+    return "trained backbone: " + "; ".join(parts)
 
 
 def refresh_line(record: dict, config) -> str:
@@ -120,10 +200,11 @@ def run_demo(out: str | Path, preset: str = "clim-demo-cpu", overrides: list[str
     rows = compare(out)
     table = format_table(rows)
     last_selection = next((r["selection"] for r in reversed(history) if "selection" in r), None)
-    print(f"\nkNN top-1 on the {config.data.name} test split after {config.train.epochs} epochs "
-          f"of {preset} ({train_seconds / 60:.1f} min of pretraining, "
+    print(f"\nkNN and ridge top-1 on the {rows['trained']['num_test']} test images of {config.data.name} after "
+          f"{config.train.epochs} epochs of {preset} ({train_seconds / 60:.1f} min of pretraining, "
           f"{history[-1]['images_per_s']:.0f} images/s in the last epoch):\n")
     print(table)
+    print(f"\n{reference_words(rows)}.")
     if last_selection and "positive_precision" in last_selection:
         print("\npositives table at each refresh (precision = share of positives with the anchor's label):")
         for record in (r for r in history if "selection" in r):

@@ -1,5 +1,9 @@
 """``clim report DIR``: a Markdown report with PNG plots of a run and every evaluation found for it.
 
+The kNN plots carry what needs no training as reference lines (raw pixels at the training resolution and
+at the dataset's native one, the backbone at random init), and the text says where the run's last kNN
+top-1 falls against each.
+
 Reads ``DIR/metrics.jsonl`` (one record per epoch), ``DIR/config.json`` and ``DIR/eval/*.json``;
 writes ``DIR/report.md`` and ``DIR/plots/*.png``.
 """
@@ -82,24 +86,50 @@ def _plot_loss(path: Path, history: list[dict]) -> None:
     _plot(path, "training loss and its parts", "loss (epoch mean)", series, marks=marks)
 
 
-def _references(run_dir: Path) -> dict[str, float]:
-    """Raw pixels and random init kNN top-1 (k=20): from ``eval/demo.json`` (``clim demo``) or
-    ``eval/knn_references.json``, computed once when missing and cheap (clim.demo.write_references)."""
-    for name in ("demo.json", "knn_references.json"):
-        if (run_dir / "eval" / name).exists():
-            path = run_dir / "eval" / name
-            break
-    else:
-        if not (run_dir / CHECKPOINT_NAME).exists():
-            return {}
+def _reference_file(run_dir: Path) -> dict:
+    """The result file holding the kNN references: ``eval/demo.json`` (``clim demo``) or
+    ``eval/knn_references.json``, preferring one that has raw pixels at the training resolution
+    (``raw_pixels_image_size``: files from before it have raw pixels at the native size only);
+    computed once when neither has them and it is cheap (clim.demo.write_references)."""
+    found = [json.loads((run_dir / "eval" / name).read_text()) for name in ("demo.json", "knn_references.json")
+             if (run_dir / "eval" / name).exists()]
+    current = [result for result in found if "raw_pixels_image_size" in result]
+    if current:
+        return current[0]
+    if (run_dir / CHECKPOINT_NAME).exists():
         from clim.demo import write_references  # torch and the data: only when there is something to compute
 
         path = write_references(run_dir)
-        if path is None:
-            return {}
-    result = json.loads(path.read_text())
-    names = {"raw pixels": "raw_pixels_knn_k20_top1", "random init": "random_init_knn_k20_top1"}
+        if path is not None:
+            return json.loads(path.read_text())
+    return found[0] if found else {}
+
+
+def _references(run_dir: Path) -> dict[str, float]:
+    """kNN top-1 (k=20) references by label: raw pixels at the training resolution and at the native one,
+    and the backbone at random init (:func:`_reference_file`)."""
+    result = _reference_file(run_dir)
+
+    def size(prefix: str, fallback: str, suffix: str) -> str:
+        value = result.get(f"{prefix}_image_size")
+        return fallback if value is None else f"raw pixels {value} px ({suffix})"
+
+    names = {size("raw_pixels_training_size", "raw pixels (training resolution)", "training"):
+             "raw_pixels_training_size_knn_k20_top1",
+             size("raw_pixels", "raw pixels", "native"): "raw_pixels_knn_k20_top1",
+             "random init": "random_init_knn_k20_top1"}
     return {label: result[key] for label, key in names.items() if isinstance(result.get(key), (int, float))}
+
+
+def reference_sentence(knn: tuple[list, list], references: dict[str, float]) -> str:
+    """Where the last kNN top-1 of the run falls against each reference, in words."""
+    from clim.evaluation.cli import versus
+
+    epoch, last = knn[0][-1], knn[1][-1]
+    if not references:
+        return f"Last kNN top-1 (epoch {epoch}): {last:.2f} %; no reference to compare it with."
+    return (f"Last kNN top-1 (epoch {epoch}): {last:.2f} %: "
+            + ", ".join(versus(last, value, label) for label, value in references.items()) + ".")
 
 
 def _table(rows: list[list], header: list[str]) -> list[str]:
@@ -133,7 +163,8 @@ def write_report(run_dir: str | Path) -> Path:
         references = _references(run_dir)
         note = " and ".join(references) + " as horizontal lines" if references else "no reference lines"
         _plot(plots / "knn.png", "weighted kNN top-1 (k=20)", "top-1 %", {"trained": knn}, levels=references)
-        lines += [f"kNN top-1 of the trained backbone ({note}):", "", "![kNN top-1](plots/knn.png)", ""]
+        lines += [f"kNN top-1 of the trained backbone ({note}):", "", "![kNN top-1](plots/knn.png)", "",
+                  reference_sentence(knn, references), ""]
         minutes = [m for m, r in zip(training_minutes(history), history) if isinstance(r.get("knn_top1"), (int, float))]
         _plot(plots / "knn_minutes.png", "weighted kNN top-1 (k=20) against time", "top-1 %",
               {"trained": (minutes, knn[1])}, xlabel="training minutes", levels=references)

@@ -1,5 +1,6 @@
 """`clim report`: loss.png shows the loss's parts and where the positives join; the kNN plots get
-raw-pixel and random-init reference lines (from the demo's result, or computed once when cheap)."""
+raw-pixel (training and native resolution) and random-init reference lines (from the demo's result, or
+computed once when cheap), and the text says where the last kNN top-1 falls against each."""
 
 import json
 
@@ -55,14 +56,38 @@ def test_references_computed_once_when_the_run_has_a_checkpoint(tmp_path, plots,
         calls.append(run_dir)
         path = run_dir / "eval" / "knn_references.json"
         path.parent.mkdir(exist_ok=True)
-        path.write_text(json.dumps({"raw_pixels_knn_k20_top1": 50.0, "random_init_knn_k20_top1": 40.0}))
+        path.write_text(json.dumps({"raw_pixels_knn_k20_top1": 50.0, "raw_pixels_image_size": 28,
+                                    "raw_pixels_training_size_knn_k20_top1": 52.0,
+                                    "raw_pixels_training_size_image_size": 16, "random_init_knn_k20_top1": 40.0}))
         return path
 
     monkeypatch.setattr("clim.demo.write_references", write_references)
     report.write_report(run)
-    report.write_report(run)
+    text = report.write_report(run).read_text()
     assert calls == [run]  # the second report reads the file
-    assert plots["knn.png"][1]["levels"] == {"raw pixels": 50.0, "random init": 40.0}
+    assert plots["knn.png"][1]["levels"] == {"raw pixels 16 px (training)": 52.0, "raw pixels 28 px (native)": 50.0,
+                                             "random init": 40.0}
+    # the last kNN top-1 is 75.0 (epoch 3)
+    assert ("Last kNN top-1 (epoch 3): 75.00 %: above raw pixels 16 px (training) by 23.00 points, above raw pixels "
+            "28 px (native) by 25.00 points, above random init by 35.00 points.") in text
+
+
+def test_a_demo_result_without_the_training_resolution_is_recomputed_when_a_checkpoint_exists(
+        tmp_path, plots, monkeypatch):
+    run = _run_dir(tmp_path, {"raw_pixels_knn_k20_top1": 60.5, "random_init_knn_k20_top1": 55.25})  # an older demo
+    (run / "checkpoint.pt").write_bytes(b"")
+
+    def write_references(run_dir):
+        path = run_dir / "eval" / "knn_references.json"
+        path.write_text(json.dumps({"raw_pixels_knn_k20_top1": 60.5, "raw_pixels_image_size": 28,
+                                    "raw_pixels_training_size_knn_k20_top1": 80.0,
+                                    "raw_pixels_training_size_image_size": 16, "random_init_knn_k20_top1": 55.25}))
+        return path
+
+    monkeypatch.setattr("clim.demo.write_references", write_references)
+    text = report.write_report(run).read_text()
+    assert plots["knn.png"][1]["levels"]["raw pixels 16 px (training)"] == 80.0
+    assert "below raw pixels 16 px (training) by 5.00 points" in text  # 75.0 against 80.0
 
 
 def test_no_checkpoint_no_reference_lines(tmp_path, plots):

@@ -34,6 +34,41 @@ def test_eval_knn_end_to_end_writes_json(tiny_ckpt, tiny_data):
     assert ("tiny", "test", 8) in tiny_data  # evaluated at the pretraining image size
 
 
+def test_eval_knn_and_linear_print_the_test_size_and_raw_pixels_at_the_training_resolution(
+        tiny_ckpt, tiny_data, tmp_path, capsys):
+    from clim.evaluation.references import pixel_references
+
+    expected = pixel_references("tiny", None, 8)  # the checkpoint's data_info: 8 px
+    assert _run("eval", "knn", *_common(tiny_ckpt), "--out", str(tmp_path / "knn.json")) == 0
+    knn = json.loads((tmp_path / "knn.json").read_text())
+    line = capsys.readouterr().out
+    assert knn["raw_pixels_image_size"] == 8 and knn["raw_pixels_resolution"] == "the checkpoint's training resolution"
+    assert knn["raw_pixels_knn_k20_top1"] == pytest.approx(expected["pixel_knn_top1"])
+    assert "raw_pixels_ridge_top1" not in knn  # kNN only beside kNN
+    assert "on 24 test images; raw pixels at 8 px (the checkpoint's training resolution): kNN k=20 " in line
+    difference = knn["knn_k20_top1"] - knn["raw_pixels_knn_k20_top1"]
+    words = "level with" if abs(difference) < 0.005 else ("above" if difference > 0 else "below")
+    assert f"the trained kNN k=20 is {words} raw pixels at 8 px" in line
+
+    assert _run("eval", "linear", *_common(tiny_ckpt), "--preset", "quick", "--epochs", "1", "--cached-features",
+                "--out", str(tmp_path / "linear.json")) == 0
+    linear = json.loads((tmp_path / "linear.json").read_text())
+    line = capsys.readouterr().out
+    assert linear["raw_pixels_ridge_top1"] == pytest.approx(expected["pixel_linear_top1"])
+    assert linear["raw_pixels_knn_k20_top1"] == pytest.approx(expected["pixel_knn_top1"])
+    assert "on 24 test images (quick" in line and "the trained linear probe is " in line
+    assert "the ridge on raw pixels at 8 px" in line
+
+
+def test_raw_pixels_are_not_computed_beside_a_large_evaluation(tiny_ckpt, tiny_data, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("clim.evaluation.cli.REFERENCE_MAX_IMAGES", 50)  # tiny has 48 + 24 images
+    assert _run("eval", "knn", *_common(tiny_ckpt), "--out", str(tmp_path / "knn.json")) == 0
+    record = json.loads((tmp_path / "knn.json").read_text())
+    assert "raw_pixels_knn_k20_top1" not in record
+    assert record["raw_pixels_reference"].startswith("not computed (72 images")
+    assert "raw pixels at 8 px: not computed (72 images" in capsys.readouterr().out
+
+
 def test_other_protocols_write_their_results(tiny_ckpt, tiny_data, tmp_path):
     out = tmp_path / "results"
     assert _run("eval", "linear", *_common(tiny_ckpt), "--preset", "quick", "--epochs", "2",
