@@ -259,9 +259,143 @@ def test_similarity_gap_is_intra_class_minus_all_pairs_per_seed():
     assert records.similarity_gap("mocov2") == {}
 
 
+def _split_values(seed: int) -> dict[str, float]:
+    """Known split: mixing = 2 + 0.1 s, selection = -0.5 + 0.1 s; seeds 3+ (MoCo v2 and CLIM only) put CLIM
+    5 points ahead, which the split must not see."""
+    base = 80.0 + 0.3 * seed
+    if seed >= 3:
+        return {"mocov2": base, "clim": base + 5.0}
+    return {"mocov2": base, "random-cutmix": base + 2.0 + 0.1 * seed, "clim": base + 1.5 + 0.2 * seed}
+
+
+def _metrics(knn: float, **extra) -> dict:
+    return {"knn_k20_top1": knn, "linear_top1": knn + 1.0, "semisup_top1": 50.0, "intra_class_similarity": 0.7,
+            "all_pairs_similarity": 0.5, "positive_precision": 0.5, "random_init_knn_k20_top1": 70.0 + knn / 100,
+            "linear_lr": 1.0, "linear_final_train_loss": 0.3, "linear_loss_above_chance": False, **extra}
+
+
+def test_the_gain_splits_into_mixing_and_selection_on_the_seeds_the_three_arms_share():
+    from clim.study.claims import holm
+    from clim.study.regimes import MIXING, SELECTION, TOTAL, compare, split_section, split_sentence
+    from clim.study.tables import Records
+
+    records = Records([])
+    for seed in range(8):
+        for arm, value in _split_values(seed).items():
+            records.found.setdefault(arm, {})[seed] = {"metrics": _metrics(value)}
+    mixing, seeds = compare(records, MIXING, "knn_k20_top1", True)
+    selection, _ = compare(records, SELECTION, "knn_k20_top1", True)
+    total, _ = compare(records, TOTAL, "knn_k20_top1", True)
+    assert seeds == {0, 1, 2} and (mixing.n, selection.n, total.n) == (3, 3, 3)
+    assert mixing.mean == pytest.approx(2.1) and selection.mean == pytest.approx(-0.4)
+    assert total.mean == pytest.approx(mixing.mean + selection.mean)  # the parts add up on the shared seeds
+    assert records.paired("clim", "mocov2", "knn_k20_top1").n == 8  # the headline claim keeps every seed
+    assert (mixing.verdict, selection.verdict) == (AGREES, DISAGREES)  # -0.4 ± 4.30 × 0.1 / √3
+    sentence = split_sentence(records, "knn_k20_top1")
+    assert sentence.startswith("kNN top-1 % (k=20) on seeds 0, 1, 2 (n = 3): MoCo v2 80.30, random + CutMix 82.40, "
+                               "CLIM 82.00; CLIM − MoCo v2 +1.70 [")
+    assert "= mixing +2.10 [+1.85, +2.35] (**agrees**) + selection -0.40 [" in sentence
+    rows = {tuple(cell.strip() for cell in line.split("|")[1:3]): line for line in split_section(records)
+            if line.startswith("| ")}
+    linear_mixing = compare(records, MIXING, "linear_top1", True)[0]
+    linear_selection = compare(records, SELECTION, "linear_top1", True)[0]
+    adjusted = holm([mixing.p, linear_mixing.p, selection.p, linear_selection.p])
+    assert f"| {adjusted[0]:.3f} |" in rows[MIXING.label, "kNN top-1 % (k=20)"]  # Holm over the four parts
+    assert f"| {adjusted[3]:.3f} |" in rows[SELECTION.label, "linear top-1 %"]
+    assert "not in the family" in rows[TOTAL.label, "kNN top-1 % (k=20)"]
+    empty = Records([])
+    assert split_sentence(empty, "knn_k20_top1") is None and "none yet" in split_section(empty)[0]
+
+
+def _write_record(path, spec: dict, variant: str, seed: int, metrics: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({
+        "version": 1, "spec": spec, "variant": variant, "seed": seed, "metrics": metrics, "cpu_minutes": 1.0,
+        "curve": [{"epoch": 1, "knn_top1": metrics["knn_k20_top1"]}], "machine": {"cpu": "synthetic"},
+        "created": "2026-12-01T00:00:00+00:00", "load_average": [1.0, 1.0, 1.0], "commit": "abc1234"}))
+
+
+@pytest.fixture
+def pixels(monkeypatch):
+    """Raw-pixel references with known values: kNN 50 + size, ridge 40 + size; native sizes digits 8, glyphs 24."""
+    calls = []
+
+    def compute(dataset, root, size):
+        calls.append((dataset, size))
+        return {"pixel_knn_top1": 50.0 + size, "pixel_linear_top1": 40.0 + size, "pixel_linear_alpha": 1.0,
+                "image_size": size, "num_test": 100, "num_train": 400, "num_classes": 10}
+
+    monkeypatch.setattr("clim.study.regimes.compute_pixel_references", compute)
+    monkeypatch.setattr("clim.study.regimes.native_size", lambda dataset, root: {"digits": 8, "glyphs": 24}[dataset])
+    return calls
+
+
+def _two_regimes(tmp_path) -> tuple:
+    """Smoke-scale records (MoCo v2 and CLIM seeds 0-7, random + CutMix 0-2: the known split) and a many-class
+    regime folder that no scale plans (5 arms, seeds 0-1, records carrying raw pixels at 16 px)."""
+    records, glyphs = tmp_path / "ablate-smoke", tmp_path / "manyglyphs"
+    for run in plan_runs("smoke", records, records, only="mocov2,clim,random-cutmix"):
+        value = _split_values(run.seed).get(run.variant.name)
+        if value is not None:
+            _write_record(run.record_path, run.spec, run.variant.name, run.seed, _metrics(value))
+    config = {"data.name": "glyphs", "data.root": "/nowhere/glyphs", "data.image_size": 16}
+    for seed in range(2):
+        for rank, arm in enumerate(("mocov2", "clim", "random-cutmix", "center_wise-none", "knn-cutmix")):
+            metrics = _metrics(30.0 + rank + seed, num_classes=200, pixel_knn_k20_top1=33.5, pixel_linear_top1=20.0,
+                               pixel_image_size=16, num_test=400)
+            _write_record(glyphs / arm / f"seed{seed}.json", {"config": config}, arm, seed, metrics)
+    return records, glyphs
+
+
+def test_results_report_two_regimes_with_raw_pixels_at_their_training_resolution(tmp_path, pixels):
+    from clim.evaluation.cli import versus
+    from clim.study.results import write_results
+
+    records, glyphs = _two_regimes(tmp_path)
+    text = write_results("smoke", records, tmp_path / "RESULTS.md",
+                         regimes=[f"manyglyphs={glyphs}", f"waiting={tmp_path / 'waiting'}"]).read_text()
+    assert pixels == [("digits", 8), ("glyphs", 24)]  # digits: trained at its native 8 px; glyphs' native 24 px
+    assert "| `smoke` | 19 record(s) of 83 planned runs in `ablate-smoke` | `digits` | 10 |" in text and "| `manyglyphs` | 10 record(s) in `manyglyphs` | `glyphs` | 200 |" in text
+    assert "| `waiting` | no record yet in `waiting`: the regime is running or not started |" in text
+    assert "### Is it the selection?" in text and "= mixing +2.10 [+1.85, +2.35] (**agrees**)" in text
+    assert "| raw pixels | 8 px (training resolution) | 58.00 | 48.00 (ridge) |" in text
+    clim = sum(_split_values(seed)["clim"] for seed in range(8)) / 8
+    assert f"- `clim`: kNN {clim:.2f} (n=8) is {versus(clim, 58.0, 'raw pixels at 8 px')};" in text
+    # the many-class regime: from its records at 16 px, computed at its native 24 px
+    section = text[text.index("## Regime `manyglyphs`"):]
+    assert section.startswith("## Regime `manyglyphs`: `glyphs`, 200 classes, trained at 16 px")
+    assert "about 1/200 = 0.5 % of the time" in section
+    assert "| raw pixels | 16 px (training resolution) | 33.50 | 20.00 (ridge) | the records (10; all equal) |" in section
+    assert "| raw pixels | 24 px (native resolution) | 74.00 | 64.00 (ridge) | computed, cached in" in section
+    assert "- `clim`: kNN 31.50 (n=2) is below raw pixels at 16 px by 2.00 points, below raw pixels at 24 px" in section
+    assert "*p (Holm)* adjusts all 10 tests of this table" in section
+    assert "## Regime `waiting`" in text and "No record yet in `waiting`: the regime is running" in text
+    assert json.loads((glyphs / "pixel_references.json").read_text())["native_image_size"] == 24
+    # shared seeds: Table 6 shows CLIM on random + CutMix's seeds 0-2, the claims table likewise
+    assert re.search(r"\| center_wise \| not run \| — \| 83\.00 ± [0-9.]+ \(n=3\) \|", text)
+    assert re.search(r"center-wise \+ CutMix beats random \+ CutMix .* 83\.00 ± [0-9.]+ \(n=3\) vs 83\.40", text)
+    write_results("smoke", records, tmp_path / "again.md", regimes=[f"manyglyphs={glyphs}"])
+    assert len(pixels) == 2  # the second report reads pixel_references.json
+
+
+def test_readme_block_names_the_split_the_pixels_holm_and_the_other_regimes(tmp_path, pixels):
+    from clim.study.results import headline_text
+
+    records, glyphs = _two_regimes(tmp_path)
+    text = headline_text("smoke", records, regimes=[f"manyglyphs={glyphs}", f"waiting={tmp_path / 'waiting'}"])
+    assert "- Is it the selection? " in text and "mixing +2.10 [+1.85, +2.35] (**agrees**)" in text
+    assert "raw pixels at the training resolution, 8 px, kNN 58.00 % / ridge 48.00 %" in text
+    assert "- Holm's correction over the 19 claims of RESULTS.md (family-wise error 5 %): " in text
+    assert ("- Regime `manyglyphs` (`glyphs`, 200 classes, trained at 16 px): 10 record(s) in `manyglyphs`; kNN top-1 "
+            "% (k=20) on seeds 0, 1 (n = 2): MoCo v2 30.50, random + CutMix 32.50, CLIM 31.50;") in text
+    assert "raw pixels at 16 px: kNN 33.50 %, ridge 20.00 %; CLIM's kNN is below raw pixels at 16 px by 2.00" in text
+    assert "- Regime `waiting`: no record yet in `waiting`: the regime is running or not started." in text
+
+
 def test_cutmix_effect_per_selection_and_over_the_five():
     from clim.study.matrix import FULL_CLIM, SELECTIONS, selection_variant
-    from clim.study.results import _mixing_effect, _Records
+    from clim.study.tables import Records as _Records
+    from clim.study.tables import _mixing_effect
 
     records = _Records([])
     records.found = {}
@@ -276,3 +410,4 @@ def test_cutmix_effect_per_selection_and_over_the_five():
     assert rows["center_wise"].endswith("| 3/3 | 3 | **agrees** |")  # seed 3 has no partner
     # mean of the five: 1 + mean(rank) = 3 points, plus 0.1 * seed * mean(rank) = 0.2 * seed
     assert rows["mean of the five"].startswith("| mean of the five | +3.20 [")
+

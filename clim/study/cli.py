@@ -21,6 +21,9 @@ def command_line(args: argparse.Namespace) -> str:
         parts += ["--set", item]
     if args.results:
         parts += ["--results", portable_path(args.results)]
+    for item in getattr(args, "regimes", None) or ():
+        name, _, folder = item.partition("=")
+        parts += ["--regime", f"{name}={portable_path(folder)}" if folder else name]
     return shlex.join(parts)
 
 
@@ -34,10 +37,11 @@ def _out(args: argparse.Namespace) -> str:
 
 def _ablate(args: argparse.Namespace) -> int:
     if args.report:
-        path = write_results(args.scale, _records(args), args.results, command_line(args), args.overrides, args.seeds)
+        path = write_results(args.scale, _records(args), args.results, command_line(args), args.overrides, args.seeds,
+                             args.regimes)
         print(f"results: {path}")
         if args.readme:
-            write_readme_headline(args.readme, headline_text(args.scale, _records(args), args.seeds))
+            write_readme_headline(args.readme, headline_text(args.scale, _records(args), args.seeds, args.regimes))
             print(f"headline: {args.readme}")
         return 0
     if args.dry_run:
@@ -73,5 +77,8 @@ def register(subparsers) -> None:
                         help="runs at a time, each a subprocess with the scale's torch threads (cpu: 1 each)")
     parser.add_argument("--report", action="store_true", help="only write RESULTS.md from the records, run nothing")
     parser.add_argument("--readme", help="with --report: also rewrite the headline block of this README")
+    parser.add_argument("--regime", dest="regimes", action="append", metavar="NAME[=FOLDER]",
+                        help="with --report: a regime to report beside the scale's own (its records in FOLDER, default "
+                             "the sibling folder NAME of --records); repeatable; default: glyphs beside cpu")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and their state, run nothing")
     parser.set_defaults(func=_ablate)
