@@ -31,7 +31,8 @@
 #         timeout_s=600)
 # A failing step does not stop the others; summary.txt lists each step's exit status (124 = stopped
 # at its limit). At most 8 files are written to $OUT. `bash benchmarks/gpu_check.sh --plan` prints
-# the steps and their limits and exits.
+# every step (limit, output file, condition, command line) and exits without running or writing
+# anything: it needs no GPU (tests/test_scripts_smoke.py parses each printed command).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/out/gpu_check}
@@ -47,16 +48,19 @@ LIMITS=(throughput-32px:80 resume-cuda:60 selection:50 folder-gpu-decode:70 fmni
 COMPILE_NEEDS=100  # s: cold Inductor compiles of both encoders' graphs; run only if the steps above left that
 planned=$SETUP_RESERVE
 for entry in "${LIMITS[@]}"; do planned=$((planned + ${entry#*:})); done
-if [ "${1:-}" = "--plan" ]; then
-    printf '%s\n' "${LIMITS[@]}" "setup:$SETUP_RESERVE" "total:$planned budget:$BUDGET" \
-        "compile: in what is left, if >= ${COMPILE_NEEDS}s"
-    exit 0
-fi
+PLAN=false
+[ "${1:-}" = "--plan" ] && PLAN=true
 if ((planned > BUDGET)); then
     echo "gpu_check: the step limits add up to ${planned}s, over the ${BUDGET}s budget" >&2
     exit 2
 fi
-mkdir -p "$OUT"
+WHEN=""  # --plan: the condition of the steps that follow (empty: always run)
+if $PLAN; then
+    echo "gpu_check plan (nothing is run): budget ${BUDGET}s, set-up ${SETUP_RESERVE}s, set-up and step limits ${planned}s"
+    echo "format: step NAME LIMIT OUTPUT_FILE [CONDITION]: COMMAND (shell-quoted)"
+else
+    mkdir -p "$OUT"
+fi
 
 log() { echo "[gpu_check +${SECONDS}s] $*" | tee -a "$OUT/summary.txt"; }
 
@@ -74,6 +78,12 @@ step() {
     local name=$1 file=$2 limit
     limit=$(limit_of "$name") || exit 2
     shift 2
+    if $PLAN; then
+        printf 'step %s %ss %s%s:' "$name" "$limit" "$file" "${WHEN:+ [$WHEN]}"
+        printf ' %q' "$@"
+        printf '\n'
+        return
+    fi
     local left=$((BUDGET - SECONDS))
     if ((left < 15)); then
         log "$name: skipped, budget spent"
@@ -88,7 +98,7 @@ step() {
 }
 
 # --- environment and installs (no network: carried wheels only) -----------------------------------
-{
+$PLAN || {
     date -Is
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1
     lscpu 2>/dev/null | grep -E '^(Model name|CPU\(s\)):'
@@ -105,7 +115,7 @@ step() {
     "$PY" -c "import lightly; print('lightly', lightly.__version__)" 2>&1
 } >"$OUT/environment.txt" 2>&1
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-log "environment: $(grep -m1 -E 'NVIDIA|H100|H200' "$OUT/environment.txt"); step limits ${planned}s of ${BUDGET}s"
+$PLAN || log "environment: $(grep -m1 -E 'NVIDIA|H100|H200' "$OUT/environment.txt"); step limits ${planned}s of ${BUDGET}s"
 
 # --- 1. throughput, 32 px ----------------------------------------------------------------------------
 SMALL=(--dataset cifar10-random --backbone resnet18 --small-stem true --image-size 32 --batch-size 512
@@ -130,7 +140,8 @@ step folder-gpu-decode throughput_folder.txt $THROUGHPUT "${FOLDER[@]}" --varian
 
 # --- 5. the trainer on Fashion-MNIST, next to lightly's published example ----------------------------
 FMNIST=benchmarks/gpu_data/fashion-mnist
-if [ -e "$FMNIST/train-images-idx3-ubyte.gz" ]; then
+WHEN="only if $FMNIST/train-images-idx3-ubyte.gz exists"
+if $PLAN || [ -e "$FMNIST/train-images-idx3-ubyte.gz" ]; then
     step fmnist-trainer fmnist.txt "$PY" benchmarks/trainer_rate.py --out /tmp/clim-fmnist -- \
         --preset mocov2-fmnist --set "data.root=$PWD/$FMNIST" --set train.batch_size=512 --set train.epochs=2 \
         --set train.knn_every=0 --set train.device=cuda
@@ -139,6 +150,7 @@ if [ -e "$FMNIST/train-images-idx3-ubyte.gz" ]; then
 else
     log "fmnist: no Fashion-MNIST in $FMNIST (run benchmarks/prepare_gpu_wheels.sh and carry benchmarks/gpu_data): skipped"
 fi
+WHEN=""
 
 # --- 6. NCHW split-BN (one cuDNN call on the [N/s, s*C, H, W] view) ------------------------------------
 step nchw throughput_32px_variants.txt $THROUGHPUT "${SMALL[@]}" --steps 30 --variants ours-mocov2,ours-clim \
@@ -156,11 +168,17 @@ step cuda-tests checks.txt "$PY" -m pytest -q -p no:cacheprovider --continue-on-
 
 # --- 9. compiled encoders, only in the time the limits above left unused (the compile time is the
 #        set-up + warm-up line against step 1's) -------------------------------------------------------
-if ((BUDGET - SECONDS >= COMPILE_NEEDS)); then
+if $PLAN; then
+    LIMITS+=("compile:$COMPILE_NEEDS")
+    WHEN="only if >= ${COMPILE_NEEDS}s of the budget are left; limit: what is left"
+elif ((BUDGET - SECONDS >= COMPILE_NEEDS)); then
     LIMITS+=("compile:$((BUDGET - SECONDS))")
+fi
+if $PLAN || ((BUDGET - SECONDS >= COMPILE_NEEDS)); then
     step compile throughput_32px_variants.txt $THROUGHPUT "${SMALL[@]}" --steps 30 --variants ours-mocov2 \
         --set train.compile=true
 else
     log "compile: skipped, $((BUDGET - SECONDS))s left of the ${COMPILE_NEEDS}s it needs"
 fi
+$PLAN && exit 0
 log "done in ${SECONDS}s"

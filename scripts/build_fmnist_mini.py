@@ -69,18 +69,22 @@ def _find(source: Path, stem: str) -> Path:
     raise FileNotFoundError(f"{source / stem}(.gz) not found (apt-get install dataset-fashion-mnist)")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", type=Path, default=Path(DEFAULT_SOURCE))
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    parser.add_argument("--train-per-class", type=int, default=1000, help="(the shipped file: 1000)")
+    parser.add_argument("--test-per-class", type=int, default=200, help="(the shipped file: 200)")
+    args = parser.parse_args(argv)
 
     arrays = build_subset(
         read_idx(_find(args.source, "train-images-idx3-ubyte")),
         read_idx(_find(args.source, "train-labels-idx1-ubyte")),
         read_idx(_find(args.source, "t10k-images-idx3-ubyte")),
         read_idx(_find(args.source, "t10k-labels-idx1-ubyte")),
+        train_per_class=args.train_per_class,
+        test_per_class=args.test_per_class,
         seed=args.seed,
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
