@@ -20,6 +20,7 @@ from clim.config import load_config
 from clim.summary import clim_command
 from clim.runtime.checkpoint import CHECKPOINT_NAME
 from clim.engine.trainer import pretrain
+from clim.inspect import draw_refresh
 from clim.evaluation.cli import REFERENCE_MAX_IMAGES
 from clim.evaluation.common import eval_datasets, load_run, plain_backbone, write_result
 from clim.runtime.features import extract_features
@@ -90,13 +91,13 @@ def pixel_rows(train_ds, test_ds, image_size: int, num_classes: int) -> dict[str
     (``raw pixels``) and, when it differs, at the training resolution (``raw pixels training size``)."""
     from clim.evaluation.references import dataset_pixels
 
-    native = int(train_ds.info.image_size)
-    rows = {"raw pixels": {**_row(dataset_pixels(train_ds, native), dataset_pixels(test_ds, native), num_classes),
-                           "image_size": native}}
-    if image_size != native:
+    native, rows = int(train_ds.info.image_size), {}
+    if image_size != native:  # first: the resolution the network was trained and evaluated at
         rows["raw pixels training size"] = {
             **_row(dataset_pixels(train_ds, image_size), dataset_pixels(test_ds, image_size), num_classes),
             "image_size": image_size}
+    rows["raw pixels"] = {**_row(dataset_pixels(train_ds, native), dataset_pixels(test_ds, native), num_classes),
+                          "image_size": native}
     return rows
 
 
@@ -195,7 +196,7 @@ def run_demo(out: str | Path, preset: str = "clim-demo-cpu", overrides: list[str
     # The whole demo's ETA: the comparison after pretraining embeds the splits twice (trained, random
     # init), each about as long as one kNN monitor evaluation.
     history = pretrain(config, out, eta_after=lambda done: 2 * next(
-        (r["knn_seconds"] for r in reversed(done) if "knn_seconds" in r), 0.0))
+        (r["knn_seconds"] for r in reversed(done) if "knn_seconds" in r), 0.0), on_refresh=draw_refresh)
     train_seconds = time.perf_counter() - started
     rows = compare(out)
     table = format_table(rows)
