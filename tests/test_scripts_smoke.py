@@ -127,8 +127,8 @@ def test_trainer_rate_prints_every_epoch(tmp_path):
 
 
 def test_resume_check_kills_resumes_and_compares(tmp_path):
-    """Killed at its first checkpoint inside the (only) epoch, run again: the same tensors as the
-    uninterrupted run (deterministic on the CPU)."""
+    """Killed once it has saved a checkpoint inside the (only) epoch, then run again: the same tensors
+    as the uninterrupted run (deterministic on the CPU)."""
     out = _run(["benchmarks/resume_check.py", "--out", tmp_path, "--kill-epoch", 0, "--timeout", 200, "--",
                 *PRETRAIN, "--set", "train.epochs=1", "--set", "train.deterministic=true",
                 "--set", "train.checkpoint_every_minutes=0.000001", "--set", "train.log_every=4"]).stdout
