@@ -115,3 +115,23 @@ def test_every_clim_name_the_document_cites_resolves():
     assert len(cited) > 10, cited  # the document was read
     stale = [name for name in cited if not _resolves(name)]
     assert not stale, "docs/ARCHITECTURE.md cites names that no longer exist: " + ", ".join(stale)
+
+
+def _listed(text: str, label: str) -> set[str]:
+    """The ``clim.x`` names of the bullet that opens with ``- **label**`` (up to the next bullet or blank line)."""
+    match = re.search(rf"^- \*\*{label}\*\*(.*?)(?=^- |^\s*$)", text, flags=re.M | re.S)
+    assert match, f"docs/ARCHITECTURE.md has no bullet '- **{label}**'"
+    return set(re.findall(r"`clim\.(\w+)`", match.group(1)))
+
+
+def test_the_lists_of_packages_and_single_modules_match_the_tree():
+    text = DOC.read_text()
+    packages = {p.parent.name for p in PACKAGE.glob("*/__init__.py")}
+    modules = {p.stem for p in PACKAGE.glob("*.py") if p.name != "__init__.py"}
+    listed_packages, listed_modules = _listed(text, "Packages"), _listed(text, "Single modules")
+    problems = [f"{what}: {', '.join(sorted(names))}" for what, names in [
+        ("packages not listed as packages", packages - listed_packages),
+        ("listed as packages but no package", listed_packages - packages),
+        ("single modules not listed as single modules", modules - listed_modules),
+        ("listed as single modules but no module file", listed_modules - modules)] if names]
+    assert not problems, "docs/ARCHITECTURE.md's lists of packages and single modules:\n" + "\n".join(problems)
