@@ -20,7 +20,7 @@ import torch
 
 from clim.data import build_dataset
 from clim.data.pipeline import build_pipeline
-from clim.engine.trainer import StepRunner, cosine_lr
+from clim.engine.step import StepRunner, cosine_lr
 from clim.models.moco import build_moco
 from op_count import step_config
 

@@ -33,7 +33,7 @@ from clim.config import Config
 from clim.data.arrays import ArrayDataset
 from clim.data.pipeline import build_pipeline
 from clim.data.registry import DatasetInfo
-from clim.engine.trainer import StepRunner
+from clim.engine.step import StepRunner
 from clim.method.positives import build_bank
 from clim.models.grouped_norm import grouped_batch_norm
 from clim.models.moco import SplitBatchNorm2d, build_moco

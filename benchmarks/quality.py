@@ -52,7 +52,8 @@ from clim.config import Config, load_config
 from clim.demo import compare
 from clim.engine.logging import METRICS_NAME
 from clim.runtime.checkpoint import CHECKPOINT_NAME
-from clim.engine.trainer import KnnMonitor, pretrain
+from clim.engine.monitor import KnnMonitor
+from clim.engine.trainer import pretrain
 from clim.evaluation.common import eval_datasets, load_run
 from clim.runtime.machine import machine_info
 

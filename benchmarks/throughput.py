@@ -52,7 +52,7 @@ from clim.data.arrays import ArrayDataset
 from clim.data.pipeline import build_pipeline, resolve_augment
 from clim.data.prefetch import prefetched
 from clim.data.registry import DatasetInfo
-from clim.engine.trainer import StepRunner, cosine_lr
+from clim.engine.step import StepRunner, cosine_lr
 from clim.models.backbones import build_backbone, uses_small_stem
 from clim.models.moco import build_moco
 from clim.runtime.machine import cpu_model

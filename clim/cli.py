@@ -37,8 +37,9 @@ def _add_config_arguments(parser: argparse.ArgumentParser, require_source: bool)
 def _pretrain(args: argparse.Namespace) -> int:
     config = load_config(args.preset, args.config, args.overrides)  # a bad key fails before torch loads (~4 s)
     from clim.engine.trainer import pretrain
+    from clim.inspect import draw_refresh
 
-    pretrain(config, args.out)
+    pretrain(config, args.out, on_refresh=draw_refresh)  # the engine saves each refresh; clim.inspect draws it
     return 0
 
 

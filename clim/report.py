@@ -90,14 +90,14 @@ def _reference_file(run_dir: Path) -> dict:
     """The result file holding the kNN references: ``eval/demo.json`` (``clim demo``) or
     ``eval/knn_references.json``, preferring one that has raw pixels at the training resolution
     (``raw_pixels_image_size``: files from before it have raw pixels at the native size only);
-    computed once when neither has them and it is cheap (clim.demo.write_references)."""
+    computed once when neither has them and it is cheap (clim.evaluation.baselines.write_references)."""
     found = [json.loads((run_dir / "eval" / name).read_text()) for name in ("demo.json", "knn_references.json")
              if (run_dir / "eval" / name).exists()]
     current = [result for result in found if "raw_pixels_image_size" in result]
     if current:
         return current[0]
     if (run_dir / CHECKPOINT_NAME).exists():
-        from clim.demo import write_references  # torch and the data: only when there is something to compute
+        from clim.evaluation.baselines import write_references  # torch and the data: only when needed
 
         path = write_references(run_dir)
         if path is not None:

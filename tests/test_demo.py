@@ -4,7 +4,7 @@ import torch
 
 from clim.config import load_config
 from clim.demo import refresh_line
-from clim.engine.preview import Inspection, precision_panel
+from clim.inspect.figure import Inspection, precision_panel
 from clim.method.bank import anchor_details
 from clim.method.selection import SelectionResult, selection_diagnostics
 

@@ -12,10 +12,11 @@ import torch
 from PIL import Image
 
 from clim.cli import main
-from clim.engine.mosaic import FRAMES, GridLayout, mosaic
-from clim.engine.preview import (DETAILS_NAME, PREVIEW_DIR, Inspection, choose_anchors, class_precision, grid_rows,
-                                 precision_panel, random_picks, write_positives_preview)
-from clim.inspect import inspect_run, load_inspection
+from clim.engine.refresh import DETAILS_NAME, PREVIEW_DIR, save_refresh
+from clim.inspect import draw_refresh, inspect_run, load_inspection
+from clim.inspect.figure import (Inspection, choose_anchors, class_precision, grid_rows, precision_panel,
+                                 random_picks)
+from clim.inspect.mosaic import FRAMES, GridLayout, mosaic
 from clim.method.positives import build_bank, checkpoint_model_state
 from clim.models.moco import build_moco
 from clim.report import write_report
@@ -203,7 +204,7 @@ def test_training_writes_a_preview_at_each_refresh_and_the_report_shows_the_late
 
     monkeypatch.setattr("clim.data.build_dataset", subset_builder)
     out = tmp_path / "run"
-    pretrain(tiny_config("train.epochs=3", "train.knn_every=0", clim=True), out)
+    pretrain(tiny_config("train.epochs=3", "train.knn_every=0", clim=True), out, on_refresh=draw_refresh)
     previews = sorted(p.name for p in (out / PREVIEW_DIR).glob("epoch_*.png"))
     assert previews == ["epoch_002.png", "epoch_003.png"]  # refresh_every 1: before epochs 2 and 3
     details = checkpoint.load(out / PREVIEW_DIR / DETAILS_NAME)
@@ -234,10 +235,11 @@ def test_a_failing_preview_is_one_warning_not_an_error(tmp_path, tiny_config):
 
     messages = []
     config = tiny_config("method.num_positives=1", clim=True)
-    assert write_positives_preview(Bank(), Broken(), config, tmp_path, messages.append, 5) is None
+    assert save_refresh(Bank(), Broken(), config, tmp_path, messages.append, 5, draw_refresh) is None
     assert len(messages) == 1 and "\n" not in messages[0] and "epoch 5" in messages[0]
     assert "disk gone" in messages[0]
-    assert write_positives_preview(Unrefreshed(), Broken(), config, tmp_path, messages.append, 5) is None
+    assert (tmp_path / PREVIEW_DIR / DETAILS_NAME).is_file()  # the training side saved its part first
+    assert save_refresh(Unrefreshed(), Broken(), config, tmp_path, messages.append, 5, draw_refresh) is None
     assert len(messages) == 1
 
 

@@ -61,7 +61,7 @@ def test_references_computed_once_when_the_run_has_a_checkpoint(tmp_path, plots,
                                     "raw_pixels_training_size_image_size": 16, "random_init_knn_k20_top1": 40.0}))
         return path
 
-    monkeypatch.setattr("clim.demo.write_references", write_references)
+    monkeypatch.setattr("clim.evaluation.baselines.write_references", write_references)
     report.write_report(run)
     text = report.write_report(run).read_text()
     assert calls == [run]  # the second report reads the file
@@ -84,7 +84,7 @@ def test_a_demo_result_without_the_training_resolution_is_recomputed_when_a_chec
                                     "raw_pixels_training_size_image_size": 16, "random_init_knn_k20_top1": 55.25}))
         return path
 
-    monkeypatch.setattr("clim.demo.write_references", write_references)
+    monkeypatch.setattr("clim.evaluation.baselines.write_references", write_references)
     text = report.write_report(run).read_text()
     assert plots["knn.png"][1]["levels"]["raw pixels 16 px (training)"] == 80.0
     assert "below raw pixels 16 px (training) by 5.00 points" in text  # 75.0 against 80.0

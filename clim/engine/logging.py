@@ -1,5 +1,5 @@
-"""One logging path: progress per epoch (a bar on a terminal, a plain line every 30 s elsewhere),
-``metrics.jsonl`` per epoch, TensorBoard per step.
+"""One logging path: progress per epoch (a bar on a terminal, a plain line every 30 s elsewhere) with
+the whole run's ETA beside the epoch's own, ``metrics.jsonl`` per epoch, TensorBoard per step.
 
 ``metrics.jsonl`` holds exactly one JSON object per finished epoch (key ``"epoch"``). The same
 records are kept in the checkpoint, and on resume the file is rewritten from them, so a kill between
@@ -16,7 +16,7 @@ from typing import Callable
 
 from tqdm import tqdm
 
-from clim.runtime.progress import Progress
+from clim.runtime.progress import Progress, format_seconds
 
 METRICS_NAME = "metrics.jsonl"
 
@@ -66,11 +66,15 @@ class RunLogger:
         return self._writer
 
     def progress(self, total: int, epoch: int, epochs: int, initial: int = 0, first_line: bool = False,
-                 extra: Callable[[], dict[str, str]] | None = None) -> Progress:
+                 eta: "RunEta | None" = None) -> Progress:
         """The epoch's steps; without a terminal a line every 30 s and at the epoch's end (and at its
-        first step when ``first_line``: the loss from the run's first step)."""
-        return Progress(total, f"epoch {epoch + 1}/{epochs}", initial=initial, enabled=self.enabled,
-                        first_line=first_line, last_line=True, extra=extra)
+        first step when ``first_line``: the loss from the run's first step). ``eta`` adds the whole
+        run's ETA to every line."""
+        bar = Progress(total, f"epoch {epoch + 1}/{epochs}", initial=initial, enabled=self.enabled,
+                       first_line=first_line, last_line=True, extra=eta)
+        if eta is not None:
+            eta.follow(epoch, bar)
+        return bar
 
     def message(self, text: str) -> None:
         if self.enabled:
@@ -79,3 +83,39 @@ class RunLogger:
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
+
+
+class RunEta:
+    """The whole run's ETA beside each epoch's own (``{"run ETA": "12m30s"}`` for :class:`Progress`):
+    :func:`remaining_seconds` at the rate of the epoch's bar, plus ``after(history)``, the seconds the
+    caller will spend after pretraining (``clim demo``'s evaluations)."""
+
+    def __init__(self, config, history: list[dict], steps: int, monitored: bool,
+                 after: Callable[[list[dict]], float] | None = None):
+        self.config, self.history, self.steps, self.monitored, self.after = config, history, steps, monitored, after
+        self.epoch, self.bar = 0, None
+
+    def follow(self, epoch: int, bar: Progress) -> None:
+        self.epoch, self.bar = epoch, bar
+
+    def __call__(self) -> dict[str, str]:
+        bar = self.bar
+        seconds = remaining_seconds(self.config, self.history, self.epoch, bar.total - bar.n,
+                                    bar.seconds_per_unit() or 0.0, self.steps, self.monitored)
+        return {"run ETA": format_seconds(seconds + (self.after(self.history) if self.after else 0.0))}
+
+
+def remaining_seconds(config, history: list[dict], epoch: int, steps_left: int, seconds_per_step: float,
+                      steps: int, monitored: bool) -> float:
+    """The whole run's time left: its steps at this epoch's rate, plus each coming positives refresh
+    and kNN monitor as long as the last one took (nothing for those not seen yet)."""
+    from clim.method.positives import is_refresh_epoch  # torch: not at import (clim report reads METRICS_NAME)
+
+    refresh = next((r["selection"]["seconds"] for r in reversed(history) if "seconds" in r.get("selection", {})), 0.0)
+    knn = next((r["knn_seconds"] for r in reversed(history) if "knn_seconds" in r), 0.0)
+    epochs = config.train.epochs
+    seconds = (steps_left + (epochs - epoch - 1) * steps) * seconds_per_step
+    for coming in range(epoch, epochs):
+        seconds += refresh if coming > epoch and is_refresh_epoch(config, coming) else 0.0
+        seconds += knn if monitored and ((coming + 1) % config.train.knn_every == 0 or coming + 1 == epochs) else 0.0
+    return seconds

@@ -7,6 +7,8 @@ collective, so every rank stops after the same step). The loop then writes the i
 and raises :class:`RunInterrupted`, which the CLI prints as one line and turns into exit code
 128 + signal number.
 
+:class:`StopCheck` is the loop's question after every step: stop, or save inside the epoch?
+
 A second signal stops at once, without saving (KeyboardInterrupt for SIGINT, the default action for
 SIGTERM), except one within ``SAME_STOP_SECONDS`` of the first: that is the same stop delivered
 twice (a terminal's Ctrl-C reaches torchrun's workers directly and again through torchrun).
@@ -18,7 +20,9 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
+from clim.runtime import distributed
 from clim.runtime.progress import end_line
 
 SAME_STOP_SECONDS = 0.5
@@ -81,3 +85,36 @@ class StopRequest:
         os.write(2, b"clim: second SIGTERM: stopping now, without saving (the last checkpoint is kept)\n")
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
+
+
+class StopCheck:
+    """After every step: stop (a signal arrived) or save inside the epoch (``train.checkpoint_every_minutes``
+    passed since this epoch began or the last in-epoch save)? A Python bool and a clock, agreed by
+    every rank in one host collective under DDP, so that all ranks stop, or save, after the same step."""
+
+    def __init__(self, request: StopRequest, every_minutes: float, checkpoint_path: Path, is_main: bool):
+        self.request, self.every_minutes = request, every_minutes
+        self.checkpoint_path, self.is_main = checkpoint_path, is_main
+        self.last_save = time.monotonic()
+
+    def restart_clock(self) -> None:
+        """At an epoch's start and after each in-epoch save."""
+        self.last_save = time.monotonic()
+
+    def after_step(self) -> tuple[bool, bool]:
+        """``(stop, save)``, the same on every rank."""
+        return distributed.any_rank_on_host(self.request.requested, self._save_due())
+
+    def after_epoch(self) -> bool:
+        """A signal arrived during the monitor or the save (on any rank)."""
+        return distributed.any_rank_on_host(self.request.requested)[0]
+
+    def _save_due(self) -> bool:
+        minutes = self.every_minutes
+        return minutes > 0 and time.monotonic() - self.last_save >= minutes * 60
+
+    def interrupted(self, where: str) -> RunInterrupted:
+        """The error that ends a stopped run (its checkpoint saved), naming the signal and ``where``."""
+        by = self.request.name or "a signal to another rank"
+        return RunInterrupted(self.request.signum or signal.SIGTERM,
+                              f"stopped by {by} {where}; checkpoint saved: {self.checkpoint_path}", show=self.is_main)

@@ -11,7 +11,7 @@ import torch
 
 from clim.data import build_dataset
 from clim.data.pipeline import build_pipeline
-from clim.engine.trainer import StepRunner
+from clim.engine.step import StepRunner
 from clim.models.moco import build_moco
 
 

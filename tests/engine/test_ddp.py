@@ -97,7 +97,7 @@ import torch
 from clim.config import load_config
 from clim.data import build_dataset
 from clim.data.pipeline import build_pipeline
-from clim.engine.trainer import StepRunner
+from clim.engine.step import StepRunner
 from clim.models.moco import build_moco
 from clim.runtime import distributed
 from clim.summary import run_summary

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from clim.cli import main
-from clim.engine import trainer
+from clim.engine import step, trainer
+from clim.engine.checkpointer import TrainingDiverged, divergence_causes
 from clim.runtime import checkpoint
 
 STEPS = 4  # the digits subset: 256 images, batch 64
@@ -78,9 +79,9 @@ def test_diverging_run_with_in_epoch_saves_gives_back_the_last_good_epoch(tmp_pa
 def test_nan_at_the_first_step_says_no_checkpoint_exists(tmp_path, small_digits, tiny_config, monkeypatch):
     from clim.method.objective import StepOutput
 
-    monkeypatch.setattr(trainer, "compute_step", lambda model, batch, config: StepOutput(
+    monkeypatch.setattr(step, "compute_step", lambda model, batch, config: StepOutput(
         torch.tensor(float("nan"), requires_grad=True), torch.zeros(64, 128)))
-    with pytest.raises(trainer.TrainingDiverged) as caught:
+    with pytest.raises(TrainingDiverged) as caught:
         trainer.pretrain(tiny_config("train.knn_every=0"), tmp_path)
     message = str(caught.value)
     assert "no epoch-end checkpoint is on disk" in message and "start afresh" in message
@@ -94,10 +95,10 @@ def test_divergence_causes_follow_the_config(tiny_config):
             def is_enabled():
                 return True
 
-    text = trainer.divergence_causes(tiny_config("model.temperature=0.01", "train.amp_dtype=float16"), Runner)
+    text = divergence_causes(tiny_config("model.temperature=0.01", "train.amp_dtype=float16"), Runner)
     assert "train.lr=0.06" in text and "model.temperature=0.01" in text and "float16" in text
     Runner.scaler.is_enabled = staticmethod(lambda: False)
-    text = trainer.divergence_causes(tiny_config(), Runner)
+    text = divergence_causes(tiny_config(), Runner)
     assert "temperature" not in text and "float16" not in text
 
 
@@ -200,7 +201,7 @@ def test_progress_lines_show_the_current_lr_and_mark_the_last_loss_read(tmp_path
     trainer.pretrain(tiny_config("train.knn_every=0", "train.epochs=1", "train.lr=0.5"), tmp_path)
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("epoch 1/1:")]
     lrs = [line.split("lr ")[1].split(",")[0] for line in lines if "lr " in line]
-    expected = [f"{trainer.cosine_lr(0.5, s, STEPS, 0):.4f}" for s in range(STEPS)]
+    expected = [f"{step.cosine_lr(0.5, s, STEPS, 0):.4f}" for s in range(STEPS)]
     assert lrs[:STEPS] == expected  # the schedule moves between loss reads (log_every 1000)
     assert all("(read at step 1)" in line for line in lines[1:STEPS])  # the loss of the one read, marked
 

@@ -19,6 +19,7 @@ import torch
 
 import clim.engine.trainer as trainer
 from clim.config import ConfigError
+from clim.engine.resume import resume_message
 from clim.runtime import checkpoint
 
 EPOCHS = 2
@@ -180,7 +181,7 @@ def test_changed_fixed_key_refuses_to_resume(override, key, resumed, small_digit
 def test_resume_message_numbers_epochs_as_the_progress_bar(tmp_path):
     """Epoch e/E counts from 1 as the bar does ("epoch 3/6"), steps as the bar's initial count."""
     path = tmp_path / "checkpoint.pt"
-    assert trainer.resume_message(path, 2, 6, 11, 8) == \
+    assert resume_message(path, 2, 6, 11, 8) == \
         f"resumed from {path} at epoch 3/6, step 8 of 11 (saved inside the epoch)"
-    assert trainer.resume_message(path, 2, 6, 11, None) == f"resumed from {path} at the start of epoch 3/6"
-    assert "all 6 epochs are done" in trainer.resume_message(path, 6, 6, 11, None)
+    assert resume_message(path, 2, 6, 11, None) == f"resumed from {path} at the start of epoch 3/6"
+    assert "all 6 epochs are done" in resume_message(path, 6, 6, 11, None)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from clim.engine.stopping import StopRequest
+from clim.engine.stopping import StopCheck, StopRequest
 from clim.runtime import checkpoint
 
 from test_ddp import LAUNCHER
@@ -93,8 +93,8 @@ def test_signal_inside_first_epoch_saves_and_resumes_exactly(signum, code, refer
     assert "Traceback" not in text
     # stderr is no terminal: plain progress lines, the first one at the first step, with its loss
     first = next(line for line in text.splitlines() if line.startswith(f"epoch 1/{EPOCHS}: "))
-    assert re.fullmatch(rf"epoch 1/{EPOCHS}: 1/{STEPS} \(6 %\), loss \d+\.\d{{3}}, lr 0\.0600, img_s \d+, "
-                        r"ETA \w+, run ETA \w+", first), first
+    assert re.fullmatch(rf"epoch 1/{EPOCHS}: 1/{STEPS} \(6 %\), loss \d+\.\d{{3}} \(read at step 1\), img_s \d+, "
+                        r"lr 0\.0600, ETA \w+, run ETA \w+", first), first
 
     again = run_clim(_args(out, tiny_overrides))
     assert again.returncode == 0, again.stderr[-3000:]
@@ -159,6 +159,24 @@ def test_second_signal_stops_at_once():
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(1)
     assert signal.getsignal(signal.SIGINT) is before  # put back
+
+
+def test_stop_check_after_a_step_stop_on_a_signal_save_on_the_clock(tmp_path):
+    """The loop's question after every step: (stop, save inside the epoch); the error names the signal."""
+    request = StopRequest()  # not entered: no handlers installed, the flag is set by hand below
+    check = StopCheck(request, 0.0, tmp_path / "checkpoint.pt", is_main=True)
+    assert check.after_step() == (False, False) and not check.after_epoch()  # 0 minutes: never by the clock
+    check.every_minutes = 1e-9
+    time.sleep(0.01)
+    assert check.after_step() == (False, True)
+    check.every_minutes = 60.0
+    check.restart_clock()
+    assert check.after_step() == (False, False)
+    request.signum = signal.SIGTERM
+    assert check.after_step() == (True, False) and check.after_epoch()
+    error = check.interrupted("after epoch 1/2")
+    assert error.exit_code == 128 + signal.SIGTERM and error.show
+    assert str(error) == f"stopped by SIGTERM after epoch 1/2; checkpoint saved: {tmp_path / 'checkpoint.pt'}"
 
 
 def test_interrupt_elsewhere_ends_the_bar_line_first(monkeypatch, capsys, tmp_path):

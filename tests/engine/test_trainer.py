@@ -7,7 +7,11 @@ import math
 import pytest
 import torch
 
+import clim.engine.step as step
 import clim.engine.trainer as trainer
+from clim.engine.checkpointer import TrainingDiverged
+from clim.engine.logging import remaining_seconds
+from clim.engine.refresh import DETAILS_NAME, PREVIEW_DIR
 from clim.cli import main
 from clim.method.objective import StepOutput, compute_step
 from clim.runtime import checkpoint
@@ -34,7 +38,8 @@ def _run(tmp_path_factory, subset_builder, config, name):
     out = tmp_path_factory.mktemp(name)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(trainer, "build_dataset", subset_builder)
-        patch.setattr(trainer, "compute_step", _spy(calls))
+        patch.setattr("clim.data.build_dataset", subset_builder)  # the kNN monitor's splits (clim.data.splits)
+        patch.setattr(step, "compute_step", _spy(calls))
         history = trainer.pretrain(config, out)
     return out, history, calls
 
@@ -92,6 +97,16 @@ def test_clim_refresh_logs_selection_and_fills_positives(clim_run):
     assert not bool((positives == torch.arange(256).unsqueeze(1)).any())  # never the anchor itself
 
 
+def test_the_engine_saves_each_refresh_and_draws_nothing(clim_run):
+    """Training saves what a refresh produced; drawing is the apps' (no on_refresh hook: no figure)."""
+    out, _, _ = clim_run
+    details = checkpoint.load(out / PREVIEW_DIR / DETAILS_NAME)
+    positives = checkpoint.load(out / "checkpoint.pt")["model"]["positives"]
+    assert details["epoch"] == 2 and tuple(details["knn"].shape) == tuple(positives.shape) == (256, 10)
+    assert (details["cluster_size"] >= 1).all()
+    assert not list((out / PREVIEW_DIR).glob("*.png"))
+
+
 def test_clim_cutmix_path_runs(clim_run):
     _, _, calls = clim_run
     first, second = calls[:STEPS], calls[STEPS:]
@@ -145,7 +160,7 @@ def test_nan_loss_stops_run_and_keeps_last_good_checkpoint(tmp_path, small_digit
         calls.append(1)
         return out if len(calls) <= STEPS else StepOutput(out.loss * float("nan"), out.keys, out.lam_mean)
 
-    monkeypatch.setattr(trainer, "compute_step", diverging)
+    monkeypatch.setattr(step, "compute_step", diverging)
     args = ["pretrain", "--preset", "demo-cpu", "--out", str(tmp_path)]
     for item in tiny_overrides("train.epochs=3", "train.knn_every=0"):
         args += ["--set", item]
@@ -162,9 +177,9 @@ def test_nan_loss_stops_run_and_keeps_last_good_checkpoint(tmp_path, small_digit
 
 
 def test_diverged_is_raised_from_pretrain(tmp_path, small_digits, tiny_config, monkeypatch):
-    monkeypatch.setattr(trainer, "compute_step", lambda model, batch, config: StepOutput(
+    monkeypatch.setattr(step, "compute_step", lambda model, batch, config: StepOutput(
         torch.tensor(float("inf"), requires_grad=True), torch.zeros(64, 128)))
-    with pytest.raises(trainer.TrainingDiverged, match="epoch 1, step 0"):
+    with pytest.raises(TrainingDiverged, match="epoch 1, step 0"):
         trainer.pretrain(tiny_config("train.knn_every=0"), tmp_path)
     assert not (tmp_path / "checkpoint.pt").exists()
 
@@ -175,10 +190,10 @@ def test_whole_run_eta_counts_steps_refreshes_and_monitors(tiny_config):
     (epochs 2 and 4, 1-based) as long as the last one (5 s)."""
     config = tiny_config("train.epochs=4", "train.knn_every=2", clim=True)
     history = [{"epoch": 1, "knn_seconds": 5.0, "selection": {"seconds": 30.0}}]
-    seconds = trainer.remaining_seconds(config, history, 1, 4, 2.0, 10, monitored=True)
+    seconds = remaining_seconds(config, history, 1, 4, 2.0, 10, monitored=True)
     assert seconds == (4 + 2 * 10) * 2.0 + 2 * 30.0 + 2 * 5.0
-    assert trainer.remaining_seconds(config, history, 1, 4, 2.0, 10, monitored=False) == 48.0 + 60.0
-    assert trainer.remaining_seconds(config, [], 3, 0, 2.0, 10, monitored=True) == 0.0  # nothing seen yet
+    assert remaining_seconds(config, history, 1, 4, 2.0, 10, monitored=False) == 48.0 + 60.0
+    assert remaining_seconds(config, [], 3, 0, 2.0, 10, monitored=True) == 0.0  # nothing seen yet
 
 
 def test_in_epoch_checkpoints_do_not_wait_for_a_log_step(tmp_path, small_digits, tiny_config, monkeypatch):

@@ -1,4 +1,4 @@
-"""Drawing for the positives preview (:mod:`clim.engine.preview`, ``clim inspect``): a mosaic of
+"""Drawing for the positives figure (:mod:`clim.inspect.figure`, ``clim inspect``): a mosaic of
 framed image cells, and the figure around it.
 
 The mosaic is a plain uint8 array built here rather than one matplotlib axis per cell: the frame

@@ -7,10 +7,10 @@ many positives the center-wise rule gave and how many were filled by kNN rank. B
 positive precision and a CutMix example; ``compare`` rows add what kNN-only or random selection
 would have picked.
 
-The training loop calls :func:`write_positives_preview` right after every refresh: it saves the
-refresh's per-anchor facts (cluster sizes, |Ω_p|, kNN picks: ``RUN_DIR/positives/selection.pt``)
-and draws ``RUN_DIR/positives/epoch_NNN.png``. ``clim inspect`` (:mod:`clim.inspect`) draws the
-same figure from a checkpoint later.
+The trainer saves each refresh's per-anchor facts (cluster sizes, |Ω_p|, kNN picks:
+``RUN_DIR/positives/selection.pt``, :mod:`clim.engine.refresh`); :func:`clim.inspect.draw_refresh`,
+the hook ``clim pretrain`` hands the trainer, draws ``RUN_DIR/positives/epoch_NNN.png`` right after
+each refresh, and ``clim inspect`` (:mod:`clim.inspect`) draws the same figure from a checkpoint later.
 """
 
 from __future__ import annotations
@@ -18,18 +18,15 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 
 from clim.config import Config
-from clim.engine.mosaic import GridLayout, GridRow, draw_figure, frame_kind, to_cell
+from clim.inspect.mosaic import GridLayout, GridRow, draw_figure, frame_kind, to_cell
 from clim.method.mixing import cutmix
-from clim.runtime import checkpoint, distributed
 
-PREVIEW_DIR = "positives"
-DETAILS_NAME = "selection.pt"
 PREVIEW_ANCHORS = 12
 COMPARE = ("knn", "random")
 _COMPARE_TITLES = {"knn": "kNN only (same features)", "random": "random"}
@@ -196,23 +193,3 @@ def render(inspection: Inspection, out: str | Path, anchors: int = PREVIEW_ANCHO
                "class, red another, grey unknown" + (f"\n{inspection.note}" if inspection.note else ""))
     return draw_figure(out, heading, rows, GridLayout(cell, inspection.table.shape[1] + 1), bars, bars_title,
                        cutmix_row(inspection, int(chosen[0]), cell, seed))
-
-
-def write_positives_preview(bank, dataset, config: Config, out_dir: str | Path,
-                            warn: Callable[[str], None], epoch: int) -> Path | None:
-    """Training hook, right after a refresh of ``bank`` (:class:`~clim.method.bank.PositiveBank`):
-    save the refresh's per-anchor details and draw ``positives/epoch_NNN.png`` (a dozen anchors);
-    ``epoch`` is the metrics record that trains with the new table. Main rank only; a failure costs
-    one warning, never the run."""
-    if distributed.rank() != 0 or bank.details is None:
-        return None
-    details = {"epoch": epoch, **bank.details}
-    try:
-        folder = Path(out_dir) / PREVIEW_DIR
-        checkpoint.save_atomic(details, folder / DETAILS_NAME)
-        inspection = Inspection(bank.table.detach().cpu(), dataset.labels.cpu(),
-                                getattr(dataset, "classes", None), raw_images(dataset), details, epoch, config)
-        return render(inspection, folder / f"epoch_{epoch:03d}.png")
-    except Exception as error:  # drawing is a by-product: it must never stop training
-        warn(f"positives preview of epoch {epoch} not written: {type(error).__name__}: {error}")
-        return None

@@ -1,13 +1,15 @@
 """``clim inspect``: see which images CLIM picks as positives (METHOD §2-3).
 
-Draws the figure of :mod:`clim.engine.preview` (anchors, their positives framed by label, per-class
-precision, a CutMix example) from the positives table saved with a checkpoint.
-``--compare knn|random`` adds, per anchor, what kNN-only or random selection would have picked.
+Draws the figure of :mod:`clim.inspect.figure` (anchors, their positives framed by label, per-class
+precision, a CutMix example; :mod:`clim.inspect.mosaic` draws it) from the positives table saved with
+a checkpoint. ``--compare knn|random`` adds, per anchor, what kNN-only or random selection would have
+picked.
 
-Cluster sizes, |Ω_p| and the kNN picks are facts of the refresh, not of the table: the training
-hook :func:`~clim.engine.preview.write_positives_preview` saves them (``RUN_DIR/positives/selection.pt``)
-at every refresh. Where that file is missing or belongs to another refresh, they are recomputed once
-with the checkpoint's encoder, and the figure says so.
+Cluster sizes, |Ω_p| and the kNN picks are facts of the refresh, not of the table: the trainer saves
+them (``RUN_DIR/positives/selection.pt``, :mod:`clim.engine.refresh`) at every refresh. Where that
+file is missing or belongs to another refresh, they are recomputed once with the checkpoint's
+encoder, and the figure says so. :func:`draw_refresh` is the trainer's ``on_refresh`` hook that
+``clim pretrain`` and ``clim demo`` pass: it draws ``RUN_DIR/positives/epoch_NNN.png`` at every refresh.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from pathlib import Path
 from typing import Sequence
 
 from clim.config import Config, ConfigError
-from clim.engine.preview import DETAILS_NAME, PREVIEW_ANCHORS, PREVIEW_DIR, Inspection, raw_images, render
+from clim.engine.refresh import DETAILS_NAME, PREVIEW_DIR, Refresh
+from clim.inspect.figure import PREVIEW_ANCHORS, Inspection, raw_images, render
 from clim.runtime import checkpoint
 
 
@@ -91,3 +94,12 @@ def inspect_run(path: str | Path, anchors: int = PREVIEW_ANCHORS, seed: int = 0,
     check_output(out)  # the default output too, before the checkpoint is read
     inspection = load_inspection(path)
     return render(inspection, out, anchors, seed, compare)
+
+
+def draw_refresh(refresh: Refresh) -> Path:
+    """The trainer's ``on_refresh`` hook: the figure of a dozen anchors of the new table, drawn into
+    ``RUN_DIR/positives/epoch_NNN.png`` (``NNN``: the metrics record that trains with it)."""
+    dataset = refresh.dataset
+    inspection = Inspection(refresh.table, dataset.labels.cpu(), getattr(dataset, "classes", None),
+                            raw_images(dataset), refresh.details, refresh.epoch, refresh.config)
+    return render(inspection, refresh.folder / f"epoch_{refresh.epoch:03d}.png")
