@@ -132,6 +132,18 @@ def reference_sentence(knn: tuple[list, list], references: dict[str, float]) -> 
             + ", ".join(versus(last, value, label) for label, value in references.items()) + ".")
 
 
+def _changes_section(changes: list[dict]) -> list[str]:
+    """What each epoch ran with: the configuration above holds from the last change on; the table
+    says which values the epochs before each change used."""
+    if not changes:
+        return []
+    rows = [[change["from_epoch"], change["step"], key, old, new]
+            for change in changes for key, (old, new) in change["changed"].items()]
+    return (["Settings changed on resume (the configuration above is the one in force now; the epochs "
+             "before each change ran with the old value):", ""]
+            + _table(rows, ["from epoch", "at step", "key", "before", "after"]) + [""])
+
+
 def _table(rows: list[list], header: list[str]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
@@ -154,6 +166,7 @@ def write_report(run_dir: str | Path) -> Path:
     if config_path.exists():
         config = json.loads(config_path.read_text())
         lines += ["## Configuration", "", "```json", json.dumps(config, indent=1), "```", ""]
+        lines += _changes_section(config.get("changes", []))
 
     lines += ["## Training", ""]
     _plot_loss(plots / "loss.png", history)
@@ -170,9 +183,10 @@ def write_report(run_dir: str | Path) -> Path:
               {"trained": (minutes, knn[1])}, xlabel="training minutes", levels=references)
         lines += ["The same against training minutes (epochs plus positives refreshes):", "",
                   "![kNN top-1 against minutes](plots/knn_minutes.png)", ""]
-    rows = [[r["epoch"], round(m, 2), r.get("loss"), r.get("lr"), r.get("images_per_s"), r.get("knn_top1", "")]
+    rows = [[r["epoch"], round(m, 2), r.get("loss"), r.get("lr"), r.get("images_per_s"), r.get("knn_top1", ""),
+             ", ".join(f"{key} {old} -> {new}" for key, (old, new) in r.get("changed", {}).items())]
             for r, m in zip(history, training_minutes(history))]
-    lines += _table(rows, ["epoch", "minutes", "loss", "lr", "images/s", "kNN top-1 %"]) + [""]
+    lines += _table(rows, ["epoch", "minutes", "loss", "lr", "images/s", "kNN top-1 %", "settings changed"]) + [""]
 
     refreshes = [r for r in history if "selection" in r]
     if refreshes:

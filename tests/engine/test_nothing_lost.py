@@ -193,6 +193,12 @@ def test_settings_changed_on_resume_are_printed_and_recorded(tmp_path, small_dig
         "train.epochs": [1, 2], "model.temperature": [0.2, 0.3]}}]
     history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert "changed" not in history[0] and history[1]["changed"]["model.temperature"] == [0.2, 0.3]
+    from clim.report import write_report  # the report says what each epoch ran with
+
+    report = write_report(out).read_text()
+    assert "| 2 | 4 | model.temperature | 0.2 | 0.3 |" in report
+    epoch_rows = [line for line in report.splitlines() if line.startswith("| 2 | ") and "->" in line]
+    assert epoch_rows and "model.temperature 0.2 -> 0.3" in epoch_rows[0]
 
 
 def test_progress_lines_show_the_current_lr_and_mark_the_last_loss_read(tmp_path, small_digits, tiny_config,
