@@ -26,8 +26,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from throughput import build_data, cpu_model, load_average, make_config, parse_args  # noqa: E402
 
-from clim.data.device_pipeline import CroppedViewsDataset  # noqa: E402
 from clim.data.pipeline import build_pipeline  # noqa: E402
+from clim.data.views import SampleViews as CroppedViewsDataset  # noqa: E402
 
 
 def main() -> None:

@@ -49,8 +49,7 @@ import yaml
 from clim.config import Config
 from clim.data import build_dataset
 from clim.data.arrays import ArrayDataset
-from clim.data.pipeline import build_pipeline, resolve_augment
-from clim.data.prefetch import prefetched
+from clim.data.pipeline import build_pipeline, prefetched, resolve_augment
 from clim.data.registry import DatasetInfo
 from clim.engine.step import StepRunner, cosine_lr
 from clim.models.backbones import build_backbone, uses_small_stem

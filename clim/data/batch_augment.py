@@ -35,6 +35,19 @@ BLUR_REFERENCE_SIZE = 224
 _CROP_ATTEMPTS = 10
 
 
+def blur_kernel_size(image_size: int) -> int:
+    """Odd kernel of about 10% of the image side, at least 3 (MoCo v2 uses 23 at 224)."""
+    return max(3, int(0.1 * image_size) // 2 * 2 + 1)
+
+
+def _checked(images_uint8: Tensor) -> Tensor:
+    if images_uint8.dtype != torch.uint8 or images_uint8.ndim != 4 or images_uint8.shape[1] not in (1, 3):
+        raise ValueError(
+            f"expected a uint8 [B, 1 or 3, H, W] batch, got {images_uint8.dtype} {tuple(images_uint8.shape)}"
+        )
+    return images_uint8
+
+
 def _draw_device(generator: torch.Generator | None, device: torch.device | str | None) -> torch.device:
     """Random numbers must be drawn where the generator lives (a CPU generator may serve CUDA images)."""
     if generator is not None:
@@ -292,7 +305,7 @@ class MoCoV2BatchAugment(nn.Module):
         self.blur_p = blur_p
         self.blur_sigma = tuple(blur_sigma)
         self.blur_sigma_scale = out_size / BLUR_REFERENCE_SIZE
-        self.blur_kernel_size = max(3, int(0.1 * out_size) // 2 * 2 + 1)
+        self.blur_kernel_size = blur_kernel_size(out_size)
         self.flip_p = flip_p
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32), persistent=False)
@@ -332,11 +345,7 @@ class MoCoV2BatchAugment(nn.Module):
         return_params: bool = False,
         dtype: torch.dtype = torch.float32,
     ):
-        if images_uint8.dtype != torch.uint8 or images_uint8.ndim != 4 or images_uint8.shape[1] not in (1, 3):
-            raise ValueError(
-                f"expected a uint8 [B, 1 or 3, H, W] batch, got {images_uint8.dtype} {tuple(images_uint8.shape)}"
-            )
-        batch, _, height, width = images_uint8.shape
+        batch, _, height, width = _checked(images_uint8).shape
         params = self.sample_params(batch, height, width, generator, images_uint8.device)
         views = resize_crop(images_uint8, params["boxes"], self.out_size, params["flip"]).div_(255)
         views = self.photometric(views, params, dtype)
@@ -364,9 +373,6 @@ class MoCoV2BatchAugment(nn.Module):
         """Photometric augmentation of views already cropped and flipped elsewhere (the per-sample
         geometric part done in DataLoader workers, ``data.augment=device``): uint8
         ``[B, C, out_size, out_size]`` → normalised float. ``params["flip"]`` is drawn but not applied."""
-        if views_uint8.dtype != torch.uint8 or views_uint8.ndim != 4 or views_uint8.shape[1] not in (1, 3):
-            raise ValueError(f"expected a uint8 [B, 1 or 3, H, W] batch, got {views_uint8.dtype} "
-                             f"{tuple(views_uint8.shape)}")
-        params = self.sample_photometric_params(views_uint8.shape[0], generator, views_uint8.device)
+        params = self.sample_photometric_params(_checked(views_uint8).shape[0], generator, views_uint8.device)
         views = self.photometric(views_uint8.to(torch.float32).div_(255), params, dtype)
         return (views, params) if return_params else views

@@ -1,24 +1,33 @@
-"""JPEG files on the training device: header sniffing, batched decoding, crops (``data.decode=gpu``).
+"""``data.decode=gpu``: JPEGs decoded on the training device, so that CPU decoding (about 250
+ImageNet-sized images/s per core) does not cap an epoch.
 
-:func:`jpeg_size` tells from a file's header whether nvJPEG's batched path can decode it;
-:func:`decode_and_crop` is the training-process half of :class:`~clim.data.gpu_decode.GpuDecodePipeline`:
-one ``torchvision.io.decode_jpeg(list, device=...)`` call per batch, then every view cropped, resized
-(antialiased bilinear, as PIL) and flipped on the device. Files that fail on the device are decoded
-with PIL instead and counted.
+The workers (:class:`EncodedViews`, a part of :class:`~clim.data.views.SampleViews`) only read each
+file's bytes, parse its header (:func:`jpeg_size`) and draw every view's geometry as
+:class:`~clim.data.views.CroppedViews` does, so the views are the CPU path's; the training process
+decodes the whole batch in one ``torchvision.io.decode_jpeg(list, device=...)`` call (batched nvJPEG,
+the hardware decoder on A100 / H100 / H200) and crops, resizes (antialiased bilinear, as PIL) and
+flips every view to uint8 (:func:`decode_and_crop`): what the CPU path's workers deliver. Files nvJPEG
+cannot take (PNG and other formats, progressive / CMYK / 12-bit / arithmetic-coded JPEGs, no end
+marker) are decoded with PIL in the worker, a failed device decode with PIL in the training process;
+each epoch ends with ONE warning counting them.
 """
 
 from __future__ import annotations
 
 import io
+import os
+import warnings
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from torchvision.transforms import functional as TF
 
+from clim.config import Config
 from clim.data.transforms import ensure_mode
+from clim.data.views import StepViews, ViewGroup, numpy_draws
 
 _SOF_BASELINE = (0xC0, 0xC1)  # baseline and extended sequential Huffman: nvJPEG's hardware path
 _SOF_PROGRESSIVE = (0xC2, 0xC6)
@@ -91,6 +100,123 @@ def _pil_decode(encoded: torch.Tensor) -> torch.Tensor:
         return TF.pil_to_tensor(ensure_mode(image, 3))
 
 
+# ------------------------------------------------------------------------------------------ workers
+
+
+def read_encoded(dataset, i: int) -> tuple[tuple[torch.Tensor, int, int, str | None], int, torch.Tensor]:
+    """``((payload, height, width, reason), i, label)`` of sample ``i``: ``payload`` is the file's bytes
+    (uint8 ``[n]``) when ``reason`` is None, else the image decoded here with PIL (uint8 ``[C, H, W]``) and
+    ``reason`` says why; ``label`` is the dataset's entry (read only for an anchor)."""
+    try:
+        with open(dataset.path(i), "rb") as handle:
+            data = bytearray(os.fstat(handle.fileno()).st_size)
+            del data[handle.readinto(data):]
+        verdict = jpeg_size(data)
+    except OSError as error:
+        verdict = f"unreadable file ({type(error).__name__})"
+    label = dataset.labels[i]
+    if not isinstance(verdict, str):
+        return (torch.frombuffer(data, dtype=torch.uint8), verdict[0], verdict[1], None), i, label
+    image = dataset[i][0]  # PIL, with the dataset's next-decodable-image fallback
+    return (TF.pil_to_tensor(image), image.height, image.width, verdict), i, label
+
+
+def collate_encoded(items: list[dict]) -> dict:
+    """A batch of :class:`EncodedViews` items. Image ``k = slot * B + b`` is sample b's anchor (slot 0) or
+    positive (slot 1). The JPEG bytes travel as ONE flat tensor (one shared-memory segment per batch)
+    with their lengths; PIL-decoded images as a list."""
+    size = len(items)
+    jpeg, jpeg_ids, decoded, decoded_ids, fallback = [], [], [], [], []
+    for slot in range(len(items[0]["images"])):
+        for b, item in enumerate(items):
+            payload, reason = item["images"][slot]
+            if reason is None:
+                jpeg.append(payload)
+                jpeg_ids.append(slot * size + b)
+            else:
+                decoded.append(payload)
+                decoded_ids.append(slot * size + b)
+                fallback.append(reason)
+    views = {}
+    for name in items[0]["views"]:
+        slots, boxes, flips = zip(*(item["views"][name] for item in items))
+        views[name] = {"image": torch.tensor(slots) * size + torch.arange(size),
+                       "box": torch.tensor(boxes, dtype=torch.long), "flip": torch.tensor(flips)}
+    batch = {"index": torch.tensor([item["index"] for item in items]),
+             "label": torch.tensor([item["label"] for item in items]),
+             "jpeg": torch.cat(jpeg) if jpeg else torch.empty(0, dtype=torch.uint8),
+             "jpeg_sizes": torch.tensor([len(p) for p in jpeg], dtype=torch.long),
+             "jpeg_ids": torch.tensor(jpeg_ids, dtype=torch.long), "decoded": decoded,
+             "decoded_ids": torch.tensor(decoded_ids, dtype=torch.long), "fallback": fallback, "views": views}
+    if "positive_index" in items[0]:
+        batch["positive_index"] = torch.tensor([item["positive_index"] for item in items])
+    return batch
+
+
+class EncodedViews:
+    """``data.decode=gpu``'s part of :class:`~clim.data.views.SampleViews`: file bytes + every view's crop
+    box and flip in the worker, decoded and cropped on the device (:meth:`on_device`).
+
+    An item's ``images``: ``[(payload, reason)]`` for the anchor and (with a positives table) its positive
+    (:func:`read_encoded`); its ``views``: ``{name: (image number, (x0, y0, w, h), flip)}``, multi-crop
+    views named ``small_crops.<v>``. ``decode_stats``: the last epoch's ``{"images": n, "fallback":
+    Counter(reason)}``.
+    """
+    draws, load, collate = staticmethod(numpy_draws), staticmethod(read_encoded), staticmethod(collate_encoded)
+    pin = False  # file bytes are read by the decoder from ordinary memory
+
+    def __init__(self, dataset, views: StepViews, config: Config):
+        self.dataset, self.views = dataset, views
+        self.decode_stats: dict = {"images": 0, "fallback": Counter()}
+
+    def view(self, source: tuple, group: ViewGroup, rng) -> tuple:
+        _, box, flip = self.views.draw_crop(group, rng, source[1], source[2])
+        return group.source, box, flip
+
+    @staticmethod
+    def item(item: dict, made: dict, sources: list) -> dict:
+        views = {name: view for name, view in made.items() if name != "small_crops"}
+        views.update({f"small_crops.{v}": view for v, view in enumerate(made.get("small_crops", []))})
+        return {**item, "images": [(payload, reason) for payload, _, _, reason in sources], "views": views}
+
+    def on_device(self, batches, device: torch.device, epoch: int) -> Iterator[dict]:
+        """The batches decoded and cropped on ``device`` (:func:`decode_and_crop`); one warning at the end
+        counts the files decoded with PIL instead."""
+        stats = self.decode_stats = {"images": 0, "fallback": Counter()}
+        try:
+            for batch in batches:
+                if device.type == "cuda":
+                    # torchvision's CUDA decode_jpeg allocates its outputs on this thread's current stream, then
+                    # writes them from nvJPEG's own stream without waiting on this one (pytorch/vision#9606).
+                    # The caching allocator reuses a block as soon as it is freed on its stream, so the decoder
+                    # can be handed memory the previous batch's queued kernels still read: draining this
+                    # (side) stream first orders the allocation after them. A host wait in the look-ahead's
+                    # thread, never in the training loop.
+                    torch.cuda.current_stream(device).synchronize()
+                cropped, reasons = decode_and_crop(batch, device, self.views.sizes[0], self.views.small_size,
+                                                   self._fallback_image(batch))
+                stats["images"] += len(batch["jpeg_ids"]) + len(batch["decoded_ids"])
+                stats["fallback"].update(reasons)
+                yield cropped
+        finally:
+            fallback = sum(stats["fallback"].values())
+            if fallback:
+                details = ", ".join(f"{n} {reason}" for reason, n in stats["fallback"].most_common())
+                warnings.warn(f"data.decode=gpu, epoch {epoch}: {fallback} of {stats['images']} images were "
+                              f"decoded with PIL on the CPU instead of on {device} ({details})", stacklevel=2)
+
+    def _fallback_image(self, batch: dict) -> Callable[[int], torch.Tensor]:
+        """Image number k of ``batch`` (anchors, then positives) as the dataset gives it, in uint8."""
+        def load(k: int) -> torch.Tensor:
+            size = len(batch["index"])
+            index = (batch["index"] if k < size else batch["positive_index"])[k % size]
+            return TF.pil_to_tensor(self.dataset[int(index)][0])
+        return load
+
+
+# ------------------------------------------------------------------------------------ the device
+
+
 def decode_jpegs(encoded: list[torch.Tensor], device: torch.device | str) -> tuple[list, list[str | None]]:
     """Decode ``encoded`` (CPU uint8 byte tensors) to RGB uint8 ``[3, H, W]`` on ``device`` in one
     ``torchvision.io.decode_jpeg`` call (batched nvJPEG on CUDA; libjpeg on CPU). If the batch call
@@ -157,7 +283,7 @@ def decode_and_crop(batch: dict, device: torch.device | str, size: int, small_si
                     fallback: Callable[[int], torch.Tensor] | None = None) -> tuple[dict, Counter]:
     """The training-process half of the GPU decode path, for any ``device``: a :func:`collate_encoded`
     batch → ``(cropped, reasons)``. ``cropped`` holds what the CPU path's workers deliver (the keys of
-    :class:`~clim.data.device_pipeline.CroppedViewsDataset` batches: index, label, query, key and, where
+    :class:`~clim.data.views.CroppedViews` batches: index, label, query, key and, where
     drawn, positive_index, positive_key, positive_query, small_crops ``[B, V, C, s, s]``), uint8 on
     ``device``. ``reasons`` counts the images not decoded on the device, by reason.
     ``fallback(k)``: image number k as uint8 ``[C, H, W]`` when neither the device nor PIL can decode

@@ -16,7 +16,7 @@ from PIL import Image
 from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 
-from clim.data.batch_augment import BLUR_REFERENCE_SIZE
+from clim.data.batch_augment import BLUR_REFERENCE_SIZE, blur_kernel_size
 
 __all__ = [
     "MultiViewTransform",
@@ -83,11 +83,6 @@ class _ToMode:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(in_channels={self.in_channels})"
-
-
-def blur_kernel_size(image_size: int) -> int:
-    """Odd kernel of about 10% of the image side, at least 3 (MoCo v2 uses 23 at 224)."""
-    return max(3, int(0.1 * image_size) // 2 * 2 + 1)
 
 
 def blur_sigma_pixels(image_size: int, blur_sigma: Sequence[float] = (0.1, 2.0)) -> tuple[float, float]:

@@ -1,18 +1,29 @@
-"""What every training data path shares (METHOD §3-4): seeds, resolutions, resume points, drawn positives.
+"""What a training step needs, described once (:class:`StepViews`), and the one per-sample builder
+(:class:`SampleViews`) of the DataLoader paths (METHOD §1-4).
 
-Randomness is seeded from ``(train.seed, epoch, rank)`` at the start of every epoch, so a run resumed
-at an epoch boundary draws exactly the same crops, positives and CutMix boxes as an uninterrupted one.
-Multi-resolution (METHOD §4): each view is cropped and augmented once at the largest resolution and
-then resized (antialiased) to the others (:func:`at_resolutions`), so the views differ only in
-resolution.
+A step needs, in the order every random draw follows: the anchor's query and key views, then (with a
+positives table) one positive drawn uniformly from the anchor's row and its key view (and query view
+when mixing), then the multi-crop views. Each full-size view is cropped and augmented once at the
+largest resolution and resized (antialiased) to the others (:func:`at_resolutions`, METHOD §4).
 """
 
 from __future__ import annotations
 
+import math
+import operator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.data import Dataset, default_collate
+from torchvision.transforms import functional as TF
 
 from clim.config import Config
+from clim.data.batch_augment import fallback_crop_size
+from clim.data.transforms import moco_v2_transform
 
 MULTICROP_SCALE = (0.05, 0.14)  # Table 7 baseline: 2 x 96 px crops of a 224 px image
 MULTICROP_VIEWS = 2
@@ -20,10 +31,6 @@ MULTICROP_VIEWS = 2
 
 def epoch_seed(seed: int, epoch: int, rank: int) -> int:
     return (seed * 1_000_003 + epoch) * 1_009 + rank
-
-
-def resolutions_of(config: Config, image_size: int) -> list[int]:
-    return sorted(config.method.resolutions or [image_size], reverse=True)
 
 
 def multicrop_size(config: Config, image_size: int) -> int:
@@ -50,36 +57,6 @@ def augment_kwargs(config: Config, scale: tuple[float, float] | None = None) -> 
     )
 
 
-def make_step_generator(device: torch.device, seed: int, epoch: int, rank: int) -> torch.Generator:
-    """The generator of the step's own draws (CutMix boxes, λ), ``batch["generator"]``: separate from
-    the views' generator, so that making batches ahead of the step (:mod:`clim.data.prefetch`) draws
-    exactly the same numbers as making them in turn."""
-    return torch.Generator(device).manual_seed(epoch_seed(seed + 1, epoch, rank) + 7)
-
-
-def resume_point(next_step: int, views_generator: torch.Generator | None) -> dict:
-    """What a batch carries so that a checkpoint taken after its step can resume the epoch exactly:
-    the step to start from and the views generator's state after making this batch. The step
-    generator's state is read by the trainer at checkpoint time (the step has drawn from it since)."""
-    return {"step": next_step, "views": None if views_generator is None else views_generator.get_state()}
-
-
-def first_step(resume: dict | None) -> int:
-    """The step a mid-epoch checkpoint's ``resume`` point starts the epoch from (0 without one)."""
-    return int(resume["step"]) if resume else 0
-
-
-def restore_generators(resume: dict | None, views_generator: torch.Generator | None,
-                       step_generator: torch.Generator) -> int:
-    """Set the generators to a mid-epoch checkpoint's states; returns the first step to make."""
-    if not resume:
-        return 0
-    if views_generator is not None and resume.get("views") is not None:
-        views_generator.set_state(resume["views"])
-    step_generator.set_state(resume["step_generator"])
-    return first_step(resume)
-
-
 def draw_positives(table: torch.Tensor, index: torch.Tensor, generator: torch.Generator | None = None
                    ) -> torch.Tensor:
     """One positive per anchor, uniformly among its table entries (METHOD §3): long, on the table's
@@ -88,3 +65,190 @@ def draw_positives(table: torch.Tensor, index: torch.Tensor, generator: torch.Ge
     on = generator.device if generator is not None else table.device
     pick = torch.randint(rows.shape[1], (rows.shape[0],), generator=generator, device=on)
     return rows[torch.arange(rows.shape[0], device=rows.device), pick.to(rows.device)].long()
+
+
+# ------------------------------------------------------------------------------ the step's views
+
+
+class ViewGroup(NamedTuple):
+    """Views of one image made in one pass: their batch keys, the image (0: the anchor, 1: its positive)
+    and, for a multi-crop view, its number (its batch key holds a list)."""
+    names: tuple[str, ...]
+    source: int = 0
+    crop: int | None = None
+
+
+@dataclass
+class StepViews:
+    """Every view a step needs: full-size views at ``sizes`` (largest first), multi-crop views at
+    ``small_size`` (None: none), a positive query view when mixing; a worker's crop area range and flip."""
+    sizes: list[int]
+    small_size: int | None
+    positive_query: bool
+    scale: tuple[float, float]
+    flip_p: float
+
+    @classmethod
+    def of(cls, config: Config, image_size: int) -> StepViews:
+        return cls(sorted(config.method.resolutions or [image_size], reverse=True),
+                   multicrop_size(config, image_size) if config.method.multicrop else None,
+                   config.method.mixing != "none", (config.data.crop_min_scale, 1.0), config.data.flip_p)
+
+    def augmenters(self, make, config: Config, *args) -> tuple:
+        """``make(side, *args, **augment_kwargs)`` for the full-size views, and for the multi-crop ones (or None)."""
+        full = make(self.sizes[0], *args, **augment_kwargs(config))
+        if self.small_size is None:
+            return full, None
+        return full, make(self.small_size, *args, **augment_kwargs(config, MULTICROP_SCALE))
+
+    def groups(self, with_positive: bool) -> list[ViewGroup]:
+        """The views in the order they are drawn (with a positive: it is drawn before its first view)."""
+        groups = [ViewGroup(("query", "key"))]
+        if with_positive:
+            groups.append(ViewGroup(("positive_key", "positive_query") if self.positive_query else ("positive_key",),
+                                    source=1))
+        if self.small_size is not None:
+            groups += [ViewGroup(("small_crops",), crop=v) for v in range(MULTICROP_VIEWS)]
+        return groups
+
+    def draw_crop(self, group: ViewGroup, rng: np.random.Generator, height: int, width: int) -> tuple:
+        """A worker view's geometry: its side, its crop box (:func:`crop_box`), then whether it is mirrored."""
+        size, scale = (self.sizes[0], self.scale) if group.crop is None else (self.small_size, MULTICROP_SCALE)
+        box = crop_box(rng, height, width, scale)
+        return size, box, bool(rng.random() < self.flip_p)
+
+
+def crop_box(rng: np.random.Generator, height: int, width: int, scale: tuple[float, float],
+             ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+    """One RandomResizedCrop box ``(x0, y0, w, h)``: torchvision's algorithm (10 tries, then the
+    centre crop clamped to the ratio range), drawn from a numpy generator."""
+    area = height * width
+    log_low, log_high = math.log(ratio[0]), math.log(ratio[1])
+    for _ in range(10):
+        target_area = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(log_low, log_high))
+        w = round(math.sqrt(target_area * aspect))
+        h = round(math.sqrt(target_area / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            return int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1)), w, h
+    w, h = fallback_crop_size(height, width, ratio)
+    return (width - w) // 2, (height - h) // 2, w, h
+
+
+# ------------------------------------------------------------------------------ per-sample builder
+
+
+class SampleViews(Dataset):
+    """The one per-sample builder of the DataLoader paths: sample ``i``'s views (:class:`StepViews`),
+    each made by ``part``: :class:`TransformedViews` (``data.augment=loader``), :class:`CroppedViews`
+    (``data.augment=device``, the default) or :class:`~clim.data.jpeg.EncodedViews` (``data.decode=gpu``).
+
+    A part gives ``draws(seed, epoch, rank, index)`` (a context: the sample's own generator, so that its
+    views depend on neither the worker nor ``data.num_workers``), ``load(dataset, i) -> (image, i, label)``,
+    ``view(image, group, rng)``, ``item(item, made, images)``; for the DataLoader ``collate`` and ``pin``,
+    and ``on_device(batches, device, epoch)`` for the training process. The pipeline sets ``epoch`` and
+    ``positives`` (a CPU table) at the start of every epoch.
+    """
+
+    def __init__(self, dataset, config: Config, image_size: int, part: type | None = None, rank: int = 0):
+        self.dataset = dataset
+        self.views = StepViews.of(config, image_size)
+        self.part = (part or CroppedViews)(dataset, self.views, config)
+        self.seed, self.rank = config.train.seed, rank
+        self.epoch = 0
+        self.positives: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict:
+        i = int(i)
+        with self.part.draws(self.seed, self.epoch, self.rank, i) as rng:
+            anchor, _, label = self.part.load(self.dataset, i)
+            item, sources, made = {"index": i, "label": int(label)}, [anchor], {}
+            for group in self.views.groups(self.positives is not None):
+                if group.source == 1 and len(sources) == 1:  # the positive (METHOD §3), before its views
+                    row = self.positives[i]
+                    item["positive_index"] = positive = int(row[int(rng.integers(len(row)))])
+                    sources.append(self.part.load(self.dataset, positive)[0])
+                for name in group.names:
+                    view = self.part.view(sources[group.source], group, rng)
+                    if group.crop is None:
+                        made[name] = view
+                    else:
+                        made.setdefault(name, []).append(view)
+            return self.part.item(item, made, sources)
+
+
+class _TorchDraws:
+    """torch's global generator as a sample's generator."""
+
+    @staticmethod
+    def integers(n: int) -> int:
+        return torch.randint(n, ()).item()
+
+
+@contextmanager
+def torch_draws(seed: int, epoch: int, rank: int, index: int):
+    """torch's global generator, forked (nothing else is disturbed) and seeded from the sample (and rank)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed((epoch_seed(seed, epoch, rank) * 1_000_003 + index) % 2**63)
+        yield _TorchDraws
+
+
+def numpy_draws(seed: int, epoch: int, rank: int, index: int):
+    return nullcontext(np.random.default_rng((seed, epoch, index)))
+
+
+def moved(batches, device: torch.device, epoch: int):
+    """Collated worker batches on ``device`` (lists of tensors too), copied without waiting."""
+    def to(value):
+        if isinstance(value, list):
+            return [v.to(device, non_blocking=True) for v in value]
+        return value.to(device, non_blocking=True)
+    for batch in batches:
+        yield {key: to(value) for key, value in batch.items()}
+
+
+class TransformedViews:
+    """``data.augment=loader``: every view made whole in the worker by the per-sample torchvision
+    transforms (:func:`~clim.data.transforms.moco_v2_transform`, drawing from torch's generator)."""
+    draws, load, on_device = staticmethod(torch_draws), staticmethod(operator.getitem), staticmethod(moved)
+    collate, pin = staticmethod(default_collate), True
+
+    def __init__(self, dataset, views: StepViews, config: Config):
+        info = dataset.info
+        self.sizes = views.sizes
+        self.transform, self.small_transform = views.augmenters(moco_v2_transform, config, info.mean, info.std,
+                                                                info.in_channels)
+
+    def view(self, image, group: ViewGroup, rng) -> torch.Tensor | list[torch.Tensor]:
+        if group.crop is not None:
+            return self.small_transform(image)
+        return at_resolutions(self.transform(image), self.sizes)
+
+    @staticmethod
+    def item(item: dict, made: dict, sources: list) -> dict:
+        return {**item, **made}
+
+
+class CroppedViews:
+    """``data.augment=device``: the worker decodes (PIL), crops (RandomResizedCrop, antialiased, at the
+    largest resolution) and flips every view to uint8 ``[C, S, S]``; the device does the photometric part."""
+    draws, load, on_device = staticmethod(numpy_draws), staticmethod(operator.getitem), staticmethod(moved)
+    collate, pin = staticmethod(default_collate), True
+
+    def __init__(self, dataset, views: StepViews, config: Config):
+        self.views = views
+
+    def view(self, image, group: ViewGroup, rng: np.random.Generator) -> torch.Tensor:
+        size, (x0, y0, w, h), flip = self.views.draw_crop(group, rng, image.height, image.width)
+        view = TF.resized_crop(image, y0, x0, h, w, [size, size],
+                               interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
+        return TF.pil_to_tensor(TF.hflip(view) if flip else view)
+
+    @staticmethod
+    def item(item: dict, made: dict, sources: list) -> dict:
+        if "small_crops" in made:  # one [V, C, s, s] tensor: one copy to the device
+            made["small_crops"] = torch.stack(made["small_crops"])
+        return {**item, **made}

@@ -25,7 +25,7 @@ import torch
 from clim.config import Config, ConfigError, batch_layout, check_device, check_for_dataset
 from clim.data import build_dataset
 from clim.data.pipeline import build_pipeline
-from clim.data.prefetch import prefetched
+from clim.data.pipeline import prefetched
 from clim.data.transforms import eval_transform_for
 from clim.engine.checkpointer import Checkpointer, EpochTally, TrainingDiverged  # noqa: F401  (clim.cli reads it here)
 from clim.engine.logging import RunEta, RunLogger

@@ -15,11 +15,12 @@ from PIL import Image
 
 from clim.config import load_config
 from clim.data import build_dataset
-from clim.data import device_pipeline, gpu_decode, jpeg
-from clim.data.gpu_decode import (EncodedViewsDataset, GpuDecodePipeline, collate_encoded, decode_and_crop,
-                                  jpeg_size, resolve_decode)
-from clim.data.device_pipeline import CroppedViewsDataset
-from clim.data.pipeline import DevicePipeline, LoaderPipeline, build_pipeline
+from clim.data import jpeg
+from clim.data import pipeline as data_pipeline
+from clim.data import views as data_views
+from clim.data.jpeg import EncodedViews, collate_encoded, decode_and_crop, jpeg_size
+from clim.data.pipeline import build_pipeline, resolve_decode
+from clim.data.views import CroppedViews, SampleViews, StepViews
 
 # torchvision 0.29 deprecates its codecs in favour of torchcodec; decode_jpeg is still the nvJPEG entry point.
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning")
@@ -137,27 +138,29 @@ def test_boxes_and_flips_equal_the_cpu_device_path(folder, monkeypatch, extra):
     (through the views) its flips."""
     config = config_for(folder, *extra)
     dataset = dataset_of(folder)
-    cpu = CroppedViewsDataset(dataset, config, SIZE)
-    gpu = EncodedViewsDataset(dataset, config, SIZE)
+    cpu = SampleViews(dataset, config, SIZE, CroppedViews)
+    gpu = SampleViews(dataset, config, SIZE, EncodedViews)
     table = random_table(len(dataset))
     for views in (cpu, gpu):
         views.epoch = 3
         views.positives = table if "method.name=clim" in extra else None
     drawn = []
-    real = device_pipeline.crop_box
+    real = data_views.crop_box
 
     def recording(*args, **kwargs):
         drawn.append(real(*args, **kwargs))
         return drawn[-1]
 
-    monkeypatch.setattr(device_pipeline, "crop_box", recording)
+    monkeypatch.setattr(data_views, "crop_box", recording)
     for i in range(len(dataset)):
         drawn.clear()
         cpu_item = cpu[i]
+        cpu_drawn = list(drawn)
+        drawn.clear()
         item = gpu[i]
         names = ["query", "key"] + [n for n in ("positive_key", "positive_query") if n in item["views"]]
         names += sorted(n for n in item["views"] if n.startswith("small_crops"))
-        assert [tuple(item["views"][n][1]) for n in names] == drawn
+        assert [tuple(item["views"][n][1]) for n in names] == cpu_drawn == drawn
         assert item.get("positive_index") == cpu_item.get("positive_index")
         assert all(reason is None for _, reason in item["images"])  # baseline JPEGs: bytes only
 
@@ -166,15 +169,15 @@ def test_boxes_and_flips_equal_the_cpu_device_path(folder, monkeypatch, extra):
 
 
 def _cpu_batch(dataset, config, indices, epoch=0, positives=None):
-    views = CroppedViewsDataset(dataset, config, SIZE)
-    views.epoch, views.positives = epoch, positives
-    return torch.utils.data.default_collate([views[i] for i in indices])
+    samples = SampleViews(dataset, config, SIZE, CroppedViews)
+    samples.epoch, samples.positives = epoch, positives
+    return torch.utils.data.default_collate([samples[i] for i in indices])
 
 
 def _gpu_batch(dataset, config, indices, epoch=0, positives=None):
-    views = EncodedViewsDataset(dataset, config, SIZE)
-    views.epoch, views.positives = epoch, positives
-    return collate_encoded([views[i] for i in indices])
+    samples = SampleViews(dataset, config, SIZE, EncodedViews)
+    samples.epoch, samples.positives = epoch, positives
+    return collate_encoded([samples[i] for i in indices])
 
 
 @pytest.mark.parametrize("extra", [(), ("method.name=clim",), ("method.multicrop=true",)])
@@ -185,7 +188,7 @@ def test_decoded_views_match_the_cpu_path(folder, extra):
     table = random_table(len(dataset)) if extra == ("method.name=clim",) else None
     indices = list(range(len(dataset)))
     cpu = _cpu_batch(dataset, config, indices, 1, table)
-    small = EncodedViewsDataset(dataset, config, SIZE).small_size
+    small = StepViews.of(config, SIZE).small_size
     cropped, reasons = decode_and_crop(_gpu_batch(dataset, config, indices, 1, table), "cpu", SIZE, small)
     assert reasons == Counter()
     assert set(cropped) == set(cpu)
@@ -289,12 +292,13 @@ def test_pipeline_yields_the_device_path_dict(folder, extra):
     dataset = dataset_of(folder)
     device = torch.device("cpu")
     table = random_table(len(dataset)) if "method.name=clim" in extra else None
-    reference = DevicePipeline(dataset, config, SIZE, device)
-    gpu = GpuDecodePipeline(dataset, config, SIZE, device)
+    reference = build_pipeline(dataset, config, SIZE, device, decode="cpu")
+    gpu = build_pipeline(dataset, config, SIZE, device, decode="gpu")
     assert len(gpu) == len(reference)
     ref_batches, _ = _epoch(reference, 2, table)
     gpu_batches, messages = _epoch(gpu, 2, table)
-    assert messages == [] and gpu.decode_stats["images"] == len(gpu) * BATCH * (2 if table is not None else 1)
+    stats = gpu.source.part.decode_stats
+    assert messages == [] and stats["images"] == len(gpu) * BATCH * (2 if table is not None else 1)
     assert len(gpu_batches) == len(ref_batches)
     for got, expected in zip(gpu_batches, ref_batches):
         assert set(got) == KEYS == set(expected)
@@ -315,8 +319,9 @@ def test_background_thread_gives_the_same_batches(folder):
     config = config_for(folder, "method.name=clim")
     dataset = dataset_of(folder)
     table = random_table(len(dataset))
-    threaded, _ = _epoch(GpuDecodePipeline(dataset, config, SIZE, torch.device("cpu")), 0, table)
-    inline, _ = _epoch(GpuDecodePipeline(dataset, config, SIZE, torch.device("cpu"), background=False), 0, table)
+    threaded, _ = _epoch(build_pipeline(dataset, config, SIZE, torch.device("cpu"), decode="gpu"), 0, table)
+    inline, _ = _epoch(build_pipeline(dataset, config, SIZE, torch.device("cpu"), decode="gpu", background=False),
+                       0, table)
     for a, b in zip(threaded, inline, strict=True):
         assert torch.equal(a["index"], b["index"]) and torch.equal(a["positive_index"], b["positive_index"])
         for key in ("query", "key", "positive_key", "positive_query"):
@@ -326,11 +331,11 @@ def test_background_thread_gives_the_same_batches(folder):
 def test_one_warning_per_epoch_with_the_count(mixed_folder):
     config = config_for(mixed_folder, "data.num_workers=2")
     dataset = dataset_of(mixed_folder)
-    pipeline = GpuDecodePipeline(dataset, config, SIZE, torch.device("cpu"))
+    pipeline = build_pipeline(dataset, config, SIZE, torch.device("cpu"), decode="gpu")
     seen = 0
     for epoch in range(2):
         batches, messages = _epoch(pipeline, epoch)
-        stats = pipeline.decode_stats
+        stats = pipeline.source.part.decode_stats
         fallback = sum(stats["fallback"].values())
         assert stats["images"] == len(batches) * BATCH and 1 <= fallback <= 4
         assert len(messages) == 1
@@ -341,12 +346,12 @@ def test_one_warning_per_epoch_with_the_count(mixed_folder):
 
 def test_errors_in_the_background_thread_reach_the_caller(folder, monkeypatch):
     config = config_for(folder)
-    pipeline = GpuDecodePipeline(dataset_of(folder), config, SIZE, torch.device("cpu"))
+    pipeline = build_pipeline(dataset_of(folder), config, SIZE, torch.device("cpu"), decode="gpu")
 
     def broken(*args, **kwargs):
         raise ValueError("boom")
 
-    monkeypatch.setattr(gpu_decode, "decode_and_crop", broken)
+    monkeypatch.setattr(jpeg, "decode_and_crop", broken)
     with pytest.raises(ValueError, match="boom"):
         next(iter(pipeline.epoch(0)))
 
@@ -354,11 +359,12 @@ def test_errors_in_the_background_thread_reach_the_caller(folder, monkeypatch):
 def test_stopping_early_ends_the_thread(folder):
     import threading
 
-    pipeline = GpuDecodePipeline(dataset_of(folder), config_for(folder), SIZE, torch.device("cpu"))
+    pipeline = build_pipeline(dataset_of(folder), config_for(folder), SIZE, torch.device("cpu"), decode="gpu")
     batches = pipeline.epoch(0)
     next(batches)
+    assert any(t.name.startswith("clim-lookahead") for t in threading.enumerate())
     batches.close()
-    assert not any(t.name == "clim-gpu-decode" for t in threading.enumerate())
+    assert not any(t.name.startswith("clim-lookahead") for t in threading.enumerate())
 
 
 # ---------------------------------------------------------------------------------- the choice
@@ -370,7 +376,7 @@ def test_resolve_decode(folder, monkeypatch):
     assert resolve_decode(config_for(folder, "data.augment=auto"), dataset, cpu) == "cpu"
     with pytest.raises(ValueError, match="CUDA device"):
         resolve_decode(config_for(folder, "data.decode=gpu"), dataset, cpu)
-    monkeypatch.setattr(gpu_decode, "cuda_decode_problem", lambda device: None)
+    monkeypatch.setattr(data_pipeline, "cuda_decode_problem", lambda device: None)
     assert resolve_decode(config_for(folder, "data.augment=auto"), dataset, cuda) == "gpu"
     assert resolve_decode(config_for(folder, "data.augment=device", "data.decode=gpu"), dataset, cuda) == "gpu"
     assert resolve_decode(config_for(folder, "data.augment=loader"), dataset, cuda) == "cpu"
@@ -379,7 +385,7 @@ def test_resolve_decode(folder, monkeypatch):
         resolve_decode(config_for(folder, "data.augment=loader", "data.decode=gpu"), dataset, cuda)
     digits = build_dataset("digits", split="pretrain")
     assert resolve_decode(config_for(folder, "data.augment=auto"), digits, cuda) == "cpu"
-    monkeypatch.setattr(gpu_decode, "cuda_decode_problem", lambda device: "RuntimeError: no nvJPEG")
+    monkeypatch.setattr(data_pipeline, "cuda_decode_problem", lambda device: "RuntimeError: no nvJPEG")
     assert resolve_decode(config_for(folder, "data.augment=auto"), dataset, cuda) == "cpu"
     with pytest.raises(ValueError, match="no nvJPEG"):
         resolve_decode(config_for(folder, "data.decode=gpu"), dataset, cuda)
@@ -387,11 +393,11 @@ def test_resolve_decode(folder, monkeypatch):
 
 def test_build_pipeline_choice(folder, monkeypatch):
     dataset = dataset_of(folder)
-    assert type(build_pipeline(dataset, config_for(folder), SIZE, torch.device("cpu"))) is DevicePipeline
-    assert isinstance(build_pipeline(dataset, config_for(folder, "data.augment=auto"), SIZE, torch.device("cpu")),
-                      LoaderPipeline)
-    monkeypatch.setattr(gpu_decode, "resolve_decode", lambda config, dataset, device: "gpu")
-    assert isinstance(build_pipeline(dataset, config_for(folder), SIZE, torch.device("cpu")), GpuDecodePipeline)
+    device_path = build_pipeline(dataset, config_for(folder), SIZE, torch.device("cpu"))
+    assert (device_path.mode, device_path.decode) == ("device", "cpu")
+    assert build_pipeline(dataset, config_for(folder, "data.augment=auto"), SIZE, torch.device("cpu")).mode == "loader"
+    monkeypatch.setattr(data_pipeline, "resolve_decode", lambda config, dataset, device: "gpu")
+    assert build_pipeline(dataset, config_for(folder), SIZE, torch.device("cpu")).decode == "gpu"
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

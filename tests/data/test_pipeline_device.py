@@ -10,9 +10,9 @@ from clim.config import load_config
 from clim.data import build_dataset
 from clim.data.arrays import ArrayDataset
 from clim.data.batch_augment import MoCoV2BatchAugment
-from clim.data.device_pipeline import crop_box
-from clim.data.pipeline import DevicePipeline, build_pipeline, resolve_augment
+from clim.data.pipeline import build_pipeline, resolve_augment
 from clim.data.registry import DatasetInfo
+from clim.data.views import crop_box
 from clim.method.objective import compute_step
 from clim.models.moco import build_moco
 
@@ -56,7 +56,7 @@ def _random_table(n, p=10, seed=0):
 
 def test_yields_the_documented_dict(folder):
     config, dataset, pipeline = _pipeline(folder)
-    assert isinstance(pipeline, DevicePipeline) and len(pipeline) == len(dataset) // BATCH
+    assert pipeline.mode == "device" and len(pipeline) == len(dataset) // BATCH
     batches = list(pipeline.epoch(0))
     assert len(batches) == len(pipeline)
     batch = batches[0]

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clim.data.pipeline import BatchedPipeline, LoaderPipeline, build_pipeline
+from clim.data.pipeline import build_pipeline
 from clim.data.views import draw_positives
 
 CPU = torch.device("cpu")
@@ -27,7 +27,7 @@ def _table(n, p=10, seed=0):
 
 def _pipeline(kind, digits, tiny_config, *overrides, rank=0, world_size=1):
     config = tiny_config(*overrides, clim=True)
-    return kind(digits, config, 8, CPU, rank, world_size)
+    return build_pipeline(digits, config, 8, CPU, rank, world_size, augment=kind)
 
 
 def _first(pipeline, epoch=0, table=None, steps=1):
@@ -46,7 +46,7 @@ def _same(a, b):
     return all(eq(a[k], b[k]) for k in KEYS - {"generator", "resume"})
 
 
-@pytest.mark.parametrize("kind", [BatchedPipeline, LoaderPipeline])
+@pytest.mark.parametrize("kind", ["batched", "loader"])
 def test_batch_dict_shapes_largest_resolution_first(kind, digits, tiny_config):
     pipeline = _pipeline(kind, digits, tiny_config, "method.resolutions=[6,8]")
     assert len(pipeline) == 4
@@ -65,7 +65,7 @@ def test_batch_dict_shapes_largest_resolution_first(kind, digits, tiny_config):
     assert all(batch[k] is None for k in ("positive_index", "positive_query", "positive_key", "small_crops"))
 
 
-@pytest.mark.parametrize("kind", [BatchedPipeline, LoaderPipeline])
+@pytest.mark.parametrize("kind", ["batched", "loader"])
 def test_positives_come_from_the_table_rows(kind, digits, tiny_config):
     table = _table(len(digits))
     (batch,) = _first(_pipeline(kind, digits, tiny_config), table=table)
@@ -79,7 +79,7 @@ def test_positives_come_from_the_table_rows(kind, digits, tiny_config):
     assert plain["positive_query"] is None and plain["positive_key"] is not None  # no mixing: no mixed query
 
 
-@pytest.mark.parametrize("kind", [BatchedPipeline, LoaderPipeline])
+@pytest.mark.parametrize("kind", ["batched", "loader"])
 def test_same_epoch_same_batches_other_epoch_differs(kind, digits, tiny_config):
     pipeline = _pipeline(kind, digits, tiny_config)
     table = _table(len(digits))
@@ -94,12 +94,12 @@ def test_same_epoch_same_batches_other_epoch_differs(kind, digits, tiny_config):
 
 def test_loader_views_do_not_depend_on_num_workers(digits, tiny_config):
     table = _table(len(digits))
-    (a,) = _first(_pipeline(LoaderPipeline, digits, tiny_config, "data.num_workers=0"), 2, table)
-    (b,) = _first(_pipeline(LoaderPipeline, digits, tiny_config, "data.num_workers=1"), 2, table)
+    (a,) = _first(_pipeline("loader", digits, tiny_config, "data.num_workers=0"), 2, table)
+    (b,) = _first(_pipeline("loader", digits, tiny_config, "data.num_workers=1"), 2, table)
     assert _same(a, b)
 
 
-@pytest.mark.parametrize("kind", [BatchedPipeline, LoaderPipeline])
+@pytest.mark.parametrize("kind", ["batched", "loader"])
 def test_ranks_get_disjoint_shards(kind, digits, tiny_config):
     shards = [torch.cat([b["index"] for b in _pipeline(kind, digits, tiny_config, rank=r, world_size=2).epoch(0)])
               for r in (0, 1)]
@@ -109,12 +109,12 @@ def test_ranks_get_disjoint_shards(kind, digits, tiny_config):
 
 
 def test_batched_epoch_visits_each_image_once(digits, tiny_config):
-    indices = torch.cat([b["index"] for b in _pipeline(BatchedPipeline, digits, tiny_config).epoch(0)])
+    indices = torch.cat([b["index"] for b in _pipeline("batched", digits, tiny_config).epoch(0)])
     assert sorted(indices.tolist()) == list(range(256))
 
 
 def test_multicrop_small_views(digits, tiny_config):
-    (batch,) = _first(_pipeline(BatchedPipeline, digits, tiny_config, "method.multicrop=true",
+    (batch,) = _first(_pipeline("batched", digits, tiny_config, "method.multicrop=true",
                                 "method.multicrop_size=4"))
     assert [tuple(v.shape) for v in batch["small_crops"]] == [(64, 1, 4, 4)] * 2
     assert not torch.equal(batch["small_crops"][0], batch["small_crops"][1])
@@ -128,7 +128,7 @@ def test_draw_positives_uses_every_column():
 
 
 def test_build_pipeline_modes(digits, tiny_config):
-    assert isinstance(build_pipeline(digits, tiny_config(), 8, CPU), BatchedPipeline)
-    assert isinstance(build_pipeline(digits, tiny_config("data.augment=loader"), 8, CPU), LoaderPipeline)
+    assert build_pipeline(digits, tiny_config(), 8, CPU).mode == "batched"
+    assert build_pipeline(digits, tiny_config("data.augment=loader"), 8, CPU).mode == "loader"
     with pytest.raises(ValueError, match="no full batch"):
         build_pipeline(digits, tiny_config("train.batch_size=512", "model.queue_size=512"), 8, CPU)
