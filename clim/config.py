@@ -59,7 +59,7 @@ class DataConfig:
     # image folders device on CUDA, loader on CPU).
     augment: str = "auto"
     # JPEG decoding for data.augment=device: "gpu" (workers only read bytes; batched nvJPEG decode and
-    # per-view crops on the device, clim.data.gpu_decode; PNG/CMYK/progressive files fall back to PIL,
+    # per-view crops on the device, clim.data.jpeg; PNG/CMYK/progressive files fall back to PIL,
     # counted in one warning per epoch), "cpu" (workers decode with PIL), "auto" (gpu for image folders
     # on CUDA when torchvision can decode there, else cpu).
     decode: str = "auto"
