@@ -411,3 +411,38 @@ def test_cutmix_effect_per_selection_and_over_the_five():
     # mean of the five: 1 + mean(rank) = 3 points, plus 0.1 * seed * mean(rank) = 0.2 * seed
     assert rows["mean of the five"].startswith("| mean of the five | +3.20 [")
 
+
+def test_glyphs_regime_runs_its_five_arms_seed_major_with_pixel_references(tmp_path):
+    from clim.study.matrix import GLYPHS_ARMS
+
+    runs = plan_runs("glyphs", tmp_path / "out", tmp_path / "records")
+    assert GLYPHS_ARMS == ("mocov2", "clim", "random-cutmix", "center_wise-none", "knn-cutmix")
+    assert len(runs) == 8 * len(GLYPHS_ARMS) and {run.variant.group for run in runs} == {"headline"}
+    assert [run.label for run in runs[:6]] == [f"{arm} seed0" for arm in GLYPHS_ARMS] + ["mocov2 seed1"]
+    assert [run.seed for run in runs] == sorted(run.seed for run in runs)  # seed k of every arm before seed k+1
+    configs = {run.variant.name: load_config(run.spec["preset"], overrides=run.spec["overrides"]) for run in runs[:5]}
+    assert {config.data.name for config in configs.values()} == {"glyphs"}
+    assert configs["mocov2"].method.name == "mocov2"
+    assert [(configs[arm].method.selection, configs[arm].method.mixing) for arm in GLYPHS_ARMS[1:]] == [
+        ("center_wise", "cutmix"), ("random", "cutmix"), ("center_wise", "none"), ("knn", "cutmix")]
+    assert runs[0].spec["evaluation"]["pixel_references"] is True
+    assert "pixel_references" not in plan_runs("cpu", tmp_path, tmp_path, seeds=1)[0].spec["evaluation"]
+
+
+def test_a_scale_with_pixel_references_records_them_and_the_class_count(tmp_path, monkeypatch):
+    import dataclasses
+
+    from clim.evaluation.references import pixel_references
+    from clim.study.matrix import GLYPHS_ARMS
+
+    focused = dataclasses.replace(SCALES["smoke"], arms=GLYPHS_ARMS, pixel_references=True)
+    monkeypatch.setitem(SCALES, "smoke-focused", focused)
+    records = tmp_path / "records"
+    summary = run_matrix("smoke-focused", tmp_path / "out", records, seeds=1, only="mocov2")
+    assert (summary["runs"], summary["failed"]) == (1, [])
+    metrics = json.loads((records / "mocov2" / "seed0.json").read_text())["metrics"]
+    expected = pixel_references("digits", None, 8)
+    assert metrics["num_classes"] == 10 and metrics["pixel_image_size"] == 8
+    assert metrics["pixel_knn_k20_top1"] == pytest.approx(expected["pixel_knn_top1"])
+    assert metrics["pixel_linear_top1"] == pytest.approx(expected["pixel_linear_top1"])
+    assert metrics["dataset_manifest_sha256"] is None  # digits is not a built dataset

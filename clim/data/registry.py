@@ -231,6 +231,22 @@ def _build_stl10(req: _Request) -> ArrayDataset:
     return ArrayDataset(images, labels, _STL10_INFO, req.transform, classes)
 
 
+# ---------------------------------------------------------------- glyphs (built from installed fonts)
+
+
+def _build_glyphs(req: _Request) -> ArrayDataset:
+    """The folder ``scripts/build_glyphs.py`` wrote (clim.data.glyphs; default root ~/.cache/clim/glyphs,
+    the script's default output): pretrain and train are its train split (the training fonts), test its
+    test split (fonts of other families)."""
+    from clim.data.glyphs import load_glyphs
+
+    root = req.root or CACHE_DIR / "glyphs"
+    images, labels, manifest = load_glyphs(root, "test" if req.split == "test" else "train")
+    info = DatasetInfo("glyphs", int(manifest["num_classes"]), 1, int(manifest["image_size"]),
+                       tuple(manifest["mean"]), tuple(manifest["std"]))
+    return ArrayDataset(images[:, None], labels, info, req.transform, manifest["classes"])
+
+
 # ---------------------------------------------------------------- folders of images
 
 
@@ -250,6 +266,7 @@ BUILDERS: dict[str, Callable[[_Request], object]] = {
     "cifar10": _build_cifar,
     "cifar100": _build_cifar,
     "stl10": _build_stl10,
+    "glyphs": _build_glyphs,
     "imagefolder": _build_imagefolder,
 }
 

@@ -40,12 +40,24 @@ class Scale:
     # measured on the preset (see its header)
     equal_time_epochs: int
     clusters: tuple[int, int, int]  # Table 8: m below, at and above N / 100 (the middle one is full CLIM's)
+    # a focused regime: only these variants, every one in the headline group (its seeds, seed-major across
+    # them); empty: the whole matrix
+    arms: tuple[str, ...] = ()
+    # records also carry raw-pixel kNN / ridge at the training resolution (clim.evaluation.references)
+    pixel_references: bool = False
 
+
+# The many-class regime (glyphs: 200 characters, test fonts of families never seen in pretraining,
+# clim.data.glyphs): does CLIM's center-wise selection beat random or kNN-only positives when a random
+# positive has the query's class 0.5 % of the time?
+GLYPHS_ARMS = ("mocov2", "clim", "random-cutmix", "center_wise-none", "knn-cutmix")
 
 SCALES = {
     "smoke": Scale("ablate-smoke", (8, 6), "quick", "quick", 1, 3, (7, 14, 28)),
     "cpu": Scale("ablate-cpu", (16, 12), "small", "small", 1, 30, (50, 100, 200)),
     "gpu": Scale("ablate-gpu", (28, 20), "small", "small", None, 30, (300, 600, 1200)),
+    "glyphs": Scale("ablate-glyphs", (16, 12), "small", "small", 1, 30, (35, 70, 140), arms=GLYPHS_ARMS,
+                    pixel_references=True),
 }
 
 # priority order, and the seeds each group gets by default
@@ -96,6 +108,9 @@ def build_matrix(scale: Scale) -> list[Variant]:
             if (clusters, k) != (scale.clusters[1], DEFAULT_K):
                 variants.append(Variant(table8_variant(clusters, k),
                                         (f"method.num_clusters={clusters}", f"method.knn_k={k}"), "table8"))
+    if scale.arms:
+        named = {variant.name: variant for variant in variants}
+        return [Variant(name, named[name].overrides, "headline") for name in scale.arms]
     return variants
 
 
@@ -140,6 +155,8 @@ def plan_runs(scale_name: str, out: str | Path, records: str | Path, seeds: int 
     variants = select_variants(build_matrix(scale), only)
     evaluation = {"linear_preset": scale.linear_preset, "linear_lr": "holdout-sweep",
                   "semisup_preset": scale.semisup_preset, "semisup_fraction": SEMISUP_FRACTION}
+    if scale.pixel_references:  # (only then: a new key would orphan the other scales' records)
+        evaluation["pixel_references"] = True
     runs = []
     for group in GROUPS:
         members = [v for v in variants if v.group == group]

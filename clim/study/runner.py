@@ -65,13 +65,32 @@ def evaluate_run(run_dir: Path, evaluation: dict, seed: int) -> dict:
     network, feature_dim = plain_backbone(config, info, run.model)
     semisup = finetune(network, feature_dim, Subset(train_aug, subset.tolist()), test_ds, classes, preset, seed,
                        device, workers, False)
-    return {**results, "random_init_knn_k20_top1": reference["knn_k20_top1"],
+    return {**results, "random_init_knn_k20_top1": reference["knn_k20_top1"], "num_classes": classes,
+            **_pixel_references(config, spec.image_size, evaluation),
             "linear_top1": linear["linear_top1"], "linear_lr": linear["linear_lr"],
             "linear_sweep": linear["linear_sweep"], "linear_final_train_loss": linear["final_train_loss"],
             "linear_loss_above_chance": linear["train_loss_above_chance"],
             "semisup_top1": semisup["semisup_top1"], "semisup_labelled": int(subset.numel()),
             "intra_class_similarity": similarity["intra_class_similarity"],
             "all_pairs_similarity": similarity["all_pairs_similarity"]}
+
+
+def _pixel_references(config, image_size: int, evaluation: dict) -> dict:
+    """Raw-pixel kNN and ridge at the evaluation resolution, when the scale asks for them, and the digest of
+    the dataset's manifest where it has one (a built dataset such as glyphs: which build the run saw)."""
+    if not evaluation.get("pixel_references"):
+        return {}
+    import hashlib
+
+    from clim.data.registry import CACHE_DIR
+    from clim.evaluation.references import pixel_references
+
+    found = pixel_references(config.data.name, config.data.root, image_size)
+    manifest = Path(config.data.root or CACHE_DIR / config.data.name).expanduser() / "manifest.json"
+    digest = hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.is_file() else None
+    return {"pixel_knn_k20_top1": found["pixel_knn_top1"], "pixel_linear_top1": found["pixel_linear_top1"],
+            "pixel_linear_alpha": found["pixel_linear_alpha"], "pixel_image_size": found["image_size"],
+            "num_train": found["num_train"], "num_test": found["num_test"], "dataset_manifest_sha256": digest}
 
 
 def _curve(history: list[dict]) -> list[dict]:
