@@ -27,7 +27,8 @@ inspect: $(STAMP)
 	$(CLIM) inspect runs/demo
 
 test: $(STAMP)
-	$(PY) -m pytest
+	# two workers: the suite is mostly single-threaded processes (OMP_NUM_THREADS=1), so 2 cores halve it
+	$(PY) -m pytest -n 2
 
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[bench]'
