@@ -1,7 +1,7 @@
 """Build the glyphs dataset (clim.data.glyphs) from installed font packages into a folder.
 
-    apt-get install -y $(python scripts/build_glyphs.py --print-packages)
-    python scripts/build_glyphs.py --out /work/data/glyphs --classes 200 --size 24
+    apt-get install -y --no-install-recommends $(python scripts/build_glyphs.py --print-packages)
+    python scripts/build_glyphs.py --out ~/.cache/clim/glyphs --classes 200 --size 20
 
 A class is a CJK character that every usable face draws; an instance is one face with a seeded
 nuisance. Train and test faces come from disjoint font families. ``--holdout val`` builds the
@@ -46,7 +46,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="folder to write (created; default: ~/.cache/clim/glyphs, where the registry looks "
                              "when data.root is not set)")
     parser.add_argument("--classes", type=int, default=200)
-    parser.add_argument("--size", type=int, default=24, help="image side in pixels (the training resolution)")
+    parser.add_argument("--size", type=int, default=20, help="image side in pixels (the training resolution)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--packages", nargs="+", default=list(DEFAULT_PACKAGES))
     parser.add_argument("--fonts", nargs="+", type=Path, help="font files or folders instead of packages")

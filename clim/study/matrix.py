@@ -56,7 +56,7 @@ SCALES = {
     "smoke": Scale("ablate-smoke", (8, 6), "quick", "quick", 1, 3, (7, 14, 28)),
     "cpu": Scale("ablate-cpu", (16, 12), "small", "small", 1, 30, (50, 100, 200)),
     "gpu": Scale("ablate-gpu", (28, 20), "small", "small", None, 30, (300, 600, 1200)),
-    "glyphs": Scale("ablate-glyphs", (16, 12), "small", "small", 1, 30, (35, 70, 140), arms=GLYPHS_ARMS,
+    "glyphs": Scale("ablate-glyphs", (20, 14), "small", "small", 1, 30, (43, 86, 172), arms=GLYPHS_ARMS,
                     pixel_references=True),
 }
 
