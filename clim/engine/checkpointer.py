@@ -9,6 +9,7 @@ A divergence puts the last epoch-end state back and says so (:class:`TrainingDiv
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,7 +76,10 @@ class Checkpointer:
         if self.is_main:
             if partial is not None and self.saved_at == self.epoch_end_at and self.path.exists():
                 self.backup.unlink(missing_ok=True)
-                os.link(self.path, self.backup)  # the epoch-end state outlives the in-epoch saves
+                try:
+                    os.link(self.path, self.backup)  # the epoch-end state outlives the in-epoch saves
+                except OSError:  # a file system without hard links: a copy, once per epoch
+                    shutil.copyfile(self.path, self.backup)
             checkpoint.save_atomic({
                 "config": self.config.to_dict(), "model": model_state, "optimizer": optimizer_state,
                 "scaler": self.runner.scaler.state_dict(), "epoch": epoch_done, "step": step,

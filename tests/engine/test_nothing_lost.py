@@ -218,3 +218,29 @@ def test_checkpoint_write_error_is_exit_code_one():
 
     assert _exit_code(checkpoint.CheckpointWriteError(checkpoint.Path("/x/y.pt"), OSError(28, "full"))) == 1
     assert _exit_code(checkpoint.RunFolderBusy("busy")) == 2
+
+
+def test_without_hard_links_the_epoch_end_state_is_copied(tmp_path, small_digits, tiny_config, monkeypatch):
+    """A file system that refuses os.link still keeps the epoch-end state beside the in-epoch saves."""
+    import clim.engine.checkpointer as checkpointer_module
+
+    def no_links(*args):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    out = tmp_path / "run"
+    trainer.pretrain(tiny_config("train.knn_every=0", "train.epochs=1"), out)
+    epoch_one = (out / "checkpoint.pt").read_bytes()
+    monkeypatch.setattr(checkpointer_module.os, "link", no_links)
+    saved = []
+    real_save = checkpoint.save_atomic
+
+    def save(state, path):
+        if "partial" in state and not saved:  # the first in-epoch save: the backup exists by now
+            saved.append((out / "checkpoint.epoch.pt").read_bytes())
+        real_save(state, path)
+
+    monkeypatch.setattr(checkpoint, "save_atomic", save)
+    trainer.pretrain(tiny_config("train.knn_every=0", "train.epochs=2", "train.checkpoint_every_minutes=0.000001"),
+                     out)
+    assert saved == [epoch_one]
+    assert not (out / "checkpoint.epoch.pt").exists()  # removed again at the epoch end
