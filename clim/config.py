@@ -148,6 +148,10 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def to_flat_dict(self) -> dict[str, Any]:
+        """Every key as ``section.name`` -> value (what ``--set`` takes)."""
+        return _flatten(self.to_dict())
+
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "Config":
         config = cls()

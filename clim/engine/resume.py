@@ -102,12 +102,8 @@ def check_resume(saved: dict, config: Config) -> dict[str, tuple]:
         if saved_config.get(key) != config.get(key):
             raise ConfigError(f"cannot resume: '{key}' was {saved_config.get(key)!r} in the checkpoint, "
                               f"now {config.get(key)!r} (use a new --out)")
-    old, new = _flat(saved_config.to_dict()), _flat(config.to_dict())
+    old, new = saved_config.to_flat_dict(), config.to_flat_dict()
     return {key: (old[key], new[key]) for key in new if old.get(key) != new[key]}
-
-
-def _flat(values: dict, prefix: str = "") -> dict:
-    return {f"{prefix}{section}.{key}": value for section, keys in values.items() for key, value in keys.items()}
 
 
 def jsonable(changes: dict[str, tuple]) -> dict[str, list]:
