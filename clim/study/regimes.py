@@ -1,15 +1,13 @@
 """A regime of the study (one preset and dataset: the full matrix on Fashion-MNIST, the many-class glyphs arms):
 its records, what needs no training (raw pixels at the training and the native resolution, the backbone at
-random init), and CLIM's gain over MoCo v2 split into mixing and selection.
-
-*Mixing* is random positives + CutMix − MoCo v2: what CutMix with a positive adds when the positive carries
-no information. *Selection* is CLIM − random + CutMix: what choosing the positive center-wise adds on top.
-Both are paired per seed on the seeds the three arms share, so on those seeds they add up to CLIM − MoCo v2.
+random init), and CLIM's gain over MoCo v2 split into *mixing* (random positives + CutMix − MoCo v2: what
+CutMix adds with a positive that carries no information) and *selection* (CLIM − random + CutMix: what
+choosing the positive center-wise adds on top), paired per seed on the seeds the three arms share, where
+they add up to CLIM − MoCo v2.
 
 Raw-pixel references come from the records when the runs measured them (``pixel_knn_k20_top1`` ...), else
-from ``pixel_references.json`` beside the records, else they are computed here
-(:func:`clim.evaluation.references.pixel_references`, seconds for the embedded Fashion-MNIST subset) and
-cached in that file.
+from ``pixel_references.json`` beside the records, else they are computed here (seconds for the embedded
+Fashion-MNIST subset) and cached in that file.
 """
 
 from __future__ import annotations
@@ -44,6 +42,7 @@ TOTAL = Comparison("CLIM − MoCo v2", FULL_CLIM, "mocov2")
 MIXING = Comparison("mixing: random + CutMix − MoCo v2", "random-cutmix", "mocov2")
 SELECTION = Comparison("selection: CLIM − random + CutMix", FULL_CLIM, "random-cutmix")
 SPLIT_ARMS = ("mocov2", "random-cutmix", FULL_CLIM)
+SPLIT_ROWS = ((TOTAL, True), (MIXING, True), (SELECTION, True))  # (comparison, on the split's shared seeds)
 FOCUSED_EXTRA = (Comparison("CutMix on center-wise positives: CLIM − center-wise, no mixing", FULL_CLIM,
                             "center_wise-none"),
                  Comparison("center-wise vs kNN positives, both with CutMix: CLIM − kNN + CutMix", FULL_CLIM,
@@ -74,18 +73,11 @@ class Regime:
     references: dict[str, PixelReference | str] = field(default_factory=dict)  # "training" / "native"
     note: str | None = None  # why the runs could not be planned
 
-    @property
-    def planned(self) -> int | None:
-        return sum(len(runs) for runs in self.records.planned.values()) or None
-
 
 def regime_folder(records_dir: str | Path, name: str) -> Path:
     """Where a sibling regime's records are: ``<parent>/<name>`` (else ``<parent>/ablate-<name>`` if that exists)."""
     parent = Path(records_dir).parent
-    for candidate in (parent / name, parent / f"ablate-{name}"):
-        if candidate.is_dir():
-            return candidate
-    return parent / name
+    return next((folder for folder in (parent / name, parent / f"ablate-{name}") if folder.is_dir()), parent / name)
 
 
 def records_in_folder(folder: Path) -> Records:
@@ -121,12 +113,12 @@ def _from_records(records: Records, size: int) -> PixelReference | None:
              and r["metrics"].get("pixel_image_size") == size]
     if not found:
         return None
-    knn = summarize(m["pixel_knn_k20_top1"] for m in found)
     linear = summarize(m.get("pixel_linear_top1") for m in found)
     spread = len({m["pixel_knn_k20_top1"] for m in found}) > 1
-    return PixelReference(size, knn.mean, linear.mean if linear else None, found[0].get("num_test"),
-                          found[0].get("num_classes"), f"the records ({len(found)}"
-                          + ("; they differ: mean shown" if spread else "; all equal") + ")")
+    source = f"the records ({len(found)}" + ("; they differ: mean shown" if spread else "; all equal") + ")"
+    knn = summarize(m["pixel_knn_k20_top1"] for m in found).mean
+    return PixelReference(size, knn, linear.mean if linear else None, found[0].get("num_test"),
+                          found[0].get("num_classes"), source)
 
 
 def _from_result(result: dict, source: str) -> PixelReference:
@@ -134,24 +126,22 @@ def _from_result(result: dict, source: str) -> PixelReference:
                           result.get("num_test"), result.get("num_classes"), source)
 
 
-class _Cache:
+def _read_cache(folder: Path, dataset: str, root: str | None) -> dict:
     """``pixel_references.json`` beside a regime's records: pixel_references() results by image size."""
+    cache = {"dataset": dataset, "root": root, "native_image_size": None, "references": {}}
+    try:
+        found = json.loads((folder / REFERENCES_NAME).read_text())
+    except (OSError, ValueError):
+        found = None
+    if isinstance(found, dict) and (found.get("dataset"), found.get("root")) == (dataset, root):
+        cache.update(found)
+    return cache
 
-    def __init__(self, folder: Path, dataset: str, root: str | None):
-        self.path, self.changed = folder / REFERENCES_NAME, False
-        self.data = {"dataset": dataset, "root": root, "native_image_size": None, "references": {}}
-        try:
-            found = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            found = None
-        if isinstance(found, dict) and (found.get("dataset"), found.get("root")) == (dataset, root):
-            self.data.update(found)
 
-    def write(self) -> None:
-        if self.changed and self.path.parent.is_dir():
-            tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
-            tmp.write_text(json.dumps(self.data, indent=1, sort_keys=True) + "\n")
-            os.replace(tmp, self.path)
+def _write_cache(folder: Path, cache: dict) -> None:
+    tmp = folder / f".{REFERENCES_NAME}.tmp{os.getpid()}"
+    tmp.write_text(json.dumps(cache, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, folder / REFERENCES_NAME)
 
 
 def pixel_references_of(regime: Regime, compute: bool = True) -> None:
@@ -160,34 +150,33 @@ def pixel_references_of(regime: Regime, compute: bool = True) -> None:
     if regime.dataset is None or not regime.records.all:
         regime.references = {"training": "not computed (no records yet)"}
         return
-    cache = _Cache(regime.folder, regime.dataset, regime.root)
-    regime.native_size = cache.data.get("native_image_size")
+    cache = _read_cache(regime.folder, regime.dataset, regime.root)
+    read = json.dumps(cache, sort_keys=True)  # written back only when this call adds to it
+    regime.native_size = cache.get("native_image_size")
     if regime.native_size is None and compute:
         try:
-            regime.native_size = native_size(regime.dataset, regime.root)
-            cache.data["native_image_size"], cache.changed = regime.native_size, True
+            regime.native_size = cache["native_image_size"] = native_size(regime.dataset, regime.root)
         except (OSError, ValueError) as error:
             regime.references["native"] = f"not computed (the data is not here: {error})"
-    training = regime.image_size or regime.native_size
-    regime.image_size = training
+    training = regime.image_size = regime.image_size or regime.native_size
     for role, size in (("training", training), ("native", regime.native_size)):
         if size is None or (role == "native" and size == training) or role in regime.references:
             continue
         found = _from_records(regime.records, size)
-        if found is None and str(size) in cache.data["references"]:
-            found = _from_result(cache.data["references"][str(size)], f"`{REFERENCES_NAME}` beside the records")
+        if found is None and str(size) in cache["references"]:
+            found = _from_result(cache["references"][str(size)], f"`{REFERENCES_NAME}` beside the records")
         if found is None and compute:
             try:
                 result = compute_pixel_references(regime.dataset, regime.root, size)
             except (OSError, ValueError, ImportError) as error:
                 regime.references[role] = f"not computed ({type(error).__name__}: {error})"
                 continue
-            cache.data["references"][str(size)] = {**result, "command": reference_command(regime.dataset,
-                                                                                        regime.root, size)}
-            cache.changed = True
+            command = reference_command(regime.dataset, regime.root, size)
+            cache["references"][str(size)] = {**result, "command": command}
             found = _from_result(result, f"computed, cached in `{REFERENCES_NAME}` beside the records")
         regime.references[role] = found if found is not None else "not computed"
-    cache.write()
+    if json.dumps(cache, sort_keys=True) != read and regime.folder.is_dir():
+        _write_cache(regime.folder, cache)
     known = [ref.num_classes for ref in regime.references.values() if isinstance(ref, PixelReference)]
     regime.num_classes = regime.num_classes or next((n for n in known if n), None)
 
@@ -203,14 +192,10 @@ def load_regime(name: str, folder: str | Path, seeds: int | None = None, overrid
         except (ConfigError, OSError) as error:
             note = f"its runs cannot be planned with this code ({error})"
     records = Records(runs) if runs else records_in_folder(folder)
-    regime = Regime(name, folder, records, scale, note=note)
-    configs = [record.get("spec", {}).get("config", {}) for record in records.all] or (
-        [runs[0].spec["config"]] if runs else [])
-    if configs:
-        regime.dataset, regime.root = configs[0].get("data.name"), configs[0].get("data.root")
-        regime.image_size = configs[0].get("data.image_size")
+    config = records.all[0].get("spec", {}).get("config", {}) if records.all else runs[0].spec["config"] if runs else {}
     classes = {r["metrics"]["num_classes"] for r in records.all if r["metrics"].get("num_classes")}
-    regime.num_classes = min(classes) if len(classes) == 1 else None
+    regime = Regime(name, folder, records, scale, config.get("data.name"), config.get("data.root"),
+                    config.get("data.image_size"), num_classes=min(classes) if len(classes) == 1 else None, note=note)
     pixel_references_of(regime, compute)
     return regime
 
@@ -220,49 +205,40 @@ def _resolution(regime: Regime, role: str) -> str:
     return f"{size} px" if size else "?"
 
 
-def _pixel_rows(regime: Regime) -> list[list[str]]:
-    rows = []
-    for role, reference in regime.references.items():
-        label = f"{_resolution(regime, role)} ({'training' if role == 'training' else 'native'} resolution)"
-        if isinstance(reference, str):
-            rows.append(["raw pixels", label, reference, reference, "—"])
-        else:
-            rows.append(["raw pixels", label, f"{reference.knn:.2f}", "—" if reference.linear is None else
-                         f"{reference.linear:.2f} (ridge)", reference.source])
-    return rows
-
-
 def pixel_words(regime: Regime, arm: str, metric: str, seeds=None) -> str:
     """How an arm's mean compares with every raw-pixel reference, in words."""
     stat = regime.records.stat(arm, metric, seeds)
     if stat is None:
         return ""
-    parts = []
-    for role, reference in regime.references.items():
-        if isinstance(reference, PixelReference):
-            value = reference.knn if metric == "knn_k20_top1" else reference.linear
-            name = "raw pixels" if metric == "knn_k20_top1" else "the ridge on raw pixels"
-            if value is not None:
-                parts.append(versus(stat.mean, value, f"{name} at {_resolution(regime, role)}"))
-    return ", ".join(parts)
+    name = "raw pixels" if metric == "knn_k20_top1" else "the ridge on raw pixels"
+    values = {role: ref.knn if metric == "knn_k20_top1" else ref.linear
+              for role, ref in regime.references.items() if isinstance(ref, PixelReference)}
+    return ", ".join(versus(stat.mean, value, f"{name} at {_resolution(regime, role)}")
+                     for role, value in values.items() if value is not None)
 
 
 def references_section(regime: Regime, arms: tuple[str, ...]) -> list[str]:
     """What needs no training beside the trained arms, and where each arm falls in words."""
-    random_init: dict[int, float] = {}
-    for arm in arms:
-        random_init.update(regime.records.values(arm, RANDOM_INIT))
-    rows = _pixel_rows(regime)
-    rows.append(["backbone at random init (the run's seed)", _resolution(regime, "training"),
-                 format_stat(summarize(random_init.values())), "not measured", "the records"])
-    rows += [[f"`{arm}` (trained)", _resolution(regime, "training"), regime.records.cell(arm, "knn_k20_top1"),
-              regime.records.cell(arm, "linear_top1"), "the records"] for arm in arms if arm in regime.records.found]
+    records, training = regime.records, _resolution(regime, "training")
+    rows = []
+    for role, ref in regime.references.items():
+        label = f"{_resolution(regime, role)} ({role} resolution)"
+        if isinstance(ref, str):
+            rows.append(["raw pixels", label, ref, ref, "—"])
+        else:
+            ridge = "—" if ref.linear is None else f"{ref.linear:.2f} (ridge)"
+            rows.append(["raw pixels", label, f"{ref.knn:.2f}", ridge, ref.source])
+    random_init = {seed: value for arm in arms for seed, value in records.values(arm, RANDOM_INIT).items()}
+    rows.append(["backbone at random init (the run's seed)", training, format_stat(summarize(random_init.values())),
+                 "not measured", "the records"])
+    rows += [[f"`{arm}` (trained)", training, records.cell(arm, "knn_k20_top1"), records.cell(arm, "linear_top1"),
+              "the records"] for arm in arms if arm in records.found]
     commands = "; ".join(f"`{reference_command(regime.dataset, regime.root, ref.image_size)}`"
                          for ref in regime.references.values() if isinstance(ref, PixelReference))
     words = []
     for arm in arms:
-        texts = [f"{'kNN' if metric == 'knn_k20_top1' else 'linear'} {regime.records.stat(arm, metric).mean:.2f} "
-                 f"(n={regime.records.stat(arm, metric).n}) is {pixel_words(regime, arm, metric)}"
+        texts = [f"{'kNN' if metric == 'knn_k20_top1' else 'linear'} {records.stat(arm, metric).mean:.2f} "
+                 f"(n={records.stat(arm, metric).n}) is {pixel_words(regime, arm, metric)}"
                  for metric in ACCURACIES if pixel_words(regime, arm, metric)]
         if texts:
             words.append(f"- `{arm}`: " + "; ".join(texts) + ".")
@@ -284,20 +260,16 @@ def split_seeds(records: Records, metric: str) -> set[int]:
 def compare(records: Records, comparison: Comparison, metric: str, split: bool) -> tuple[Paired | None, set[int]]:
     """The paired difference, on the split's shared seeds (``split``) or on the seeds the pair shares."""
     seeds = split_seeds(records, metric) if split else None
-    result = paired(records.values(comparison.better, metric, seeds), records.values(comparison.worse, metric, seeds))
-    used = set(records.values(comparison.better, metric, seeds)) & set(records.values(comparison.worse, metric, seeds))
-    return result, used
+    better, worse = (records.values(name, metric, seeds) for name in (comparison.better, comparison.worse))
+    return paired(better, worse), set(better) & set(worse)
 
 
 def comparison_table(records: Records, rows: list[tuple[Comparison, bool]], holm_family: set[str]) -> list[str]:
     """One row per comparison and accuracy; Holm's adjustment over the rows whose label is in ``holm_family``."""
-    cells, results = [], []
-    for comparison, split in rows:
-        for metric in ACCURACIES:
-            result, seeds = compare(records, comparison, metric, split)
-            cells.append((comparison, metric, result, seeds))
-            results.append(result.p if result is not None and comparison.label in holm_family else None)
-    adjusted = holm(results)
+    cells = [(comparison, metric, *compare(records, comparison, metric, split))
+             for comparison, split in rows for metric in ACCURACIES]
+    adjusted = holm([result.p if result is not None and comparison.label in holm_family else None
+                     for comparison, _, result, _ in cells])
     body = []
     for (comparison, metric, result, seeds), holm_p in zip(cells, adjusted):
         means = [format_stat(records.stat(name, metric, seeds)) for name in (comparison.better, comparison.worse)]
@@ -324,25 +296,29 @@ def split_sentence(records: Records, metric: str) -> str | None:
             f"(**{parts[SELECTION].verdict}**)")
 
 
+def split_sentences(records: Records) -> list[str]:
+    """:func:`split_sentence` for each accuracy that has shared seeds."""
+    return [s for s in (split_sentence(records, metric) for metric in ACCURACIES) if s]
+
+
 def split_section(records: Records) -> list[str]:
     """CLIM's gain over MoCo v2 as mixing + selection, for the two accuracies; Holm over the four parts."""
-    sentences = [split_sentence(records, metric) for metric in ACCURACIES]
-    if not any(sentences):
+    sentences = split_sentences(records)
+    if not sentences:
         return ["The split of CLIM's gain needs MoCo v2, random + CutMix and CLIM on a common seed: none yet.", ""]
-    rows = [(TOTAL, True), (MIXING, True), (SELECTION, True)]
     return (["CLIM − MoCo v2 per seed, split into *mixing* (random positives + CutMix − "
              "MoCo v2: CutMix with a positive that carries no information) and *selection* (CLIM − random + "
              "CutMix: choosing the positive center-wise), each paired per seed with its 95 % t interval on the "
              "seeds the three arms share, so the two parts add up to the total on those seeds. *p (Holm)* adjusts "
              "the four parts (two per accuracy) for each other (family-wise error 5 %); the total is the headline "
              "claim, adjusted with the paper's claims.", ""]
-            + [f"- {sentence}." for sentence in sentences if sentence] + [""]
-            + comparison_table(records, rows, {MIXING.label, SELECTION.label}))
+            + [f"- {sentence}." for sentence in sentences] + [""]
+            + comparison_table(records, SPLIT_ROWS, {MIXING.label, SELECTION.label}))
 
 
 def status(regime: Regime, plan: bool = True) -> str:
     """How many records the regime has (of how many planned runs, with ``plan``), or that it has none yet."""
-    found, planned = len(regime.records.all), regime.planned
+    found, planned = len(regime.records.all), sum(len(runs) for runs in regime.records.planned.values())
     of = f" of {planned} planned runs" if planned and plan else ""
     if not found:
         return f"no record yet{of} in `{regime.folder.name}`: the regime is running or not started"
@@ -350,12 +326,9 @@ def status(regime: Regime, plan: bool = True) -> str:
 
 
 def _describe(regime: Regime) -> str:
-    parts = [f"`{regime.dataset}`"] if regime.dataset else []
-    if regime.num_classes:
-        parts.append(f"{regime.num_classes} classes")
-    if regime.image_size:
-        parts.append(f"trained at {regime.image_size} px")
-    return ", ".join(parts)
+    parts = (f"`{regime.dataset}`" if regime.dataset else "", f"{regime.num_classes} classes" if regime.num_classes
+             else "", f"trained at {regime.image_size} px" if regime.image_size else "")
+    return ", ".join(part for part in parts if part)
 
 
 def focused_section(regime: Regime) -> list[str]:
@@ -364,9 +337,11 @@ def focused_section(regime: Regime) -> list[str]:
     lines = [f"## Regime `{regime.name}`" + (f": {_describe(regime)}" if _describe(regime) else ""), ""]
     if regime.note:
         lines += [f"Note: {regime.note}.", ""]
+    said = status(regime)
+    said = said[0].upper() + said[1:]
     if not regime.records.all:
-        return lines + [f"{status(regime)[0].upper()}{status(regime)[1:]}. This section fills in as its records "
-                        "land (regenerate with the command at the top).", ""]
+        return lines + [f"{said}. This section fills in as its records land (regenerate with the command at the "
+                        "top).", ""]
     records = regime.records
     arms = tuple(name for name in (records.planned or records.found) if name in records.found)
     shared = set.intersection(*(records.seeds(arm) for arm in arms)) or None
@@ -375,18 +350,18 @@ def focused_section(regime: Regime) -> list[str]:
     metrics = ("knn_k20_top1", "linear_top1", "semisup_top1", "positive_precision")
     rows = [[f"`{arm}`", ARM_NAMES.get(arm, arm), *(records.cell(arm, m, seeds=shared) for m in metrics),
              str(len(records.found[arm]))] for arm in arms]
-    lines += [f"{status(regime)[0].upper()}{status(regime)[1:]}.{chance} Cells: mean ± std over "
+    lines += [f"{said}.{chance} Cells: mean ± std over "
               + (f"seeds {seeds_text(shared)}, the seeds every arm has" if shared else "each arm's seeds")
               + " (n per cell).", ""]
     lines += table(["arm", "", *(METRICS[m][0] for m in metrics), "records"], rows)
     lines += references_section(regime, arms)
-    sentences = [split_sentence(records, metric) for metric in ACCURACIES]
-    rows = [(TOTAL, True), (MIXING, True), (SELECTION, True)] + [(c, False) for c in FOCUSED_EXTRA]
-    rows = [(c, split) for c, split in rows if c.better in records.found and c.worse in records.found]
+    sentences = split_sentences(records)
+    rows = [(c, split) for c, split in (*SPLIT_ROWS, *((c, False) for c in FOCUSED_EXTRA))
+            if c.better in records.found and c.worse in records.found]
     lines += ["Paired comparisons. The first three rows use the seeds MoCo v2, random + CutMix and CLIM share, "
               "so mixing + selection = CLIM − MoCo v2 on them; the others the seeds their pair shares. "
               f"*p (Holm)* adjusts all {2 * len(rows)} tests of this table for each other.", ""]
-    lines += [f"- {sentence}." for sentence in sentences if sentence] + ([""] if any(sentences) else [])
+    lines += [f"- {sentence}." for sentence in sentences] + ([""] if sentences else [])
     return lines + comparison_table(records, rows, {c.label for c, _ in rows})
 
 
@@ -395,8 +370,7 @@ def regime_line(regime: Regime) -> str:
     if not regime.records.all:  # the plan may still be changing: only what the records say
         return f"Regime `{regime.name}`: {status(regime, plan=False)}."
     head = f"Regime `{regime.name}`" + (f" ({_describe(regime)})" if _describe(regime) else "")
-    parts = [status(regime)]
-    parts += [s for s in (split_sentence(regime.records, metric) for metric in ACCURACIES) if s]
+    parts = [status(regime), *split_sentences(regime.records)]
     reference = regime.references.get("training")
     if isinstance(reference, PixelReference):
         ridge = "" if reference.linear is None else f", ridge {reference.linear:.2f} %"
@@ -423,4 +397,3 @@ def overview(regimes: list[Regime]) -> list[str]:
             for r in regimes]
     return table(["regime", "records", "dataset", "classes", "training resolution",
                   "raw pixels kNN / ridge %, training resolution", "raw pixels kNN / ridge %, native"], rows)
-
