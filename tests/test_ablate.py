@@ -204,7 +204,7 @@ def test_the_readme_headline_is_what_the_committed_records_say(tmp_path):
 
 def test_cpu_minutes_per_run_leave_out_resumed_runs():
     """A resumed record from before cpu_complete counted only its last process: it would understate the cost."""
-    from clim.study.results import _Records
+    from clim.study.tables import Records as _Records
 
     records = _Records([])
     records.found = {"clim": {0: {"cpu_minutes": 8.0}, 1: {"cpu_minutes": 9.0},
@@ -228,7 +228,7 @@ def test_a_resumed_run_adds_the_cpu_minutes_of_its_stopped_processes(tmp_path):
 
 
 def test_cpu_minutes_count_resumed_runs_when_every_process_is_counted():
-    from clim.study.results import _Records
+    from clim.study.tables import Records as _Records
 
     records = _Records([])
     records.found = {"clim": {0: {"cpu_minutes": 8.0, "resumed": True, "cpu_complete": True},
@@ -250,7 +250,7 @@ def test_holm_adjusts_the_p_values_present_step_down():
 
 
 def test_similarity_gap_is_intra_class_minus_all_pairs_per_seed():
-    from clim.study.results import _Records
+    from clim.study.tables import Records as _Records
 
     records = _Records([])
     records.found = {"clim": {0: {"metrics": {"intra_class_similarity": 0.7, "all_pairs_similarity": 0.5}},

@@ -19,10 +19,16 @@ from pathlib import Path
 
 from clim.config import load_config
 from clim.study.matrix import LOG_NAME, SCALES, SPEC_NAME, Run, plan_runs, read_record
-from clim.study.results import duration, write_results
+from clim.study.results import write_results
 
 EVAL_BATCH = 512
 RECORD_VERSION = 1
+CPU_NAME = "cpu_spent.json"  # in the run folder: CPU minutes of the processes before this one
+
+
+def duration(seconds: float) -> str:
+    """Minutes, or hours from 1.5 h on."""
+    return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
 def evaluate_run(run_dir: Path, evaluation: dict, seed: int) -> dict:
@@ -95,10 +101,9 @@ def _pixel_references(config, image_size: int, evaluation: dict) -> dict:
 
 def _curve(history: list[dict]) -> list[dict]:
     """What the plots need of the metrics history, per epoch."""
-    keep = ("epoch", "knn_top1", "loss", "epoch_seconds")
     curve = []
     for record in history:
-        point = {key: record[key] for key in keep if key in record}
+        point = {key: record[key] for key in ("epoch", "knn_top1", "loss", "epoch_seconds") if key in record}
         selection = record.get("selection") or {}
         if "positive_precision" in selection:
             point["positive_precision"] = selection["positive_precision"]
@@ -113,9 +118,6 @@ def _commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return found.stdout.strip() or None
-
-
-CPU_NAME = "cpu_spent.json"  # in the run folder: CPU minutes of the processes before this one
 
 
 def _cpu_before(run_dir: Path, resumed: bool) -> tuple[float, bool]:
@@ -161,11 +163,11 @@ def run_one(run_dir: str | Path) -> dict:
     except BaseException:  # a stop request (or an error): this process's share is kept for the rerun
         _cpu_write(run_dir, cpu_earlier + time.process_time() / 60, cpu_complete)
         raise
-    precision = [r["selection"]["positive_precision"] for r in history
-                 if "positive_precision" in r.get("selection", {})]
+    curve = _curve(history)
+    precision = [point["positive_precision"] for point in curve if "positive_precision" in point]
     metrics["positive_precision"] = precision[-1] if precision else None
     record = {"version": RECORD_VERSION, "spec": spec, "variant": spec["variant"], "seed": spec["seed"],
-              "overrides": spec["overrides"], "metrics": metrics, "curve": _curve(history),
+              "overrides": spec["overrides"], "metrics": metrics, "curve": curve,
               # CPU time (all threads: with one torch thread, what the run takes on one core) of every process of
               # the run; ``cpu_complete`` false: an earlier process was killed outright and is missing. The
               # train / eval split is this process's alone.
