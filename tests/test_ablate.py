@@ -127,6 +127,9 @@ def test_smoke_matrix_end_to_end_then_resume_skips_recorded_runs(tmp_path, capsy
     assert [point["epoch"] for point in record["curve"]] == [1, 2] and "machine" in record
     output = capsys.readouterr().out
     assert "clim seed0: done" in output and "2 to run, 2 at a time" in output
+    # each refresh drawn into the run folder, as `clim pretrain` draws it (no part of the record)
+    assert list((out / "runs" / "clim" / "seed0" / "positives").glob("epoch_*.png"))
+    assert not any("positives" in key or "png" in key for key in record)
 
     # RESULTS.md comes from the records alone: the run folders may be gone
     import shutil

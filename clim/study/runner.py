@@ -143,9 +143,11 @@ def _cpu_write(run_dir: Path, minutes: float, complete: bool, running: bool = Fa
 
 
 def run_one(run_dir: str | Path) -> dict:
-    """Train (or resume) and evaluate one run from its ``ablate.json``; writes its record."""
+    """Train (or resume) and evaluate one run from its ``ablate.json``; writes its record. Like ``clim
+    pretrain``, each refresh of the positives is drawn into ``RUN_DIR/positives/`` (not part of the record)."""
     from clim.engine.trainer import pretrain
     from clim.evaluation.common import resolve_device, write_result
+    from clim.inspect import draw_refresh
     from clim.runtime.checkpoint import CHECKPOINT_NAME
     from clim.runtime.machine import machine_info
 
@@ -157,7 +159,7 @@ def run_one(run_dir: str | Path) -> dict:
     started, cpu_started = time.perf_counter(), time.process_time()
     config = load_config(spec["preset"], overrides=spec["overrides"])
     try:
-        history = pretrain(config, run_dir)
+        history = pretrain(config, run_dir, on_refresh=draw_refresh)
         trained, cpu_trained = time.perf_counter(), time.process_time()
         metrics = evaluate_run(run_dir, spec["evaluation"], config.train.seed)
     except BaseException:  # a stop request (or an error): this process's share is kept for the rerun
