@@ -83,10 +83,8 @@ def select(args: argparse.Namespace, faces: list[glyphs.Face]) -> tuple[list[gly
     covering, rejected = glyphs.covering_faces(faces, required, glyphs.CJK_BLOCK, 0 if required else MIN_BLOCK_CHARS)
     usable, failed = glyphs.usable_faces(covering, args.probe, args.size)
     rejected += failed
-    if required:
-        chars = glyphs.choose_characters(usable, required, len(required), args.seed, args.size)
-    else:
-        chars = glyphs.choose_characters(usable, glyphs.shared_characters(usable), args.classes, args.seed, args.size)
+    pool = required or glyphs.shared_characters(usable)
+    chars = glyphs.choose_characters(usable, pool, len(pool) if required else args.classes, args.seed, args.size)
     usable, placeholders = glyphs.distinct_faces(usable, chars, args.size)
     return usable, chars, rejected + placeholders
 
@@ -122,6 +120,7 @@ def report(sources: list[str], rejected: list, built: glyphs.GlyphSet) -> None:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     if args.print_packages:
         print(" ".join(DEFAULT_PACKAGES))
@@ -131,8 +130,7 @@ def main(argv=None) -> int:
     usable, chars, rejected = select(args, faces)
     built = glyphs.build_glyph_set(usable, chars, options_of(args))
     built.manifest["sources"] = sources
-    built.manifest["command"] = " ".join(["python", "scripts/build_glyphs.py", *(argv if argv is not None
-                                                                                  else sys.argv[1:])])
+    built.manifest["command"] = " ".join(["python", "scripts/build_glyphs.py", *argv])
     built.manifest["left_out"] = [{"label": face.label, "name": face.name, "why": why} for face, why in rejected]
     path = glyphs.save_glyphs(args.out, built)
     report(sources, rejected, built)

@@ -1,20 +1,9 @@
 """Glyphs: a many-class dataset rendered from installed fonts (a class is a character, an instance a font face).
 
-Why: with 10 classes a randomly chosen positive has the query's class 10 % of the time, so a study on
-Fashion-MNIST cannot tell whether CLIM's choice of positives matters. With C characters a random
-positive is right 1 / C of the time.
-
-How: every usable face of the given font files draws every chosen character, white on black, its ink
-box centred and its em square spanning :data:`EM_FRACTION` of the image; a seeded per-image
-:class:`Nuisance` (rotation, scale, shift, stroke weight) then keeps raw pixels from solving the task.
-Faces are grouped into *families* (design lineages: faces of one package, faces derived from one
-another, and faces whose clean glyphs nearly coincide), and the split is by family, so no test glyph
-has a twin among the training fonts. ``scripts/build_glyphs.py`` writes the arrays (uint8 .npy) and
-``manifest.json`` into a folder; ``build_dataset("glyphs", root=FOLDER)`` reads them.
-
-Determinism: the characters, the family split and every image's nuisance follow from the seed (and
-the font files): each image draws its nuisance from its own generator keyed by (seed, split, face,
-character, copy), so adding a face or a class leaves every other image unchanged.
+With 10 classes a random positive shares the query's class 10 % of the time, too often to tell whether CLIM's
+choice of positives matters; with C characters, 1 / C. A seeded per-image :class:`Nuisance` keeps raw pixels from
+solving the task, and the split is by font family (:func:`group_families`), so no test glyph has a twin among the
+training fonts. ``scripts/build_glyphs.py`` writes the arrays; ``build_dataset("glyphs", root=...)`` reads them.
 """
 
 from __future__ import annotations
@@ -41,6 +30,7 @@ SIMILARITY_SIZE = 64  # canvas side on which faces are compared for near-duplica
 SIMILARITY_CHARS = 100
 SPLIT_IDS = {"train": 1, "test": 2}
 CJK_BLOCK = (0x4E00, 0x9FFF)  # CJK Unified Ideographs
+_Sifted = tuple[list["Face"], list[tuple["Face", str]]]  # (kept faces, [(left-out face, why)])
 # Faces derived from one another ship in different packages; their glyphs must not straddle the split.
 # Each tuple is one design lineage (package names); a package not listed is a lineage of its own.
 LINEAGES = (
@@ -48,9 +38,8 @@ LINEAGES = (
     # M+ and IPA, their M+ kanji shared with VL Gothic, which glyph similarity then joins)
     ("fonts-ipafont-gothic", "fonts-ipafont-mincho", "fonts-ipaexfont-gothic", "fonts-ipaexfont-mincho",
      "fonts-ipamj-mincho", "fonts-takao-gothic", "fonts-takao-mincho", "fonts-monapo", "fonts-migmix"),
-    # Arphic's Kaiti and Mingti fonts and their Unicode successors UKai / UMing
     ("fonts-arphic-ukai", "fonts-arphic-uming", "fonts-arphic-bkai00mp", "fonts-arphic-bsmi00lp",
-     "fonts-arphic-gbsn00lp", "fonts-arphic-gkai00mp"),
+     "fonts-arphic-gbsn00lp", "fonts-arphic-gkai00mp"),  # Arphic's Kaiti / Mingti and their successors UKai / UMing
     ("fonts-droid-fallback", "fonts-wqy-microhei"),  # WenQuanYi Micro Hei is derived from Droid Sans Fallback
     ("fonts-klee", "fonts-lxgw-wenkai"),  # LXGW WenKai is derived from Klee One
     ("fonts-horai-umefont", "fonts-umeplus"),  # UmePlus = Ume + M+
@@ -79,14 +68,11 @@ class Face:
 
 @dataclass(frozen=True)
 class Nuisance:
-    """Per-image distortion, drawn uniformly: rotation in ±``rotation`` degrees, scale in ``scale``, shift
-    in ±``shift`` of the side per axis, and with probability ``thicken_p`` strokes dilated by 1 to
-    ``thicken_max`` pixels of the 4x canvas (a quarter output pixel each).
-
-    The defaults are the ablate-glyphs dataset's, chosen on a validation split of the training fonts
-    (clim/presets/ablate-glyphs.yaml): the stronger nuisances tried (rotation 20 / 12, scale down to
-    0.7, shift 0.25) lowered raw-pixel kNN to 9-15 %, but MoCo v2 fell as far, to within a point of the
-    pixels; with this one pixels give 34 % and MoCo v2 40 %."""
+    """Per-image distortion, drawn uniformly: rotation in ±``rotation`` degrees, scale in ``scale``, shift in
+    ±``shift`` of the side per axis, and with probability ``thicken_p`` strokes dilated by 1 to ``thicken_max``
+    pixels of the 4x canvas (a quarter output pixel each). The defaults (clim/presets/ablate-glyphs.yaml) were
+    chosen on a validation split of the training fonts: raw pixels reach 34 % kNN, MoCo v2 40 %; stronger ones
+    (rotation 20 / 12, scale down to 0.7, shift 0.25) gave 9-15 % but lowered MoCo v2 to within a point of that."""
 
     rotation: float = 8.0
     scale: tuple[float, float] = (0.85, 1.05)
@@ -96,13 +82,9 @@ class Nuisance:
 
     def draw(self, rng: np.random.Generator) -> dict:
         thicken = int(rng.integers(1, self.thicken_max + 1)) if rng.random() < self.thicken_p else 0
-        return {"angle": float(rng.uniform(-self.rotation, self.rotation)),
-                "scale": float(rng.uniform(*self.scale)),
+        return {"angle": float(rng.uniform(-self.rotation, self.rotation)), "scale": float(rng.uniform(*self.scale)),
                 "shift": (float(rng.uniform(-self.shift, self.shift)), float(rng.uniform(-self.shift, self.shift))),
                 "thicken": thicken}
-
-
-# ---------------------------------------------------------------- finding faces
 
 
 def read_faces(path: str | Path, package: str = "") -> list[Face]:
@@ -114,9 +96,8 @@ def read_faces(path: str | Path, package: str = "") -> list[Face]:
     faces = []
     for index in range(count):
         names = TTFont(path, fontNumber=index, lazy=True)["name"]
-        family = names.getDebugName(16) or names.getDebugName(1) or Path(path).stem
-        style = names.getDebugName(17) or names.getDebugName(2) or ""
-        faces.append(Face(path, index, family, style, package))
+        faces.append(Face(path, index, names.getDebugName(16) or names.getDebugName(1) or Path(path).stem,
+                          names.getDebugName(17) or names.getDebugName(2) or "", package))
     return faces
 
 
@@ -127,8 +108,7 @@ def package_faces(packages: Iterable[str]) -> list[Face]:
         listing = subprocess.run(["dpkg", "-L", package], capture_output=True, text=True)
         if listing.returncode != 0:
             raise FileNotFoundError(f"package {package} is not installed (apt-get install -y {package})")
-        files = sorted({line for line in listing.stdout.splitlines() if line.lower().endswith(FONT_SUFFIXES)})
-        for file in files:
+        for file in sorted({line for line in listing.stdout.splitlines() if line.lower().endswith(FONT_SUFFIXES)}):
             if Path(file).is_file() and not Path(file).is_symlink():
                 faces += read_faces(file, package)
     return faces
@@ -138,9 +118,6 @@ def face_charset(face: Face) -> frozenset[int]:
     from fontTools.ttLib import TTFont
 
     return frozenset((TTFont(face.path, fontNumber=face.index, lazy=True).getBestCmap() or {}).keys())
-
-
-# ---------------------------------------------------------------- drawing
 
 
 def draw_glyph(font: ImageFont.FreeTypeFont, char: str, canvas: int) -> np.ndarray | None:
@@ -174,16 +151,12 @@ def distort(glyph: np.ndarray, params: dict, size: int) -> np.ndarray:
     image = Image.fromarray(glyph)
     if params["thicken"]:
         image = image.filter(ImageFilter.MaxFilter(2 * params["thicken"] + 1))
-    canvas = image.width
-    centre = canvas / 2
-    angle = np.deg2rad(params["angle"])
-    scale = params["scale"]
-    dx, dy = params["shift"][0] * canvas, params["shift"][1] * canvas
+    canvas, centre = image.width, image.width / 2
+    ox, oy = centre + params["shift"][0] * canvas, centre + params["shift"][1] * canvas
     # output = centre + shift + scale * R(angle) (input - centre); PIL wants the inverse map
-    cos, sin = np.cos(angle) / scale, np.sin(angle) / scale
-    a, b, d, e = cos, sin, -sin, cos
-    ox, oy = centre + dx, centre + dy
-    matrix = (a, b, centre - a * ox - b * oy, d, e, centre - d * ox - e * oy)
+    angle = np.deg2rad(params["angle"])
+    cos, sin = np.cos(angle) / params["scale"], np.sin(angle) / params["scale"]
+    matrix = (cos, sin, centre - cos * ox - sin * oy, -sin, cos, centre + sin * ox - cos * oy)
     image = image.transform((canvas, canvas), Image.Transform.AFFINE, matrix, resample=Image.Resampling.BILINEAR)
     return np.asarray(image.reduce(canvas // size))
 
@@ -193,12 +166,8 @@ def image_rng(seed: int, split: str, face: Face, char: str, copy: int) -> np.ran
     return np.random.default_rng([seed, SPLIT_IDS[split], zlib.crc32(face.label.encode()), ord(char), copy])
 
 
-# ---------------------------------------------------------------- faces, characters, families
-
-
-def usable_faces(faces: Sequence[Face], probe: str, size: int) -> tuple[list[Face], list[tuple[Face, str]]]:
-    """``(usable, [(face, why not)])``: a face is usable when FreeType draws ``probe`` with it (some
-    fonts fail, e.g. with "invalid opcode" from their hinting programs)."""
+def usable_faces(faces: Sequence[Face], probe: str, size: int) -> _Sifted:
+    """``(usable, [(face, why not)])``: the faces FreeType draws ``probe`` with (some fail: "invalid opcode")."""
     usable, rejected = [], []
     for face in faces:
         try:
@@ -211,11 +180,9 @@ def usable_faces(faces: Sequence[Face], probe: str, size: int) -> tuple[list[Fac
 
 
 def covering_faces(faces: Sequence[Face], required: Sequence[str] | None = None,
-                   block: tuple[int, int] | None = CJK_BLOCK, min_chars: int = 0
-                   ) -> tuple[list[Face], list[tuple[Face, str]]]:
-    """``(kept, [(face, why not)])``: with ``required``, the faces that map every one of those characters;
-    else those mapping at least ``min_chars`` characters of ``block`` (fonts for other scripts, or
-    extension-block companions, would empty the shared character set)."""
+                   block: tuple[int, int] | None = CJK_BLOCK, min_chars: int = 0) -> _Sifted:
+    """``(kept, [(face, why not)])``: with ``required``, the faces mapping all those characters; else those mapping
+    at least ``min_chars`` of ``block`` (fonts for other scripts, or extension-block companions, would empty it)."""
     kept, rejected = [], []
     for face in faces:
         charset = face_charset(face)
@@ -229,18 +196,17 @@ def covering_faces(faces: Sequence[Face], required: Sequence[str] | None = None,
     return kept, rejected
 
 
-def distinct_faces(faces: Sequence[Face], chars: Sequence[str], size: int
-                   ) -> tuple[list[Face], list[tuple[Face, str]]]:
+def distinct_faces(faces: Sequence[Face], chars: Sequence[str], size: int) -> _Sifted:
     """``(kept, [(face, why not)])``: a face that draws two of ``chars`` identically is a placeholder font
     (e.g. Last Resort, one box per Unicode block), not a design of the characters."""
     kept, rejected = [], []
     for face in faces:
-        clean = render_clean(face, chars, size)
         seen: dict[bytes, str] = {}
-        twins = next(((seen[g.tobytes()], c) for g, c in zip(clean, chars) if seen.setdefault(g.tobytes(), c) != c),
-                     None)
-        if twins:
-            rejected.append((face, f"draws {twins[0]!r} and {twins[1]!r} identically"))
+        for glyph, char in zip(render_clean(face, chars, size), chars):
+            first = seen.setdefault(glyph.tobytes(), char)
+            if first != char:
+                rejected.append((face, f"draws {first!r} and {char!r} identically"))
+                break
         else:
             kept.append(face)
     return kept, rejected
@@ -248,19 +214,13 @@ def distinct_faces(faces: Sequence[Face], chars: Sequence[str], size: int
 
 def shared_characters(faces: Sequence[Face], block: tuple[int, int] | None = CJK_BLOCK) -> list[str]:
     """The characters every face maps (within ``block``, a code point range, when given), sorted."""
-    shared = None
-    for face in faces:
-        charset = face_charset(face)
-        shared = charset if shared is None else shared & charset
-    codes = sorted(shared or ())
-    if block is not None:
-        codes = [c for c in codes if block[0] <= c <= block[1]]
-    return [chr(c) for c in codes]
+    charsets = [face_charset(face) for face in faces]
+    codes = sorted(frozenset.intersection(*charsets)) if charsets else []
+    return [chr(c) for c in codes if block is None or block[0] <= c <= block[1]]
 
 
 def choose_characters(faces: Sequence[Face], pool: Sequence[str], count: int, seed: int, size: int) -> list[str]:
-    """``count`` characters of ``pool`` in a seeded random order, keeping only those every face draws
-    with ink; returned in code point order."""
+    """``count`` characters of ``pool`` that every face draws with ink, taken in a seeded order; sorted."""
     if count > len(pool):
         raise ValueError(f"{count} classes asked, the faces share only {len(pool)} characters")
     order = np.random.default_rng([seed, 0]).permutation(len(pool))
@@ -278,61 +238,37 @@ def choose_characters(faces: Sequence[Face], pool: Sequence[str], count: int, se
 
 def glyph_similarity(clean: Sequence[np.ndarray]) -> np.ndarray:
     """[F, F] mean over characters of the cosine similarity between faces' clean glyphs ([C, H, W] each)."""
-    vectors = []
-    for glyphs in clean:
-        flat = glyphs.reshape(len(glyphs), -1).astype(np.float64)
-        vectors.append(flat / np.maximum(np.linalg.norm(flat, axis=1, keepdims=True), 1e-9))
-    stacked = np.stack(vectors)  # [F, C, D]
+    flat = [glyphs.reshape(len(glyphs), -1).astype(np.float64) for glyphs in clean]
+    stacked = np.stack([f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-9) for f in flat])  # [F, C, D]
     return np.einsum("fcd,gcd->fg", stacked, stacked) / stacked.shape[1]
 
 
 def face_similarity(faces: Sequence[Face], chars: Sequence[str]) -> np.ndarray:
-    """:func:`glyph_similarity` on up to :data:`SIMILARITY_CHARS` of ``chars`` drawn on a fixed
-    SIMILARITY_SIZE canvas, whatever the dataset's resolution: at 16 px every gothic face looks alike,
-    at 64 px a derived face (1.00 and 0.96 measured) stands apart from an independent design in the
-    same style (at most ~0.89)."""
+    """:func:`glyph_similarity` on up to :data:`SIMILARITY_CHARS` of ``chars`` drawn at SIMILARITY_SIZE whatever the
+    dataset's resolution: at 16 px every gothic face looks alike, at 64 px a derived face (1.00 and 0.96
+    measured) stands apart from an independent design in the same style (at most ~0.89)."""
     sample = list(chars[:SIMILARITY_CHARS])
     return glyph_similarity([render_clean(face, sample, SIMILARITY_SIZE // RENDER_SCALE) for face in faces])
 
 
-def _lineage_key(face: Face) -> str:
-    if not face.package:
-        return face.name
-    for lineage in LINEAGES:
-        if face.package in lineage:
-            return lineage[0]
-    return face.package
-
-
-def group_families(faces: Sequence[Face], similarity: np.ndarray | None = None,
-                   threshold: float = 1.0) -> list[str]:
+def group_families(faces: Sequence[Face], similarity: np.ndarray | None = None, threshold: float = 1.0) -> list[str]:
     """The family of every face: faces of one package (or, outside packages, one family name) or one
     listed lineage (:data:`LINEAGES`) share a family, and so do faces whose glyph similarity exceeds
     ``threshold`` (transitively). A family is named after its members' keys, joined by ``+``."""
-    parent = list(range(len(faces)))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    keys = [_lineage_key(face) for face in faces]
-    first: dict[str, int] = {}
-    for i, key in enumerate(keys):
-        parent[root(i)] = root(first.setdefault(key, i))
+    keys = [next((lineage[0] for lineage in LINEAGES if face.package in lineage), face.package) if face.package
+            else face.name for face in faces]
+    links = [(i, keys.index(key)) for i, key in enumerate(keys)]
     if similarity is not None:
-        for i, j in zip(*np.nonzero(np.triu(similarity > threshold, k=1))):
-            parent[root(int(i))] = root(int(j))
-    members: dict[int, set[str]] = {}
-    for i, key in enumerate(keys):
-        members.setdefault(root(i), set()).add(key)
-    return ["+".join(sorted(members[root(i)])) for i in range(len(faces))]
+        links += [(int(i), int(j)) for i, j in zip(*np.nonzero(np.triu(similarity > threshold, k=1)))]
+    component = list(range(len(faces)))  # linked faces are merged by relabelling one's component as the other's
+    for i, j in links:
+        merged, into = component[i], component[j]
+        component = [into if c == merged else c for c in component]
+    return ["+".join(sorted({key for key, c in zip(keys, component) if c == mine})) for mine in component]
 
 
 def split_families(families: Sequence[str], test_fraction: float, seed: int) -> set[str]:
-    """The test families: ``round(test_fraction x families)`` of them (at least one, never all),
-    drawn by a seeded permutation of the sorted family names."""
+    """The test families: ``round(test_fraction x families)`` of them (at least one, never all), seeded."""
     names = sorted(set(families))
     if len(names) < 2:
         raise ValueError(f"a family-disjoint split needs at least two families, got {names}")
@@ -341,8 +277,7 @@ def split_families(families: Sequence[str], test_fraction: float, seed: int) -> 
     return {names[int(i)] for i in order[:take]}
 
 
-def cap_faces(faces: Sequence[Face], families: Sequence[str], per_family: int | None,
-              seed: int) -> list[int]:
+def cap_faces(faces: Sequence[Face], families: Sequence[str], per_family: int | None, seed: int) -> list[int]:
     """Indices of at most ``per_family`` faces of every family (seeded choice; all when None), so
     families of many near-identical faces (weights, regional variants) do not dominate a split."""
     keep = []
@@ -353,9 +288,6 @@ def cap_faces(faces: Sequence[Face], families: Sequence[str], per_family: int | 
             members = sorted(int(i) for i in rng.choice(members, size=per_family, replace=False))
         keep += members
     return sorted(keep)
-
-
-# ---------------------------------------------------------------- the dataset
 
 
 @dataclass(frozen=True)
@@ -384,8 +316,7 @@ def render_split(faces: Sequence[Face], face_ids: Sequence[int], chars: Sequence
     """Every (face, copy, character) image of a split, face-major, each with its own nuisance draw."""
     count = len(faces) * copies * len(chars)
     images = np.zeros((count, options.size, options.size), dtype=np.uint8)
-    labels = np.zeros(count, dtype=np.int16)
-    owners = np.zeros(count, dtype=np.int16)
+    labels, owners = np.zeros(count, dtype=np.int16), np.zeros(count, dtype=np.int16)
     row = 0
     for face, face_id in zip(faces, face_ids):
         clean = render_clean(face, chars, options.size)
@@ -399,14 +330,12 @@ def render_split(faces: Sequence[Face], face_ids: Sequence[int], chars: Sequence
 
 
 def assign_splits(faces: Sequence[Face], families: Sequence[str], options: BuildOptions) -> list[str]:
-    """``train`` / ``test`` / ``unused`` per face: families split by :func:`split_families`, then at most
-    ``per_family`` faces kept per family. With ``holdout="val"`` the test families are unused and the
-    remaining families are split again (another seeded draw) into train and a validation set that takes
-    the test split's place, so tuning never sees a test font."""
+    """``train`` / ``test`` / ``unused`` per face: families split by :func:`split_families`, at most ``per_family``
+    faces kept per family. With ``holdout="val"`` the test families are unused and the others are split again
+    into train and a validation set in the test split's place, so tuning never sees a test font."""
     test = split_families(families, options.test_fraction, options.seed)
     if options.holdout == "val":
-        remaining = [name for name in families if name not in test]
-        val = split_families(remaining, options.test_fraction, options.seed + 1)
+        val = split_families([name for name in families if name not in test], options.test_fraction, options.seed + 1)
         splits = ["unused" if name in test else "test" if name in val else "train" for name in families]
     elif options.holdout == "test":
         splits = ["test" if name in test else "train" for name in families]
@@ -417,42 +346,30 @@ def assign_splits(faces: Sequence[Face], families: Sequence[str], options: Build
 
 
 def build_glyph_set(faces: Sequence[Face], chars: Sequence[str], options: BuildOptions) -> GlyphSet:
-    """Render the dataset: families (by package, lineage and glyph similarity), the family-disjoint
-    split, then every image of both splits."""
+    """Group the faces into families, split them by family and render every image of both splits."""
     if len(set(chars)) != len(chars):
         raise ValueError("characters must be distinct")
     similarity = face_similarity(faces, chars)
     families = group_families(faces, similarity, options.similarity)
     splits = assign_splits(faces, families, options)
+    ids = {split: [i for i, name in enumerate(splits) if name == split] for split in ("train", "test")}
     arrays = {}
     for split, copies in (("train", options.train_copies), ("test", options.test_copies)):
-        ids = [i for i, name in enumerate(splits) if name == split]
-        arrays.update(render_split([faces[i] for i in ids], ids, chars, split, copies, options))
+        arrays.update(render_split([faces[i] for i in ids[split]], ids[split], chars, split, copies, options))
+    closest = round(float(similarity[np.ix_(ids["train"], ids["test"])].max()), 4) if all(ids.values()) else None
     pixels = arrays["train_images"].astype(np.float64) / 255.0
+    options_dict = asdict(options)
+    options_dict["nuisance"]["scale"] = list(options_dict["nuisance"]["scale"])
     manifest = {
-        "version": 1, "name": "glyphs", "image_size": options.size, "num_classes": len(chars),
-        "classes": list(chars), "options": _options_dict(options), "em_fraction": EM_FRACTION,
-        "render_scale": RENDER_SCALE, "mean": [round(float(pixels.mean()), 4)],
-        "std": [round(float(pixels.std()), 4)],
+        "version": 1, "name": "glyphs", "image_size": options.size, "num_classes": len(chars), "classes": list(chars),
+        "options": options_dict, "em_fraction": EM_FRACTION, "render_scale": RENDER_SCALE,
+        "mean": [round(float(pixels.mean()), 4)], "std": [round(float(pixels.std()), 4)],
         "counts": {split: int(len(arrays[f"{split}_labels"])) for split in ("train", "test")},
         "faces": [{**asdict(face), "label": face.label, "family": family, "split": split}
                   for face, family, split in zip(faces, families, splits)],
-        "max_similarity_across_splits": _max_across(similarity, splits),
+        "max_similarity_across_splits": closest,
     }
     return GlyphSet(arrays, manifest)
-
-
-def _options_dict(options: BuildOptions) -> dict:
-    values = asdict(options)
-    values["nuisance"]["scale"] = list(values["nuisance"]["scale"])
-    return values
-
-
-def _max_across(similarity: np.ndarray, splits: Sequence[str]) -> float | None:
-    """The highest glyph similarity between a train face and a test face (what the split leaves closest)."""
-    train = [i for i, s in enumerate(splits) if s == "train"]
-    test = [i for i, s in enumerate(splits) if s == "test"]
-    return round(float(similarity[np.ix_(train, test)].max()), 4) if train and test else None
 
 
 def save_glyphs(folder: str | Path, glyphs: GlyphSet) -> Path:
@@ -469,12 +386,11 @@ def save_glyphs(folder: str | Path, glyphs: GlyphSet) -> Path:
 def load_glyphs(folder: str | Path, split: str) -> tuple[np.ndarray, np.ndarray, dict]:
     """``(images uint8 [N, S, S], labels int64 [N], manifest)`` of the ``train`` or ``test`` split."""
     folder = Path(folder)
-    manifest_path = folder / MANIFEST
-    if not manifest_path.is_file():
+    if not (folder / MANIFEST).is_file():
         raise FileNotFoundError(
-            f"glyphs: {manifest_path} not found. Build the dataset first: python scripts/build_glyphs.py "
+            f"glyphs: {folder / MANIFEST} not found. Build the dataset first: python scripts/build_glyphs.py "
             f"--out {folder} (see that script for the font packages it needs), or point data.root at a built one")
-    manifest = json.loads(manifest_path.read_text())
+    manifest = json.loads((folder / MANIFEST).read_text())
     images = np.load(folder / f"{split}_images.npy", allow_pickle=False)
     labels = np.load(folder / f"{split}_labels.npy", allow_pickle=False).astype(np.int64)
     if images.dtype != np.uint8 or images.ndim != 3 or labels.shape != (len(images),):
