@@ -1,26 +1,16 @@
 """Folders of image files: ImageNet layout, class folders directly, or a flat unlabelled folder.
 
-Real-world folders contain broken files. They are found once, at construction (extension,
-then a cheap PIL check), counted and reported in one line on stderr (then the first paths), instead
-of crashing an epoch hours later. Files that pass the check but still fail to decode in a worker
-are replaced by the next decodable image (see ``ImageFolderDataset.__getitem__``).
+Layouts (``root`` is ``data.root``): ``root/train/<class>/**/*`` and ``root/val/<class>/**/*`` (``root/test`` is
+accepted for val); ``root/<class>/**/*``, the train split only; ``root/*.jpg`` with no class folders, unlabelled
+(labels -1), split ``pretrain`` only. Symlinked folders are followed once by real path (:class:`_LinkGuard`).
 
-The check opens every file (about 2 minutes for ImageNet's 1.28M), so its result is cached: a small
-JSON index per split folder in ``$CLIM_CACHE/index`` (default ``~/.cache/clim/index``), keyed by the
-folder's absolute path and a fingerprint of the listing (every image path, and size + mtime of every
-directory holding one). A restart, a resume or an evaluation on an unchanged folder then only lists
-it; adding, removing or renaming a file changes the fingerprint and the folder is checked again.
-The index stores the rejected files, which are re-checked at every start (a repaired file comes
-back); a file broken in place after the check is replaced at load time as above.
-
-Layouts (``root`` is ``data.root``):
-- ``root/train/<class>/**/*`` and ``root/val/<class>/**/*`` (``root/test`` is accepted for val);
-- ``root/<class>/**/*``: the train split only;
-- ``root/*.jpg`` with no class folders: unlabelled images (labels -1), split ``pretrain`` only.
-
-Symlinked folders are followed once by real path: a link into a folder the scan lists anyway (a loop
-such as ``cat/loop -> .``, or ``cat/more -> ../dog``) or to a folder reached before is not followed, so
-every file is listed once; the summary line counts and names such links.
+Broken files are found once, at construction (extension, then :func:`check_image`), and reported in one line on
+stderr instead of crashing an epoch hours later; one that still fails to decode in a worker is replaced by the next
+decodable image (``ImageFolderDataset.__getitem__``). The check opens every file (about 2 minutes for ImageNet's
+1.28M), so its verdicts are cached in ``$CLIM_CACHE/index`` (default ``~/.cache/clim/index``), one JSON index per
+split folder keyed by its absolute path and a fingerprint of the listing (:func:`_fingerprint`): an unchanged
+folder is only listed, a changed one checked again. Rejected files are re-checked at every start (a repaired one
+comes back).
 """
 
 from __future__ import annotations
@@ -68,10 +58,9 @@ def _has_image_ext(name: str) -> bool:
 
 
 class _LinkGuard:
-    """Which symlinked folders a scan follows: one whose real path is new, neither inside nor above a
-    folder the scan covers already (the split folder, its class folders, links followed before). A
-    loop (``c0/loop -> .``) or a second way into the same files (``c0/more -> ../c1``) is skipped and
-    recorded in ``skipped`` as ``(link, real path)``, so that every file is listed once."""
+    """Which symlinked folders a scan follows: one whose real path is new, neither inside nor above a folder the
+    scan covers already (the split folder, its class folders, links followed before). A loop (``c0/loop -> .``)
+    or a second way into the same files (``c0/more -> ../c1``) is recorded in ``skipped`` as ``(link, real path)``."""
 
     def __init__(self, *folders: Path):
         self.roots = [Path(os.path.realpath(folder)) for folder in folders]
@@ -93,9 +82,7 @@ def _walk(folder: Path, guard: _LinkGuard | None = None) -> Iterator[Path]:
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         dirnames[:] = [d for d in sorted(dirnames) if not _is_hidden(d)
                        and (not os.path.islink(os.path.join(dirpath, d)) or guard.follow(os.path.join(dirpath, d)))]
-        for name in sorted(filenames):
-            if not _is_hidden(name):
-                yield Path(dirpath, name)
+        yield from (Path(dirpath, name) for name in sorted(filenames) if not _is_hidden(name))
 
 
 def _has_images(folder: Path, *covered: Path) -> bool:
@@ -103,12 +90,9 @@ def _has_images(folder: Path, *covered: Path) -> bool:
     return any(_has_image_ext(p.name) for p in _walk(folder, _LinkGuard(folder, *covered)))
 
 
-def _subdirs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not _is_hidden(p.name))
-
-
-def _top_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and not _is_hidden(p.name))
+def _children(folder: Path, dirs: bool) -> list[Path]:
+    """The non-hidden sub-folders (``dirs``) or files directly in ``folder``, sorted."""
+    return sorted(p for p in folder.iterdir() if (p.is_dir() if dirs else p.is_file()) and not _is_hidden(p.name))
 
 
 def _jpeg_ends_with_eoi(path: Path) -> bool:
@@ -120,10 +104,8 @@ def _jpeg_ends_with_eoi(path: Path) -> bool:
 def check_image(path: str | os.PathLike) -> str | None:
     """None if ``path`` looks like a decodable image, else the reason it does not.
 
-    ``Image.verify`` parses headers (and checks PNG CRCs) without decoding, ~30 us per JPEG.
-    It cannot see a truncated JPEG, so a JPEG whose last bytes are not the end-of-image marker
-    is fully decoded to decide (files padded after the marker are kept if they decode).
-    """
+    ``Image.verify`` parses headers (and checks PNG CRCs) without decoding, ~30 us per JPEG. It cannot see a
+    truncated JPEG, so a JPEG not ending with the end-of-image marker is fully decoded (kept if it decodes)."""
     path = Path(path)
     try:
         if path.stat().st_size == 0:
@@ -149,8 +131,8 @@ class ImageFolderScan:
     classes: list[str] | None  # None for a flat, unlabelled folder
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     empty_classes: list[str] = field(default_factory=list)
-    # symlinked folders not followed, their files being listed already (a loop, a link to another class)
-    skipped_links: list[tuple[str, str]] = field(default_factory=list)  # (link, real path)
+    # (link, real path) of the symlinked folders not followed, their files being listed already
+    skipped_links: list[tuple[str, str]] = field(default_factory=list)
 
 
 def _split_folder(root: Path, split: str) -> tuple[Path, Path]:
@@ -171,7 +153,7 @@ def _split_folder(root: Path, split: str) -> tuple[Path, Path]:
 def _classes(train_folder: Path) -> tuple[list[str], list[str]]:
     """Class names (sorted sub-folders holding at least one image file) and the empty ones."""
     classes, empty = [], []
-    for sub in _subdirs(train_folder):
+    for sub in _children(train_folder, dirs=True):
         (classes if _has_images(sub, train_folder) else empty).append(sub.name)
     return classes, empty
 
@@ -191,16 +173,12 @@ def index_cache_dir() -> Path:
     return (Path(base).expanduser() if base else Path.home() / ".cache" / "clim") / "index"
 
 
-def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 def _log_once(key: tuple, message: str) -> None:
-    """``_log`` unless this process said it already: the trainer (pretrain split, then its kNN monitor's
-    train split) and the evaluation holdout (train, then test) scan the same folder twice."""
+    """``message`` on stderr unless this process said it already: the trainer (pretrain split, then its kNN
+    monitor's train split) and the evaluation holdout (train, then test) scan the same folder twice."""
     if key not in _REPORTED:
         _REPORTED.add(key)
-        _log(message)
+        print(message, file=sys.stderr, flush=True)
 
 
 def _relative(folder: Path, paths: list[Path]) -> list[str]:
@@ -211,10 +189,8 @@ def _relative(folder: Path, paths: list[Path]) -> list[str]:
 
 
 def _fingerprint(folder: Path, names: list[str]) -> str:
-    """sha256 of the image listing (relative to ``folder``) and of (mtime, size) of every directory
-    holding an image. A directory's mtime changes whenever an entry is added, removed or renamed in
-    it, so this sees every change of the listing at the cost of one ``stat`` per directory.
-    """
+    """sha256 of the image listing (relative to ``folder``) and of (mtime, size) of every directory holding an
+    image: a directory's mtime changes with every entry added, removed or renamed in it (one ``stat`` each)."""
     digest = hashlib.sha256(f"clim-index-v{_INDEX_VERSION}\0{len(names)}\0".encode())
     directories = {""}
     for name in names:
@@ -235,10 +211,9 @@ def _read_index(index_file: Path, folder: Path, fingerprint: str) -> dict | None
         index = json.loads(index_file.read_text())
     except (OSError, ValueError):
         return None  # absent, unreadable or half-written: verify again
-    if (not isinstance(index, dict) or index.get("version") != _INDEX_VERSION or index.get("folder") != str(folder)
-            or index.get("fingerprint") != fingerprint):
-        return None
-    return index
+    current = isinstance(index, dict) and (index.get("version"), index.get("folder"), index.get("fingerprint")) == (
+        _INDEX_VERSION, str(folder), fingerprint)
+    return index if current else None
 
 
 def _write_index(index_file: Path, index: dict) -> str | None:
@@ -267,21 +242,20 @@ def _verify_with_index(folder: Path, paths: list[Path], threads: int) -> list[st
         recheck = [i for i, reason in enumerate(reasons) if reason is not None]
         for i in recheck:  # few: a file repaired since comes back
             reasons[i] = check_image(paths[i])
-        unreadable = sum(reason is not None for reason in reasons)
-        _log_once(("index", str(key), fingerprint),
-                  f"dataset index: reused the cached check of {len(paths)} image files ({key}, checked "
-                  f"{index.get('created', '?')}; {unreadable} unreadable after re-checking {len(recheck)}; "
-                  f"index {index_file})")
-        return reasons
-    started = time.perf_counter()
-    reasons = _verify_all(paths, threads)
-    rejected = [[name, reason] for name, reason in zip(names, reasons) if reason is not None]
-    failed = _write_index(index_file, {
-        "version": _INDEX_VERSION, "folder": str(key), "fingerprint": fingerprint, "files": len(paths),
-        "created": time.strftime("%Y-%m-%d %H:%M:%S"), "rejected": rejected})
-    _log_once(("index", str(key), fingerprint),
-              f"dataset index: checked {len(paths)} image files in {time.perf_counter() - started:.1f} s ({key}, "
-              f"{len(rejected)} unreadable); " + (f"not cached ({failed})" if failed else f"cached in {index_file}"))
+        message = (f"dataset index: reused the cached check of {len(paths)} image files ({key}, checked "
+                   f"{index.get('created', '?')}; {sum(r is not None for r in reasons)} unreadable after re-checking "
+                   f"{len(recheck)}; index {index_file})")
+    else:
+        started = time.perf_counter()
+        reasons = _verify_all(paths, threads)
+        rejected = [[name, reason] for name, reason in zip(names, reasons) if reason is not None]
+        failed = _write_index(index_file, {
+            "version": _INDEX_VERSION, "folder": str(key), "fingerprint": fingerprint, "files": len(paths),
+            "created": time.strftime("%Y-%m-%d %H:%M:%S"), "rejected": rejected})
+        message = (f"dataset index: checked {len(paths)} image files in {time.perf_counter() - started:.1f} s "
+                   f"({key}, {len(rejected)} unreadable); "
+                   + (f"not cached ({failed})" if failed else f"cached in {index_file}"))
+    _log_once(("index", str(key), fingerprint), message)
     return reasons
 
 
@@ -289,10 +263,8 @@ def scan_image_folder(root: str | os.PathLike, split: str = "pretrain", verify: 
                       threads: int | None = None) -> ImageFolderScan:
     """Find the split's images and labels; report everything skipped in one line (once per process).
 
-    ``verify=False`` keeps every file with an image extension (for folders too large to check;
-    broken files are then only caught, and replaced, at load time). ``verify=True`` reuses the
-    cached verification of an unchanged folder (see the module docstring).
-    """
+    ``verify=True`` reuses the cached verification of an unchanged folder (see the module docstring);
+    ``verify=False`` keeps every file with an image extension (broken ones are then replaced at load time)."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"imagefolder root not found: {root}")
@@ -301,22 +273,22 @@ def scan_image_folder(root: str | os.PathLike, split: str = "pretrain", verify: 
     skipped: list[tuple[str, str]] = []
     candidates: list[tuple[Path, int]] = []
 
-    guard = _LinkGuard(folder, *_subdirs(folder))  # every class folder is listed where it is, once
+    guard = _LinkGuard(folder, *_children(folder, dirs=True))  # every class folder is listed where it is, once
     if classes:
         class_to_idx = {name: i for i, name in enumerate(classes)}
-        for sub in _subdirs(folder):
+        for sub in _children(folder, dirs=True):
             if sub.name in class_to_idx:
                 candidates += [(p, class_to_idx[sub.name]) for p in _walk(sub, guard)]
             elif folder != train_folder and _has_images(sub, folder):
                 skipped.append((str(sub), _NOT_TRAIN_CLASS))
-        skipped += [(str(p), _OUTSIDE) for p in _top_files(folder)]
+        skipped += [(str(p), _OUTSIDE) for p in _children(folder, dirs=False)]
     else:
         if split != "pretrain":
             raise ValueError(f"imagefolder: {train_folder} has images but no class folders, so no labels: it serves "
                              f"pretraining only, not the labelled '{split}' split; to evaluate, set data.root to a "
-                             f"folder of class folders (DIR/<class>/*.jpg, or DIR/train/<class>/ and DIR/val/<class>/), "
-                             f"e.g. --set data.root=DIR")
-        candidates = [(p, -1) for p in _top_files(folder)]
+                             f"folder of class folders (DIR/<class>/*.jpg, or DIR/train/<class>/ and "
+                             f"DIR/val/<class>/), e.g. --set data.root=DIR")
+        candidates = [(p, -1) for p in _children(folder, dirs=False)]
 
     images = [(p, y) for p, y in candidates if _has_image_ext(p.name)]
     skipped += [(str(p), _NOT_IMAGE) for p, _ in candidates if not _has_image_ext(p.name)]
@@ -328,15 +300,8 @@ def scan_image_folder(root: str | os.PathLike, split: str = "pretrain", verify: 
         raise FileNotFoundError(f"imagefolder: no readable images in {folder}"
                                 + (f" ({len(skipped)} files skipped, e.g. {skipped[0]})" if skipped else ""))
 
-    scan = ImageFolderScan(
-        folder=folder,
-        files=_relative(folder, [p for p, _ in images]),
-        labels=[y for _, y in images],
-        classes=classes or None,
-        skipped=skipped,
-        empty_classes=empty,
-        skipped_links=guard.skipped,
-    )
+    scan = ImageFolderScan(folder, _relative(folder, [p for p, _ in images]), [y for _, y in images], classes or None,
+                           skipped, empty, guard.skipped)
     _report_skipped(scan)
     return scan
 
@@ -359,7 +324,8 @@ def _report_skipped(scan: ImageFolderScan) -> None:
         parts.append(f"skipped {len(folders)} class folder(s) absent from the train split: "
                      + ", ".join(Path(path).name for path in folders))
     if scan.empty_classes:
-        parts.append(f"ignored {len(scan.empty_classes)} class folder(s) without images: " + ", ".join(scan.empty_classes))
+        parts.append(f"ignored {len(scan.empty_classes)} class folder(s) without images: "
+                     + ", ".join(scan.empty_classes))
     if scan.skipped_links:
         links = [f"{os.path.relpath(link, scan.folder)} -> {real}" for link, real in scan.skipped_links[:_LISTED]]
         more = len(scan.skipped_links) - len(links)
@@ -371,8 +337,7 @@ def _report_skipped(scan: ImageFolderScan) -> None:
     lines = [f"imagefolder {scan.folder}: using {len(scan.files)} images; " + "; ".join(parts)
              + f". {advice}" + (":" if files else "")]
     lines += [f"  {path} ({reason})" for path, reason in files[:_LISTED]]
-    if len(files) > _LISTED:
-        lines.append(f"  ... and {len(files) - _LISTED} more")
+    lines += [f"  ... and {len(files) - _LISTED} more"] if len(files) > _LISTED else []
     _log_once(("skipped", str(scan.folder)) + tuple(map(tuple, scan.skipped)) + tuple(scan.empty_classes)
               + tuple(map(tuple, scan.skipped_links)), "\n".join(lines))
 
@@ -380,9 +345,8 @@ def _report_skipped(scan: ImageFolderScan) -> None:
 class ImageFolderDataset(Dataset):
     """``dataset[i] -> (transform(RGB PIL image), i, label)`` over a scanned folder.
 
-    Paths are kept in one numpy bytes array rather than a list of str: DataLoader workers forked
-    from the main process would otherwise copy every string page as reference counts change.
-    """
+    Paths are kept in one numpy bytes array rather than a list of str: DataLoader workers forked from the main
+    process would otherwise copy every string page as reference counts change."""
 
     def __init__(self, scan: ImageFolderScan, info, transform: Callable | None = None):
         self.root = scan.folder
@@ -406,11 +370,10 @@ class ImageFolderDataset(Dataset):
             return ensure_mode(image, self.info.in_channels)
 
     def __getitem__(self, index):
-        """A file that fails to decode (it passed the scan, or changed since) is replaced by the
-        next decodable one, so one bad file cannot stop training. The returned index and label
-        stay those of ``index``: index-keyed tables (positives, features) remain complete, at the
-        cost of one mislabelled image per bad file. One warning per worker process.
-        """
+        """A file that fails to decode (it passed the scan, or changed since) is replaced by the next decodable
+        one, so one bad file cannot stop training. The index and label stay those of ``index``: index-keyed tables
+        (positives, features) remain complete, at the cost of one mislabelled image per bad file. One warning per
+        worker process."""
         index = int(index)
         for step in range(min(_FALLBACK_TRIES, len(self))):
             candidate = (index + step) % len(self)
