@@ -8,7 +8,7 @@ Every dataset has ``.info`` (DatasetInfo), ``.labels`` (long [N], -1 = unknown) 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,8 +55,6 @@ class _Request:
     verify: bool
 
 
-# ---------------------------------------------------------------- Fashion-MNIST
-
 FMNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                   "Ankle boot")
 _FMNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -68,10 +66,7 @@ def _fmnist_info(name: str) -> DatasetInfo:
 
 
 def _find_idx(folder: Path, stem: str) -> Path | None:
-    for name in (stem, stem + ".gz"):
-        if (folder / name).is_file():
-            return folder / name
-    return None
+    return next((folder / name for name in (stem, stem + ".gz") if (folder / name).is_file()), None)
 
 
 def _find_fmnist(folders: list[Path], split: str) -> tuple[Path, Path] | None:
@@ -94,8 +89,7 @@ def _download_fashion_mnist(cache: Path) -> Path:
 
 def _build_fmnist(req: _Request) -> ArrayDataset:
     base = req.root or FMNIST_ROOT
-    cache_raw = CACHE_DIR / "FashionMNIST" / "raw"
-    folders = [base, base / "FashionMNIST" / "raw", cache_raw]
+    folders = [base, base / "FashionMNIST" / "raw", CACHE_DIR / "FashionMNIST" / "raw"]
     split = "test" if req.split == "test" else "train"
     files = _find_fmnist(folders, split)
     if files is None:
@@ -125,8 +119,6 @@ def _build_fmnist_mini(req: _Request) -> ArrayDataset:
                         FMNIST_CLASSES)
 
 
-# ---------------------------------------------------------------- sklearn digits
-
 # Mean / std of all 1,797 images after scaling 0..16 -> 0..255 (fixed, so both splits agree).
 _DIGITS_MEAN, _DIGITS_STD = (0.3053,), (0.3759,)
 
@@ -144,9 +136,6 @@ def _build_digits(req: _Request) -> ArrayDataset:
     info = DatasetInfo("digits", 10, 1, 8, _DIGITS_MEAN, _DIGITS_STD)
     return ArrayDataset(images[idx], digits.target[idx].astype(np.int64), info, req.transform,
                         [str(d) for d in range(10)])
-
-
-# ---------------------------------------------------------------- CIFAR
 
 
 @dataclass(frozen=True)
@@ -171,36 +160,32 @@ _CIFAR = {
 }
 
 
-def _torchvision_download(class_name: str, root: Path, **kwargs) -> None:
-    import torchvision.datasets
+def _torchvision_folder(req: _Request, name: str, needed: Sequence[str], torchvision_class: str, what: str = "",
+                        **kwargs) -> Path:
+    """The folder holding ``needed`` (raises when one is missing): ``root/name`` (torchvision's layout), or
+    ``root`` itself when it already is that folder; with ``req.download`` torchvision fetches missing files."""
+    root = req.root or CACHE_DIR
+    folder = root if not (root / name).is_dir() and (root / needed[0]).is_file() else root / name
+    if req.download and not all((folder / f).is_file() for f in needed):
+        import torchvision.datasets
 
-    getattr(torchvision.datasets, class_name)(root, download=True, **kwargs)
-
-
-def _data_folder(root: Path, folder: str, probe: str) -> Path:
-    """``root/folder`` (torchvision's layout), or ``root`` itself when it already is that folder."""
-    return root if not (root / folder).is_dir() and (root / probe).is_file() else root / folder
+        getattr(torchvision.datasets, torchvision_class)(root, download=True, **kwargs)
+        folder = root / name
+    missing = [f for f in needed if not (folder / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{req.name}: {', '.join(missing)} not found in {folder}. Expected torchvision's "
+                                f"layout <root>/{name}/{what}; pass data.root=DIR, or download=True where a network "
+                                "exists.")
+    return folder
 
 
 def _build_cifar(req: _Request) -> ArrayDataset:
     spec = _CIFAR[req.name]
     files = spec.test if req.split == "test" else spec.train
-    root = req.root or CACHE_DIR
-    folder = _data_folder(root, spec.folder, files[0])
-    if req.download and not all((folder / f).is_file() for f in files):
-        _torchvision_download(spec.torchvision_class, root)
-        folder = root / spec.folder
-    missing = [f for f in files if not (folder / f).is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"{req.name}: {', '.join(missing)} not found in {folder}. Expected torchvision's layout "
-            f"<root>/{spec.folder}/ (python pickles); pass data.root=DIR, or download=True where a network exists."
-        )
+    folder = _torchvision_folder(req, spec.folder, files, spec.torchvision_class, " (python pickles)")
     images, labels = read_cifar_batches(folder, files, spec.label_key)
     return ArrayDataset(images, labels, spec.info, req.transform, read_cifar_meta(folder / spec.meta[0], spec.meta[1]))
 
-
-# ---------------------------------------------------------------- STL-10
 
 _STL10_INFO = DatasetInfo("stl10", 10, 3, 96, (0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713))
 
@@ -208,20 +193,10 @@ _STL10_INFO = DatasetInfo("stl10", 10, 3, 96, (0.4467, 0.4398, 0.4066), (0.2603,
 def _build_stl10(req: _Request) -> ArrayDataset:
     """Binaries read directly (torchvision layout ``<root>/stl10_binary``); pretrain adds the
     100,000 unlabelled images (label -1) after the 5,000 labelled train images."""
-    root = req.root or CACHE_DIR
     prefix = "test" if req.split == "test" else "train"
     data_files = [f"{prefix}_X.bin"] + (["unlabeled_X.bin"] if req.split == "pretrain" else [])
     needed = data_files + [f"{prefix}_y.bin"]
-    folder = _data_folder(root, "stl10_binary", needed[0])
-    if req.download and not all((folder / f).is_file() for f in needed):
-        _torchvision_download("STL10", root, split="train+unlabeled")
-        folder = root / "stl10_binary"
-    missing = [f for f in needed if not (folder / f).is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"stl10: {', '.join(missing)} not found in {folder}. Expected torchvision's layout "
-            "<root>/stl10_binary/; pass data.root=DIR, or download=True where a network exists."
-        )
+    folder = _torchvision_folder(req, "stl10_binary", needed, "STL10", split="train+unlabeled")
     images = read_stl10_images([folder / f for f in data_files])
     labels = np.full(len(images), -1, dtype=np.int64)
     known = read_stl10_labels(folder / f"{prefix}_y.bin")
@@ -229,9 +204,6 @@ def _build_stl10(req: _Request) -> ArrayDataset:
     names_file = folder / "class_names.txt"
     classes = names_file.read_text().split() if names_file.is_file() else None
     return ArrayDataset(images, labels, _STL10_INFO, req.transform, classes)
-
-
-# ---------------------------------------------------------------- glyphs (built from installed fonts)
 
 
 def _build_glyphs(req: _Request) -> ArrayDataset:
@@ -245,9 +217,6 @@ def _build_glyphs(req: _Request) -> ArrayDataset:
     info = DatasetInfo("glyphs", int(manifest["num_classes"]), 1, int(manifest["image_size"]),
                        tuple(manifest["mean"]), tuple(manifest["std"]))
     return ArrayDataset(images[:, None], labels, info, req.transform, manifest["classes"])
-
-
-# ---------------------------------------------------------------- folders of images
 
 
 def _build_imagefolder(req: _Request) -> ImageFolderDataset:
