@@ -1,21 +1,20 @@
 """MoCo v2 augmentation (METHOD §1) applied to whole uint8 batches in one vectorised pass.
 
-The per-sample torchvision pipeline (one Python call chain per image) runs at about a thousand
-images/s per CPU core whatever the device, which starves a GPU on small images; here every
-per-sample random parameter is drawn for the whole batch at once from the same distributions as
-torchvision's transforms, and each stage is a handful of batched tensor ops on the batch's device.
+The per-sample torchvision pipeline (one Python call chain per image) runs at about a thousand images/s per CPU
+core whatever the device, which starves a GPU on small images; here every per-sample random parameter is drawn
+for the whole batch at once from the same distributions as torchvision's transforms, and each stage is a handful
+of batched tensor ops on the batch's device.
 
-Semantics follow torchvision v2 on float images (``ToDtype(float32, scale=True)`` first):
-RandomResizedCrop (antialiased bilinear) → horizontal flip → RandomApply(ColorJitter, p) →
-RandomGrayscale → RandomApply(GaussianBlur, p) → Normalize. MoCo v2 flips last; flipping is
-applied during the resize instead, which is the same because every later op is mirror-symmetric.
-Deviations, all deliberate:
+Semantics follow torchvision v2 on float images (``ToDtype(float32, scale=True)`` first): RandomResizedCrop
+(antialiased bilinear) → horizontal flip → RandomApply(ColorJitter, p) → RandomGrayscale →
+RandomApply(GaussianBlur, p) → Normalize. MoCo v2 flips last; flipping is applied during the resize instead,
+which is the same because every later op is mirror-symmetric. Deviations, all deliberate:
 
 - Values stay float between ops (the PIL / uint8 pipeline rounds to 8 bits after every op).
-- The blur σ range is in pixels of a 224-pixel image and is scaled by ``out_size / 224`` with the
-  kernel size (≈ 10 % of ``out_size``, odd, ≥ 3), so a 32-pixel view is blurred like a 224-pixel
-  one seen at the same relative scale (σ ≤ 0.29 px at 32, i.e. nearly no blur, as in most CIFAR
-  MoCo setups) instead of being smeared by a 2-pixel σ.
+- The blur σ range is in pixels of a 224-pixel image and is scaled by ``out_size / 224`` with the kernel size
+  (≈ 10 % of ``out_size``, odd, ≥ 3), so a 32-pixel view is blurred like a 224-pixel one seen at the same
+  relative scale (σ ≤ 0.29 px at 32, i.e. nearly no blur, as in most CIFAR MoCo setups) instead of being
+  smeared by a 2-pixel σ.
 """
 
 from __future__ import annotations
@@ -42,9 +41,8 @@ def blur_kernel_size(image_size: int) -> int:
 
 def _checked(images_uint8: Tensor) -> Tensor:
     if images_uint8.dtype != torch.uint8 or images_uint8.ndim != 4 or images_uint8.shape[1] not in (1, 3):
-        raise ValueError(
-            f"expected a uint8 [B, 1 or 3, H, W] batch, got {images_uint8.dtype} {tuple(images_uint8.shape)}"
-        )
+        raise ValueError(f"expected a uint8 [B, 1 or 3, H, W] batch, got {images_uint8.dtype} "
+                         f"{tuple(images_uint8.shape)}")
     return images_uint8
 
 
@@ -69,22 +67,13 @@ def fallback_crop_size(height: int, width: int, ratio: tuple[float, float]) -> t
     return width, height
 
 
-def random_resized_crop_params(
-    batch_size: int,
-    height: int,
-    width: int,
-    scale: Sequence[float] = (0.2, 1.0),
-    ratio: Sequence[float] = (3 / 4, 4 / 3),
-    generator: torch.Generator | None = None,
-    device: torch.device | str | None = None,
-) -> Tensor:
-    """Crop boxes ``(x0, y0, w, h)`` in source pixels, LongTensor ``[batch_size, 4]``.
-
-    torchvision's RandomResizedCrop algorithm for every sample at once: 10 candidate
-    (area fraction ~ U(scale), log aspect ratio ~ U(log ratio)) pairs, the first one that fits
-    is kept and placed uniformly at random; a sample with no fitting candidate gets the centre crop
-    clamped to the ratio range. Returned on ``device`` (default: where the generator draws).
-    """
+def random_resized_crop_params(batch_size: int, height: int, width: int, scale: Sequence[float] = (0.2, 1.0),
+                               ratio: Sequence[float] = (3 / 4, 4 / 3), generator: torch.Generator | None = None,
+                               device: torch.device | str | None = None) -> Tensor:
+    """Crop boxes ``(x0, y0, w, h)`` in source pixels, LongTensor ``[batch_size, 4]``, on ``device`` (default:
+    where the generator draws). torchvision's RandomResizedCrop for every sample at once: 10 candidate (area
+    fraction ~ U(scale), log aspect ratio ~ U(log ratio)) pairs, the first one that fits is kept and placed
+    uniformly at random; a sample with no fitting candidate gets the centre crop clamped to the ratio range."""
     draw = _draw_device(generator, device)
     shape = (batch_size, _CROP_ATTEMPTS)
     target_area = height * width * _uniform(shape, scale[0], scale[1], generator, draw)
@@ -95,7 +84,6 @@ def random_resized_crop_params(
     first_fit = fits.to(torch.uint8).argmax(dim=1, keepdim=True)  # argmax returns the first maximum
     w = widths.gather(1, first_fit).squeeze(1)
     h = heights.gather(1, first_fit).squeeze(1)
-
     fallback_w, fallback_h = fallback_crop_size(height, width, ratio)
     found = fits.any(dim=1)
     w = torch.where(found, w, float(fallback_w))
@@ -113,11 +101,9 @@ def random_resized_crop_params(
 def _resample_weights(start: Tensor, length: Tensor, in_size: int, out_size: int, dtype) -> Tensor:
     """``[B, out_size, in_size]`` weights resizing the window ``[start, start + length)`` to ``out_size``.
 
-    The triangle filter of PyTorch's / PIL's antialiased bilinear resize: its half-width is one source
-    pixel when upscaling (plain bilinear, align_corners=False) and ``length / out_size`` pixels when
-    downscaling, so strong downscaling averages every source pixel instead of aliasing. Pixels outside
-    the window get no weight, exactly as resizing an already cropped image.
-    """
+    The triangle filter of PyTorch's / PIL's antialiased bilinear resize: its half-width is one source pixel when
+    upscaling (plain bilinear, align_corners=False) and ``length / out_size`` pixels when downscaling, so strong
+    downscaling averages every source pixel instead of aliasing. Pixels outside the window get no weight."""
     start = start.to(dtype)[:, None, None]
     length = length.to(dtype)[:, None, None]
     step = length / out_size  # source pixels per output pixel
@@ -129,16 +115,14 @@ def _resample_weights(start: Tensor, length: Tensor, in_size: int, out_size: int
 
 
 def resize_crop(images: Tensor, boxes: Tensor, out_size: int, flip: Tensor | None = None) -> Tensor:
-    """Crop every image to its box ``(x0, y0, w, h)`` and resize it to ``out_size``², mirrored where ``flip``.
+    """Crop every image to its box ``(x0, y0, w, h)`` and resize it to ``out_size``², mirrored where ``flip``;
+    floating point (float32 for integer input) in the input's value range.
 
-    Equivalent to torchvision's ``resized_crop(..., antialias=True)`` (+ ``hflip``) per sample, done
-    as two batched matmuls with per-sample separable resampling matrices: antialiased (unlike
-    ``grid_sample``) and the flip is free (reversed matrix rows). The channels are folded into the
-    matrix rows so that each matmul is B products of sizeable matrices rather than B·C tiny ones.
-    Dense matrices cost O(out·H·W) per channel: on CPU this is ~2× slower than a non-antialiased
-    ``grid_sample`` at 32–96 px (a small share of the whole augmentation); on a GPU it is negligible.
-    Returns floating point (float32 for integer input) in the input's value range.
-    """
+    Equivalent to torchvision's ``resized_crop(..., antialias=True)`` (+ ``hflip``) per sample, done as two
+    batched matmuls with per-sample separable resampling matrices: antialiased (unlike ``grid_sample``) and the
+    flip is free (reversed matrix rows). The channels are folded into the matrix rows so that each matmul is B
+    products of sizeable matrices rather than B·C tiny ones. Dense matrices cost O(out·H·W) per channel: on CPU
+    ~2× a non-antialiased ``grid_sample`` at 32–96 px (a small share of the augmentation), negligible on a GPU."""
     dtype = images.dtype if images.is_floating_point() else torch.float32
     batch, channels, height, width = images.shape
     boxes = boxes.to(images.device)
@@ -160,11 +144,9 @@ def _normalise(images: Tensor, mean: Tensor, std: Tensor) -> Tensor:
 
 
 def center_resize(images_uint8: Tensor, out_size: int, mean: Sequence[float], std: Sequence[float]) -> Tensor:
-    """Evaluation view: the central square (side = shorter image side) resized to ``out_size``, normalised.
-
-    The deterministic counterpart of the training crop (resize shorter side + centre crop, §5) for
-    batches of same-sized array images. Returns float32 ``[B, C, out_size, out_size]``.
-    """
+    """Evaluation view: the central square (side = shorter image side) resized to ``out_size``, normalised, float32
+    ``[B, C, out_size, out_size]``: the deterministic counterpart of the training crop (resize shorter side +
+    centre crop, §5) for batches of same-sized array images."""
     batch, _, height, width = images_uint8.shape
     side = min(height, width)
     box = torch.tensor([(width - side) // 2, (height - side) // 2, side, side], device=images_uint8.device)
@@ -207,9 +189,8 @@ def _adjust_hue(images: Tensor, shift: Tensor) -> Tensor:
     numerator = torch.where(red_is_max, green - blue, torch.where(green_is_max, blue - red, red - green))
     sector_start = torch.where(red_is_max, 0.0, torch.where(green_is_max, 2.0, 4.0))
     hue6 = numerator.div_(torch.where(chroma == 0, 1.0, chroma)).add_(sector_start).add_(6 * shift.view(-1, 1, 1))
-    # HSV → RGB without sector branching: channel n of (R, G, B) = (5, 3, 1) is
-    # V − C·clamp(min(k, 4 − k), 0, 1) with k = (n + hue6) mod 6.
-    # (5, 3, 1) from arange: a device kernel, not a host-to-device copy (which would synchronise)
+    # HSV → RGB without sector branching: channel n of (R, G, B) = (5, 3, 1) is V − C·clamp(min(k, 4 − k), 0, 1)
+    # with k = (n + hue6) mod 6; (5, 3, 1) from arange: a device kernel, not a synchronising host-to-device copy
     offsets = (5 - 2 * torch.arange(3, device=images.device, dtype=images.dtype)).view(1, 3, 1, 1)
     k = (hue6.unsqueeze(1) + offsets).remainder_(6)
     ramp = torch.minimum(k, 4 - k).clamp_(0, 1)
@@ -217,8 +198,6 @@ def _adjust_hue(images: Tensor, shift: Tensor) -> Tensor:
 
 
 _JITTER_OPS = (_adjust_brightness, _adjust_contrast, _adjust_saturation, _adjust_hue)
-
-
 _NEUTRAL_FACTORS = (1.0, 1.0, 1.0, 0.0)  # brightness, contrast, saturation, hue: the identity
 
 
@@ -226,13 +205,11 @@ def _color_jitter(images: Tensor, factors: Tensor, order: Tensor, applied: Tenso
                   gather: bool | None = None) -> Tensor:
     """ColorJitter with a per-sample op order: in round r every jittered sample gets its r-th op.
 
-    On CPU each (round, op) pair touches only the samples that need it (gathered by index), so the
-    cost is that of applying the four ops once per sample. On other devices that indexing would
-    cost a host synchronisation per pair, so every op runs on the whole batch with the identity
-    factor (and a ``where``) for the samples that do not take it in that round: more arithmetic,
-    no sync, same values (``gather`` forces one way, for tests). One-channel images only get brightness and contrast (torchvision makes
-    saturation and hue no-ops there).
-    """
+    On CPU each (round, op) pair touches only the samples that need it (gathered by index), so the cost is that
+    of applying the four ops once per sample. On other devices that indexing would cost a host synchronisation
+    per pair, so every op runs on the whole batch with the identity factor (and a ``where``) for the samples that
+    do not take it in that round: more arithmetic, no sync, same values (``gather`` forces one way, for tests).
+    One-channel images only get brightness and contrast (torchvision makes saturation and hue no-ops there)."""
     ops = _JITTER_OPS if images.shape[1] == 3 else _JITTER_OPS[:2]
     gather = images.device.type == "cpu" if gather is None else gather
     for round_index in range(len(_JITTER_OPS)):
@@ -249,11 +226,8 @@ def _color_jitter(images: Tensor, factors: Tensor, order: Tensor, applied: Tenso
 
 
 def _gaussian_blur(images: Tensor, sigma: Tensor, blurred: Tensor, kernel_size: int) -> Tensor:
-    """Per-sample separable Gaussian blur (reflect padding) as two grouped convolutions over B·C groups.
-
-    Samples that are not blurred get a unit impulse kernel, an exact identity, so the whole batch
-    is one call without data-dependent indexing.
-    """
+    """Per-sample separable Gaussian blur (reflect padding) as two grouped convolutions over B·C groups. Samples
+    that are not blurred get a unit impulse kernel, an exact identity: one call, no data-dependent indexing."""
     batch, channels, height, width = images.shape
     half = kernel_size // 2
     taps = torch.arange(-half, half + 1, device=images.device, dtype=images.dtype)
@@ -269,28 +243,18 @@ def _gaussian_blur(images: Tensor, sigma: Tensor, blurred: Tensor, kernel_size: 
 class MoCoV2BatchAugment(nn.Module):
     """MoCo v2 views of a uint8 batch ``[B, C, H, W]`` (C ∈ {1, 3}) → normalised ``[B, C, out_size, out_size]``.
 
-    Call once per view; all randomness comes from ``generator`` so a seeded generator reproduces
-    a run. ``return_params=True`` also returns the drawn per-sample parameters (for tests and
-    diagnostics): ``boxes`` (x0, y0, w, h) in source pixels, ``flip``, ``jitter`` (applied mask),
-    ``jitter_factors`` (brightness, contrast, saturation, hue), ``jitter_order`` (op indices in
-    application order), ``grayscale``, ``blur`` and ``blur_sigma`` (in 224-pixel units; the pixel σ
-    is ``blur_sigma * blur_sigma_scale``). Masks and factors are drawn for every sample.
+    Call once per view; all randomness comes from ``generator`` so a seeded generator reproduces a run.
+    ``return_params=True`` also returns the drawn per-sample parameters (for tests and diagnostics): ``boxes``
+    (x0, y0, w, h) in source pixels, ``flip``, ``jitter`` (applied mask), ``jitter_factors`` (brightness,
+    contrast, saturation, hue), ``jitter_order`` (op indices in application order), ``grayscale``, ``blur`` and
+    ``blur_sigma`` (in 224-pixel units; the pixel σ is ``blur_sigma * blur_sigma_scale``). Masks and factors are
+    drawn for every sample.
     """
 
-    def __init__(
-        self,
-        out_size: int,
-        mean: Sequence[float],
-        std: Sequence[float],
-        crop_scale: Sequence[float] = (0.2, 1.0),
-        ratio: Sequence[float] = (3 / 4, 4 / 3),
-        jitter: Sequence[float] = (0.4, 0.4, 0.4, 0.1),
-        jitter_p: float = 0.8,
-        grayscale_p: float = 0.2,
-        blur_p: float = 0.5,
-        blur_sigma: Sequence[float] = (0.1, 2.0),
-        flip_p: float = 0.5,
-    ) -> None:
+    def __init__(self, out_size: int, mean: Sequence[float], std: Sequence[float],
+                 crop_scale: Sequence[float] = (0.2, 1.0), ratio: Sequence[float] = (3 / 4, 4 / 3),
+                 jitter: Sequence[float] = (0.4, 0.4, 0.4, 0.1), jitter_p: float = 0.8, grayscale_p: float = 0.2,
+                 blur_p: float = 0.5, blur_sigma: Sequence[float] = (0.1, 2.0), flip_p: float = 0.5) -> None:
         super().__init__()
         brightness, contrast, saturation, hue = jitter
         if not 0 <= hue <= 0.5:
@@ -327,24 +291,13 @@ class MoCoV2BatchAugment(nn.Module):
         factors = low + (high - low) * torch.rand((batch_size, 4), generator=generator, device=draw)
         order = torch.rand((batch_size, 4), generator=generator, device=draw).argsort(dim=1)
         sigma = _uniform((batch_size,), *self.blur_sigma, generator, draw)
-        params = {
-            "flip": coins[:, 0] < self.flip_p,
-            "jitter": coins[:, 1] < self.jitter_p,
-            "jitter_factors": factors,
-            "jitter_order": order,
-            "grayscale": coins[:, 2] < self.grayscale_p,
-            "blur": coins[:, 3] < self.blur_p,
-            "blur_sigma": sigma,
-        }
+        params = {"flip": coins[:, 0] < self.flip_p, "jitter": coins[:, 1] < self.jitter_p, "jitter_factors": factors,
+                  "jitter_order": order, "grayscale": coins[:, 2] < self.grayscale_p, "blur": coins[:, 3] < self.blur_p,
+                  "blur_sigma": sigma}
         return {name: value.to(device) for name, value in params.items()} if device is not None else params
 
-    def forward(
-        self,
-        images_uint8: Tensor,
-        generator: torch.Generator | None = None,
-        return_params: bool = False,
-        dtype: torch.dtype = torch.float32,
-    ):
+    def forward(self, images_uint8: Tensor, generator: torch.Generator | None = None, return_params: bool = False,
+                dtype: torch.dtype = torch.float32):
         batch, _, height, width = _checked(images_uint8).shape
         params = self.sample_params(batch, height, width, generator, images_uint8.device)
         views = resize_crop(images_uint8, params["boxes"], self.out_size, params["flip"]).div_(255)
@@ -363,13 +316,8 @@ class MoCoV2BatchAugment(nn.Module):
         views = _gaussian_blur(views, sigma_pixels, params["blur"], self.blur_kernel_size)
         return _normalise(views, self.mean, self.std).to(dtype)
 
-    def augment_cropped(
-        self,
-        views_uint8: Tensor,
-        generator: torch.Generator | None = None,
-        return_params: bool = False,
-        dtype: torch.dtype = torch.float32,
-    ):
+    def augment_cropped(self, views_uint8: Tensor, generator: torch.Generator | None = None,
+                        return_params: bool = False, dtype: torch.dtype = torch.float32):
         """Photometric augmentation of views already cropped and flipped elsewhere (the per-sample
         geometric part done in DataLoader workers, ``data.augment=device``): uint8
         ``[B, C, out_size, out_size]`` → normalised float. ``params["flip"]`` is drawn but not applied."""

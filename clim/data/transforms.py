@@ -18,15 +18,8 @@ from torchvision.transforms import functional as TF
 
 from clim.data.batch_augment import BLUR_REFERENCE_SIZE, blur_kernel_size
 
-__all__ = [
-    "MultiViewTransform",
-    "blur_kernel_size",
-    "blur_sigma_pixels",
-    "ensure_mode",
-    "eval_transform",
-    "eval_transform_for",
-    "moco_v2_transform",
-]
+__all__ = ["MultiViewTransform", "blur_kernel_size", "blur_sigma_pixels", "ensure_mode", "eval_transform",
+           "eval_transform_for", "moco_v2_transform"]
 
 _SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
 _ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
@@ -44,12 +37,10 @@ def _target_mode(in_channels: int) -> str:
 def ensure_mode(image: Image.Image, in_channels: int) -> Image.Image:
     """Return ``image`` as mode ``L`` (in_channels=1) or ``RGB`` (in_channels=3).
 
-    Handled explicitly because PIL's own ``convert`` gets these wrong for training data:
-    alpha modes (RGBA, LA, PA, P with transparency) are composited on white instead of having
-    their alpha dropped (which exposes arbitrary colours under transparent pixels); 16/32-bit
-    integer modes (I;16*, I) are scaled from 0..65535 to 0..255 instead of being clipped at 255.
-    Everything else (1, P, CMYK, YCbCr, F, ...) goes through ``convert``.
-    """
+    Handled explicitly because PIL's own ``convert`` gets these wrong for training data: alpha modes (RGBA, LA,
+    PA, P with transparency) are composited on white instead of having their alpha dropped (which exposes
+    arbitrary colours under transparent pixels); 16/32-bit integer modes (I;16*, I) are scaled from 0..65535 to
+    0..255 instead of being clipped at 255. Everything else (1, P, CMYK, YCbCr, F, ...) goes through ``convert``."""
     target = _target_mode(in_channels)
     if image.mode == target:
         return image
@@ -67,10 +58,8 @@ def ensure_mode(image: Image.Image, in_channels: int) -> Image.Image:
 
 
 class _ToMode:
-    """First step of every transform: PIL (any mode) or uint8 tensor [C, H, W] -> PIL L / RGB.
-
-    A class rather than a lambda so that transforms pickle into spawned DataLoader workers.
-    """
+    """First step of every transform: PIL (any mode) or uint8 tensor [C, H, W] -> PIL L / RGB (a class rather
+    than a lambda so that transforms pickle into spawned DataLoader workers)."""
 
     def __init__(self, in_channels: int):
         _target_mode(in_channels)
@@ -97,26 +86,17 @@ def _normalize(mean: Sequence[float], std: Sequence[float], in_channels: int) ->
     return T.Normalize(tuple(mean), tuple(std))
 
 
-def moco_v2_transform(
-    image_size: int,
-    mean: Sequence[float],
-    std: Sequence[float],
-    in_channels: int,
-    crop_scale: tuple[float, float] = (0.2, 1.0),
-    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1),
-    jitter_p: float = 0.8,
-    grayscale_p: float = 0.2,
-    blur_p: float = 0.5,
-    blur_sigma: tuple[float, float] = (0.1, 2.0),
-    flip_p: float = 0.5,
-) -> T.Compose:
+def moco_v2_transform(image_size: int, mean: Sequence[float], std: Sequence[float], in_channels: int,
+                      crop_scale: tuple[float, float] = (0.2, 1.0),
+                      jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1), jitter_p: float = 0.8,
+                      grayscale_p: float = 0.2, blur_p: float = 0.5, blur_sigma: tuple[float, float] = (0.1, 2.0),
+                      flip_p: float = 0.5) -> T.Compose:
     """MoCo v2 augmentation (METHOD §1) -> normalised float tensor [in_channels, size, size].
 
-    ``blur_sigma`` is in pixels of a 224-pixel view and is scaled by ``image_size / 224``, with a kernel
-    of about 10 % of the image, exactly as the batched paths do (``clim.data.batch_augment``): one
-    config blurs the same way whatever ``data.augment`` is. For 1-channel data, saturation / hue jitter and random grayscale have nothing to act on and
-    are left out (brightness and contrast still apply).
-    """
+    ``blur_sigma`` is in pixels of a 224-pixel view and is scaled by ``image_size / 224``, with a kernel of
+    about 10 % of the image, exactly as the batched paths do (``clim.data.batch_augment``): one config blurs the
+    same way whatever ``data.augment`` is. For 1-channel data, saturation / hue jitter and random grayscale have
+    nothing to act on and are left out (brightness and contrast still apply)."""
     brightness, contrast, saturation, hue = jitter
     if in_channels == 1:
         saturation, hue = 0.0, 0.0
@@ -137,20 +117,13 @@ def moco_v2_transform(
     return T.Compose(steps)
 
 
-def eval_transform(
-    image_size: int,
-    mean: Sequence[float],
-    std: Sequence[float],
-    in_channels: int,
-    resize_ratio: float | None = None,
-) -> T.Compose:
+def eval_transform(image_size: int, mean: Sequence[float], std: Sequence[float], in_channels: int,
+                   resize_ratio: float | None = None) -> T.Compose:
     """Deterministic evaluation transform -> normalised float tensor [in_channels, size, size].
 
-    ``resize_ratio=None`` (fixed-size array datasets): resize straight to ``image_size``, which
-    is a no-op when the images already have that size. A float (ImageNet convention 0.875, for
-    folders of arbitrary-size images): resize the short side to ``image_size / resize_ratio``,
-    then centre-crop, so the aspect ratio is kept.
-    """
+    ``resize_ratio=None`` (fixed-size array datasets): resize straight to ``image_size`` (a no-op when the images
+    have that size already). A float (ImageNet convention 0.875, for folders of arbitrary-size images): resize the
+    short side to ``image_size / resize_ratio``, then centre-crop, so the aspect ratio is kept."""
     steps: list[Callable] = [_ToMode(in_channels)]
     if resize_ratio is None:
         steps.append(T.Resize((image_size, image_size)))
@@ -163,17 +136,10 @@ def eval_transform(
 
 
 def eval_transform_for(info, image_size: int | None = None, resize_ratio: float = 0.875) -> T.Compose:
-    """Evaluation transform for a dataset: crop only where images have no fixed size.
-
-    ``info`` is the dataset's ``DatasetInfo``; ``image_size`` defaults to ``info.image_size``.
-    """
-    return eval_transform(
-        image_size or info.image_size,
-        info.mean,
-        info.std,
-        info.in_channels,
-        resize_ratio=None if info.fixed_size else resize_ratio,
-    )
+    """Evaluation transform for a dataset (its ``DatasetInfo``; ``image_size`` defaults to ``info.image_size``):
+    crop only where images have no fixed size."""
+    return eval_transform(image_size or info.image_size, info.mean, info.std, info.in_channels,
+                          resize_ratio=None if info.fixed_size else resize_ratio)
 
 
 class MultiViewTransform:
