@@ -22,10 +22,8 @@ __all__ = ["ArrayDataset", "read_cifar_batches", "read_cifar_meta", "read_stl10_
 
 
 class ArrayDataset(Dataset):
-    """``images`` uint8 [N, C, H, W] (C = 1 or 3), ``labels`` long [N] (-1 = unknown).
-
-    ``dataset[i] -> (transform(PIL image), i, label)``; the PIL image has mode L or RGB.
-    """
+    """``images`` uint8 [N, C, H, W] (C = 1 or 3), ``labels`` long [N] (-1 = unknown);
+    ``dataset[i] -> (transform(PIL image), i, label)``, the PIL image of mode L or RGB."""
 
     def __init__(self, images, labels, info, transform: Callable | None = None,
                  classes: Sequence[str] | None = None):
@@ -119,11 +117,8 @@ def _stl10_count(path: Path) -> int:
 
 
 def read_stl10_images(paths: Sequence[str | os.PathLike], chunk: int = 4096) -> np.ndarray:
-    """Read STL-10 ``*_X.bin`` files into one uint8 [N, 3, 96, 96] array.
-
-    The files store each channel column-major. Filling a preallocated array chunk by chunk keeps
-    peak memory near the final size (train + unlabeled is 2.9 GB).
-    """
+    """Read STL-10 ``*_X.bin`` files (each channel stored column-major) into one uint8 [N, 3, 96, 96] array,
+    filled chunk by chunk so that peak memory stays near the final size (train + unlabeled is 2.9 GB)."""
     paths = [Path(p) for p in paths]
     counts = [_stl10_count(p) for p in paths]
     out = np.empty((sum(counts), *_STL10_SHAPE), dtype=np.uint8)
