@@ -108,6 +108,10 @@ def test_families_follow_packages_lineages_and_similarity():
     similarity[4, 5] = similarity[5, 4] = 0.99
     merged = glyphs.group_families(faces, similarity, threshold=0.95)
     assert merged[4] == merged[5] == "fonts-y+fonts-z" and len(set(merged)) == 3
+    chain = np.eye(6)  # e~f and f~a: one family, though e and a are not alike (similarity groups transitively)
+    chain[4, 5] = chain[0, 5] = 0.99
+    assert len(set(glyphs.group_families(faces, chain, threshold=0.95))) == 2
+    assert glyphs.group_families(faces, chain, threshold=0.95)[4] == "fonts-ipafont-gothic+fonts-y+fonts-z"
     test = glyphs.split_families(merged, 0.5, seed=0)
     assert 1 <= len(test) < 3 and test == glyphs.split_families(merged, 0.5, seed=0)
     with pytest.raises(ValueError, match="two families"):

@@ -217,3 +217,27 @@ def test_array_dataset_transform_applied():
     image, index, label = ds[3]
     assert image == int(ds.images[3].sum()) and index == 3 and label == int(ds.labels[3])
     assert isinstance(build_dataset("digits", split="test")[0][0], Image.Image)
+
+
+def test_download_fetches_through_torchvision_only_when_files_are_missing(tmp_path, monkeypatch):
+    """download=True calls torchvision's dataset class on the root (STL-10 with train+unlabeled), once a file
+    is missing, then reads torchvision's layout; without download a missing file is named."""
+    import torchvision.datasets
+
+    calls = []
+
+    def fake(kind, make):
+        def fetch(root, download=False, **kwargs):
+            calls.append((kind, root, download, kwargs))
+            make(root)
+        return fetch
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", fake("CIFAR10", lambda root: make_cifar(root, "cifar10")))
+    monkeypatch.setattr(torchvision.datasets, "STL10", fake("STL10", make_stl10))
+    with pytest.raises(FileNotFoundError, match=r"stl10: test_X.bin, test_y.bin not found .*stl10_binary/; pass"):
+        build_dataset("stl10", tmp_path / "stl", "test")
+    assert len(build_dataset("cifar10", tmp_path / "cifar", "test", download=True)) == 4
+    assert len(build_dataset("stl10", tmp_path / "stl", "pretrain", download=True)) == 7
+    assert len(build_dataset("stl10", tmp_path / "stl", "test", download=True)) == 2  # present: no second fetch
+    assert calls == [("CIFAR10", tmp_path / "cifar", True, {}),
+                     ("STL10", tmp_path / "stl", True, {"split": "train+unlabeled"})]
