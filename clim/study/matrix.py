@@ -1,13 +1,9 @@
 """The ablation matrix: scales, variants (lists of ``--set`` overrides of full CLIM), the planned runs.
 
-Variants come in priority groups (:data:`GROUPS`), run group after group so that a study stopped
-early is already useful: the headline pair first (MoCo v2 vs CLIM, plus MoCo v2 given CLIM's CPU
-minutes), then Table 6, Tables 9 / 10, Table 7 and Table 8. Within a group the runs go seed-major, so
-pairs of the same seed finish together.
-
-Every finished run writes one small JSON record, ``RECORDS/<variant>/seed<k>.json`` (the study's data,
-kept in git); a run counts as finished when its record exists with the same spec. The run's own
-folder (checkpoint, metrics, log) lives under ``OUT/runs/`` and is not needed once the record exists.
+Runs go group after group (:data:`GROUPS`, priority order), seed-major within a group so that pairs of
+the same seed finish together. A run counts as finished when its record (``RECORDS/<variant>/seed<k>.json``,
+kept in git) exists with the same spec; its own folder under ``OUT/runs/`` (checkpoint, metrics, log) is
+not needed after that.
 """
 
 from __future__ import annotations
@@ -93,21 +89,15 @@ def build_matrix(scale: Scale) -> list[Variant]:
     α = 2, Table 7's one resolution, Table 10's CutMix and Table 8's m = N/100, k = 40, so it runs once."""
     variants = [Variant("mocov2", ("method.name=mocov2",), "headline"), Variant(FULL_CLIM, (), "headline"),
                 Variant("mocov2-time", ("method.name=mocov2", f"train.epochs={scale.equal_time_epochs}"), "headline")]
-    for selection in SELECTIONS:
-        for mixing in MIXINGS:
-            name = selection_variant(selection, mixing)
-            if name != FULL_CLIM:
-                variants.append(Variant(name, (f"method.selection={selection}", f"method.mixing={mixing}"), "table6"))
+    variants += [Variant(selection_variant(s, m), (f"method.selection={s}", f"method.mixing={m}"), "table6")
+                 for s in SELECTIONS for m in MIXINGS if selection_variant(s, m) != FULL_CLIM]
     variants += [Variant(alpha_variant(alpha), (f"method.alpha={alpha}",), "table9_10") for alpha in ALPHAS]
     variants.append(Variant("mixup", ("method.mixing=mixup",), "table9_10"))
     sizes = ",".join(str(size) for size in scale.resolutions)
     variants += [Variant("multires", (f"method.resolutions=[{sizes}]",), "table7"),
                  Variant("multicrop", ("method.multicrop=true",), "table7")]
-    for clusters in scale.clusters:
-        for k in TABLE8_K:
-            if (clusters, k) != (scale.clusters[1], DEFAULT_K):
-                variants.append(Variant(table8_variant(clusters, k),
-                                        (f"method.num_clusters={clusters}", f"method.knn_k={k}"), "table8"))
+    variants += [Variant(table8_variant(m, k), (f"method.num_clusters={m}", f"method.knn_k={k}"), "table8")
+                 for m in scale.clusters for k in TABLE8_K if (m, k) != (scale.clusters[1], DEFAULT_K)]
     if scale.arms:
         named = {variant.name: variant for variant in variants}
         return [Variant(name, named[name].overrides, "headline") for name in scale.arms]
@@ -141,7 +131,6 @@ class Run:
 
 
 def seeds_of(group: str, seeds: int | None) -> int:
-    """The group's seed count, capped at ``seeds`` when given."""
     return GROUPS[group] if seeds is None else min(GROUPS[group], seeds)
 
 
@@ -165,15 +154,10 @@ def plan_runs(scale_name: str, out: str | Path, records: str | Path, seeds: int 
                 spec = {"scale": scale_name, "variant": variant.name, "seed": seed, "preset": scale.preset,
                         "overrides": [*variant.overrides, *overrides, f"train.seed={seed}"],
                         "evaluation": evaluation}
-                spec["config"] = flat_config(load_config(scale.preset, overrides=spec["overrides"]))
+                spec["config"] = load_config(scale.preset, overrides=spec["overrides"]).to_flat_dict()
                 runs.append(Run(variant, seed, Path(out) / "runs" / variant.name / f"seed{seed}",
                                 Path(records) / variant.name / f"seed{seed}.json", spec))
     return runs
-
-
-def flat_config(config) -> dict:
-    """Every resolved config key and its value (``train.epochs``: 10, ...): what a record was trained with."""
-    return {f"{section}.{key}": value for section, values in config.to_dict().items() for key, value in values.items()}
 
 
 def same_spec(recorded: dict, planned: dict) -> bool:
@@ -189,11 +173,8 @@ def same_spec(recorded: dict, planned: dict) -> bool:
 
 def read_record(path: str | Path, spec: dict | None = None) -> dict | None:
     """A finished run's record, or None when missing, unreadable or made for another spec."""
-    path = Path(path)
-    if not path.exists():
-        return None
     try:
-        record = json.loads(path.read_text())
+        record = json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return None
     return record if spec is None or same_spec(record.get("spec", {}), spec) else None

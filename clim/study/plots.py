@@ -20,12 +20,12 @@ def _mean_curve(curves: list[list[dict]], key: str) -> tuple[list[int], list[flo
 
 
 def plot_results(curves: dict[str, list[list[dict]]], differences: list[tuple[str, object]], random_init: float | None,
-                 headline: tuple[str, ...], folder: Path, levels: dict[str, float] | None = None) -> list[str]:
+                 headline: tuple[str, ...], folder: Path, levels: dict[str, float]) -> list[str]:
     """Write the PNGs into ``folder``; returns the Markdown lines that show them.
 
     ``curves``: per variant, each record's per-epoch curve; ``differences``: (label, clim.study.claims.Paired
-    or None) per accuracy claim (percentage points); ``random_init``: mean kNN top-1 of the random-init backbones (a reference line);
-    ``levels``: more kNN references (label: top-1 %), e.g. raw pixels at the training resolution, as lines."""
+    or None) per accuracy claim (percentage points); ``random_init``: mean kNN top-1 of the random-init
+    backbones; ``levels``: more kNN references (label: top-1 %), e.g. raw pixels; each reference is a line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -59,7 +59,7 @@ def plot_results(curves: dict[str, list[list[dict]]], differences: list[tuple[st
                       label=f"{name} (n={len(curves[name])})")
     if random_init is not None:
         axis.axhline(random_init, color="grey", linestyle=":", label="random init (mean over seeds)")
-    for (label, value), style in zip((levels or {}).items(), ("--", "-.", (0, (1, 3)))):
+    for (label, value), style in zip(levels.items(), ("--", "-.", (0, (1, 3)))):
         axis.axhline(value, color="black", linestyle=style, linewidth=1.0, label=f"{label} ({value:.2f} %)")
     axis.set(xlabel="epoch", ylabel="kNN top-1 % (k=20, T=0.07)", title="kNN top-1 over epochs (mean over seeds)")
     figures["knn_over_epochs.png"] = (figure, axis, "kNN top-1 over epochs", True)

@@ -20,7 +20,7 @@ from pathlib import Path
 from clim.config import ConfigError
 from clim.evaluation.cli import versus
 from clim.study.claims import METRICS, Paired, format_paired, format_probability, format_stat, holm, paired, summarize
-from clim.study.matrix import FULL_CLIM, SCALES, Scale, plan_runs, read_record
+from clim.study.matrix import FULL_CLIM, SCALES, plan_runs, read_record
 from clim.study.tables import RANDOM_INIT, Records, seeds_text, table
 
 REFERENCES_NAME = "pixel_references.json"
@@ -64,7 +64,6 @@ class Regime:
     name: str
     folder: Path
     records: Records
-    scale: Scale | None
     dataset: str | None = None
     root: str | None = None
     image_size: int | None = None  # the training resolution
@@ -144,7 +143,7 @@ def _write_cache(folder: Path, cache: dict) -> None:
     os.replace(tmp, folder / REFERENCES_NAME)
 
 
-def pixel_references_of(regime: Regime, compute: bool = True) -> None:
+def pixel_references_of(regime: Regime) -> None:
     """Fill ``regime.native_size``, ``regime.references`` (a PixelReference, or why there is none) and, when
     the records do not say, ``regime.num_classes``."""
     if regime.dataset is None or not regime.records.all:
@@ -153,7 +152,7 @@ def pixel_references_of(regime: Regime, compute: bool = True) -> None:
     cache = _read_cache(regime.folder, regime.dataset, regime.root)
     read = json.dumps(cache, sort_keys=True)  # written back only when this call adds to it
     regime.native_size = cache.get("native_image_size")
-    if regime.native_size is None and compute:
+    if regime.native_size is None:
         try:
             regime.native_size = cache["native_image_size"] = native_size(regime.dataset, regime.root)
         except (OSError, ValueError) as error:
@@ -165,7 +164,7 @@ def pixel_references_of(regime: Regime, compute: bool = True) -> None:
         found = _from_records(regime.records, size)
         if found is None and str(size) in cache["references"]:
             found = _from_result(cache["references"][str(size)], f"`{REFERENCES_NAME}` beside the records")
-        if found is None and compute:
+        if found is None:
             try:
                 result = compute_pixel_references(regime.dataset, regime.root, size)
             except (OSError, ValueError, ImportError) as error:
@@ -174,19 +173,18 @@ def pixel_references_of(regime: Regime, compute: bool = True) -> None:
             command = reference_command(regime.dataset, regime.root, size)
             cache["references"][str(size)] = {**result, "command": command}
             found = _from_result(result, f"computed, cached in `{REFERENCES_NAME}` beside the records")
-        regime.references[role] = found if found is not None else "not computed"
+        regime.references[role] = found
     if json.dumps(cache, sort_keys=True) != read and regime.folder.is_dir():
         _write_cache(regime.folder, cache)
     known = [ref.num_classes for ref in regime.references.values() if isinstance(ref, PixelReference)]
     regime.num_classes = regime.num_classes or next((n for n in known if n), None)
 
 
-def load_regime(name: str, folder: str | Path, seeds: int | None = None, overrides=(), runs=None,
-                compute: bool = True) -> Regime:
+def load_regime(name: str, folder: str | Path, seeds: int | None = None, overrides=(), runs=None) -> Regime:
     """A regime's records (planned runs when ``name`` is a scale whose preset loads, else every record in
     ``folder``), its dataset and its raw-pixel references."""
-    folder, scale, note = Path(folder), SCALES.get(name), None
-    if runs is None and scale is not None:
+    folder, note = Path(folder), None
+    if runs is None and name in SCALES:
         try:
             runs = plan_runs(name, folder, folder, seeds, None, overrides)
         except (ConfigError, OSError) as error:
@@ -194,9 +192,9 @@ def load_regime(name: str, folder: str | Path, seeds: int | None = None, overrid
     records = Records(runs) if runs else records_in_folder(folder)
     config = records.all[0].get("spec", {}).get("config", {}) if records.all else runs[0].spec["config"] if runs else {}
     classes = {r["metrics"]["num_classes"] for r in records.all if r["metrics"].get("num_classes")}
-    regime = Regime(name, folder, records, scale, config.get("data.name"), config.get("data.root"),
+    regime = Regime(name, folder, records, config.get("data.name"), config.get("data.root"),
                     config.get("data.image_size"), num_classes=min(classes) if len(classes) == 1 else None, note=note)
-    pixel_references_of(regime, compute)
+    pixel_references_of(regime)
     return regime
 
 
@@ -205,9 +203,9 @@ def _resolution(regime: Regime, role: str) -> str:
     return f"{size} px" if size else "?"
 
 
-def pixel_words(regime: Regime, arm: str, metric: str, seeds=None) -> str:
+def pixel_words(regime: Regime, arm: str, metric: str) -> str:
     """How an arm's mean compares with every raw-pixel reference, in words."""
-    stat = regime.records.stat(arm, metric, seeds)
+    stat = regime.records.stat(arm, metric)
     if stat is None:
         return ""
     name = "raw pixels" if metric == "knn_k20_top1" else "the ridge on raw pixels"

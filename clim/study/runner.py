@@ -1,9 +1,7 @@
 """Running the matrix: every unfinished run in its own subprocess, one record each, then RESULTS.md.
 
 ``python -m clim.study.runner RUN_DIR`` trains (or resumes) and evaluates the run that
-``RUN_DIR/ablate.json`` describes and writes its record (the path named there). The record is written
-last and atomically, so a study stopped at any moment loses at most the runs in flight; the next call
-resumes those from their checkpoints and skips every run whose record exists.
+``RUN_DIR/ablate.json`` describes, and writes its record last and atomically.
 """
 
 from __future__ import annotations
@@ -27,7 +25,6 @@ CPU_NAME = "cpu_spent.json"  # in the run folder: CPU minutes of the processes b
 
 
 def duration(seconds: float) -> str:
-    """Minutes, or hours from 1.5 h on."""
     return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
@@ -125,11 +122,10 @@ def _cpu_before(run_dir: Path, resumed: bool) -> tuple[float, bool]:
     this process marked as running. A process that ends by a stop request (SIGINT / SIGTERM) adds its
     share (:func:`_cpu_write`); one killed outright (SIGKILL, power) cannot, and leaves the mark: the
     record then says ``cpu_complete: false``."""
-    path = run_dir / CPU_NAME
     before = {"cpu_minutes": 0.0, "complete": not resumed, "running": False}
     if resumed:  # (without a checkpoint, what earlier processes spent bought nothing: the run starts over)
         try:
-            before = json.loads(path.read_text())
+            before = json.loads((run_dir / CPU_NAME).read_text())
         except (OSError, ValueError):
             pass
     complete = bool(before.get("complete")) and not before.get("running")
@@ -187,26 +183,17 @@ def _execute(run: Run, threads: int | None) -> int:
     run.directory.mkdir(parents=True, exist_ok=True)
     job = {"spec": run.spec, "record": str(run.record_path.resolve())}
     (run.directory / SPEC_NAME).write_text(json.dumps(job, indent=2) + "\n")
-    env = dict(os.environ)
-    if threads:
-        env.setdefault("OMP_NUM_THREADS", str(threads))
+    env = {"OMP_NUM_THREADS": str(threads), **os.environ} if threads else None  # the caller's setting wins
     with open(run.directory / LOG_NAME, "a") as log:
         return subprocess.run([sys.executable, "-m", "clim.study.runner", str(run.directory)], stdout=log,
                               stderr=subprocess.STDOUT, env=env).returncode
-
-
-def _tail(path: Path, lines: int = 15) -> str:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
 
 
 def run_matrix(scale: str, out: str | Path, records: str | Path, seeds: int | None = None, only: str | None = None,
                overrides: list[str] | tuple[str, ...] = (), results: str | Path | None = None,
                command: str | None = None, jobs: int = 1) -> dict:
     """Run every unfinished run (priority order, ``jobs`` subprocesses at a time), then write RESULTS.md
-    from the records.
-
-    Returns ``{"runs", "ran", "failed", "results"}`` (``ran``: runs started by this call).
-    """
+    from the records. Returns ``{"runs", "ran", "failed", "results"}`` (``ran``: runs started by this call)."""
     runs = plan_runs(scale, out, records, seeds, only, overrides)
     finished = {run.label: read_record(run.record_path, run.spec) for run in runs}
     todo = [run for run in runs if finished[run.label] is None]
@@ -216,8 +203,8 @@ def run_matrix(scale: str, out: str | Path, records: str | Path, seeds: int | No
     failed, completed, lock = [], [], threading.Lock()
 
     def execute(position: int, run: Run) -> None:
-        prefix = f"[{position}/{len(todo)}] {run.label}"
-        print(f"{prefix}: training + evaluation (log: {run.directory / LOG_NAME})", flush=True)
+        prefix, log = f"[{position}/{len(todo)}] {run.label}", run.directory / LOG_NAME
+        print(f"{prefix}: training + evaluation (log: {log})", flush=True)
         started = time.perf_counter()
         code = _execute(run, SCALES[scale].threads)
         seconds = time.perf_counter() - started
@@ -225,8 +212,9 @@ def run_matrix(scale: str, out: str | Path, records: str | Path, seeds: int | No
         with lock:
             if code != 0 or record is None:
                 failed.append(run.label)
+                tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:]) if log.exists() else ""
                 print(f"{prefix}: FAILED (exit code {code}) after {duration(seconds)}; last lines of the log:\n"
-                      f"{_tail(run.directory / LOG_NAME)}", flush=True)
+                      f"{tail}", flush=True)
                 return
             durations.append(seconds)
             completed.append(run.label)

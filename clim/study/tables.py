@@ -1,15 +1,15 @@
 """The records of a study, and RESULTS.md's tables of the full matrix (Tables 6-10, 12, the linear probe,
 every variant).
 
-A table that puts variants side by side shows them on the seeds they were run with together: the
-headline variants have 8 seeds, the other groups 2-3, so a CLIM cell over 8 seeds beside a cell over
-3 would compare different draws. Each such table is restricted to the seeds its other arms have, and
-every cell states its n.
+A table that puts variants side by side shows them on the seeds its non-headline arms have (the headline
+variants have 8 seeds, the other groups 2-3: a CLIM cell over 8 seeds beside one over 3 would compare
+different draws); every cell states its n.
 """
 
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 from clim.config import load_config
 from clim.study.claims import (METRICS, PAPER, PAPER_SUPERVISED_SIMILARITY, Paired, Stat, format_p, format_paired,
@@ -47,13 +47,9 @@ class Records:
         return [record for by_seed in self.found.values() for record in by_seed.values()]
 
     def values(self, variant: str, metric: str, seeds=None) -> dict[int, float]:
-        """Per seed (only ``seeds`` when given), the metric's value where the record has one."""
-        values = {}
-        for seed, record in self.found.get(variant, {}).items():
-            value = record["metrics"].get(metric, record.get(metric))
-            if value is not None and (seeds is None or seed in seeds):
-                values[seed] = float(value)
-        return values
+        found = {seed: record["metrics"].get(metric, record.get(metric))
+                 for seed, record in self.found.get(variant, {}).items() if seeds is None or seed in seeds}
+        return {seed: float(value) for seed, value in found.items() if value is not None}
 
     def stat(self, variant: str, metric: str, seeds=None) -> Stat | None:
         return summarize(self.values(variant, metric, seeds).values())
@@ -68,9 +64,8 @@ class Records:
         return set().union(*others) if others else None
 
     def cost(self, variant: str) -> Stat | None:
-        """CPU minutes per run over the runs whose every process is counted: a resumed run whose earlier
-        process was killed outright (``cpu_complete`` false; records before that key counted only the
-        last process) would understate the cost."""
+        """CPU minutes per run over the fully counted runs: a resumed run whose earlier process was killed
+        outright (``cpu_complete`` false; older records counted only the last process) would understate it."""
         return summarize(float(record["cpu_minutes"]) for record in self.found.get(variant, {}).values()
                          if fully_counted(record))
 
@@ -84,9 +79,7 @@ class Records:
 
     def shared_cells(self, better: str, worse: str, metric: str) -> str:
         """``better`` vs ``worse``, each on the seeds both have (mean ± std (n))."""
-        seeds = self.seeds(better) & self.seeds(worse)
-        if not seeds:
-            return f"{self.cell(better, metric)} vs {self.cell(worse, metric)}"
+        seeds = self.seeds(better) & self.seeds(worse) or None
         return f"{self.cell(better, metric, seeds=seeds)} vs {self.cell(worse, metric, seeds=seeds)}"
 
     def similarity_gap(self, variant: str) -> dict[int, float]:
@@ -95,9 +88,10 @@ class Records:
         return {seed: value - every[seed] for seed, value in self.values(variant, "intra_class_similarity").items()
                 if seed in every}
 
-    def mixing_effect(self, metric: str = "linear_top1") -> Paired | None:
-        """CutMix − no mixing per seed, each side the mean of Table 6's five selections (seeds with all ten cells)."""
-        cells = {(selection, mixing): self.values(selection_variant(selection, mixing), metric)
+    def mixing_effect(self) -> Paired | None:
+        """Linear top-1 of CutMix − no mixing per seed, each side the mean of Table 6's five selections (seeds
+        with all ten cells)."""
+        cells = {(selection, mixing): self.values(selection_variant(selection, mixing), "linear_top1")
                  for selection in SELECTIONS for mixing in MIXINGS}
         complete = set.intersection(*(set(values) for values in cells.values()))
         mean = {mixing: {seed: sum(cells[selection, mixing][seed] for selection in SELECTIONS) / len(SELECTIONS)
@@ -153,15 +147,14 @@ def _grid(records: Records, title: str, note: str, rows: list[tuple[str, str]]) 
 
 def _mixing_effect(records: Records) -> list[str]:
     """CutMix − no mixing per seed, for each selection and averaged over the selections (seeds with all ten cells)."""
-    metric = "linear_top1"
-    effect = {selection: records.paired(selection_variant(selection, "cutmix"), selection_variant(selection, "none"),
-                                        metric) for selection in SELECTIONS}
-    rows = [[selection, *paired_cells(effect[selection], 2)] for selection in SELECTIONS]
+    rows = [[selection, *paired_cells(records.paired(selection_variant(selection, "cutmix"),
+                                                     selection_variant(selection, "none"), "linear_top1"), 2)]
+            for selection in SELECTIONS]
     rows.append(["mean of the five", *paired_cells(records.mixing_effect(), 2)])
     return (["What CutMix adds to each selection: linear top-1 of CutMix − no mixing, per seed; *agrees*: the interval "
              "lies above 0, CutMix helps, as the paper finds for random positives (the one row it reports both "
-             "columns of). *Mean of the five* "
-             "averages each seed's five selections first (seeds with all ten cells).", ""]
+             "columns of). *Mean of the five* averages each seed's five selections first (seeds with all ten cells).",
+             ""]
             + table(["selection", *PAIRED_HEADER], rows))
 
 
@@ -238,9 +231,7 @@ def probe_section(records: Records, num_classes: int | None) -> list[str]:
     found = records.all
     if not found:
         return []
-    chosen: dict[str, int] = {}
-    for record in found:
-        chosen[f"{record['metrics']['linear_lr']:g}"] = chosen.get(f"{record['metrics']['linear_lr']:g}", 0) + 1
+    chosen = Counter(f"{record['metrics']['linear_lr']:g}" for record in found)
     losses = [record["metrics"]["linear_final_train_loss"] for record in found]
     above = sum(bool(record["metrics"]["linear_loss_above_chance"]) for record in found)
     counts = ", ".join(f"lr {lr}: {count}" for lr, count in sorted(chosen.items(), key=lambda item: float(item[0])))
@@ -265,6 +256,5 @@ def every_variant(records: Records) -> list[str]:
             "Each variant over all of its seeds (n per cell): an inventory. Compare variants in the tables above, "
             "which show them on the seeds they share.", ""] + table(
         ["variant", "group", "overrides", *(title for title, _ in METRICS.values()), "records",
-         "CPU minutes per run (fully counted)"],
-        rows)
+         "CPU minutes per run (fully counted)"], rows)
 
