@@ -22,6 +22,7 @@ from clim.data import build_dataset
 from clim.data.pipeline import build_pipeline
 from clim.engine.step import StepRunner, cosine_lr
 from clim.models.moco import build_moco
+from clim.specs import loader_spec, model_spec, view_spec
 from op_count import step_config
 
 
@@ -29,9 +30,9 @@ def losses(amp: bool, dataset, args) -> list[float]:
     config = step_config("mocov2", 8, args, amp=amp)
     device = torch.device(args.device)
     torch.manual_seed(0)
-    model = build_moco(config, dataset.info.in_channels, args.image_size).to(device)
+    model = build_moco(model_spec(config, args.image_size), dataset.info.in_channels).to(device)
     runner = StepRunner(model, config, device)
-    pipeline = build_pipeline(dataset, config, args.image_size, device)
+    pipeline = build_pipeline(dataset, view_spec(config, args.image_size), loader_spec(config), device)
     values, epoch = [], 0
     while len(values) < args.steps:
         for batch in pipeline.epoch(epoch):

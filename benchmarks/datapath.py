@@ -28,6 +28,7 @@ from throughput import build_data, cpu_model, load_average, make_config, parse_a
 
 from clim.data.pipeline import build_pipeline  # noqa: E402
 from clim.data.views import SampleViews as CroppedViewsDataset  # noqa: E402
+from clim.specs import loader_spec, view_spec
 
 
 def main() -> None:
@@ -51,7 +52,7 @@ def main() -> None:
         args.augment = mode
         config = make_config(args, "mocov2")
         config.data.num_workers = 0
-        batches = build_pipeline(dataset, config, mine.image_size, torch.device("cpu")).epoch(round_index)
+        batches = build_pipeline(dataset, view_spec(config, mine.image_size), loader_spec(config), torch.device("cpu")).epoch(round_index)
         next(batches)
         start, images = time.perf_counter(), 0
         for _ in range(mine.batches):

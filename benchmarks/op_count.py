@@ -38,6 +38,7 @@ from clim.method.positives import build_bank
 from clim.models.grouped_norm import grouped_batch_norm
 from clim.models.moco import SplitBatchNorm2d, build_moco
 from clim.runtime.machine import cpu_model
+from clim.specs import loader_spec, model_spec, selection_spec, view_spec
 
 
 class OpCounter(TorchDispatchMode):
@@ -86,8 +87,8 @@ def step_ops(method: str, bn_splits: int, args, batch_views: bool = True) -> col
     dataset = random_dataset(max(2 * args.batch_size, 64), size)  # two steps; CLIM's bank needs > k = 40
     config = step_config(method, bn_splits, args, batch_views=batch_views)
     device = torch.device(args.device)
-    model = build_moco(config, 3, size).to(device)
-    bank = build_bank(config, len(dataset), device)
+    model = build_moco(model_spec(config, size), 3).to(device)
+    bank = build_bank(selection_spec(config), len(dataset), device)
     table = None
     if bank is not None:  # any valid table: the step's ops do not depend on which positives it holds
         table = bank.table
@@ -95,7 +96,7 @@ def step_ops(method: str, bn_splits: int, args, batch_views: bool = True) -> col
     runner = StepRunner(model, config, device)
     for group in runner.optimizer.param_groups:
         group["foreach"] = args.foreach or None
-    batches = build_pipeline(dataset, config, size, device).epoch(0, table)
+    batches = build_pipeline(dataset, view_spec(config, size), loader_spec(config), device).epoch(0, table)
     runner(next(batches), 0)
     batch = next(batches)
     with OpCounter() as counter:

@@ -55,6 +55,7 @@ from clim.engine.step import StepRunner, cosine_lr
 from clim.models.backbones import build_backbone, uses_small_stem
 from clim.models.moco import build_moco
 from clim.runtime.machine import cpu_model
+from clim.specs import loader_spec, model_spec, view_spec
 
 VARIANTS = ("ours-mocov2", "ours-clim", "lightly")
 LIGHTLY_PREFETCH = 2  # DataLoader's default prefetch_factor
@@ -168,8 +169,8 @@ class OursRunner:
     def __init__(self, dataset, args, device: torch.device, method: str):
         self.config = config = make_config(args, method)
         image_size = args.image_size or dataset.info.image_size
-        self.pipeline = build_pipeline(dataset, config, image_size, device)
-        model = build_moco(config, dataset.info.in_channels, image_size).to(device)
+        self.pipeline = build_pipeline(dataset, view_spec(config, image_size), loader_spec(config), device)
+        model = build_moco(model_spec(config, image_size), dataset.info.in_channels).to(device)
         self.runner = StepRunner(model, config, device)
         self.device = device
         self.prefetch_batches = args.prefetch
@@ -436,7 +437,7 @@ def main(argv=None) -> int:
           f"N={len(dataset)} {dataset.info.in_channels}x{image_size}px | batch {args.batch_size} | "
           f"queue {args.queue_size} | {args.steps} timed steps x {args.rounds} round(s) after {args.warmup} warm-up | "
           f"lightly: {args.workers} DataLoader workers, precision {args.lightly_precision}")
-    ours_mode = resolve_augment(make_config(args, "mocov2"), dataset, device)
+    ours_mode = resolve_augment(make_config(args, "mocov2").data.augment, dataset, device)
     print(f"ours: prefetch={args.prefetch} overrides={args.overrides or 'none'}")
     print(f"ours: data.augment={args.augment} -> {ours_mode}"
           + (f" ({args.workers} DataLoader workers)" if ours_mode in ("loader", "device") else ""))

@@ -1,7 +1,7 @@
-"""The table of config keys in docs/CONFIG.md, generated from ``clim/config.py``.
+"""The table of config keys in docs/CONFIG.md, generated from ``clim/config/schema.py``.
 
 Every field of the config dataclasses becomes a row: its key (``section.field``), its default as
-YAML spells it, and its meaning, which is the field's comment in ``clim/config.py`` (the ``#`` lines
+YAML spells it, and its meaning, which is the field's comment in ``clim/config/schema.py`` (the ``#`` lines
 right above the field, then its trailing comment). A field without a comment is an error that names
 it, so no key reaches docs/CONFIG.md undocumented; a new field needs nothing here.
 
@@ -23,7 +23,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET = REPO / "docs" / "CONFIG.md"
-BEGIN = "<!-- config keys: generated from clim/config.py by scripts/config_table.py --write; do not edit -->"
+BEGIN = "<!-- config keys: generated from clim/config/schema.py by scripts/config_table.py --write; do not edit -->"
 END = "<!-- end of config keys -->"
 
 
@@ -80,7 +80,7 @@ def rows(source: str, root: type) -> list[tuple[str, str, str]]:
                 missing.append(key)
             table.append((key, yaml_value(getattr(getattr(instance, section.name), item.name)), meaning))
     if missing:
-        raise SystemExit(f"config_table: no comment in clim/config.py for {', '.join(missing)}; "
+        raise SystemExit(f"config_table: no comment in clim/config/schema.py for {', '.join(missing)}; "
                          "write its meaning above the field or after it")
     return table
 
@@ -97,7 +97,7 @@ def generated_table() -> str:
     sys.path.insert(0, str(REPO))
     from clim.config import Config
 
-    return markdown(rows((REPO / "clim" / "config.py").read_text(), Config))
+    return markdown(rows((REPO / "clim" / "config" / "schema.py").read_text(), Config))
 
 
 def document_table(text: str) -> str:

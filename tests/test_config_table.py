@@ -1,4 +1,4 @@
-"""scripts/config_table.py: docs/CONFIG.md's key table is generated from clim/config.py and cannot go stale."""
+"""scripts/config_table.py: docs/CONFIG.md's key table is generated from clim/config/schema.py and cannot go stale."""
 
 import dataclasses
 import importlib.util
@@ -33,7 +33,7 @@ def test_the_readme_links_the_key_table_instead_of_holding_it():
 
 
 def test_every_key_has_a_row_with_its_default_and_a_meaning():
-    table = config_table.rows((REPO / "clim" / "config.py").read_text(), Config)
+    table = config_table.rows((REPO / "clim" / "config" / "schema.py").read_text(), Config)
     hints = typing.get_type_hints(Config)
     keys = [f"{s.name}.{f.name}" for s in dataclasses.fields(Config) for f in dataclasses.fields(hints[s.name])]
     assert [key for key, _, _ in table] == keys
@@ -85,7 +85,7 @@ def test_a_new_field_gets_a_row_and_one_without_a_comment_is_named(tmp_path, mon
     meanings = config_table.field_meanings(_SOURCE, "Extra")
     assert meanings == {"first": "two lines above and trailing", "second": "",
                         "cudnn_benchmark": "a key another change adds"}
-    with pytest.raises(SystemExit, match="no comment in clim/config.py for extra.second"):
+    with pytest.raises(SystemExit, match="no comment in clim/config/schema.py for extra.second"):
         config_table.rows(_SOURCE, module.Root)
     documented = _SOURCE.replace("    second: list[int] | None = None", "    second: list[int] | None = None  # sizes")
     table = config_table.markdown(config_table.rows(documented, module.Root))

@@ -11,6 +11,7 @@ from clim.config import Config
 from clim.evaluation.export import detectron2_name, export_detectron2, export_torchvision
 from clim.models.moco import build_moco
 from clim.runtime.checkpoint import CheckpointError, save_atomic
+from clim.specs import model_spec
 
 
 def _checkpoint(tmp_path, backbone="resnet18", in_channels=3, image_size=224):
@@ -18,7 +19,7 @@ def _checkpoint(tmp_path, backbone="resnet18", in_channels=3, image_size=224):
     config = Config()
     config.model.backbone = backbone
     config.model.queue_size = 64
-    model = build_moco(config, in_channels, image_size)
+    model = build_moco(model_spec(config, image_size), in_channels)
     with torch.no_grad():  # non-default BN statistics and affine terms, so that exporting them matters
         for module in model.backbone_q.modules():
             if isinstance(module, torch.nn.BatchNorm2d):

@@ -21,6 +21,7 @@ from clim.method.positives import build_bank, checkpoint_model_state
 from clim.models.moco import build_moco
 from clim.report import write_report
 from clim.runtime import checkpoint
+from clim.specs import model_spec, selection_spec
 
 
 class _Images:
@@ -106,8 +107,8 @@ def test_precision_panel_keeps_the_extremes_of_many_classes(tiny_config):
 def _save_run(folder: Path, config, num_samples: int, table: torch.Tensor | None, data_info: dict,
               refresh_epoch: int = 2) -> Path:
     """A checkpoint as the trainer writes it, with a hand-made positives table."""
-    model = build_moco(config, data_info["in_channels"], data_info["image_size"])
-    bank = build_bank(config, num_samples)
+    model = build_moco(model_spec(config, data_info["image_size"]), data_info["in_channels"])
+    bank = build_bank(selection_spec(config), num_samples)
     if table is not None:
         bank.load_state_dict({"table": table})
     history = [{"epoch": 1, "loss": 1.0}, {"epoch": refresh_epoch, "loss": 1.0, "selection": {}}]

@@ -25,7 +25,6 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision.transforms import functional as TF
 
-from clim.config import Config
 from clim.data.transforms import ensure_mode
 from clim.data.views import StepViews, ViewGroup, numpy_draws
 
@@ -165,7 +164,7 @@ class EncodedViews:
     draws, load, collate = staticmethod(numpy_draws), staticmethod(read_encoded), staticmethod(collate_encoded)
     pin = False  # file bytes are read by the decoder from ordinary memory
 
-    def __init__(self, dataset, views: StepViews, config: Config):
+    def __init__(self, dataset, views: StepViews):
         self.dataset, self.views = dataset, views
         self.decode_stats: dict = {"images": 0, "fallback": Counter()}
 

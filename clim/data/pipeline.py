@@ -25,11 +25,11 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from clim.config import Config, per_process_batch
 from clim.data.batch_augment import MoCoV2BatchAugment
 from clim.data.jpeg import EncodedViews, cuda_decode_problem
 from clim.data.views import (CroppedViews, SampleViews, StepViews, TransformedViews, ViewGroup, at_resolutions,
                              draw_positives, epoch_seed)
+from clim.specs import LoaderSpec, ViewSpec
 
 __all__ = ["LookAhead", "Pipeline", "build_pipeline", "prefetched", "resolve_augment", "resolve_decode"]
 
@@ -37,10 +37,9 @@ KEYS = ("index", "label", "generator", "query", "key", "positive_index", "positi
         "small_crops", "resume")
 
 
-def resolve_augment(config: Config, dataset, device: torch.device) -> str:
+def resolve_augment(mode: str, dataset, device: torch.device) -> str:
     """The ``data.augment`` mode actually used: ``auto`` = batched for array datasets (held in memory);
     for file datasets ``device`` on CUDA and ``loader`` elsewhere."""
-    mode = config.data.augment
     if mode == "auto":
         if hasattr(dataset, "images"):
             mode = "batched"
@@ -49,22 +48,22 @@ def resolve_augment(config: Config, dataset, device: torch.device) -> str:
     return mode
 
 
-def resolve_decode(config: Config, dataset, device: torch.device | str) -> str:
+def resolve_decode(loader: LoaderSpec, dataset, device: torch.device | str) -> str:
     """``data.decode`` as used: ``gpu`` (:class:`~clim.data.jpeg.EncodedViews`) or ``cpu``.
 
     ``auto`` is gpu when the pipeline is the device path (``data.augment`` device, or auto on CUDA)
     of an image folder on a CUDA device where torchvision can decode; ``gpu`` demands all of that.
     """
     device = torch.device(device)
-    mode = config.data.decode
+    mode = loader.decode
     if mode == "cpu":
         return "cpu"
-    augment = resolve_augment(config, dataset, device)
+    augment = resolve_augment(loader.augment, dataset, device)
     needs = []
     if augment != "device":
-        needs.append(f"data.augment=device (it is {config.data.augment} -> {augment})")
+        needs.append(f"data.augment=device (it is {loader.augment} -> {augment})")
     if not (callable(getattr(dataset, "path", None)) and not hasattr(dataset, "images")):
-        needs.append(f"a dataset read from image files ('{config.data.name}' is not)")
+        needs.append(f"a dataset read from image files ('{loader.dataset}' is not)")
     if device.type != "cuda":
         needs.append(f"a CUDA device (training runs on {device})")
     if not needs:
@@ -78,31 +77,31 @@ def resolve_decode(config: Config, dataset, device: torch.device | str) -> str:
     return "cpu"
 
 
-def build_pipeline(dataset, config: Config, image_size: int, device: torch.device, rank: int = 0,
-                   world_size: int = 1, augment: str | None = None, decode: str | None = None,
-                   background: bool = True) -> Pipeline:
-    """The pipeline of ``data.augment`` and ``data.decode`` (or of ``augment`` / ``decode``);
-    ``background=False`` decodes JPEGs in the caller's thread (same batches, no overlap)."""
-    augment = augment or resolve_augment(config, dataset, device)
+def build_pipeline(dataset, views: ViewSpec, loader: LoaderSpec, device: torch.device, rank: int = 0,
+                   augment: str | None = None, decode: str | None = None, background: bool = True) -> Pipeline:
+    """The pipeline of ``data.augment`` and ``data.decode`` (or of ``augment`` / ``decode``) for this
+    process (``rank`` of ``loader.world_size``); ``background=False`` decodes JPEGs in the caller's thread
+    (same batches, no overlap)."""
+    augment = augment or resolve_augment(loader.augment, dataset, device)
     if augment == "batched" and not hasattr(dataset, "images"):
-        raise ValueError(f"data.augment=batched needs an array dataset; '{config.data.name}' is read from files")
-    decode = decode or resolve_decode(config, dataset, device)  # refuses data.decode=gpu where it cannot be
+        raise ValueError(f"data.augment=batched needs an array dataset; '{loader.dataset}' is read from files")
+    decode = decode or resolve_decode(loader, dataset, device)  # refuses data.decode=gpu where it cannot be
     decode = "gpu" if augment == "device" and decode == "gpu" else "cpu"
     if augment == "batched":
-        source, views = DeviceArrays(dataset, config, device, rank, world_size), StepViews.of(config, image_size)
+        source, step_views = DeviceArrays(dataset, loader, device, rank), StepViews(views)
     else:
         part = TransformedViews if augment == "loader" else EncodedViews if decode == "gpu" else CroppedViews
-        samples = SampleViews(dataset, config, image_size, part, rank)
-        source, views = Workers(samples, config, device, rank, world_size), samples.views
-    on_device = None if augment == "loader" else DeviceViews(views, dataset.info, config, device, augment != "batched")
+        samples = SampleViews(dataset, views, loader.seed, part, rank)
+        source, step_views = Workers(samples, loader, device, rank), samples.views
+    on_device = None if augment == "loader" else DeviceViews(step_views, dataset.info, device, augment != "batched")
     pipeline = Pipeline(source, on_device, augment, decode, background=decode == "gpu" and background)
     if decode == "gpu" and rank == 0:
         print(f"data.decode: JPEGs decoded on {torch.device(device)} "
               f"({'nvJPEG, batched' if torch.device(device).type == 'cuda' else 'torchvision'}); "
-              f"{config.data.num_workers} DataLoader workers only read files", file=sys.stderr, flush=True)
+              f"{loader.num_workers} DataLoader workers only read files", file=sys.stderr, flush=True)
     if len(pipeline) == 0:
-        raise ValueError(f"{len(dataset)} images give no full batch of {config.train.batch_size}"
-                         f" ({world_size} process(es)); lower train.batch_size")
+        raise ValueError(f"{len(dataset)} images give no full batch of {loader.batch_size}"
+                         f" ({loader.world_size} process(es)); lower train.batch_size")
     return pipeline
 
 
@@ -160,10 +159,10 @@ class DeviceArrays:
     """``data.augment=batched``: the dataset as one uint8 tensor on the training device; a step's samples
     are rows of it."""
 
-    def __init__(self, dataset, config: Config, device: torch.device, rank: int, world_size: int):
+    def __init__(self, dataset, loader: LoaderSpec, device: torch.device, rank: int):
         self.images, self.labels = dataset.images.to(device), dataset.labels.to(device)
-        self.seed, self.device, self.rank, self.world_size = config.train.seed, device, rank, world_size
-        self.batch_size = per_process_batch(config, world_size)  # train.batch_size is global
+        self.seed, self.device, self.rank, self.world_size = loader.seed, device, rank, loader.world_size
+        self.batch_size = loader.per_process
 
     def __len__(self) -> int:
         return len(self.images) // (self.batch_size * self.world_size)
@@ -188,13 +187,12 @@ class Workers:
     """DataLoader workers running ``samples`` (the per-sample builder): a DistributedSampler (disjoint
     shards, drop_last), an epoch-seeded DataLoader, the batches placed on the device by its part."""
 
-    def __init__(self, samples: SampleViews, config: Config, device: torch.device, rank: int, world_size: int):
+    def __init__(self, samples: SampleViews, loader: LoaderSpec, device: torch.device, rank: int):
         self.samples, self.part = samples, samples.part
-        self.seed, self.device, self.rank = config.train.seed, device, rank
-        self.batch_size = per_process_batch(config, world_size)  # train.batch_size is global
-        self.num_workers = config.data.num_workers
-        self.sampler = DistributedSampler(samples, num_replicas=world_size, rank=rank,
-                                          shuffle=True, seed=config.train.seed, drop_last=True)
+        self.seed, self.device, self.rank = loader.seed, device, rank
+        self.batch_size, self.num_workers = loader.per_process, loader.num_workers
+        self.sampler = DistributedSampler(samples, num_replicas=loader.world_size, rank=rank,
+                                          shuffle=True, seed=loader.seed, drop_last=True)
 
     def __len__(self) -> int:
         return len(self.sampler) // self.batch_size
@@ -227,10 +225,10 @@ class DeviceViews:
     """Views augmented on the device, a whole batch per pass (:class:`~clim.data.batch_augment.MoCoV2BatchAugment`):
     crop + photometric part of uint8 images, or (``cropped``) the photometric part of the workers' crops."""
 
-    def __init__(self, views: StepViews, info, config: Config, device: torch.device, cropped: bool):
+    def __init__(self, views: StepViews, info, device: torch.device, cropped: bool):
         self.views, self.device, self.cropped = views, device, cropped
         self.augment, self.small_augment = views.augmenters(
-            lambda *args, **kwargs: MoCoV2BatchAugment(*args, **kwargs).to(device), config, info.mean, info.std)
+            lambda *args, **kwargs: MoCoV2BatchAugment(*args, **kwargs).to(device), info.mean, info.std)
 
     def __call__(self, sample: dict, source, positives: torch.Tensor | None, generator: torch.Generator) -> dict:
         """The step's dict: ``sample``'s index and label, every view drawn from ``generator``, in order. The

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import operator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -21,20 +20,16 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, default_collate
 from torchvision.transforms import functional as TF
 
-from clim.config import Config
+from clim.config import MULTICROP_SCALE
 from clim.data.batch_augment import fallback_crop_size
 from clim.data.transforms import moco_v2_transform
+from clim.specs import ViewSpec
 
-MULTICROP_SCALE = (0.05, 0.14)  # Table 7 baseline: 2 x 96 px crops of a 224 px image
 MULTICROP_VIEWS = 2
 
 
 def epoch_seed(seed: int, epoch: int, rank: int) -> int:
     return (seed * 1_000_003 + epoch) * 1_009 + rank
-
-
-def multicrop_size(config: Config, image_size: int) -> int:
-    return config.method.multicrop_size or max(8, round(image_size * 96 / 224))
 
 
 def at_resolutions(view: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:
@@ -43,18 +38,6 @@ def at_resolutions(view: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:
     out = [batched] + [F.interpolate(batched, size=(s, s), mode="bilinear", antialias=True, align_corners=False)
                        for s in sizes[1:]]
     return out if view.dim() == 4 else [v.squeeze(0) for v in out]
-
-
-def augment_kwargs(config: Config, scale: tuple[float, float] | None = None) -> dict:
-    strength = config.data.jitter_strength
-    return dict(
-        crop_scale=scale or (config.data.crop_min_scale, 1.0),
-        jitter=(strength, strength, strength, strength / 4),
-        jitter_p=config.data.jitter_p,
-        grayscale_p=config.data.grayscale_p,
-        blur_p=config.data.blur_p,
-        flip_p=config.data.flip_p,
-    )
 
 
 def draw_positives(table: torch.Tensor, index: torch.Tensor, generator: torch.Generator | None = None
@@ -78,34 +61,25 @@ class ViewGroup(NamedTuple):
     crop: int | None = None
 
 
-@dataclass
 class StepViews:
-    """Every view a step needs: full-size views at ``sizes`` (largest first), multi-crop views at
-    ``small_size`` (None: none), a positive query view when mixing; a worker's crop area range and flip."""
-    sizes: list[int]
-    small_size: int | None
-    positive_query: bool
-    scale: tuple[float, float]
-    flip_p: float
+    """Every view a step needs (its :class:`~clim.specs.ViewSpec`): full-size views at ``sizes`` (largest
+    first), multi-crop views at ``small_size`` (None: none), a positive query view when mixing."""
 
-    @classmethod
-    def of(cls, config: Config, image_size: int) -> StepViews:
-        return cls(sorted(config.method.resolutions or [image_size], reverse=True),
-                   multicrop_size(config, image_size) if config.method.multicrop else None,
-                   config.method.mixing != "none", (config.data.crop_min_scale, 1.0), config.data.flip_p)
+    def __init__(self, spec: ViewSpec):
+        self.spec, self.sizes, self.small_size = spec, list(spec.sizes), spec.small_size
 
-    def augmenters(self, make, config: Config, *args) -> tuple:
+    def augmenters(self, make, *args) -> tuple:
         """``make(side, *args, **augment_kwargs)`` for the full-size views, and for the multi-crop ones (or None)."""
-        full = make(self.sizes[0], *args, **augment_kwargs(config))
+        full = make(self.sizes[0], *args, **self.spec.augment_kwargs())
         if self.small_size is None:
             return full, None
-        return full, make(self.small_size, *args, **augment_kwargs(config, MULTICROP_SCALE))
+        return full, make(self.small_size, *args, **self.spec.augment_kwargs(multicrop=True))
 
     def groups(self, with_positive: bool) -> list[ViewGroup]:
         """The views in the order they are drawn (with a positive: it is drawn before its first view)."""
         groups = [ViewGroup(("query", "key"))]
         if with_positive:
-            groups.append(ViewGroup(("positive_key", "positive_query") if self.positive_query else ("positive_key",),
+            groups.append(ViewGroup(("positive_key", "positive_query") if self.spec.positive_query else ("positive_key",),
                                     source=1))
         if self.small_size is not None:
             groups += [ViewGroup(("small_crops",), crop=v) for v in range(MULTICROP_VIEWS)]
@@ -113,9 +87,9 @@ class StepViews:
 
     def draw_crop(self, group: ViewGroup, rng: np.random.Generator, height: int, width: int) -> tuple:
         """A worker view's geometry: its side, its crop box (:func:`crop_box`), then whether it is mirrored."""
-        size, scale = (self.sizes[0], self.scale) if group.crop is None else (self.small_size, MULTICROP_SCALE)
+        size, scale = (self.sizes[0], self.spec.crop_scale) if group.crop is None else (self.small_size, MULTICROP_SCALE)
         box = crop_box(rng, height, width, scale)
-        return size, box, bool(rng.random() < self.flip_p)
+        return size, box, bool(rng.random() < self.spec.flip_p)
 
 
 def crop_box(rng: np.random.Generator, height: int, width: int, scale: tuple[float, float],
@@ -150,11 +124,11 @@ class SampleViews(Dataset):
     ``positives`` (a CPU table) at the start of every epoch.
     """
 
-    def __init__(self, dataset, config: Config, image_size: int, part: type | None = None, rank: int = 0):
+    def __init__(self, dataset, views: ViewSpec, seed: int, part: type | None = None, rank: int = 0):
         self.dataset = dataset
-        self.views = StepViews.of(config, image_size)
-        self.part = (part or CroppedViews)(dataset, self.views, config)
-        self.seed, self.rank = config.train.seed, rank
+        self.views = StepViews(views)
+        self.part = (part or CroppedViews)(dataset, self.views)
+        self.seed, self.rank = seed, rank
         self.epoch = 0
         self.positives: torch.Tensor | None = None
 
@@ -216,10 +190,10 @@ class TransformedViews:
     draws, load, on_device = staticmethod(torch_draws), staticmethod(operator.getitem), staticmethod(moved)
     collate, pin = staticmethod(default_collate), True
 
-    def __init__(self, dataset, views: StepViews, config: Config):
+    def __init__(self, dataset, views: StepViews):
         info = dataset.info
         self.sizes = views.sizes
-        self.transform, self.small_transform = views.augmenters(moco_v2_transform, config, info.mean, info.std,
+        self.transform, self.small_transform = views.augmenters(moco_v2_transform, info.mean, info.std,
                                                                 info.in_channels)
 
     def view(self, image, group: ViewGroup, rng) -> torch.Tensor | list[torch.Tensor]:
@@ -238,7 +212,7 @@ class CroppedViews:
     draws, load, on_device = staticmethod(numpy_draws), staticmethod(operator.getitem), staticmethod(moved)
     collate, pin = staticmethod(default_collate), True
 
-    def __init__(self, dataset, views: StepViews, config: Config):
+    def __init__(self, dataset, views: StepViews):
         self.views = views
 
     def view(self, image, group: ViewGroup, rng: np.random.Generator) -> torch.Tensor:

@@ -17,6 +17,7 @@ from typing import Callable
 from tqdm import tqdm
 
 from clim.runtime.progress import Progress, format_seconds
+from clim.specs import selection_spec
 
 METRICS_NAME = "metrics.jsonl"
 
@@ -113,9 +114,9 @@ def remaining_seconds(config, history: list[dict], epoch: int, steps_left: int, 
 
     refresh = next((r["selection"]["seconds"] for r in reversed(history) if "seconds" in r.get("selection", {})), 0.0)
     knn = next((r["knn_seconds"] for r in reversed(history) if "knn_seconds" in r), 0.0)
-    epochs = config.train.epochs
+    epochs, selection = config.train.epochs, selection_spec(config)
     seconds = (steps_left + (epochs - epoch - 1) * steps) * seconds_per_step
     for coming in range(epoch, epochs):
-        seconds += refresh if coming > epoch and is_refresh_epoch(config, coming) else 0.0
+        seconds += refresh if coming > epoch and is_refresh_epoch(selection, coming) else 0.0
         seconds += knn if monitored and ((coming + 1) % config.train.knn_every == 0 or coming + 1 == epochs) else 0.0
     return seconds

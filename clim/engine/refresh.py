@@ -19,6 +19,7 @@ import torch
 from clim.config import Config
 from clim.method.positives import is_refresh_epoch, needs_table
 from clim.runtime import checkpoint, distributed
+from clim.specs import SelectionSpec
 
 PREVIEW_DIR = "positives"  # RUN_DIR/positives: the refresh's facts and the figures drawn from them
 DETAILS_NAME = "selection.pt"
@@ -42,9 +43,9 @@ class Refresh:
     warn: Callable[[str], None]
 
 
-def refresh_due(config: Config, epoch: int, bank) -> bool:
+def refresh_due(spec: SelectionSpec | None, epoch: int, bank) -> bool:
     """A refresh before ``epoch``: on the schedule, or a table needed that no refresh has filled yet."""
-    return is_refresh_epoch(config, epoch) or (needs_table(config, epoch) and not bank.filled)
+    return is_refresh_epoch(spec, epoch) or (needs_table(spec, epoch) and not bank.filled)
 
 
 def save_refresh(bank, dataset, config: Config, out_dir: str | Path, warn: Callable[[str], None], epoch: int,
@@ -77,14 +78,14 @@ def refresh_message(selection: dict, clusters: int, epoch: int, num_positives: i
     return text
 
 
-def positive_term_message(config: Config, epoch: int, first_epoch: int) -> str | None:
+def positive_term_message(spec: SelectionSpec | None, epoch: int, first_epoch: int) -> str | None:
     """The line that explains a loss rise when CLIM's positive term joins (or, resumed later, that it is in)."""
-    if not needs_table(config, epoch):
+    if not needs_table(spec, epoch):
         return None
     apart = "metrics.jsonl and TensorBoard log loss_moco and loss_positive apart"
-    if not needs_table(config, epoch - 1):
+    if not needs_table(spec, epoch - 1):
         return f"epoch {epoch + 1}: CLIM's positive term joins the loss from now on, so the loss rises; {apart}"
     if epoch == first_epoch:  # resumed after the term joined: no rise here
         return (f"epoch {epoch + 1}: the loss includes CLIM's positive term (since epoch "
-                f"{config.method.refresh_every + 1}); {apart}")
+                f"{spec.refresh_every + 1}); {apart}")
     return None

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from clim.config import Config
+from clim.specs import objective_spec
 from clim.method.objective import StepOutput, compute_step
 from clim.models.moco import MoCo
 from clim.runtime import distributed
@@ -132,7 +133,7 @@ class StepRunner:
             model.encoder_q.compile()
             model.encoder_k.compile()
         self.model = model
-        self.config = config
+        self.config, self.objective = config, objective_spec(config)
         self.meter = StepMeter(device)
         self.optimizer = torch.optim.SGD(model.encoder_q.parameters(), lr=config.lr, momentum=config.train.momentum,
                                          weight_decay=config.train.weight_decay)
@@ -146,7 +147,7 @@ class StepRunner:
             batch = {k: ([v.contiguous(memory_format=torch.channels_last) for v in value]
                          if isinstance(value, list) else value) for k, value in batch.items()}
         with self.autocast:
-            out = compute_step(self.model, batch, self.config)
+            out = compute_step(self.model, batch, self.objective)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(out.loss).backward()
         distributed.average_gradients(self.model.encoder_q.parameters())

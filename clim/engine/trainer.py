@@ -22,10 +22,9 @@ from typing import Callable
 
 import torch
 
-from clim.config import Config, ConfigError, batch_layout, check_device, check_for_dataset
+from clim.config import Config, ConfigError
 from clim.data import build_dataset
-from clim.data.pipeline import build_pipeline
-from clim.data.pipeline import prefetched
+from clim.data.pipeline import build_pipeline, prefetched
 from clim.data.transforms import eval_transform_for
 from clim.engine.checkpointer import Checkpointer, EpochTally, TrainingDiverged  # noqa: F401  (clim.cli reads it here)
 from clim.engine.logging import RunEta, RunLogger
@@ -37,6 +36,8 @@ from clim.engine.stopping import StopCheck, StopRequest
 from clim.method.positives import build_bank, needs_table, refresh_positives
 from clim.models.moco import MoCo, build_moco
 from clim.runtime import checkpoint, distributed
+from clim.specs import (batch_layout, check_device, check_for_dataset, loader_spec, model_spec, selection_spec,
+                        view_spec)
 from clim.summary import output_paths, run_summary
 
 
@@ -98,14 +99,16 @@ def _pretrain(config: Config, out_dir: Path, stop: StopRequest, eta_after, on_re
     dataset = _pretraining_dataset(config)
     info = dataset.info
     image_size = config.data.image_size or info.image_size
-    pipeline = build_pipeline(dataset, config, image_size, device, runtime.rank, runtime.world_size)
+    pipeline = build_pipeline(dataset, view_spec(config, image_size), loader_spec(config, runtime.world_size), device,
+                              runtime.rank)
     selection_dataset = _selection_view(dataset, config, image_size)
     monitor = KnnMonitor.create(config, info, image_size, device, logger.message)  # None: off
 
     # ============ model, positives table, optimiser ============
-    model: MoCo = build_moco(config, info.in_channels, image_size).to(device)
+    model: MoCo = build_moco(model_spec(config, image_size, runtime.world_size), info.in_channels).to(device)
     distributed.broadcast_module(model)  # one initial model on every rank
-    bank = build_bank(config, len(dataset), device)  # CLIM's positives table (None for MoCo v2)
+    selection = selection_spec(config)  # None for MoCo v2
+    bank = build_bank(selection, len(dataset), device)  # CLIM's positives table (None for MoCo v2)
     runner = StepRunner(model, config, device)
     steps = len(pipeline)
 
@@ -131,14 +134,14 @@ def _pretrain(config: Config, out_dir: Path, stop: StopRequest, eta_after, on_re
         resume = start.partial if epoch == start.epoch else None  # resuming inside this epoch
         record = _epoch_record(epoch, resume, start.changes if epoch == start.epoch else {})
         # (resuming inside an epoch: its positives were refreshed before the save and are in the bank)
-        if resume is None and refresh_due(config, epoch, bank):
+        if resume is None and refresh_due(selection, epoch, bank):
             model.eval()
-            record["selection"] = refresh_positives(bank, model, selection_dataset, config, epoch, device)
+            record["selection"] = refresh_positives(bank, model, selection_dataset, selection, epoch, device)
             logger.message(refresh_message(record["selection"], bank.num_clusters, epoch, config.method.num_positives))
             # epoch + 1: the metrics record (and first epoch) that trains with this table
             save_refresh(bank, dataset, config, out_dir, logger.message, epoch + 1, on_refresh)  # never raises
-        table = bank.table if needs_table(config, epoch) else None
-        term = positive_term_message(config, epoch, start.epoch)
+        table = bank.table if needs_table(selection, epoch) else None
+        term = positive_term_message(selection, epoch, start.epoch)
         if term is not None:
             logger.message(term)
 

@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from clim.config import Config
 from clim.data.views import at_resolutions
 from clim.method.losses import info_nce, mixed_info_nce
 from clim.method.mixing import cutmix, mixup
 from clim.models.moco import MoCo
+from clim.specs import ObjectiveSpec
 
 
 @dataclass
@@ -39,10 +39,9 @@ class StepOutput:
     parts: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-def _mix(config: Config, anchor: torch.Tensor, positive: torch.Tensor, generator: torch.Generator):
-    if config.method.mixing == "cutmix":
-        return cutmix(anchor, positive, config.method.alpha, generator=generator)
-    return mixup(anchor, positive, config.method.mixup_alpha, generator=generator)
+def _mix(spec: ObjectiveSpec, anchor: torch.Tensor, positive: torch.Tensor, generator: torch.Generator):
+    mix = cutmix if spec.mixing == "cutmix" else mixup
+    return mix(anchor, positive, spec.alpha, generator=generator)
 
 
 def _per_resolution(encode, inputs: list[list[torch.Tensor]]) -> list[list[torch.Tensor]]:
@@ -54,20 +53,19 @@ def _per_resolution(encode, inputs: list[list[torch.Tensor]]) -> list[list[torch
     return [list(per_input) for per_input in zip(*by_size)]
 
 
-def compute_step(model: MoCo, batch: dict, config: Config) -> StepOutput:
+def compute_step(model: MoCo, batch: dict, spec: ObjectiveSpec) -> StepOutput:
     """The step's loss; the losses get ``normalize=False`` (queries, keys and queue are unit vectors
     by construction), so nothing here synchronises with the host."""
-    temperature = config.model.temperature
+    temperature, symmetric = spec.temperature, spec.symmetric
     queue = model.queue.clone()
-    use_positives = config.method.name == "clim" and batch["positive_key"] is not None
-    mixing = use_positives and config.method.mixing != "none"
-    symmetric = config.model.symmetric
+    use_positives = spec.clim and batch["positive_key"] is not None
+    mixing = use_positives and spec.mixing != "none"
     sizes = [view.shape[-1] for view in batch["query"]]
     lam = None
     # Query-encoder inputs per resolution: the query view, the mixed query, the key view (symmetric).
     query_inputs = [batch["query"]]
     if mixing:
-        mixed, lam = _mix(config, batch["query"][0], batch["positive_query"][0], batch["generator"])
+        mixed, lam = _mix(spec, batch["query"][0], batch["positive_query"][0], batch["generator"])
         # mixed once at the largest resolution, then resized like the views (METHOD §4)
         query_inputs.append(at_resolutions(mixed, sizes))
     if symmetric:

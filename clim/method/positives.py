@@ -1,5 +1,5 @@
 """The training loop's positives: a :class:`~clim.method.bank.PositiveBank` built and refreshed from
-the config (METHOD §2), and its place in the trainer's checkpoints.
+its :class:`~clim.specs.SelectionSpec` (METHOD §2), and its place in the trainer's checkpoints.
 
 Every ``method.refresh_every`` epochs the momentum encoder (eval mode, eval transform) embeds the
 whole pretraining set and the bank selects a new table (:meth:`PositiveBank.refresh_from`: DDP-aware,
@@ -17,53 +17,51 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from clim.config import Config, ConfigError
+from clim.config import REFRESH_SEED_STRIDE, ConfigError
 from clim.method.bank import PositiveBank
 from clim.models.moco import MoCo
+from clim.specs import SelectionSpec
 
 TABLE_KEY = "positives"  # the table's key in a checkpoint's "model" entry
 
 
-def is_refresh_epoch(config: Config, epoch: int) -> bool:
-    """The first refresh happens at epoch ``refresh_every`` (epochs counted from 0)."""
-    every = config.method.refresh_every
-    return config.method.name == "clim" and epoch > 0 and epoch % every == 0
+def is_refresh_epoch(spec: SelectionSpec | None, epoch: int) -> bool:
+    """The first refresh happens at epoch ``refresh_every`` (epochs counted from 0); never for MoCo v2 (None)."""
+    return spec is not None and epoch > 0 and epoch % spec.refresh_every == 0
 
 
-def needs_table(config: Config, epoch: int) -> bool:
-    return config.method.name == "clim" and epoch >= config.method.refresh_every
+def needs_table(spec: SelectionSpec | None, epoch: int) -> bool:
+    return spec is not None and epoch >= spec.refresh_every
 
 
-def selection_encoder(model: MoCo, config: Config) -> nn.Module:
-    if config.method.selection_features == "backbone":
-        return model.backbone_k
-    return model.encoder_k
+def selection_encoder(model: MoCo, spec: SelectionSpec) -> nn.Module:
+    return model.backbone_k if spec.features == "backbone" else model.encoder_k
 
 
-def refresh_seed(config: Config, epoch: int) -> int:
+def refresh_seed(spec: SelectionSpec, epoch: int) -> int:
     """A fresh, reproducible k-means seed per refresh (METHOD §2)."""
-    return config.train.seed * 10_000 + epoch
+    return spec.seed * REFRESH_SEED_STRIDE + epoch
 
 
-def build_bank(config: Config, num_samples: int, device: torch.device | str = "cpu") -> PositiveBank | None:
+def build_bank(spec: SelectionSpec | None, num_samples: int, device: torch.device | str = "cpu"
+               ) -> PositiveBank | None:
     """The run's positives bank on ``device`` (None for MoCo v2); a dataset too small for it is a
     ConfigError."""
-    if config.method.name != "clim":
+    if spec is None:
         return None
-    method = config.method
     try:
-        bank = PositiveBank(num_samples, method.num_positives, method.selection, method.num_clusters, method.knn_k)
+        bank = PositiveBank(num_samples, spec.num_positives, spec.strategy, spec.num_clusters, spec.k)
     except ValueError as error:
         raise ConfigError(f"{error} (method.knn_k, method.num_positives)") from None
     return bank.to(device)
 
 
-def refresh_positives(bank: PositiveBank, model: MoCo, dataset, config: Config, epoch: int,
+def refresh_positives(bank: PositiveBank, model: MoCo, dataset, spec: SelectionSpec, epoch: int,
                       device: torch.device) -> dict:
     """Refresh ``bank`` from the selection encoder on ``dataset`` (eval transform); returns the
     diagnostics (on rank 0; only ``seconds`` elsewhere)."""
-    return bank.refresh_from(selection_encoder(model, config), dataset, config.train.batch_size, device,
-                             config.data.num_workers, seed=refresh_seed(config, epoch))
+    return bank.refresh_from(selection_encoder(model, spec), dataset, spec.batch_size, device, spec.num_workers,
+                             seed=refresh_seed(spec, epoch))
 
 
 def checkpoint_model_state(model: nn.Module, bank: PositiveBank | None) -> dict:

@@ -16,20 +16,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from clim.config import CLUSTERED_SELECTIONS, DEFAULT_K, DEFAULT_NUM_POSITIVES, STRATEGIES, default_num_clusters
 from clim.method.knn import BACKENDS, kmeans_faiss, kmeans_torch, knn_faiss, knn_torch, uses_faiss
 
 __all__ = ["DEFAULT_K", "DEFAULT_NUM_POSITIVES", "STRATEGIES", "SelectionResult", "default_num_clusters",
            "select_positives", "selection_diagnostics"]
 
-STRATEGIES = ("random", "knn", "kmeans", "knn_kmeans", "center_wise")
-_CLUSTERED = ("kmeans", "knn_kmeans", "center_wise")
-DEFAULT_K = 40  # METHOD §2: kNN with k = 40
-DEFAULT_NUM_POSITIVES = 10  # METHOD §2: P = 10 positives per anchor
-
-
-def default_num_clusters(num_samples: int) -> int:
-    """METHOD §2's cluster count for small datasets: m ≈ N/100 (at least 2)."""
-    return max(2, num_samples // 100)
 
 
 @dataclass
@@ -184,7 +176,7 @@ def select_positives(
         raise ValueError(f"k ({k}) must be >= num_positives ({p}): Ω2 must be able to fill the table")
     if n <= k:
         raise ValueError(f"need more than k = {k} points, got {n}")
-    if strategy in _CLUSTERED and not 0 < num_clusters <= n:
+    if strategy in CLUSTERED_SELECTIONS and not 0 < num_clusters <= n:
         raise ValueError(f"num_clusters must be in [1, {n}], got {num_clusters}")
 
     x = features.detach().float().contiguous()
@@ -196,7 +188,7 @@ def select_positives(
     neighbors = knn_faiss(x, k) if use_faiss else knn_torch(x, k)
     clock("knn")
     assign = centroids = omega_sizes = None
-    if strategy in _CLUSTERED:
+    if strategy in CLUSTERED_SELECTIONS:
         kmeans = kmeans_faiss if use_faiss else kmeans_torch
         centroids, assign = kmeans(x, num_clusters, seed)
     clock("kmeans")

@@ -20,6 +20,8 @@ from torch import nn
 from torchvision.models import resnet
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
+from clim.config import uses_small_stem  # noqa: F401  (the rule lives with SMALL_IMAGE_MAX)
+
 # resnet10 is not in torchvision: ResNet(BasicBlock, [1, 1, 1, 1]), a quick backbone for CPU demos.
 _LAYOUTS = {
     "resnet10": (BasicBlock, [1, 1, 1, 1]),
@@ -27,7 +29,6 @@ _LAYOUTS = {
     "resnet34": (BasicBlock, [3, 4, 6, 3]),
     "resnet50": (Bottleneck, [3, 4, 6, 3]),
 }
-SMALL_IMAGE_MAX = 64
 
 
 STANDARD_WIDTH = 64
@@ -46,10 +47,6 @@ def parse_backbone(name: str) -> tuple[str, int]:
         raise ValueError(f"unknown backbone '{name}' (known: {', '.join(_LAYOUTS)}, each optionally "
                          "narrowed as NAME_wN, e.g. resnet10_w16)")
     return match.group(1), int(match.group(2) or STANDARD_WIDTH)
-
-
-def uses_small_stem(image_size: int, small_stem: bool | None) -> bool:
-    return image_size <= SMALL_IMAGE_MAX if small_stem is None else small_stem
 
 
 def build_backbone(name: str, in_channels: int = 3, small_stem: bool = False) -> tuple[ResNet, int]:

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clim.config import Config, batch_layout
-from clim.models.backbones import build_backbone, uses_small_stem
+from clim.specs import ModelSpec
+from clim.models.backbones import build_backbone
 from clim.models.grouped_norm import deferred_running_stats, grouped_batch_norm
 from clim.runtime import distributed
 
@@ -212,16 +212,8 @@ class MoCo(nn.Module):
         self.queue_ptr.copy_((self.queue_ptr + keys.shape[0]) % size)
 
 
-def build_moco(config: Config, in_channels: int, image_size: int) -> MoCo:
-    _, splits = batch_layout(config, distributed.world_size())
-    return MoCo(
-        backbone=config.model.backbone,
-        in_channels=in_channels,
-        small_stem=uses_small_stem(image_size, config.model.small_stem),
-        head_dim=config.model.head_dim,
-        queue_size=config.model.queue_size,
-        momentum=config.model.momentum,
-        # Groups of train.batch_size / model.bn_splits images on one device and under DDP (where
-        # shuffle-BN mixes ranks for the keys): clim.config.batch_layout.
-        bn_splits=splits,
-    )
+def build_moco(spec: ModelSpec, in_channels: int) -> MoCo:
+    """MoCo from a resolved :class:`~clim.specs.ModelSpec` (:func:`clim.specs.model_spec`: its BN groups
+    follow ``train.batch_size / model.bn_splits`` on one device and under DDP, :func:`~clim.specs.batch_layout`)."""
+    return MoCo(backbone=spec.backbone, in_channels=in_channels, small_stem=spec.small_stem, head_dim=spec.head_dim,
+                queue_size=spec.queue_size, momentum=spec.momentum, bn_splits=spec.bn_splits)

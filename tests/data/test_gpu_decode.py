@@ -20,7 +20,8 @@ from clim.data import pipeline as data_pipeline
 from clim.data import views as data_views
 from clim.data.jpeg import EncodedViews, collate_encoded, decode_and_crop, jpeg_size
 from clim.data.pipeline import build_pipeline, resolve_decode
-from clim.data.views import CroppedViews, SampleViews, StepViews
+from clim.data.views import CroppedViews, SampleViews
+from clim.specs import loader_spec, view_spec
 
 # torchvision 0.29 deprecates its codecs in favour of torchcodec; decode_jpeg is still the nvJPEG entry point.
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning")
@@ -138,8 +139,8 @@ def test_boxes_and_flips_equal_the_cpu_device_path(folder, monkeypatch, extra):
     (through the views) its flips."""
     config = config_for(folder, *extra)
     dataset = dataset_of(folder)
-    cpu = SampleViews(dataset, config, SIZE, CroppedViews)
-    gpu = SampleViews(dataset, config, SIZE, EncodedViews)
+    cpu = SampleViews(dataset, view_spec(config, SIZE), config.train.seed, CroppedViews)
+    gpu = SampleViews(dataset, view_spec(config, SIZE), config.train.seed, EncodedViews)
     table = random_table(len(dataset))
     for views in (cpu, gpu):
         views.epoch = 3
@@ -169,13 +170,13 @@ def test_boxes_and_flips_equal_the_cpu_device_path(folder, monkeypatch, extra):
 
 
 def _cpu_batch(dataset, config, indices, epoch=0, positives=None):
-    samples = SampleViews(dataset, config, SIZE, CroppedViews)
+    samples = SampleViews(dataset, view_spec(config, SIZE), config.train.seed, CroppedViews)
     samples.epoch, samples.positives = epoch, positives
     return torch.utils.data.default_collate([samples[i] for i in indices])
 
 
 def _gpu_batch(dataset, config, indices, epoch=0, positives=None):
-    samples = SampleViews(dataset, config, SIZE, EncodedViews)
+    samples = SampleViews(dataset, view_spec(config, SIZE), config.train.seed, EncodedViews)
     samples.epoch, samples.positives = epoch, positives
     return collate_encoded([samples[i] for i in indices])
 
@@ -188,7 +189,7 @@ def test_decoded_views_match_the_cpu_path(folder, extra):
     table = random_table(len(dataset)) if extra == ("method.name=clim",) else None
     indices = list(range(len(dataset)))
     cpu = _cpu_batch(dataset, config, indices, 1, table)
-    small = StepViews.of(config, SIZE).small_size
+    small = view_spec(config, SIZE).small_size
     cropped, reasons = decode_and_crop(_gpu_batch(dataset, config, indices, 1, table), "cpu", SIZE, small)
     assert reasons == Counter()
     assert set(cropped) == set(cpu)
@@ -292,8 +293,8 @@ def test_pipeline_yields_the_device_path_dict(folder, extra):
     dataset = dataset_of(folder)
     device = torch.device("cpu")
     table = random_table(len(dataset)) if "method.name=clim" in extra else None
-    reference = build_pipeline(dataset, config, SIZE, device, decode="cpu")
-    gpu = build_pipeline(dataset, config, SIZE, device, decode="gpu")
+    reference = build_pipeline(dataset, view_spec(config, SIZE), loader_spec(config), device, decode="cpu")
+    gpu = build_pipeline(dataset, view_spec(config, SIZE), loader_spec(config), device, decode="gpu")
     assert len(gpu) == len(reference)
     ref_batches, _ = _epoch(reference, 2, table)
     gpu_batches, messages = _epoch(gpu, 2, table)
@@ -319,8 +320,8 @@ def test_background_thread_gives_the_same_batches(folder):
     config = config_for(folder, "method.name=clim")
     dataset = dataset_of(folder)
     table = random_table(len(dataset))
-    threaded, _ = _epoch(build_pipeline(dataset, config, SIZE, torch.device("cpu"), decode="gpu"), 0, table)
-    inline, _ = _epoch(build_pipeline(dataset, config, SIZE, torch.device("cpu"), decode="gpu", background=False),
+    threaded, _ = _epoch(build_pipeline(dataset, view_spec(config, SIZE), loader_spec(config), torch.device("cpu"), decode="gpu"), 0, table)
+    inline, _ = _epoch(build_pipeline(dataset, view_spec(config, SIZE), loader_spec(config), torch.device("cpu"), decode="gpu", background=False),
                        0, table)
     for a, b in zip(threaded, inline, strict=True):
         assert torch.equal(a["index"], b["index"]) and torch.equal(a["positive_index"], b["positive_index"])
@@ -331,7 +332,7 @@ def test_background_thread_gives_the_same_batches(folder):
 def test_one_warning_per_epoch_with_the_count(mixed_folder):
     config = config_for(mixed_folder, "data.num_workers=2")
     dataset = dataset_of(mixed_folder)
-    pipeline = build_pipeline(dataset, config, SIZE, torch.device("cpu"), decode="gpu")
+    pipeline = build_pipeline(dataset, view_spec(config, SIZE), loader_spec(config), torch.device("cpu"), decode="gpu")
     seen = 0
     for epoch in range(2):
         batches, messages = _epoch(pipeline, epoch)
@@ -346,7 +347,7 @@ def test_one_warning_per_epoch_with_the_count(mixed_folder):
 
 def test_errors_in_the_background_thread_reach_the_caller(folder, monkeypatch):
     config = config_for(folder)
-    pipeline = build_pipeline(dataset_of(folder), config, SIZE, torch.device("cpu"), decode="gpu")
+    pipeline = build_pipeline(dataset_of(folder), view_spec(config, SIZE), loader_spec(config), torch.device("cpu"), decode="gpu")
 
     def broken(*args, **kwargs):
         raise ValueError("boom")
@@ -359,7 +360,7 @@ def test_errors_in_the_background_thread_reach_the_caller(folder, monkeypatch):
 def test_stopping_early_ends_the_thread(folder):
     import threading
 
-    pipeline = build_pipeline(dataset_of(folder), config_for(folder), SIZE, torch.device("cpu"), decode="gpu")
+    pipeline = build_pipeline(dataset_of(folder), view_spec(config_for(folder), SIZE), loader_spec(config_for(folder)), torch.device("cpu"), decode="gpu")
     batches = pipeline.epoch(0)
     next(batches)
     assert any(t.name.startswith("clim-lookahead") for t in threading.enumerate())
@@ -373,31 +374,31 @@ def test_stopping_early_ends_the_thread(folder):
 def test_resolve_decode(folder, monkeypatch):
     dataset = dataset_of(folder)
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
-    assert resolve_decode(config_for(folder, "data.augment=auto"), dataset, cpu) == "cpu"
+    assert resolve_decode(loader_spec(config_for(folder, "data.augment=auto")), dataset, cpu) == "cpu"
     with pytest.raises(ValueError, match="CUDA device"):
-        resolve_decode(config_for(folder, "data.decode=gpu"), dataset, cpu)
+        resolve_decode(loader_spec(config_for(folder, "data.decode=gpu")), dataset, cpu)
     monkeypatch.setattr(data_pipeline, "cuda_decode_problem", lambda device: None)
-    assert resolve_decode(config_for(folder, "data.augment=auto"), dataset, cuda) == "gpu"
-    assert resolve_decode(config_for(folder, "data.augment=device", "data.decode=gpu"), dataset, cuda) == "gpu"
-    assert resolve_decode(config_for(folder, "data.augment=loader"), dataset, cuda) == "cpu"
-    assert resolve_decode(config_for(folder, "data.decode=cpu"), dataset, cuda) == "cpu"
+    assert resolve_decode(loader_spec(config_for(folder, "data.augment=auto")), dataset, cuda) == "gpu"
+    assert resolve_decode(loader_spec(config_for(folder, "data.augment=device", "data.decode=gpu")), dataset, cuda) == "gpu"
+    assert resolve_decode(loader_spec(config_for(folder, "data.augment=loader")), dataset, cuda) == "cpu"
+    assert resolve_decode(loader_spec(config_for(folder, "data.decode=cpu")), dataset, cuda) == "cpu"
     with pytest.raises(ValueError, match="data.augment=device"):
-        resolve_decode(config_for(folder, "data.augment=loader", "data.decode=gpu"), dataset, cuda)
+        resolve_decode(loader_spec(config_for(folder, "data.augment=loader", "data.decode=gpu")), dataset, cuda)
     digits = build_dataset("digits", split="pretrain")
-    assert resolve_decode(config_for(folder, "data.augment=auto"), digits, cuda) == "cpu"
+    assert resolve_decode(loader_spec(config_for(folder, "data.augment=auto")), digits, cuda) == "cpu"
     monkeypatch.setattr(data_pipeline, "cuda_decode_problem", lambda device: "RuntimeError: no nvJPEG")
-    assert resolve_decode(config_for(folder, "data.augment=auto"), dataset, cuda) == "cpu"
+    assert resolve_decode(loader_spec(config_for(folder, "data.augment=auto")), dataset, cuda) == "cpu"
     with pytest.raises(ValueError, match="no nvJPEG"):
-        resolve_decode(config_for(folder, "data.decode=gpu"), dataset, cuda)
+        resolve_decode(loader_spec(config_for(folder, "data.decode=gpu")), dataset, cuda)
 
 
 def test_build_pipeline_choice(folder, monkeypatch):
     dataset = dataset_of(folder)
-    device_path = build_pipeline(dataset, config_for(folder), SIZE, torch.device("cpu"))
+    device_path = build_pipeline(dataset, view_spec(config_for(folder), SIZE), loader_spec(config_for(folder)), torch.device("cpu"))
     assert (device_path.mode, device_path.decode) == ("device", "cpu")
-    assert build_pipeline(dataset, config_for(folder, "data.augment=auto"), SIZE, torch.device("cpu")).mode == "loader"
+    assert build_pipeline(dataset, view_spec(config_for(folder, "data.augment=auto"), SIZE), loader_spec(config_for(folder, "data.augment=auto")), torch.device("cpu")).mode == "loader"
     monkeypatch.setattr(data_pipeline, "resolve_decode", lambda config, dataset, device: "gpu")
-    assert build_pipeline(dataset, config_for(folder), SIZE, torch.device("cpu")).decode == "gpu"
+    assert build_pipeline(dataset, view_spec(config_for(folder), SIZE), loader_spec(config_for(folder)), torch.device("cpu")).decode == "gpu"
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -15,6 +15,7 @@ from clim.data.registry import DatasetInfo
 from clim.data.views import crop_box
 from clim.method.objective import compute_step
 from clim.models.moco import build_moco
+from clim.specs import loader_spec, model_spec, objective_spec, view_spec
 
 SIZE = 16
 BATCH = 8
@@ -46,7 +47,7 @@ def _config(folder, *extra):
 def _pipeline(folder, *extra, device="cpu"):
     config = _config(folder, *extra)
     dataset = build_dataset("imagefolder", folder, "pretrain", image_size=SIZE)
-    return config, dataset, build_pipeline(dataset, config, SIZE, torch.device(device))
+    return config, dataset, build_pipeline(dataset, view_spec(config, SIZE), loader_spec(config), torch.device(device))
 
 
 def _random_table(n, p=10, seed=0):
@@ -111,10 +112,10 @@ def test_same_seed_same_batch_whatever_the_workers(folder):
 
 def test_a_training_step_runs(folder):
     config, dataset, pipeline = _pipeline(folder, "method.name=clim", "method.resolutions=[16,12]")
-    model = build_moco(config, 3, SIZE)
+    model = build_moco(model_spec(config, SIZE), 3)
     optimizer = torch.optim.SGD(model.encoder_q.parameters(), lr=0.03, momentum=0.9)
     batch = next(iter(pipeline.epoch(0, _random_table(len(dataset)))))
-    out = compute_step(model, batch, config)
+    out = compute_step(model, batch, objective_spec(config))
     assert torch.isfinite(out.loss) and out.lam_mean is not None
     optimizer.zero_grad(set_to_none=True)
     out.loss.backward()
@@ -139,11 +140,11 @@ def test_auto_mode():
     class Files:  # a file dataset: no .images
         pass
 
-    assert resolve_augment(config, arrays, torch.device("cpu")) == "batched"
-    assert resolve_augment(config, arrays, torch.device("cuda")) == "batched"
-    assert resolve_augment(config, Files(), torch.device("cpu")) == "loader"
-    assert resolve_augment(config, Files(), torch.device("cuda")) == "device"
-    assert resolve_augment(load_config(overrides=["data.augment=device"]), arrays, "cpu") == "device"
+    assert resolve_augment(config.data.augment, arrays, torch.device("cpu")) == "batched"
+    assert resolve_augment(config.data.augment, arrays, torch.device("cuda")) == "batched"
+    assert resolve_augment(config.data.augment, Files(), torch.device("cpu")) == "loader"
+    assert resolve_augment(config.data.augment, Files(), torch.device("cuda")) == "device"
+    assert resolve_augment(load_config(overrides=["data.augment=device"]).data.augment, arrays, "cpu") == "device"
 
 
 @pytest.mark.parametrize("shape", [(20, 30), (300, 12), (12, 300), (5, 5)])

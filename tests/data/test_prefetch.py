@@ -5,6 +5,7 @@ import torch
 
 from clim.data.pipeline import build_pipeline, prefetched
 from clim.method.mixing import cutmix
+from clim.specs import loader_spec, view_spec
 
 CPU = torch.device("cpu")
 
@@ -44,7 +45,7 @@ def test_prefetched_batches_equal_plain_batches(kind, subset_builder, tiny_confi
     digits = subset_builder("digits", None, "pretrain")
     config = tiny_config("data.num_workers=0", "method.resolutions=[8,6]", clim=True)
     table = _table(len(digits))
-    pipeline = build_pipeline(digits, config, 8, CPU, augment=kind)
+    pipeline = build_pipeline(digits, view_spec(config, 8), loader_spec(config), CPU, augment=kind)
     plain = _consume(pipeline.epoch(1, table))
     ahead = _consume(prefetched(pipeline.epoch(1, table), CPU))
     assert len(plain) == len(ahead) == len(pipeline) > 1

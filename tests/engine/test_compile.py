@@ -13,6 +13,7 @@ from clim.data import build_dataset
 from clim.data.pipeline import build_pipeline
 from clim.engine.step import StepRunner
 from clim.models.moco import build_moco
+from clim.specs import loader_spec, model_spec, view_spec
 
 
 def test_compiled_encoders_trace_whole_and_give_the_same_step(tiny_config, monkeypatch):
@@ -21,13 +22,13 @@ def test_compiled_encoders_trace_whole_and_give_the_same_step(tiny_config, monke
 
     config = tiny_config("train.compile=true", "model.bn_splits=2", "train.batch_size=16", clim=True)
     dataset = build_dataset("digits", None, "pretrain")
-    pipeline = build_pipeline(dataset, config, 8, torch.device("cpu"))
+    pipeline = build_pipeline(dataset, view_spec(config, 8), loader_spec(config), torch.device("cpu"))
     batch = next(iter(pipeline.epoch(0)))
 
     def step(compiled: bool):
         torch.manual_seed(0)
         config.train.compile = compiled
-        model = build_moco(config, 1, 8)
+        model = build_moco(model_spec(config, 8), 1)
         runner = StepRunner(model, config, torch.device("cpu"))
         torch.manual_seed(1)
         out = runner(batch, 0)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from clim import config as config_module
+from clim.config import files as config_files
 from clim.config import Config, ConfigError, load_config, preset_names
 
 
@@ -96,6 +96,6 @@ def test_config_file_with_base_and_overrides(tmp_path):
 def test_inheritance_loop_is_an_error(tmp_path, monkeypatch):
     (tmp_path / "a.yaml").write_text("base: b\n")
     (tmp_path / "b.yaml").write_text("base: a\n")
-    monkeypatch.setattr(config_module, "PRESET_DIR", tmp_path)
+    monkeypatch.setattr(config_files, "PRESET_DIR", tmp_path)
     with pytest.raises(ConfigError, match="loops"):
         load_config("a")

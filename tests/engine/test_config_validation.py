@@ -7,10 +7,10 @@ import typing
 
 import pytest
 
-from clim import config as config_module
+from clim.config import files as config_files
 from clim.cli import main
-from clim.config import (MIN_IMAGE_SIZE, SEED_LIMIT, Config, ConfigError, check_device, check_for_dataset,
-                         check_training, load_config, preset_names)
+from clim.config import MIN_IMAGE_SIZE, SEED_LIMIT, Config, ConfigError, check_training, load_config, preset_names
+from clim.specs import check_device, check_for_dataset
 
 # (key, value as typed after --set, a fragment of the expected message)
 BAD_VALUES = [
@@ -226,7 +226,7 @@ def test_preset_path_is_refused_even_where_the_file_exists(tmp_path, monkeypatch
     presets = tmp_path / "presets"
     presets.mkdir()
     (tmp_path / "trav.yaml").write_text("train:\n  epochs: 7\n")
-    monkeypatch.setattr(config_module, "PRESET_DIR", presets)
+    monkeypatch.setattr(config_files, "PRESET_DIR", presets)
     with pytest.raises(ConfigError, match="invalid preset name '../trav'"):
         load_config("../trav")
 

@@ -47,6 +47,7 @@ from clim.method.bank import embed_dataset
 from clim.method.positives import build_bank, refresh_positives, selection_encoder
 from clim.models.moco import build_moco
 from clim.runtime import distributed
+from clim.specs import model_spec, selection_spec
 
 torch.set_num_threads(1)
 runtime = distributed.setup("cpu")
@@ -54,11 +55,11 @@ config = load_config("demo-cpu", overrides=sys.argv[2:])
 full = build_dataset("digits", None, "pretrain")
 dataset = ArrayDataset(full.images[:255], full.labels[:255], full.info, eval_transform_for(full.info, 8))
 torch.manual_seed(0)
-model = build_moco(config, 1, 8)
-bank = build_bank(config, len(dataset))
-features, labels = embed_dataset(selection_encoder(model, config), dataset, 64, runtime.device)
+model = build_moco(model_spec(config, 8, runtime.world_size), 1)
+bank = build_bank(selection_spec(config), len(dataset))
+features, labels = embed_dataset(selection_encoder(model, selection_spec(config)), dataset, 64, runtime.device)
 assert torch.equal(labels, dataset.labels)
-diagnostics = refresh_positives(bank, model, dataset, config, 1, runtime.device)
+diagnostics = refresh_positives(bank, model, dataset, selection_spec(config), 1, runtime.device)
 torch.save({"features": features, "positives": bank.table.clone(), "diagnostics": diagnostics,
             "world": distributed.world_size()}, f"{sys.argv[1]}/rank{runtime.rank}.pt")
 distributed.teardown()
@@ -100,6 +101,7 @@ from clim.data.pipeline import build_pipeline
 from clim.engine.step import StepRunner
 from clim.models.moco import build_moco
 from clim.runtime import distributed
+from clim.specs import loader_spec, model_spec, view_spec
 from clim.summary import run_summary
 
 torch.set_num_threads(1)
@@ -107,8 +109,9 @@ runtime = distributed.setup("cpu")
 config = load_config("demo-cpu", overrides=sys.argv[2:])
 dataset = build_dataset("digits", None, "pretrain")
 torch.manual_seed(0)
-model = build_moco(config, 1, 8)
-pipeline = build_pipeline(dataset, config, 8, runtime.device, runtime.rank, runtime.world_size)
+model = build_moco(model_spec(config, 8, runtime.world_size), 1)
+pipeline = build_pipeline(dataset, view_spec(config, 8), loader_spec(config, runtime.world_size), runtime.device,
+                          runtime.rank)
 runner = StepRunner(model, config, runtime.device)
 batch = next(iter(pipeline.epoch(0)))
 randperm = torch.randperm  # the one-process run executes inside pytest: put it back afterwards

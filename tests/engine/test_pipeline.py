@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from clim.data.pipeline import build_pipeline
 from clim.data.views import draw_positives
+from clim.specs import loader_spec, view_spec
 
 CPU = torch.device("cpu")
 KEYS = {"index", "label", "generator", "query", "key", "positive_index", "positive_query", "positive_key",
@@ -27,7 +28,7 @@ def _table(n, p=10, seed=0):
 
 def _pipeline(kind, digits, tiny_config, *overrides, rank=0, world_size=1):
     config = tiny_config(*overrides, clim=True)
-    return build_pipeline(digits, config, 8, CPU, rank, world_size, augment=kind)
+    return build_pipeline(digits, view_spec(config, 8), loader_spec(config, world_size), CPU, rank, augment=kind)
 
 
 def _first(pipeline, epoch=0, table=None, steps=1):
@@ -128,7 +129,7 @@ def test_draw_positives_uses_every_column():
 
 
 def test_build_pipeline_modes(digits, tiny_config):
-    assert build_pipeline(digits, tiny_config(), 8, CPU).mode == "batched"
-    assert build_pipeline(digits, tiny_config("data.augment=loader"), 8, CPU).mode == "loader"
+    assert build_pipeline(digits, view_spec(tiny_config(), 8), loader_spec(tiny_config()), CPU).mode == "batched"
+    assert build_pipeline(digits, view_spec(tiny_config("data.augment=loader"), 8), loader_spec(tiny_config("data.augment=loader")), CPU).mode == "loader"
     with pytest.raises(ValueError, match="no full batch"):
-        build_pipeline(digits, tiny_config("train.batch_size=512", "model.queue_size=512"), 8, CPU)
+        build_pipeline(digits, view_spec(tiny_config("train.batch_size=512", "model.queue_size=512"), 8), loader_spec(tiny_config("train.batch_size=512", "model.queue_size=512")), CPU)

@@ -21,8 +21,8 @@ STEPS = 4  # 256 images / batch 64
 
 def _spy(calls: list):
     """compute_step that records what each step received and returned."""
-    def step(model, batch, config):
-        out = compute_step(model, batch, config)
+    def step(model, batch, spec):
+        out = compute_step(model, batch, spec)
         calls.append({"positives": batch["positive_key"] is not None,
                       "positive_query": batch["positive_query"] is not None,
                       "query_sizes": [tuple(v.shape[-2:]) for v in batch["query"]],
@@ -155,8 +155,8 @@ def test_nan_loss_stops_run_and_keeps_last_good_checkpoint(tmp_path, small_digit
                                                           capsys):
     calls = []
 
-    def diverging(model, batch, config):
-        out = compute_step(model, batch, config)
+    def diverging(model, batch, spec):
+        out = compute_step(model, batch, spec)
         calls.append(1)
         return out if len(calls) <= STEPS else StepOutput(out.loss * float("nan"), out.keys, out.lam_mean)
 

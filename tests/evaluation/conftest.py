@@ -8,6 +8,7 @@ from clim.data.arrays import ArrayDataset
 from clim.data.registry import DatasetInfo
 from clim.models.moco import build_moco
 from clim.runtime.checkpoint import save_atomic
+from clim.specs import model_spec
 
 TINY_INFO = DatasetInfo("tiny", 4, 1, 8, (0.5,), (0.25,))
 
@@ -45,7 +46,7 @@ def tiny_ckpt(tmp_path):
     config.data.num_workers = 0
     config.model.backbone = "resnet10"
     config.model.queue_size = 64
-    model = build_moco(config, TINY_INFO.in_channels, TINY_INFO.image_size)
+    model = build_moco(model_spec(config, TINY_INFO.image_size), TINY_INFO.in_channels)
     data_info = {"name": "tiny", "num_classes": 4, "in_channels": 1, "image_size": 8,
                  "mean": [0.5], "std": [0.25]}
     path = tmp_path / "run" / "checkpoint.pt"

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from clim.config import Config
 from clim.method.mixing import cutmix, mixup
 from clim.method.objective import compute_step
+from clim.specs import objective_spec
 
 B, C, D, K = 4, 3, 5, 7
 POOL = 4
@@ -170,7 +171,7 @@ def test_step_loss_matches_written_out_objective(method, mixing, sizes):
     model = FixedEncoders()
     batch = make_batch(sizes)
     expected, expected_keys = reference(model, batch, method, mixing, batch["generator"].get_state())
-    out = compute_step(model, batch, make_config(method, mixing))
+    out = compute_step(model, batch, objective_spec(make_config(method, mixing)))
     assert model.updates == 1
     assert out.loss.dtype == torch.float32 and out.loss.dim() == 0
     assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
@@ -183,7 +184,7 @@ def test_clim_before_first_refresh_is_mocov2(sizes):
     model = FixedEncoders()
     batch = make_batch(sizes, with_positives=False)
     expected, _ = reference(model, batch, "mocov2", "cutmix", None)
-    out = compute_step(model, batch, make_config("clim", "cutmix"))
+    out = compute_step(model, batch, objective_spec(make_config("clim", "cutmix")))
     assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
 
 

@@ -8,6 +8,7 @@ from torchvision.models import resnet18
 from clim.config import Config
 from clim.models.backbones import backbone_names, build_backbone, uses_small_stem
 from clim.models.moco import build_moco
+from clim.specs import model_spec
 
 
 @pytest.mark.parametrize("name, dim", [("resnet10", 512), ("resnet18", 512), ("resnet50", 2048)])
@@ -61,7 +62,7 @@ def test_build_moco_follows_config():
     config.model.backbone = "resnet10"
     config.model.queue_size = 32
     config.model.bn_splits = 2
-    model = build_moco(config, in_channels=1, image_size=8)
+    model = build_moco(model_spec(config, 8), 1)
     assert model.backbone_q.conv1.kernel_size == (3, 3)  # 8 px: small stem by default
     assert model.queue.shape == (32, 128)
     assert model.encoder_q[1][0].in_features == 512

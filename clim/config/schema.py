@@ -1,7 +1,6 @@
-"""One config system: typed dataclass defaults, YAML presets, ``--set key=value`` overrides.
+"""The config's keys: typed dataclass defaults, each with its meaning, and the checks of every value.
 
-A preset is a YAML file of overrides (``clim/presets/NAME.yaml``); it may name another preset under
-``base:``. Every key is checked against the dataclasses, so a typo fails at once with a one-line
+Every key is checked against the dataclasses, so a typo fails at once with a one-line
 :class:`ConfigError` that names the key, instead of being silently ignored.
 """
 
@@ -12,23 +11,16 @@ import math
 import re
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 import yaml
-
-PRESET_DIR = Path(__file__).parent / "presets"
-
 
 class ConfigError(ValueError):
     """A bad config key or value; the CLI prints it on one line and exits with code 2."""
 
 
-# The smallest image side (data.image_size, method.resolutions, method.multicrop_size) that every
-# augmentation path and backbone stem handles: the Gaussian blur's smallest kernel has 3 taps and pads
-# 1 px by reflection, which needs 2 px (at 1 px the batched, loader and device paths all fail). 2 and
-# 3 px train end to end (both stems, CutMix, several resolutions); below 8 px the ResNet's last
-# stages see padding more than pixels, so such sizes are for tests, not for learning.
+# The smallest image side every augmentation path and stem handles (at 1 px all three paths fail); 2 and 3 px
+# train end to end, but below 8 px the ResNet's last stages see padding more than pixels: sizes for tests.
 MIN_IMAGE_SIZE = 2
 _MIN_SIZE_REASON = "the Gaussian blur's 3-tap kernel pads 1 px by reflection"
 # numpy takes seeds below 2**32 and rank r seeds with train.seed + r: room for 1024 processes
@@ -37,7 +29,21 @@ SEED_LIMIT = 2**32 - 1024
 # and faiss takes that seed as a 32-bit signed int
 REFRESH_SEED_STRIDE = 10_000
 KMEANS_SEED_LIMIT = 2**31 - 1
-CLUSTERED_SELECTIONS = ("kmeans", "knn_kmeans", "center_wise")  # the strategies that run k-means
+STRATEGIES = ("random", "knn", "kmeans", "knn_kmeans", "center_wise")  # positive selections (Table 6)
+CLUSTERED_SELECTIONS = STRATEGIES[2:]  # the strategies that run k-means
+DEFAULT_K = 40  # METHOD §2: kNN with k = 40
+DEFAULT_NUM_POSITIVES = 10  # METHOD §2: P = 10 positives per anchor
+SMALL_IMAGE_MAX = 64  # the automatic small-image stem (3x3 stride 1, no max-pool) up to this side
+MULTICROP_SCALE = (0.05, 0.14)  # Table 7 baseline: 2 x 96 px crops of a 224 px image
+
+
+def uses_small_stem(image_size: int, small_stem: bool | None) -> bool:
+    return image_size <= SMALL_IMAGE_MAX if small_stem is None else small_stem
+
+
+def default_num_clusters(num_samples: int) -> int:
+    """METHOD §2's cluster count for small datasets: m ≈ N/100 (at least 2)."""
+    return max(2, num_samples // 100)
 
 
 # Every field carries its meaning as a comment: the line(s) right above it and/or a trailing one.
@@ -127,8 +133,8 @@ class MethodConfig:
     alpha: float = 2.0  # Beta(alpha, alpha) for CutMix (METHOD §3)
     mixup_alpha: float = 0.2  # Beta(alpha, alpha) for Mixup
     num_clusters: int | None = None  # k-means clusters m; null: N / 100 (METHOD §2)
-    knn_k: int = 40  # neighbours k of each anchor (Ω2)
-    num_positives: int = 10  # positives P per anchor in the table
+    knn_k: int = DEFAULT_K  # neighbours k of each anchor (Ω2)
+    num_positives: int = DEFAULT_NUM_POSITIVES  # positives P per anchor in the table
     # epochs between refreshes of the positives table; the first comes after epoch refresh_every, so the
     # positives join at epoch refresh_every + 1 and a run of train.epochs <= refresh_every is plain MoCo v2
     refresh_every: int = 5
@@ -186,7 +192,7 @@ class Config:
             "train.device": ("auto", "cpu", "cuda"),
             "train.amp_dtype": ("bfloat16", "float16"),
             "method.name": ("mocov2", "clim"),
-            "method.selection": ("random", "knn", "kmeans", "knn_kmeans", "center_wise"),
+            "method.selection": STRATEGIES,
             "method.mixing": ("none", "cutmix", "mixup"),
             "method.selection_features": ("head", "backbone"),
         }
@@ -202,26 +208,16 @@ class Config:
             value = self.get(key)
             if float in typing.get_args(hint) + (hint,) and value is not None and not math.isfinite(value):
                 raise ConfigError(f"invalid value {value!r} for '{key}' (must be a finite number)")
-        positive = ["train.epochs", "train.batch_size", "model.queue_size", "model.bn_splits",
-                    "method.knn_k", "method.num_positives", "method.refresh_every", "model.head_dim"]
-        optional_positive = ["method.num_clusters", "train.lr"]  # None: automatic
-        for key in positive + [k for k in optional_positive if self.get(k) is not None]:
-            if self.get(key) <= 0:
-                raise ConfigError(f"invalid value {self.get(key)!r} for '{key}' (must be > 0)")
-        if self.method.num_positives > self.method.knn_k:
-            raise ConfigError("'method.num_positives' must not exceed 'method.knn_k'")
-        if not 0.0 < self.data.val_fraction < 1.0:
-            raise ConfigError(f"invalid value {self.data.val_fraction!r} for 'data.val_fraction' (0 < f < 1)")
-        if not 0.0 <= self.model.momentum < 1.0:
-            raise ConfigError(f"invalid value {self.model.momentum!r} for 'model.momentum' (0 <= m < 1)")
-        if self.method.resolutions is not None and not self.method.resolutions:
-            raise ConfigError("'method.resolutions' must list at least one size")
-        if self.method.multicrop and self.method.resolutions and len(self.method.resolutions) > 1:
-            raise ConfigError("'method.multicrop' and several 'method.resolutions' are exclusive (Table 7)")
         for key, allowed, rule in _RANGES:
             value = self.get(key)
             if value is not None and not rule(value):
                 raise ConfigError(f"invalid value {value!r} for '{key}' ({allowed})")
+        if self.method.num_positives > self.method.knn_k:
+            raise ConfigError("'method.num_positives' must not exceed 'method.knn_k'")
+        if self.method.resolutions is not None and not self.method.resolutions:
+            raise ConfigError("'method.resolutions' must list at least one size")
+        if self.method.multicrop and self.method.resolutions and len(self.method.resolutions) > 1:
+            raise ConfigError("'method.multicrop' and several 'method.resolutions' are exclusive (Table 7)")
         if any(size < MIN_IMAGE_SIZE for size in self.method.resolutions or ()):
             raise ConfigError(f"invalid value {self.method.resolutions!r} for 'method.resolutions' (every size must be "
                               f">= {MIN_IMAGE_SIZE}: {_MIN_SIZE_REASON}; null: [image_size])")
@@ -272,9 +268,19 @@ def _probability(key: str) -> tuple[str, str, Callable[[Any], bool]]:
     return key, "a probability: must be in [0, 1]", lambda value: 0 <= value <= 1
 
 
-# (key, what is allowed, rule) of every bound that Config.validate checks after its older checks;
-# a None value (automatic) is not checked.
+def _positive(key: str) -> tuple[str, str, Callable[[Any], bool]]:
+    return key, "must be > 0", lambda value: value > 0
+
+
+# (key, what is allowed, rule) of every bound that Config.validate checks; a None value (automatic) is not checked.
 _RANGES: list[tuple[str, str, Callable[[Any], bool]]] = [
+    *map(_positive, ["train.epochs", "train.batch_size", "model.queue_size", "model.bn_splits", "method.knn_k",
+                     "method.num_positives", "method.refresh_every", "model.head_dim", "method.num_clusters",
+                     "train.lr", "model.temperature", "train.knn_k", "train.knn_temperature"]),
+    ("method.alpha", "must be > 0: the parameter of Beta(alpha, alpha)", lambda value: value > 0),
+    ("method.mixup_alpha", "must be > 0: the parameter of Beta(alpha, alpha)", lambda value: value > 0),
+    ("data.val_fraction", "0 < f < 1", lambda value: 0 < value < 1),
+    ("model.momentum", "0 <= m < 1", lambda value: 0 <= value < 1),
     ("data.image_size", f"must be >= {MIN_IMAGE_SIZE}: {_MIN_SIZE_REASON}; null: the dataset's native size",
      lambda value: value >= MIN_IMAGE_SIZE),
     ("data.num_workers", "must be >= 0; 0: load in the main process", lambda value: value >= 0),
@@ -286,19 +292,14 @@ _RANGES: list[tuple[str, str, Callable[[Any], bool]]] = [
     _probability("data.grayscale_p"),
     _probability("data.blur_p"),
     _probability("data.flip_p"),
-    ("model.temperature", "must be > 0", lambda value: value > 0),
     ("train.momentum", "must be in [0, 1)", lambda value: 0 <= value < 1),
     ("train.weight_decay", "must be >= 0", lambda value: value >= 0),
     ("train.warmup_epochs", "must be >= 0; 0: no warm-up", lambda value: value >= 0),
     ("train.seed", f"must be in [0, {SEED_LIMIT - 1}]: rank r seeds numpy with train.seed + r, which must stay "
      "below 2**32", lambda value: 0 <= value < SEED_LIMIT),
     ("train.knn_every", "must be >= 0; 0: never", lambda value: value >= 0),
-    ("train.knn_k", "must be > 0", lambda value: value > 0),
-    ("train.knn_temperature", "must be > 0", lambda value: value > 0),
     ("train.log_every", "must be > 0: a period in steps", lambda value: value > 0),
     ("train.checkpoint_every_minutes", "must be >= 0; 0: at epoch ends only", lambda value: value >= 0),
-    ("method.alpha", "must be > 0: the parameter of Beta(alpha, alpha)", lambda value: value > 0),
-    ("method.mixup_alpha", "must be > 0: the parameter of Beta(alpha, alpha)", lambda value: value > 0),
     ("method.multicrop_size", f"must be >= {MIN_IMAGE_SIZE}: {_MIN_SIZE_REASON}; null: 96/224 of image_size",
      lambda value: value >= MIN_IMAGE_SIZE),
 ]
@@ -320,206 +321,23 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     if isinstance(value, str) and hint is not str:
         value = yaml.safe_load(value) if value.strip() else None
     args = typing.get_args(hint)
-    optional = type(None) in args
     if value is None:
-        if optional:
+        if type(None) in args:
             return None
         raise ConfigError(f"invalid value None for '{key}' (a value is required)")
     base = next((a for a in args if a is not type(None)), hint) if args else hint
-    origin = typing.get_origin(base)
-    if origin is list:
+    if typing.get_origin(base) is list:
         (item,) = typing.get_args(base)
-        items = value if isinstance(value, (list, tuple)) else [value]
-        return [_coerce(key, v, item) for v in items]
-    if base is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"invalid value {value!r} for '{key}' (expected true or false)")
-    if base is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"invalid value {value!r} for '{key}' (expected an integer)")
-    if base is float:
-        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(f"invalid value {value!r} for '{key}' (expected a number)")
+        return [_coerce(key, v, item) for v in (value if isinstance(value, (list, tuple)) else [value])]
     if base is str:
         return str(value)
-    raise ConfigError(f"unsupported type for '{key}'")
-
-
-def preset_names() -> list[str]:
-    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
-
-
-def _load_yaml(path: Path) -> dict[str, Any]:
-    try:
-        values = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise ConfigError(f"cannot parse {path}: {str(error).splitlines()[0]}") from None
-    if not isinstance(values, dict):
-        raise ConfigError(f"{path} must hold a mapping of config keys")
-    return values
-
-
-def _resolve(values: dict[str, Any], seen: tuple[str, ...] = (), source: str = "") -> dict[str, Any]:
-    """Apply ``base:`` inheritance: the base preset's keys, then these. ``source`` (the file) is for messages."""
-    base = values.pop("base", None)
-    if base is None:
-        return _flatten(values)
-    if base in seen:
-        raise ConfigError(f"preset inheritance loops through '{base}'")
-    path = _preset_path(base, f"'base' in {source}" if source else "'base'")
-    merged = _resolve(_load_yaml(path), seen + (base,), str(path))
-    merged.update(_flatten(values))
-    return merged
-
-
-_PRESET_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
-
-
-def _preset_path(name: Any, where: str = "--preset") -> Path:
-    """``clim/presets/NAME.yaml``: a preset (``--preset`` or ``base:``) is a name, never a path."""
-    if not isinstance(name, str) or not _PRESET_NAME.fullmatch(name) or ".." in name:
-        raise ConfigError(f"invalid preset name {name!r} for {where} (a NAME from clim/presets, without a path: "
-                          f"{', '.join(preset_names())}; a YAML file of your own goes through --config FILE)")
-    path = PRESET_DIR / f"{name}.yaml"
-    if not path.exists():
-        raise ConfigError(f"unknown preset '{name}' (known: {', '.join(preset_names())})")
-    return path
-
-
-def per_process_batch(config: Config, world_size: int) -> int:
-    """``train.batch_size`` (the global batch) / ``world_size``; :class:`ConfigError` if it does not divide."""
-    batch = config.train.batch_size
-    if batch % world_size:
-        raise ConfigError(f"train.batch_size={batch} (the global batch) does not divide over {world_size} "
-                          f"processes; use a multiple of {world_size}")
-    return batch // world_size
-
-
-def batch_layout(config: Config, world_size: int) -> tuple[int, int]:
-    """``(per-process batch, BN splits per process)`` for ``world_size`` processes.
-
-    ``train.batch_size`` is the global batch (what papers report); each process takes
-    ``batch_size / world_size``. BatchNorm normalises groups of ``batch_size / model.bn_splits``
-    images whatever the number of processes: ``bn_splits`` groups on one device (split-BN), and
-    ``bn_splits / world_size`` groups per process under DDP, which is per-GPU BN when the two are
-    equal (the paper's 8 GPUs x 64 = ``bn_splits: 8`` on one GPU). With fewer splits than processes
-    each process normalises its own batch. Raises :class:`ConfigError` naming the numbers when
-    something does not divide.
-    """
-    per_process, splits = per_process_batch(config, world_size), config.model.bn_splits
-    if world_size > 1:
-        if splits % world_size == 0:
-            splits //= world_size
-        elif splits < world_size:
-            splits = 1
-        else:
-            raise ConfigError(f"model.bn_splits={splits} is not a multiple of the {world_size} processes: "
-                              f"BN groups of train.batch_size / model.bn_splits images cannot be kept")
-    if per_process % splits:
-        raise ConfigError(f"model.bn_splits={config.model.bn_splits} does not divide the batch of "
-                          f"{per_process} images per process into equal BN groups; change train.batch_size "
-                          f"or model.bn_splits")
-    return per_process, splits
-
-
-def dump_yaml(config: Config, header: str | None = None) -> str:
-    """Every key of ``config`` as YAML that :func:`load_config` reads back to an equal config
-    (``clim config``); ``header`` lines become ``#`` comments on top."""
-    comment = "".join(f"# {line}\n" for line in header.splitlines()) if header else ""
-    return comment + yaml.dump(config.to_dict(), Dumper=_BlockDumper, sort_keys=False)
-
-
-class _BlockDumper(yaml.SafeDumper):
-    """Sections one key per line, lists inline (``resolutions: [224, 160]``)."""
-
-
-_BlockDumper.add_representer(
-    list, lambda dumper, data: dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=True))
-
-
-def load_config(preset: str | None = None, config_file: str | None = None,
-                overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Build a validated config from a preset or a YAML file, then ``key=value`` overrides."""
-    if preset is not None:
-        path = _preset_path(preset)
-        values = _resolve(_load_yaml(path), source=str(path))
-    elif config_file is not None:
-        path = Path(config_file)
-        if not path.exists():
-            raise ConfigError(f"config file not found: {config_file}")
-        values = _resolve(_load_yaml(path), source=config_file)
-    else:
-        values = {}
-    values.update(parse_overrides(overrides))
-    config = Config.from_dict(values)
-    check_training(config)
-    return config
-
-
-def check_training(config: Config) -> None:
-    """The rules that only matter to start (or go on with) a run, on top of :meth:`Config.validate`;
-    :func:`load_config` applies them. A checkpoint's config is not held to them, so that a run trained
-    before a rule existed can still be evaluated."""
-    queue, batch = config.model.queue_size, config.train.batch_size
-    if queue < batch:
-        raise ConfigError(f"invalid value {queue!r} for 'model.queue_size' (must be >= train.batch_size={batch}: "
-                          f"every step writes the global batch of keys into the queue, which keeps only its last "
-                          f"queue_size keys)")
-    method, seed = config.method, config.train.seed
-    if method.name == "clim" and method.selection in CLUSTERED_SELECTIONS:
-        limit = (KMEANS_SEED_LIMIT - config.train.epochs) // REFRESH_SEED_STRIDE
-        if seed > limit:
-            raise ConfigError(f"invalid value {seed!r} for 'train.seed' (must be <= {limit} for method.name=clim with "
-                              f"train.epochs={config.train.epochs}: the k-means of a refresh is seeded with "
-                              f"train.seed * {REFRESH_SEED_STRIDE} + epoch, which faiss takes as a 32-bit int)")
-
-
-def check_for_dataset(config: Config, num_samples: int) -> None:
-    """The rules that need the number of training images (call it once the dataset is built):
-    an epoch must hold a full global batch (the last partial batch is dropped), and CLIM's positives
-    table needs more images than ``method.knn_k`` neighbours and at most one k-means cluster per image.
-    A queue larger than the dataset is allowed (the run summary warns about it)."""
-    batch = config.train.batch_size
-    if num_samples < batch:
-        raise ConfigError(f"invalid value {batch!r} for 'train.batch_size' (must be <= the {num_samples} training "
-                          f"images: an epoch takes only full global batches, so it would have no step)")
-    method = config.method
-    if method.name != "clim":
-        return
-    if num_samples <= method.knn_k:
-        raise ConfigError(f"invalid value {method.knn_k!r} for 'method.knn_k' (must be < the {num_samples} training "
-                          f"images: every image needs knn_k neighbours other than itself)")
-    if method.selection in CLUSTERED_SELECTIONS and method.num_clusters is not None and \
-            method.num_clusters > num_samples:
-        raise ConfigError(f"invalid value {method.num_clusters!r} for 'method.num_clusters' (must be <= the "
-                          f"{num_samples} training images; null: N / 100)")
-
-
-def check_device(config: Config) -> None:
-    """``train.device=cuda`` needs a visible CUDA device; imports torch, so call it where torch is loaded."""
-    if config.train.device != "cuda":
-        return
-    import torch  # here, not at the top: validating a config must not load torch
-
-    if not torch.cuda.is_available():
-        raise ConfigError("train.device='cuda' but no CUDA device is visible (torch.cuda.is_available() is False); "
-                          "use train.device=auto or cpu")
-
-
-def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, str]:
-    """``--set`` strings ``key=value`` -> ``{key: value}``; :class:`ConfigError` for one without ``=``."""
-    values = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"override '{item}' must look like key=value")
-        values[key.strip()] = value
-    return values
+    if base is float and isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if base not in (bool, int, float):
+        raise ConfigError(f"unsupported type for '{key}'")
+    if not _has_type(value, base):
+        raise ConfigError(f"invalid value {value!r} for '{key}' (expected {_type_words(base)})")
+    return float(value) if base is float else value
