@@ -200,7 +200,7 @@ def _table12(records: Records) -> list[str]:
 
 def matrix_tables(records: Records, scale: Scale, overrides) -> list[str]:
     """Tables 6, 7, 8, 9, 10 and 12 of the full matrix."""
-    from clim.data.views import multicrop_size
+    from clim.specs import multicrop_size
 
     lines = _table6(records)
     size = scale.resolutions[0]
