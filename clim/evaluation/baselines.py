@@ -1,9 +1,7 @@
-"""What needs no training, by the same classifiers as the trained backbone: the backbone at random
-initialisation and the raw pixels (at the dataset's native size and at the training resolution),
-with weighted kNN (METHOD §5) and a ridge classifier on the labelled splits.
-
-``clim demo`` prints them beside the trained backbone, ``clim report`` draws them as reference lines
-(``eval/knn_references.json``, :func:`write_references`), ``clim ablate`` records the random-init one.
+"""What needs no training, by the same weighted kNN (METHOD §5) and ridge classifier as the trained
+backbone: the backbone at random initialisation and the raw pixels (native and training resolution).
+``clim demo`` prints them, ``clim report`` draws them (:func:`write_references`), ``clim ablate``
+records the random-init one.
 """
 
 from __future__ import annotations
@@ -27,41 +25,34 @@ def _pixels(dataset) -> tuple[torch.Tensor, torch.Tensor]:
     return pixels.flatten(1), dataset.labels
 
 
-def _backbone_knn(backbone, train_ds, test_ds, num_classes: int) -> dict[str, float]:
-    train = extract_features(backbone, train_ds, batch_size=512)
-    test = extract_features(backbone, test_ds, batch_size=512)
-    return run_knn(*train, *test, num_classes=num_classes)
+def _embedded(backbone, train_ds, test_ds) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
+    """``((feats, labels) of train_ds, (feats, labels) of test_ds)`` by ``backbone``."""
+    return extract_features(backbone, train_ds, batch_size=512), extract_features(backbone, test_ds, batch_size=512)
 
 
 def references(config, info: dict, train_ds, test_ds) -> dict[str, dict[str, float]]:
     """What kNN gets for free: the same backbone at random initialisation, and the raw pixels at their
     native size (the study's runner reads the first; :func:`clim.demo.compare` adds the training resolution)."""
-    return {"random init": _backbone_knn(random_backbone(config, info), train_ds, test_ds, info["num_classes"]),
+    train, test = _embedded(random_backbone(config, info), train_ds, test_ds)
+    return {"random init": run_knn(*train, *test, num_classes=info["num_classes"]),
             "raw pixels": run_knn(*_pixels(train_ds), *_pixels(test_ds), num_classes=info["num_classes"])}
 
 
 def random_backbone(config, info: dict):
     """The backbone at random initialisation, drawn with the run's seed (what the study's records use)."""
     torch.manual_seed(config.train.seed)
-    random_init, _ = build_backbone(config.model.backbone, info["in_channels"],
-                                    uses_small_stem(info["image_size"], config.model.small_stem))
-    return random_init
+    return build_backbone(config.model.backbone, info["in_channels"],
+                          uses_small_stem(info["image_size"], config.model.small_stem))[0]
 
 
 def ridge_top1(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor) -> float:
     """Top-1 % of a one-vs-rest ridge classifier on standardised features, its regularisation chosen by
-    leave-one-out on the train rows: the linear reference of clim.evaluation.references, on any features."""
-    import numpy as np
-    from sklearn.linear_model import RidgeClassifierCV
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    from clim.evaluation.references import RIDGE_ALPHAS
+    leave-one-out on the labelled train rows: the linear reference of clim.evaluation.references, on any
+    features."""
+    from clim.evaluation.references import fit_ridge
 
     labelled = train_y >= 0
-    model = make_pipeline(StandardScaler(), RidgeClassifierCV(alphas=RIDGE_ALPHAS))
-    model.fit(train_x[labelled].numpy().astype(np.float64), train_y[labelled].numpy())
-    return 100.0 * float((model.predict(test_x.numpy().astype(np.float64)) == test_y.numpy()).mean())
+    return fit_ridge(train_x[labelled], train_y[labelled], test_x, test_y)[0]
 
 
 def _row(train: tuple, test: tuple, num_classes: int) -> dict[str, float]:
@@ -71,9 +62,7 @@ def _row(train: tuple, test: tuple, num_classes: int) -> dict[str, float]:
 
 
 def backbone_row(backbone, train_ds, test_ds, num_classes: int) -> dict[str, float]:
-    train = extract_features(backbone, train_ds, batch_size=512)
-    test = extract_features(backbone, test_ds, batch_size=512)
-    return _row(train, test, num_classes)
+    return _row(*_embedded(backbone, train_ds, test_ds), num_classes)
 
 
 def pixel_rows(train_ds, test_ds, image_size: int, num_classes: int) -> dict[str, dict[str, float]]:
@@ -92,9 +81,8 @@ def pixel_rows(train_ds, test_ds, image_size: int, num_classes: int) -> dict[str
 
 
 def write_references(run_dir: Path) -> Path | None:
-    """``eval/knn_references.json`` (random init and raw pixels at the native and the training resolution,
-    for the report's kNN plots) when they are cheap: array data (pixels at hand) of at most
-    REFERENCE_MAX_IMAGES images; else None."""
+    """``eval/knn_references.json`` (the rows of :func:`clim.demo.compare` but the trained one) when cheap:
+    array data of at most REFERENCE_MAX_IMAGES images; else None."""
     run = load_run(run_dir / CHECKPOINT_NAME)
     train_ds, test_ds = eval_datasets(run.config, run.data_info)
     if not hasattr(train_ds, "images") or len(train_ds) + len(test_ds) > REFERENCE_MAX_IMAGES:

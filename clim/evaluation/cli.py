@@ -1,11 +1,9 @@
 """``clim eval knn|linear|semisup|similarity|tsne`` and ``clim export`` (METHOD §5).
 
-Every protocol reads a trainer checkpoint (``--ckpt``), evaluates its query backbone on the
-labelled splits of the pretraining dataset (or others via ``--set data.name=... data.root=...``)
-and writes one JSON file (default ``<checkpoint folder>/eval/<protocol>.json``) holding the numbers
-(accuracy keys contain ``top1``) and every setting that produced them. Handlers return an exit
-code; a missing file or a bad key raises FileNotFoundError / ConfigError, which ``clim``'s main()
-prints as one line with exit code 2.
+Every protocol evaluates a trainer checkpoint's (``--ckpt``) query backbone on the labelled splits
+of its pretraining dataset (or others via ``--set``) and writes one JSON file (default
+``<checkpoint folder>/eval/<protocol>.json``): the numbers (accuracy keys contain ``top1``) and every
+setting that produced them. A missing file or a bad key is one line with exit code 2 (``clim``'s main()).
 """
 
 from __future__ import annotations
@@ -51,7 +49,9 @@ def _checked_first(handler, args: argparse.Namespace) -> int:
     return handler(args)
 
 
-def _add_common(parser: argparse.ArgumentParser, handler) -> None:
+def _add_protocol(protocols, name: str, handler, help: str) -> argparse.ArgumentParser:
+    """A ``clim eval`` sub-command with the options every protocol takes."""
+    parser = protocols.add_parser(name, help=help)
     parser.add_argument("--ckpt", required=True, help="trainer checkpoint (or its run folder)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="evaluate on other data, e.g. --set data.name=cifar10 --set data.root=DIR")
@@ -63,6 +63,7 @@ def _add_common(parser: argparse.ArgumentParser, handler) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=functools.partial(_checked_first, handler))
+    return parser
 
 
 class _Session:
@@ -94,25 +95,24 @@ class _Session:
 
         return common.eval_dataset(self.run.config, self.run.data_info, self.args.overrides, split)
 
-    def features(self, module, dataset):
+    def features(self, dataset):
+        """``(feats, labels)`` of the query backbone on ``dataset``."""
         from clim.runtime.features import extract_features
 
-        return extract_features(module, dataset, self.args.batch_size, self.device, self.num_workers,
-                                self.progress)
+        return extract_features(self.run.model.backbone_q, dataset, self.args.batch_size, self.device,
+                                self.num_workers, self.progress)
 
     def settings(self, protocol: str, **splits) -> dict:
         """Shared settings; ``splits`` maps split names to the datasets used (for their sizes)."""
         from clim.evaluation import common
 
         sizes = {name: len(dataset) for name, dataset in splits.items()}
-        return {"protocol": protocol,
-                **common.run_settings(self.run, self.spec, sizes, self.args.seed, self.device)}
+        return {"protocol": protocol, **common.run_settings(self.run, self.spec, sizes, self.args.seed, self.device)}
 
     def finish(self, record: dict, summary: str) -> int:
         from clim.evaluation import common
 
-        path = common.write_result(self.out, record)
-        print(f"{summary} -> {path}")
+        print(f"{summary} -> {common.write_result(self.out, record)}")
         return 0
 
 
@@ -121,12 +121,11 @@ def _pixel_reference(session: "_Session", train_ds, test_ds, linear: bool) -> di
     by the same kNN (k = 20, T = 0.07) and, with ``linear``, a ridge classifier, when cheap (array data of at
     most REFERENCE_MAX_IMAGES images); else why not. Flat ``raw_pixels_*`` keys for the result file."""
     size = session.spec.image_size
-    trained_size = size == session.run.data_info["image_size"]
-    keys = {"raw_pixels_image_size": size, "raw_pixels_resolution": (
-        "the checkpoint's training resolution" if trained_size else "the evaluated resolution (--set data.image_size)")}
+    keys = {"raw_pixels_image_size": size, "raw_pixels_resolution": "the checkpoint's training resolution"
+            if size == session.run.data_info["image_size"] else "the evaluated resolution (--set data.image_size)"}
     total = len(train_ds) + len(test_ds)
     if not hasattr(train_ds, "images") or total > REFERENCE_MAX_IMAGES:
-        why = "image files, not arrays" if not hasattr(train_ds, "images") else f"{total} images"
+        why = f"{total} images" if hasattr(train_ds, "images") else "image files, not arrays"
         return {**keys, "raw_pixels_reference": f"not computed ({why}: too slow beside an evaluation; "
                                                 f"computed for array data of at most {REFERENCE_MAX_IMAGES} images)"}
     from clim.evaluation.references import pixel_references
@@ -159,10 +158,7 @@ def _knn(args: argparse.Namespace) -> int:
 
     session = _Session(args, "knn")
     train_ds, test_ds = session.datasets()
-    backbone = session.run.model.backbone_q
-    train_feats, train_labels = session.features(backbone, train_ds)
-    test_feats, test_labels = session.features(backbone, test_ds)
-    results = run_knn(train_feats, train_labels, test_feats, test_labels, common.num_classes_of(train_ds),
+    results = run_knn(*session.features(train_ds), *session.features(test_ds), common.num_classes_of(train_ds),
                       device=session.device)
     reference = _pixel_reference(session, train_ds, test_ds, linear=False)
     record = {**session.settings("knn", train=train_ds, test=test_ds), **results,
@@ -172,11 +168,6 @@ def _knn(args: argparse.Namespace) -> int:
                           + f" on {len(test_ds)} test images; "
                           + _reference_text(reference, results["knn_k20_top1"], "raw_pixels_knn_k20_top1",
                                             "the trained kNN k=20"))
-
-
-def _scaled_milestones(milestones, old_epochs: int, new_epochs: int) -> tuple[int, ...]:
-    """Keep the decay points at the same fractions of training when ``--epochs`` changes it."""
-    return tuple(sorted({max(1, round(m * new_epochs / old_epochs)) for m in milestones if m < old_epochs}))
 
 
 def _lr_value(text: str) -> str | float:
@@ -215,15 +206,14 @@ def _linear(args: argparse.Namespace) -> int:
 
     session = _Session(args, "linear")
     name, preset = resolve_preset(args.preset, session.spec.image_size, LINEAR_PRESETS)
-    if args.epochs is not None:
-        preset = replace(preset, epochs=args.epochs,
-                         milestones=_scaled_milestones(preset.milestones, preset.epochs, args.epochs))
-    backbone = session.run.model.backbone_q
+    if args.epochs is not None:  # the decay points stay at the same fractions of training
+        milestones = {max(1, round(m * args.epochs / preset.epochs)) for m in preset.milestones if m < preset.epochs}
+        preset = replace(preset, epochs=args.epochs, milestones=tuple(sorted(milestones)))
 
     @functools.cache
     def train_features():  # un-augmented train images: the lr sweep's and --cached-features' (extracted once)
         train_ds = session.dataset("train")
-        feats, labels = session.features(backbone, train_ds)
+        feats, labels = session.features(train_ds)
         return train_ds, feats[labels >= 0], labels[labels >= 0]
 
     lr, lr_record = _linear_lr(args, session, preset, train_features)
@@ -232,14 +222,13 @@ def _linear(args: argparse.Namespace) -> int:
         train_ds, train_feats, train_labels = train_features()
         test_ds = session.dataset("test")
         classes = common.num_classes_of(train_ds)
-        test_feats, test_labels = session.features(backbone, test_ds)
-        results = linear_on_features(train_feats, train_labels, test_feats, test_labels, classes,
+        results = linear_on_features(train_feats, train_labels, *session.features(test_ds), classes,
                                      preset, args.seed, session.device, session.progress)
     else:
         train_ds, test_ds = session.datasets(common.crop_flip_transform(session.spec, preset.crop_scale))
         classes = common.num_classes_of(train_ds)
-        results = linear_on_backbone(backbone, train_ds, test_ds, classes, preset, args.seed, session.device,
-                                     session.num_workers, session.progress)
+        results = linear_on_backbone(session.run.model.backbone_q, train_ds, test_ds, classes, preset, args.seed,
+                                     session.device, session.num_workers, session.progress)
     above = above_chance_loss(results["final_train_loss"], classes)
     reference = _pixel_reference(session, train_ds, test_ds, linear=True)
     record = {**session.settings("linear", train=train_ds, test=test_ds), **results, **preset_settings(name, preset),
@@ -252,12 +241,6 @@ def _linear(args: argparse.Namespace) -> int:
     return session.finish(record, f"linear top-1 {top1:.2f}% on {len(test_ds)} test images ({name}, {preset.epochs} "
                                   f"epochs, lr {preset.lr:g}, final train loss {results['final_train_loss']:.3f}); "
                                   + _reference_text(reference, top1, "raw_pixels_ridge_top1", "the trained linear probe"))
-
-
-def _sample_paths(dataset) -> list[str]:
-    if not hasattr(dataset, "path"):
-        raise ConfigError("--split-file needs an image-folder dataset (file names to match)")
-    return [dataset.path(i).name for i in range(len(dataset))]
 
 
 def _semisup(args: argparse.Namespace) -> int:
@@ -277,13 +260,14 @@ def _semisup(args: argparse.Namespace) -> int:
     if args.epochs is not None:
         preset = replace(preset, epochs=args.epochs,
                          step_every=max(1, round(preset.step_every * args.epochs / preset.epochs)))
-    preset = replace(preset, batch_size=args.batch_size,
-                     lr_backbone=args.lr_backbone if args.lr_backbone is not None else preset.lr_backbone,
-                     lr_fc=args.lr_fc if args.lr_fc is not None else preset.lr_fc,
-                     weight_decay=args.weight_decay if args.weight_decay is not None else preset.weight_decay)
+    overrides = {key: getattr(args, key) for key in ("lr_backbone", "lr_fc", "weight_decay")
+                 if getattr(args, key) is not None}
+    preset = replace(preset, batch_size=args.batch_size, **overrides)
     train_ds, test_ds = session.datasets(common.crop_flip_transform(session.spec, preset.crop_scale))
     if args.split_file is not None:
-        indices = split_file_subset(_sample_paths(train_ds), args.split_file)
+        if not hasattr(train_ds, "path"):
+            raise ConfigError("--split-file needs an image-folder dataset (file names to match)")
+        indices = split_file_subset([train_ds.path(i).name for i in range(len(train_ds))], args.split_file)
         subset_source = {"split_file": str(Path(args.split_file).resolve())}
     else:
         indices = balanced_subset(train_ds.labels, args.fraction, args.seed)
@@ -306,8 +290,7 @@ def _similarity(args: argparse.Namespace) -> int:
 
     session = _Session(args, "similarity")
     dataset = session.dataset(args.split)
-    feats, labels = session.features(session.run.model.backbone_q, dataset)
-    results = intra_class_similarity(feats, labels)
+    results = intra_class_similarity(*session.features(dataset))
     results["per_class"] = {str(k): v for k, v in results["per_class"].items()}
     record = {**session.settings("similarity", **{args.split: dataset}), "split": args.split, **results,
               "features": "query backbone, pooled; cosine over intra-class pairs i != j, mean over classes"}
@@ -329,7 +312,7 @@ def _tsne(args: argparse.Namespace) -> int:
 
     session = _Session(args, "tsne")
     dataset = session.dataset(args.split)
-    feats, labels = session.features(session.run.model.backbone_q, dataset)
+    feats, labels = session.features(dataset)
     title = f"{session.run.config.method.name} {session.run.config.model.backbone}, epoch {session.run.epoch}"
     results = run_tsne(feats, labels, session.out.with_suffix(".png"), _class_list(args.classes),
                        args.max_points, args.seed, args.perplexity, getattr(dataset, "classes", None), title)
@@ -353,11 +336,9 @@ def register(subparsers) -> None:
     evaluate = subparsers.add_parser("eval", help="evaluate a checkpoint (kNN, linear, semi-supervised, ...)")
     protocols = evaluate.add_subparsers(dest="protocol", required=True)
 
-    knn = protocols.add_parser("knn", help="weighted kNN top-1 (k=20 T=0.07 and k=200 T=0.1)")
-    _add_common(knn, _knn)
+    _add_protocol(protocols, "knn", _knn, "weighted kNN top-1 (k=20 T=0.07 and k=200 T=0.1)")
 
-    linear = protocols.add_parser("linear", help="linear classifier on the frozen backbone")
-    _add_common(linear, _linear)
+    linear = _add_protocol(protocols, "linear", _linear, "linear classifier on the frozen backbone")
     linear.add_argument("--preset", default="auto", choices=["auto", "paper", "small", "quick"],
                         help="auto: paper above 64 px, small at or below (see clim.evaluation.linear)")
     linear.add_argument("--epochs", type=positive_int, help="override the preset's epochs (decay points scale along)")
@@ -369,8 +350,7 @@ def register(subparsers) -> None:
                         help="train on features of un-augmented images extracted once (fast; "
                              "drops the train augmentation, a deviation from the protocol)")
 
-    semisup = protocols.add_parser("semisup", help="fine-tune all layers on 1%% / 10%% of the labels")
-    _add_common(semisup, _semisup)
+    semisup = _add_protocol(protocols, "semisup", _semisup, "fine-tune all layers on 1%% / 10%% of the labels")
     semisup.add_argument("--fraction", type=float, help="labelled fraction, e.g. 0.01 or 0.1 (class-balanced, seeded)")
     semisup.add_argument("--split-file", help="SimCLR split file (image file names, one per line) for image folders")
     semisup.add_argument("--preset", default="auto", choices=["auto", "paper", "small", "quick"])
@@ -379,13 +359,10 @@ def register(subparsers) -> None:
     semisup.add_argument("--lr-fc", type=float, help="paper: 10")
     semisup.add_argument("--weight-decay", type=float, help="default 0")
 
-    similarity = protocols.add_parser("similarity", help="mean intra-class cosine similarity (Table 12)")
-    _add_common(similarity, _similarity)
-    similarity.add_argument("--split", default="test", choices=["train", "test"])
-
-    tsne = protocols.add_parser("tsne", help="t-SNE plot of 10 classes (Fig. 3), PNG next to the JSON")
-    _add_common(tsne, _tsne)
-    tsne.add_argument("--split", default="test", choices=["train", "test"])
+    similarity = _add_protocol(protocols, "similarity", _similarity, "mean intra-class cosine similarity (Table 12)")
+    tsne = _add_protocol(protocols, "tsne", _tsne, "t-SNE plot of 10 classes (Fig. 3), PNG next to the JSON")
+    for parser in (similarity, tsne):
+        parser.add_argument("--split", default="test", choices=["train", "test"])
     tsne.add_argument("--classes", help="comma-separated labels (default: the first 10)")
     tsne.add_argument("--max-points", type=positive_int, default=2000)
     tsne.add_argument("--perplexity", type=float, default=30.0)

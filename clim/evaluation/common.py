@@ -1,11 +1,9 @@
 """What every evaluation protocol shares: loading a checkpoint, the labelled splits, result files.
 
-Evaluation data default to the checkpoint's own dataset (its labelled ``train`` and ``test``
-splits) at the pretraining image size, normalised with the pretraining mean/std (the model's input
-convention, as in MoCo's transfer code). ``--set data.name=cifar10 data.root=...`` points the same
-model at other data; keys and values follow :mod:`clim.config`'s rules, so a typo is a one-line
-:class:`ConfigError`. Images are converted to the model's channel count. The splits are built by
-:mod:`clim.data.splits` (re-exported here), which the trainer's kNN monitor uses too.
+Evaluation data default to the checkpoint's own labelled ``train`` and ``test`` splits at the
+pretraining image size and mean/std (the model's input convention, as in MoCo's transfer code);
+``--set data.name=cifar10 data.root=...`` points the model at other data (a typo: one ConfigError
+line). The splits are built by :mod:`clim.data.splits` (re-exported here), as for the kNN monitor.
 """
 
 from __future__ import annotations
@@ -22,8 +20,6 @@ import torch
 from torch import nn
 
 from clim.config import Config, ConfigError
-# The labelled splits are built in clim.data.splits (the trainer's kNN monitor builds them there too);
-# every name stays importable from here.
 from clim.data.splits import (HOLDOUT_SEED, RESIZE_RATIO, EvalSpec, HoldoutSplit, apply_overrides,  # noqa: F401
                               eval_dataset, eval_datasets, eval_spec, num_classes_of, stratified_holdout)
 from clim.method.positives import TABLE_KEY
@@ -64,8 +60,7 @@ DATA_INFO_KEYS = ("name", "in_channels", "image_size", "mean", "std")
 
 def trainer_state(ckpt_path: str | Path) -> tuple[Path, dict[str, Any], Config, dict[str, Any]]:
     """``(file, state, config, data_info)`` of a trainer checkpoint (a file or its run folder) that has
-    every key the model and the evaluation data are built from; else a one-line CheckpointError that
-    names the missing keys or the invalid value. :func:`fitted_model` then checks the weights."""
+    every key the model and the evaluation data are built from, else a one-line CheckpointError."""
     path, state = checkpoint.load_trainer_checkpoint(ckpt_path)
     for entry in checkpoint.TRAINER_KEYS:
         if not isinstance(state[entry], dict):
@@ -90,8 +85,8 @@ def trainer_state(ckpt_path: str | Path) -> tuple[Path, dict[str, Any], Config, 
 
 
 def state_mismatches(expected: dict[str, Any], found: dict[str, Any]) -> list[str]:
-    """Why ``found`` would not load strictly where ``expected`` (a ``state_dict()``) came from: one
-    phrase per kind of problem (missing keys, unexpected keys, other shapes), with its first key."""
+    """Why ``found`` would not load strictly where ``expected`` (a ``state_dict()``) came from: one phrase
+    per kind of problem (other shapes, missing keys, unexpected keys), with its first key."""
     missing = [key for key in expected if key not in found]
     unexpected = [key for key in found if key not in expected]
     wrong = [key for key in expected if key in found and (
@@ -114,8 +109,7 @@ def state_mismatches(expected: dict[str, Any], found: dict[str, Any]) -> list[st
 
 
 def load_strictly(module: nn.Module, weights: dict[str, Any], what: str) -> None:
-    """``module.load_state_dict(weights, strict=True)``; every missing or unexpected key and every
-    shape mismatch becomes one CheckpointError line starting with ``what``."""
+    """``module.load_state_dict(weights, strict=True)``, or one CheckpointError line starting with ``what``."""
     problems = state_mismatches(module.state_dict(), weights)
     if problems:
         raise CheckpointError(f"{what}: {'; '.join(problems)}")
@@ -134,11 +128,9 @@ def fitted_model(path: Path, state: dict[str, Any], config: Config, info: dict[s
 
 
 def load_run(ckpt_path: str | Path, device: str | torch.device | None = "cpu") -> PretrainedRun:
-    """Rebuild the pretrained MoCo from a trainer checkpoint (eval mode, on ``device``); a file that
-    lacks a key or whose weights do not fit is a one-line CheckpointError (:func:`trainer_state`)."""
+    """Rebuild the pretrained MoCo from a trainer checkpoint (eval mode, on ``device``)."""
     path, state, config, info = trainer_state(ckpt_path)
-    model = fitted_model(path, state, config, info)
-    model.to(resolve_device(device)).eval()
+    model = fitted_model(path, state, config, info).to(resolve_device(device)).eval()
     return PretrainedRun(path, config, model, info, state.get("epoch"), state.get("step"))
 
 
@@ -150,11 +142,8 @@ def load_pretrained(ckpt_path: str | Path, device: str | torch.device | None = "
 
 
 def plain_backbone(config: Config, data_info: dict[str, Any], model: MoCo) -> tuple[nn.Module, int]:
-    """A fresh torchvision ResNet (plain BatchNorm) holding the query backbone's weights.
-
-    Fine-tuning needs ordinary BatchNorm rather than MoCo's split-batch BN; for frozen features
-    both are the same in eval mode.
-    """
+    """A fresh torchvision ResNet (plain BatchNorm) holding the query backbone's weights: fine-tuning
+    needs ordinary BatchNorm rather than MoCo's split-batch BN (in eval mode both are the same)."""
     net, feature_dim = build_backbone(config.model.backbone, data_info["in_channels"],
                                       uses_small_stem(data_info["image_size"], config.model.small_stem))
     net.load_state_dict(model.backbone_q.state_dict())
@@ -184,14 +173,13 @@ def crop_flip_transform(spec: EvalSpec, crop_scale: tuple[float, float]):
 def default_out(ckpt_path: str | Path, protocol: str) -> Path:
     """``<checkpoint folder>/eval/<protocol>.json``."""
     path = Path(ckpt_path)
-    folder = path if path.is_dir() else path.parent
-    return folder / "eval" / f"{protocol}.json"
+    return (path if path.is_dir() else path.parent) / "eval" / f"{protocol}.json"
 
 
 def check_output(path: str | Path, flag: str = "--out") -> None:
-    """A ConfigError (one line, exit 2) unless a file can be written at ``path``, found before any
-    work: a temporary file is created (and removed) in the nearest existing folder above it, which
-    also catches what permission bits do not show (read-only or special file systems, root)."""
+    """A ConfigError (one line, exit 2) unless a file can be written at ``path``: a temporary file is
+    created (and removed) in the nearest existing folder above it, which also catches what permission
+    bits do not show (read-only or special file systems, root)."""
     target = Path(path).expanduser().absolute()
     if target.is_dir():
         raise ConfigError(f"{flag} {path} is a folder, not a file")
@@ -212,26 +200,15 @@ def check_output(path: str | Path, flag: str = "--out") -> None:
 def run_settings(run: PretrainedRun, spec: EvalSpec, sizes: dict[str, int], seed: int,
                  device: torch.device) -> dict[str, Any]:
     """The settings every result file records beside its numbers."""
-    return {
-        "checkpoint": str(run.path.resolve()),
-        "checkpoint_epoch": run.epoch,
-        "checkpoint_step": run.step,
-        "method": run.config.method.name,
-        "backbone": run.config.model.backbone,
-        "pretrain_dataset": run.data_info["name"],
-        "dataset": spec.name,
-        "data_root": spec.root,
-        "image_size": spec.image_size,
-        **{f"{split}_size": size for split, size in sizes.items()},
-        **holdout_settings(spec),
-        "seed": seed,
-        "device": str(device),
-    }
+    return {"checkpoint": str(run.path.resolve()), "checkpoint_epoch": run.epoch, "checkpoint_step": run.step,
+            "method": run.config.method.name, "backbone": run.config.model.backbone,
+            "pretrain_dataset": run.data_info["name"], "dataset": spec.name, "data_root": spec.root,
+            "image_size": spec.image_size, **{f"{split}_size": size for split, size in sizes.items()},
+            **holdout_settings(spec), "seed": seed, "device": str(device)}
 
 
 def write_result(path: str | Path, result: dict[str, Any]) -> Path:
-    """Write ``result`` (metrics whose keys contain ``top1`` for accuracies, plus the settings that
-    produced them) as JSON, atomically, with a UTC timestamp."""
+    """Write ``result`` as JSON, atomically, with a UTC timestamp."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {**result, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}

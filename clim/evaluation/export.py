@@ -4,23 +4,15 @@ Two formats:
 
 * **torchvision** (``.pth`` via ``torch.save``, or ``.safetensors``): a ``torchvision.models.ResNet``
   state_dict without ``fc.*``. The result's ``load`` is ONE line of Python that builds the network
-  ``m`` (``fc = Identity``: pooled features) and loads the file into it with ``strict=True``; the
-  export runs that very line's construction and checks the strict load before writing anything.
-  With the ImageNet stem and 3 input channels ``m`` is ``torchvision.models.resnet50()`` (or 18/34) as
-  is, and ``torchvision.models.resnet50(num_classes=C)`` also takes the file with ``strict=False``,
-  missing exactly ``fc.weight`` and ``fc.bias``. A checkpoint pretrained with the small-image stem
-  (3×3 stride-1 ``conv1``, no max-pool; images ≤ 64 px) or with other than 3 input channels has a
-  differently shaped ``conv1``: the line replaces ``m.conv1`` (and ``m.maxpool``) with the right
-  numbers. resnet10 is ``torchvision.models.ResNet(BasicBlock, [1, 1, 1, 1])``. A narrowed
-  ``NAME_wN`` matches no torchvision constructor: the line uses
-  ``clim.models.backbones.build_backbone``, which returns a ``torchvision.models.ResNet``.
+  ``m`` (``fc = Identity``: pooled features) and loads the file into it with ``strict=True``, checked
+  before anything is written: ``torchvision.models.resnet50()`` (or 18/34) as is for the ImageNet stem
+  and 3 input channels; else with ``m.conv1`` (and ``m.maxpool``) replaced to fit the small-image stem
+  or the channel count. resnet10 is ``torchvision.models.ResNet(BasicBlock, [1, 1, 1, 1])``; a narrowed
+  ``NAME_wN`` comes from ``clim.models.backbones.build_backbone`` (a ``torchvision.models.ResNet``).
 * **detectron2** (``.pkl``): MoCo's conversion convention, a pickle of
-  ``{"model": {name: numpy array}, "__author__": "clim", "matching_heuristics": True}`` with the
-  torchvision names renamed to detectron2's ResNet: ``conv1``→``stem.conv1``,
-  ``bn1``→``stem.conv1.norm``, ``layerN.B.convK``→``res{N+1}.B.convK``,
-  ``layerN.B.bnK``→``res{N+1}.B.convK.norm``, ``downsample.0``→``shortcut``,
-  ``downsample.1``→``shortcut.norm``. ``num_batches_tracked`` counters are left out (detectron2's
-  norms have no such buffer; MoCo's script keeps them and detectron2 then lists them as unused).
+  ``{"model": {name: numpy array}, "__author__": "clim", "matching_heuristics": True}`` with
+  detectron2's ResNet names (:func:`detectron2_name`), without the ``num_batches_tracked`` counters
+  (detectron2's norms have no such buffer; MoCo's script keeps them and detectron2 lists them unused).
 
 Transfer with MoCo's detection code (github.com/facebookresearch/moco, ``detection/``), which sets
 the torchvision conventions (RGB input, ImageNet mean/std in 0–255, ``STRIDE_IN_1X1: False``, SyncBN):
@@ -60,24 +52,16 @@ BACKBONE_PREFIX = "encoder_q.0."
 
 
 def pretrained_backbone(ckpt: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """The query backbone's state_dict (torchvision names) and a description of its layout; a
-    checkpoint that lacks a key or whose weights do not fit its own model is a one-line CheckpointError."""
+    """The query backbone's state_dict (torchvision names) and a description of its layout."""
     ckpt_file, state, config, info = trainer_state(ckpt)
     fitted_model(ckpt_file, state, config, info)  # every key there and of the right shape, else one line
     weights = {name[len(BACKBONE_PREFIX):]: tensor for name, tensor in state["model"].items()
                if name.startswith(BACKBONE_PREFIX)}
-    layout = {
-        "checkpoint": str(ckpt_file.resolve()),
-        "checkpoint_epoch": state.get("epoch"),
-        "backbone": config.model.backbone,
-        "in_channels": info["in_channels"],
-        "small_stem": uses_small_stem(info["image_size"], config.model.small_stem),
-        "pretrain_dataset": info["name"],
-        "pretrain_image_size": info["image_size"],
-        "mean": info["mean"],
-        "std": info["std"],
-    }
-    return weights, layout
+    return weights, {"checkpoint": str(ckpt_file.resolve()), "checkpoint_epoch": state.get("epoch"),
+                     "backbone": config.model.backbone, "in_channels": info["in_channels"],
+                     "small_stem": uses_small_stem(info["image_size"], config.model.small_stem),
+                     "pretrain_dataset": info["name"], "pretrain_image_size": info["image_size"],
+                     "mean": info["mean"], "std": info["std"]}
 
 
 def _resnet_expression(name: str) -> tuple[str, str]:
@@ -92,9 +76,8 @@ def _resnet_expression(name: str) -> tuple[str, str]:
 
 
 def torchvision_recipe(layout: dict[str, Any]) -> tuple[str, str, bool]:
-    """``(code, note, stock)``: one line of Python (its imports included) that builds the network ``m``
-    the exported weights load into strictly, what that network is, and whether it is a torchvision
-    constructor's network without changes (beyond ``fc``)."""
+    """``(code, note, stock)``: one line of Python (imports included) that builds the network ``m`` the
+    exported weights load into strictly, what it is, and whether it is a torchvision constructor's as is."""
     name, channels, small = layout["backbone"], int(layout["in_channels"]), bool(layout["small_stem"])
     base, width = parse_backbone(name)
     feature_dim = build_backbone(name, channels, small)[1]
@@ -134,14 +117,6 @@ def _torchvision_note(layout: dict[str, Any]) -> tuple[bool, str]:
     return stock, f"{note}; build it with: {code}"
 
 
-def _build(code: str) -> torch.nn.Module:
-    """Run the construction part of a :func:`torchvision_recipe` line (clim's own text: a validated
-    backbone name and integers) and return its ``m``."""
-    namespace: dict[str, Any] = {}
-    exec(code, namespace)  # noqa: S102 - the line the user is told to run, checked here as is
-    return namespace["m"]
-
-
 def _write_atomically(out_path: Path, write: Callable[[Any], None]) -> None:
     """``write(binary handle)`` into a temporary file beside ``out_path``, renamed over it when complete."""
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -154,23 +129,23 @@ def _write_atomically(out_path: Path, write: Callable[[Any], None]) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _write_info(out_path: Path, info: dict[str, Any]) -> None:
+def _write_info(out_path: Path, info: dict[str, Any]) -> dict[str, Any]:
     text = (json.dumps(info, indent=2) + "\n").encode()
     _write_atomically(Path(f"{out_path}.json"), lambda handle: handle.write(text))
+    return info
 
 
 def export_torchvision(ckpt: str | Path, out_path: str | Path) -> dict[str, Any]:
-    """Write the backbone as a torchvision state_dict (``.safetensors`` by suffix, else torch.save).
-
-    Returns (and writes to ``<out_path>.json``) the layout and the one line that loads it (``load``); the
-    weights are loaded strictly into that line's network before anything is written. See the module doc.
-    """
+    """Write the backbone as a torchvision state_dict (``.safetensors`` by suffix, else torch.save);
+    returns (and writes to ``<out_path>.json``) the layout and the line that loads it (``load``)."""
     out_path = Path(out_path)
     check_output(out_path)
     weights, layout = pretrained_backbone(ckpt)
     weights = {k: v.detach().cpu().contiguous() for k, v in weights.items()}
     code, note, stock = torchvision_recipe(layout)
-    load_strictly(_build(code), weights, f"the exported weights would not load into the network of `{code}`")
+    namespace: dict[str, Any] = {}  # the construction line (clim's own text: a validated backbone name, integers)
+    exec(code, namespace)  # noqa: S102 - the line the user is told to run, checked here as is
+    load_strictly(namespace["m"], weights, f"the exported weights would not load into the network of `{code}`")
     target = repr(str(out_path.resolve()))
     if out_path.suffix == ".safetensors":
         from safetensors.torch import save
@@ -183,8 +158,7 @@ def export_torchvision(ckpt: str | Path, out_path: str | Path) -> dict[str, Any]
     info = {"format": "torchvision", "path": str(out_path.resolve()), **layout, "torchvision_compatible": stock,
             "loader": "clim" if "clim.models" in code else "torchvision", "load": load,
             "load_checked": "strict load into the network of 'load' checked before writing", "note": note}
-    _write_info(out_path, info)
-    return info
+    return _write_info(out_path, info)
 
 
 def detectron2_name(name: str) -> str:
@@ -219,7 +193,5 @@ def export_detectron2(ckpt: str | Path, out_path: str | Path) -> dict[str, Any]:
     else:
         note = (f"only stem.conv1 differs from detectron2's stem ({layout['in_channels']} input channel(s) "
                 "instead of 3); detectron2 will skip it and train it from scratch, every other layer loads")
-    info = {"format": "detectron2", "path": str(out_path.resolve()), **layout,
-            "detectron2_compatible": compatible, "load": note}
-    _write_info(out_path, info)
-    return info
+    return _write_info(out_path, {"format": "detectron2", "path": str(out_path.resolve()), **layout,
+                                  "detectron2_compatible": compatible, "load": note})

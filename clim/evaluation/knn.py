@@ -1,11 +1,9 @@
 """Weighted kNN classification on frozen features (METHOD §5; InstDisc / DINO protocol).
 
-Each test feature votes with its k most cosine-similar training features; neighbour j adds
-``exp(s_j / T)`` to its class, so close neighbours count more than a plain majority vote would let
-them. Test rows are processed in chunks, so no test × train matrix is ever held whole: memory is
-``chunk × N_train`` similarities, which the chunk is shrunk to keep below ~1 GiB for ImageNet-size banks.
-The classifier (:func:`weighted_knn`, :func:`knn_predict`) lives in :mod:`clim.runtime.features`, a
-layer below both evaluation and the trainer, whose kNN monitor uses it too; it is importable from here.
+Each test feature votes with its k most cosine-similar training features, neighbour j adding
+``exp(s_j / T)`` to its class. Test rows run in chunks of at most ~1 GiB of similarities, never the
+whole test × train matrix. The classifier (:func:`weighted_knn`, :func:`knn_predict`) lives in
+:mod:`clim.runtime.features` (the trainer's kNN monitor uses it too) and is importable from here.
 """
 
 from __future__ import annotations
@@ -18,14 +16,11 @@ from clim.runtime.features import knn_predict, weighted_knn  # noqa: F401
 KNN_SETTINGS: tuple[tuple[int, float], ...] = ((20, 0.07), (200, 0.1))
 
 
-def run_knn(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor,
-            test_labels: torch.Tensor, num_classes: int | None = None,
-            settings: tuple[tuple[int, float], ...] = KNN_SETTINGS,
+def run_knn(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor, test_labels: torch.Tensor,
+            num_classes: int | None = None, settings: tuple[tuple[int, float], ...] = KNN_SETTINGS,
             device: str | torch.device | None = None) -> dict[str, float]:
-    """Both METHOD §5 settings as ``{"knn_k20_top1": ..., "knn_k200_top1": ...}``.
-
-    The bank is moved to ``device`` once (default: CUDA when available), so every setting shares it.
-    """
+    """Both METHOD §5 settings as ``{"knn_k20_top1": ..., "knn_k200_top1": ...}``; the bank is moved to
+    ``device`` (default: CUDA when available) once for all settings."""
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     bank, bank_labels = train_feats.to(device), train_labels.to(device)

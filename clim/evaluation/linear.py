@@ -4,30 +4,24 @@
 momentum 0.9, weight decay 0, 100 epochs, lr ×0.1 at epochs 60 and 80, batch 256, RandomResizedCrop
 (scale 0.08–1) + horizontal flip for training, resize + centre crop for validation.
 
-The learning rate: ``clim eval linear`` chooses it by default (``--lr auto``, :func:`choose_lr`): the
-best held-out top-1 of a few lrs (0.1 … 30), each classifier trained on cached features of 80 % of the
-training images and scored on the other 20 %; the test split is never read, so the test number keeps
-its meaning. MoCo's lr 30 was tuned for ImageNet ResNet-50 features; on small networks' features it
-can end with a train loss above ln C. ``--lr 30`` gives the paper's protocol.
+The learning rate is chosen by default (``--lr auto``, :func:`choose_lr`) on held-out training
+images, never the test split: MoCo's lr 30 was tuned for ImageNet ResNet-50 features and on small
+networks' features can end with a train loss above ln C. ``--lr 30`` gives the paper's protocol.
 
-Scaled presets (documented deviations, chosen with ``--preset``; ``auto`` picks ``paper`` above
-64 px and ``small`` at or below):
+Scaled presets (documented deviations; ``auto`` picks ``paper`` above 64 px, else ``small``):
+``small`` keeps the 60 % / 80 % decay points over 30 epochs with crop scale 0.5–1 (at 28–64 px an
+8 % crop keeps only a few pixels) and validates at native size (no crop); ``quick`` is a CPU smoke test.
 
-* ``small`` — 30 epochs, ×0.1 at 18 and 24 (the same 60 % / 80 % points), crop scale 0.5–1: at
-  28–64 px a crop of 8 % of the image keeps only a few pixels, so a milder crop keeps the training
-  images recognisable. Validation uses the eval transform at native size (no crop).
-* ``quick`` — 5 epochs, ×0.1 at 3 and 4, crop scale 0.5–1: a CPU smoke test, not a result.
-
-``cached_features=True`` trains on features of un-augmented training images extracted once. It is
-much faster (one backbone pass instead of one per epoch) but drops the training augmentation, a
-deviation from the protocol that the result JSON records; numbers are usually close but not equal.
+``cached_features=True`` trains on features of un-augmented training images extracted once: one
+backbone pass instead of one per epoch, but without the training augmentation (a deviation the result
+JSON records; numbers are usually close but not equal).
 """
 
 from __future__ import annotations
 
 import math
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Callable, Iterable
 
 import torch
@@ -85,12 +79,8 @@ def accuracy_report(logits: torch.Tensor, labels: torch.Tensor, prefix: str) -> 
 def fit_classifier(classifier: nn.Module, optimizer: torch.optim.Optimizer, milestones: Iterable[int],
                    epochs: int, batches: Callable[[int], Iterable[tuple[torch.Tensor, torch.Tensor]]],
                    progress: bool | None = None, desc: str = "linear") -> float:
-    """Cross-entropy training over ``batches(epoch)`` with a step schedule; returns the last epoch's loss.
-
-    ``batches`` yields ``(inputs, labels)`` already on the classifier's device; the schedule steps
-    once per epoch (×0.1 at each milestone). Progress (unless ``progress`` is False): a bar on a
-    terminal, else a line every 30 s with the epoch, its loss and the ETA.
-    """
+    """Cross-entropy training over ``batches(epoch)`` (``(inputs, labels)`` on the classifier's device),
+    lr ×0.1 at each milestone epoch; returns the last epoch's mean loss."""
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(milestones), gamma=0.1)
     loss_sum, seen = 0.0, 0
     bar = Progress(epochs, f"{desc} epochs", enabled=progress is not False, leave=False)
@@ -153,11 +143,8 @@ def linear_on_features(train_feats: torch.Tensor, train_labels: torch.Tensor, te
 def linear_on_backbone(backbone: nn.Module, train_ds: Dataset, test_ds: Dataset, num_classes: int,
                        preset: LinearPreset, seed: int = 0, device: str | torch.device = "cpu",
                        num_workers: int = 0, progress: bool | None = None) -> dict[str, float]:
-    """The protocol: frozen backbone in eval mode, features of augmented images every epoch.
-
-    ``train_ds`` carries the training augmentation (RandomResizedCrop + flip), ``test_ds`` the
-    validation transform; items are ``(image, index, label)``.
-    """
+    """The protocol: frozen backbone in eval mode, features of ``train_ds``'s augmented images every
+    epoch; items are ``(image, index, label)``."""
     torch.manual_seed(seed)
     device = torch.device(device)
     backbone = backbone.to(device)
@@ -193,8 +180,6 @@ def preset_settings(name: str, preset) -> dict[str, object]:
     return {"preset": name, **asdict(preset)}
 
 
-# The learning rates that `linear_probe` tries: MoCo's lr 30 was tuned for ImageNet ResNet-50 features,
-# and on small networks' features it can end above chance (a train loss above ln C).
 PROBE_LRS = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
 PROBE_HOLDOUT = 0.2
 
@@ -210,7 +195,7 @@ def choose_lr(train_feats: torch.Tensor, train_labels: torch.Tensor, num_classes
     for lr in lrs:
         try:
             trial = linear_on_features(train_feats[fit_rows], train_labels[fit_rows], train_feats[held_rows],
-                                       train_labels[held_rows], num_classes, _with_lr(preset, lr), seed, device,
+                                       train_labels[held_rows], num_classes, replace(preset, lr=lr), seed, device,
                                        progress)
         except FloatingPointError:  # this lr diverged: it cannot be chosen
             sweep[lr] = float("-inf")
@@ -232,20 +217,13 @@ def above_chance_loss(loss: float, num_classes: int) -> bool:
 
 def linear_probe(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor,
                  test_labels: torch.Tensor, num_classes: int, preset: LinearPreset, seed: int = 0,
-                 device: str | torch.device = "cpu", lrs: Iterable[float] = PROBE_LRS,
-                 holdout: float = PROBE_HOLDOUT, progress: bool | None = None) -> dict:
+                 device: str | torch.device = "cpu", lrs: Iterable[float] = PROBE_LRS, holdout: float = PROBE_HOLDOUT,
+                 progress: bool | None = None) -> dict:
     """The linear classifier on fixed features with its lr chosen on a held-out part of the train split
-    (:func:`choose_lr`), retrained with that lr on the whole train split and scored on the test split.
-
-    Returns the test accuracy, the chosen lr, every lr's held-out top-1, the final train loss and whether
-    it ended above ln C (warned on stderr).
-    """
+    (:func:`choose_lr`), retrained with that lr on the whole train split and scored on the test split;
+    with the lr sweep and whether the final train loss ended above ln C."""
     best, sweep = choose_lr(train_feats, train_labels, num_classes, preset, seed, device, lrs, holdout, progress)
     result = linear_on_features(train_feats, train_labels, test_feats, test_labels, num_classes,
-                                _with_lr(preset, best), seed, device, progress)
+                                replace(preset, lr=best), seed, device, progress)
     return {**result, "linear_lr": best, "linear_sweep": sweep, "linear_holdout": holdout,
             "train_loss_above_chance": above_chance_loss(result["final_train_loss"], num_classes)}
-
-
-def _with_lr(preset: LinearPreset, lr: float) -> LinearPreset:
-    return LinearPreset(**{**asdict(preset), "lr": lr})

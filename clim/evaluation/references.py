@@ -1,11 +1,9 @@
 """What raw pixels give for free: weighted kNN and a ridge probe on the pixels of a registered dataset.
 
-A self-supervised result means little until it is set beside these: on glyphs at 16 px, for instance,
-raw pixels already classify part of the test set. The pixels are the ones the network sees at
-evaluation: the dataset's eval transform (resize to ``image_size``, normalise by the dataset's
-mean / std), flattened. kNN is the protocol of :mod:`clim.evaluation.knn` (cosine, k = 20,
-T = 0.07); the linear reference is a one-vs-rest ridge classifier on standardised pixels, its
-regularisation chosen by leave-one-out (generalised) cross-validation on the train split alone.
+The pixels are the ones the network sees at evaluation (the dataset's eval transform at
+``image_size``), flattened. kNN is :mod:`clim.evaluation.knn`'s (cosine, k = 20, T = 0.07); the
+linear reference is a one-vs-rest ridge classifier on standardised pixels, its regularisation chosen
+by leave-one-out (generalised) cross-validation on the train split alone.
 """
 
 from __future__ import annotations
@@ -17,7 +15,7 @@ import torch
 
 from clim.evaluation.knn import weighted_knn
 
-__all__ = ["RIDGE_ALPHAS", "dataset_pixels", "pixel_references"]
+__all__ = ["RIDGE_ALPHAS", "dataset_pixels", "fit_ridge", "pixel_references"]
 
 RIDGE_ALPHAS = tuple(float(a) for a in np.logspace(-1, 7, 9))  # 0.1 .. 1e7
 
@@ -35,27 +33,24 @@ def dataset_pixels(dataset, image_size: int) -> tuple[torch.Tensor, torch.Tensor
     return torch.stack(rows), dataset.labels.clone()
 
 
-def _ridge_top1(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor
+def fit_ridge(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor
                 ) -> tuple[float, float]:
-    """(top-1 %, the chosen alpha) of a ridge classifier on standardised features."""
+    """(top-1 %, the chosen alpha) of a ridge classifier on standardised features, its alpha of
+    RIDGE_ALPHAS chosen by leave-one-out on the train rows."""
     from sklearn.linear_model import RidgeClassifierCV
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     model = make_pipeline(StandardScaler(), RidgeClassifierCV(alphas=RIDGE_ALPHAS))
     model.fit(train_x.numpy().astype(np.float64), train_y.numpy())
-    accuracy = float((model.predict(test_x.numpy().astype(np.float64)) == test_y.numpy()).mean())
-    return 100.0 * accuracy, float(model[-1].alpha_)
+    accuracy = 100.0 * float((model.predict(test_x.numpy().astype(np.float64)) == test_y.numpy()).mean())
+    return accuracy, float(model[-1].alpha_)
 
 
 def pixel_references(dataset_name: str, root: str | Path | None, image_size: int, k: int = 20,
                      temperature: float = 0.07, linear: bool = True) -> dict:
-    """Raw-pixel kNN (and, with ``linear``, ridge) top-1 % on the test split of a registered dataset,
-    the train split as the bank / training set, at ``image_size``.
-
-    Returns ``{"pixel_knn_top1", "pixel_linear_top1", "pixel_linear_alpha", "image_size", "num_test",
-    "num_train", "num_classes", "knn_k", "knn_temperature"}`` (the linear keys None without ``linear``).
-    """
+    """Raw-pixel kNN (and, with ``linear``, ridge; else None) top-1 % on the test split of a registered
+    dataset at ``image_size``, the train split as the bank / training set."""
     from clim.data import build_dataset
 
     train = build_dataset(dataset_name, root, "train", image_size=image_size)
@@ -68,6 +63,6 @@ def pixel_references(dataset_name: str, root: str | Path | None, image_size: int
     result = {"pixel_knn_top1": weighted_knn(train_x, train_y, test_x, test_y, k, temperature, num_classes),
               "pixel_linear_top1": None, "pixel_linear_alpha": None}
     if linear:
-        result["pixel_linear_top1"], result["pixel_linear_alpha"] = _ridge_top1(train_x, train_y, test_x, test_y)
+        result["pixel_linear_top1"], result["pixel_linear_alpha"] = fit_ridge(train_x, train_y, test_x, test_y)
     return {**result, "image_size": int(image_size), "num_test": int(len(test_y)), "num_train": int(len(train_y)),
             "num_classes": int(num_classes), "knn_k": k, "knn_temperature": temperature}

@@ -1,15 +1,13 @@
 """Semi-supervised fine-tuning on 1 % / 10 % of the labels (paper Table 2; METHOD §5).
 
-All layers are fine-tuned (BatchNorm in training mode) with a fresh linear classifier; ``paper``
-keeps the paper's values: SGD momentum 0.9, backbone lr 1e-4, classifier lr 10, weight decay 0
-(the paper does not state one), 60 epochs, lr ×0.1 every 20, batch 256, RandomResizedCrop + flip
-only. The classifier lr of 10 belongs to the paper's ImageNet setup; ``--lr-fc`` / ``--lr-backbone``
-override it. Scaled presets for small data and CPUs (documented deviations): ``small`` — 30 epochs,
-×0.1 every 10, crop scale 0.5–1 (see clim.evaluation.linear); ``quick`` — 3 epochs, a smoke test.
+All layers are fine-tuned (BatchNorm in training mode) with a fresh linear classifier. ``paper`` keeps
+the paper's values (weight decay 0: the paper states none; the classifier lr of 10 belongs to its
+ImageNet setup, ``--lr-fc`` / ``--lr-backbone`` override it); ``small`` and ``quick`` are scaled
+presets for small data and CPUs (documented deviations, see clim.evaluation.linear).
 
-Labelled subsets: on ImageNet the SimCLR split files (``1percent.txt`` / ``10percent.txt``: one
-image file name per line) select the images; elsewhere :func:`balanced_subset` draws a seeded,
-class-balanced subset. The chosen indices are saved next to the result so it can be reproduced.
+Labelled subsets: on ImageNet the SimCLR split files (``1percent.txt`` / ``10percent.txt``) select the
+images; elsewhere :func:`balanced_subset` draws a seeded, class-balanced subset. The chosen indices
+are saved next to the result.
 """
 
 from __future__ import annotations
@@ -46,11 +44,8 @@ SEMISUP_PRESETS = {
 
 
 def balanced_subset(labels: torch.Tensor, fraction: float, seed: int = 0) -> torch.Tensor:
-    """Sorted indices holding ``fraction`` of every class (rounded, at least one), seeded.
-
-    Each class is drawn with the same generator in ascending label order, so a seed fixes the
-    subset; unlabelled samples (label −1) are never chosen.
-    """
+    """Sorted indices holding ``fraction`` of every class (rounded, at least one; label −1 never),
+    drawn with one generator seeded by ``seed``."""
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
     generator = torch.Generator().manual_seed(seed)
@@ -67,11 +62,8 @@ def balanced_subset(labels: torch.Tensor, fraction: float, seed: int = 0) -> tor
 
 
 def split_file_subset(sample_paths: list[str], split_file: str | Path) -> torch.Tensor:
-    """Indices of the images a SimCLR split file names (file names, one per line).
-
-    Matching is by file name, so the file works whatever folder the dataset lives in. A name that
-    matches no image is an error: a silently smaller subset would not be the paper's.
-    """
+    """Indices of the images a SimCLR split file names (file names, one per line, matched whatever the
+    folder); a name that matches no image is an error: a silently smaller subset would not be the paper's."""
     split_file = Path(split_file)
     if not split_file.exists():
         raise FileNotFoundError(f"split file not found: {split_file}")
@@ -88,20 +80,15 @@ def split_file_subset(sample_paths: list[str], split_file: str | Path) -> torch.
 def save_subset(path: str | Path, indices: torch.Tensor, **meta) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({**meta, "num_samples": int(indices.numel()),
-                                "indices": indices.tolist()}) + "\n")
+    path.write_text(json.dumps({**meta, "num_samples": int(indices.numel()), "indices": indices.tolist()}) + "\n")
     return path
 
 
 def finetune(backbone: nn.Module, feature_dim: int, train_ds: Dataset, test_ds: Dataset, num_classes: int,
              preset: SemiSupPreset, seed: int = 0, device: str | torch.device = "cpu", num_workers: int = 0,
              progress: bool | None = None) -> dict[str, float]:
-    """Fine-tune ``backbone`` (modified in place) + a new classifier on ``train_ds``; test top-1/5.
-
-    ``train_ds`` is the labelled subset with the crop + flip transform, ``test_ds`` the full test
-    split with the validation transform. A last batch smaller than the batch is dropped when the
-    subset spans several batches, so BatchNorm never sees a batch of one.
-    """
+    """Fine-tune ``backbone`` (modified in place) + a new classifier on ``train_ds``; test top-1/5. A
+    short last batch is dropped when the subset spans several batches: BatchNorm never sees a batch of one."""
     torch.manual_seed(seed)
     device = torch.device(device)
     classifier = linear_classifier(feature_dim, num_classes)

@@ -12,20 +12,11 @@ import torch
 import torch.nn.functional as F
 
 
-def _pair_sum(normalised: torch.Tensor) -> float:
-    """Sum of cosines over ordered pairs i != j of already normalised rows."""
-    total = normalised.sum(dim=0)
-    return float(total @ total) - float((normalised * normalised).sum())
-
-
 @torch.no_grad()
 def intra_class_similarity(feats: torch.Tensor, labels: torch.Tensor) -> dict[str, object]:
-    """Mean cosine over intra-class pairs (i != j), averaged over classes with at least two samples.
-
-    Also returns each class's mean and, for contrast, the mean over all pairs of the set regardless
-    of class: a representation that clusters classes has intra-class >> all-pairs similarity.
-    Classes are converted to float64 one at a time, so memory stays at the features' own size.
-    """
+    """Mean cosine over intra-class pairs (i != j), averaged over classes with at least two samples;
+    also each class's mean and, for contrast, the mean over all pairs regardless of class. Classes are
+    converted to float64 one at a time, so memory stays at the features' own size."""
     labels = labels.to(feats.device)
     per_class = {}
     grand_total = torch.zeros(feats.shape[1], dtype=torch.float64, device=feats.device)
@@ -34,17 +25,14 @@ def intra_class_similarity(feats: torch.Tensor, labels: torch.Tensor) -> dict[st
         if label < 0:
             continue
         members = F.normalize(feats[labels == label].double(), dim=1)
-        grand_total += members.sum(dim=0)
-        self_pairs += float((members * members).sum())
-        count += members.shape[0]
-        n = members.shape[0]
-        if n >= 2:
-            per_class[int(label)] = _pair_sum(members) / (n * (n - 1))
+        total, squares, n = members.sum(dim=0), float((members * members).sum()), members.shape[0]
+        grand_total += total
+        self_pairs += squares
+        count += n
+        if n >= 2:  # the sum over ordered pairs i != j: all pairs less the self-pairs
+            per_class[int(label)] = (float(total @ total) - squares) / (n * (n - 1))
     if not per_class:
         raise ValueError("intra-class similarity needs a class with at least two labelled samples")
     all_pairs = (float(grand_total @ grand_total) - self_pairs) / (count * (count - 1))
-    return {
-        "intra_class_similarity": sum(per_class.values()) / len(per_class),
-        "all_pairs_similarity": all_pairs,
-        "per_class": per_class,
-    }
+    return {"intra_class_similarity": sum(per_class.values()) / len(per_class), "all_pairs_similarity": all_pairs,
+            "per_class": per_class}
