@@ -82,3 +82,27 @@ def test_import_clim_is_light_and_exposes_the_python_api():
     assert clim.PositiveBank is PositiveBank and clim.losses.info_nce is clim.info_nce
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
         clim.nothing  # noqa: B018
+
+
+# The evaluation split builder applies `--set` overrides to a checkpoint's config: config work, not the data path.
+RESOLVES_A_CONFIG = {"clim/data/splits.py"}
+
+
+def test_model_method_and_data_path_never_see_the_whole_config():
+    """The config is resolved once (clim.specs); below the engine a module gets the spec it needs, so it
+    neither imports ``Config`` nor names it."""
+    import ast
+
+    offenders = []
+    for folder in ("models", "method", "data"):
+        for path in sorted((ROOT / "clim" / folder).glob("*.py")):
+            relative = path.relative_to(ROOT).as_posix()
+            if relative in RESOLVES_A_CONFIG:
+                continue
+            names = {node.id for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.Name)}
+            names |= {alias.name for node in ast.walk(ast.parse(path.read_text()))
+                      if isinstance(node, ast.ImportFrom) for alias in node.names}
+            if "Config" in names:
+                offenders.append(relative)
+    assert not offenders, f"modules below the engine that take the whole Config: {offenders}"
+    assert (ROOT / "clim" / "specs.py").is_file()
