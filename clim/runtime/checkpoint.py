@@ -1,13 +1,9 @@
 """One checkpoint format: a ``torch.save`` dict of tensors and plain Python values.
 
-Writes go to a temporary file in the same folder, are fsynced, then renamed over the target, so a
-kill -9 at any moment leaves either the previous or the new checkpoint, never a torn one. Loading
-uses ``torch.load(weights_only=True)``: a checkpoint cannot execute code.
-
-Every load reads onto the CPU, whatever device trained or will train: ``load_state_dict`` then
-copies model, optimiser and scaler state to where the live tensors are, and :func:`set_rng_state`
-needs CPU tensors (``torch.set_rng_state``, ``Generator.set_state`` and ``.numpy()`` reject CUDA
-ones, which is what ``map_location=<cuda device>`` would hand them).
+Writes go to a fsynced temporary file renamed over the target, so a kill -9 leaves the previous or
+the new checkpoint, never a torn one. Loads use ``weights_only=True`` (a checkpoint cannot execute
+code) and read onto the CPU whatever the device: ``load_state_dict`` copies state to the live
+tensors, and :func:`set_rng_state` needs CPU tensors (the RNG setters reject CUDA ones).
 """
 
 from __future__ import annotations
@@ -27,11 +23,8 @@ CHECKPOINT_NAME = "checkpoint.pt"
 
 
 def save_atomic(state: dict[str, Any], path: str | Path) -> None:
-    """Write ``state`` to ``path`` through a fsynced temporary file and a rename.
-
-    A failed write (disk full, I/O error) removes the temporary file, leaves the previous ``path``
-    as it was and raises :class:`CheckpointWriteError`: one line with the path and the free space.
-    """
+    """Write ``state`` to ``path`` through a fsynced temporary file and a rename; a failed write leaves
+    the previous ``path`` as it was and raises :class:`CheckpointWriteError`."""
     import torch
 
     path = Path(path)
@@ -72,7 +65,10 @@ class CheckpointWriteError(RuntimeError):
     The CLI prints it on one line and exits with code 1."""
 
     def __init__(self, path: Path, error: BaseException):
-        free = _free_bytes(path.parent)
+        try:
+            free = shutil.disk_usage(path.parent).free
+        except OSError:
+            free = None
         reason = getattr(error, "strerror", None) or str(error).strip().splitlines()[-1][:200]
         if free is not None and free < 64 * 2**20:
             reason = f"{reason}; probably the disk is full"
@@ -82,20 +78,9 @@ class CheckpointWriteError(RuntimeError):
         self.path = path
 
 
-def _free_bytes(folder: Path) -> int | None:
-    try:
-        return shutil.disk_usage(folder).free
-    except OSError:
-        return None
-
-
 class RunLock:
-    """One run per output folder: an exclusive ``fcntl.flock`` on ``FOLDER/.lock``.
-
-    The operating system drops the lock when the process ends, however it ends (``kill -9``
-    included), so a stale lock cannot exist. The file holds the PID of the run that holds it, for
-    the message a second run prints. Readers (``clim eval``, ``inspect``, ``report``) never take it.
-    """
+    """One run per output folder: an exclusive ``fcntl.flock`` on ``FOLDER/.lock`` (holding the PID),
+    dropped by the operating system however the process ends, so it is never stale. Readers never take it."""
 
     NAME = ".lock"
 
@@ -148,11 +133,8 @@ TRAINER_KEYS = ("config", "model", "data_info")
 
 
 def load(path: str | Path) -> dict[str, Any]:
-    """The checkpoint dict at ``path``, loaded onto the CPU with ``weights_only=True``.
-
-    Raises FileNotFoundError when there is no file, CheckpointError (one line, naming the file) when
-    it is a directory, not a weights-only file, corrupt or truncated, or holds no dict.
-    """
+    """The checkpoint dict at ``path``, loaded onto the CPU with ``weights_only=True``; FileNotFoundError
+    or a one-line CheckpointError when it is not one."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -235,8 +217,8 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore :func:`rng_state`'s generators; the CUDA ones too when as many devices are visible.
-    The states must be CPU tensors, as :func:`load` returns them."""
+    """Restore :func:`rng_state`'s generators (CPU tensors, as :func:`load` returns them); the CUDA ones
+    too when as many devices are visible."""
     import numpy as np
     import torch
 

@@ -80,10 +80,10 @@ def all_gather_uneven(tensor: torch.Tensor) -> torch.Tensor:
         return tensor
     size = torch.tensor([tensor.shape[0]], device=tensor.device)
     sizes = all_gather_cat(size).tolist()
-    padded = torch.zeros((max(sizes),) + tuple(tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
+    longest = max(sizes)
+    padded = torch.zeros((longest,) + tuple(tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
     padded[: tensor.shape[0]] = tensor
     gathered = all_gather_cat(padded)
-    longest = max(sizes)
     return torch.cat([gathered[i * longest: i * longest + n] for i, n in enumerate(sizes)])
 
 
@@ -98,12 +98,9 @@ def all_gather_object(obj) -> list:
 
 @torch.no_grad()
 def broadcast_module(module: torch.nn.Module, norm_only: bool = False) -> None:
-    """Give every rank rank 0's parameters and buffers (what DDP's constructor does): ranks seed
-    apart (``train.seed + rank``), so their initial weights and queue differ otherwise. With
-    ``norm_only``, only the BatchNorm running statistics, the one state each rank keeps for itself
-    (from its own batches): the trainer aligns them whenever it saves, so that every rank holds
-    what the checkpoint holds and a resumed run continues as the uninterrupted one.
-    """
+    """Give every rank rank 0's parameters and buffers (ranks seed apart, so they differ otherwise);
+    with ``norm_only``, only the BatchNorm running statistics, the one state each rank keeps for itself
+    (aligned whenever the trainer saves, so a resumed run continues as the uninterrupted one)."""
     if world_size() == 1:
         return
     if norm_only:
@@ -142,12 +139,8 @@ _HOST_GROUP = None  # a gloo group beside NCCL, for decisions made on the host
 
 
 def any_rank_on_host(*flags: bool) -> tuple[bool, ...]:
-    """Per flag, True on every rank when it is True on at least one, agreed over a CPU (gloo) group.
-
-    The training loop asks this after every step (stop requested? checkpoint due?): on NCCL runs a
-    second, gloo group carries it, so the answer costs one small host collective and never waits
-    for the device (:func:`any_rank` reads a device tensor).
-    """
+    """Per flag, True on every rank when it is True on at least one, agreed over a CPU (gloo) group:
+    asked after every step, it never waits for the device (:func:`any_rank` reads a device tensor)."""
     if world_size() == 1:
         return tuple(bool(flag) for flag in flags)
     global _HOST_GROUP
@@ -159,11 +152,8 @@ def any_rank_on_host(*flags: bool) -> tuple[bool, ...]:
 
 
 def average_gradients(parameters) -> None:
-    """Average gradients over ranks in one flat buffer per dtype.
-
-    The query encoder runs several forward passes per step (views, mixed views, resolutions);
-    averaging after ``backward`` keeps that simple and exact, where DDP's hooks assume one forward.
-    """
+    """Average gradients over ranks in one flat buffer per dtype, after ``backward``: the query encoder
+    runs several forward passes per step, where DDP's hooks assume one."""
     if world_size() == 1:
         return
     grads = [p.grad for p in parameters if p.grad is not None]

@@ -22,15 +22,10 @@ def module_device(module: nn.Module) -> torch.device:
 def extract_features(module: nn.Module, dataset: Dataset, batch_size: int = 256,
                      device: str | torch.device | None = None, num_workers: int = 0,
                      progress: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(feats [N, D] float32 on CPU, labels [N] long)`` in dataset order.
-
-    The module runs in eval mode (BatchNorm uses its running statistics, so a feature does not
-    depend on its batch) and gets its previous training mode back afterwards. ``device`` defaults
-    to the module's own; when given, the module is moved there. ``progress`` None shows it on the
-    main rank (a bar on a terminal, else a line every 30 s), False not at all. Items are
-    ``(image, index, label)`` as the dataset registry returns them, or ``(image, label)``
-    (torchvision's datasets), ``(image,)`` or a bare image tensor (labels −1).
-    """
+    """``(feats [N, D] float32 on CPU, labels [N] long)`` in dataset order, the module in eval mode (a
+    feature does not depend on its batch), moved to ``device`` when given. ``progress`` None: shown on
+    the main rank. Items are ``(image, index, label)``, ``(image, label)``, ``(image,)`` or a bare image
+    tensor (labels −1)."""
     device = torch.device(device) if device is not None else module_device(module)
     module.to(device)
     was_training = module.training
@@ -67,9 +62,8 @@ _MAX_SIMILARITIES = 1 << 28  # floats per chunk (1 GiB in float32)
 
 
 @torch.no_grad()
-def knn_predict(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor,
-                k: int, temperature: float, num_classes: int | None = None,
-                chunk_size: int = 1024) -> torch.Tensor:
+def knn_predict(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor, k: int,
+                temperature: float, num_classes: int | None = None, chunk_size: int = 1024) -> torch.Tensor:
     """Predicted class of every test row, computed on ``train_feats``' device."""
     device = train_feats.device
     bank_labels = train_labels.to(device=device, dtype=torch.long)

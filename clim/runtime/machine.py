@@ -38,13 +38,9 @@ def usable_cores() -> int:
 
 
 def choose_torch_threads(cores: int | None = None, load: float | None = None) -> tuple[int, str]:
-    """``(threads, line)``: the usable cores minus the busy ones (the 1-minute load average,
-    rounded), at least 1, and a line saying so.
-
-    A torch thread on a core another job keeps busy makes every parallel op wait for it: with one
-    CPU-bound job beside it, ``make demo`` on 2 cores took 29 min with 2 threads against 5.7 min
-    alone. ``cores`` and ``load`` default to this machine's, now.
-    """
+    """``(threads, line)``: the usable cores minus the busy ones (the 1-minute load average, rounded),
+    at least 1, and a line saying so. A thread on a busy core makes every parallel op wait for it
+    (``make demo`` on 2 cores beside one CPU-bound job: 29 min with 2 threads, 5.7 min alone)."""
     cores = usable_cores() if cores is None else cores
     if load is None:
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0

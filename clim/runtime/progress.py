@@ -37,16 +37,11 @@ def end_line() -> None:
 
 
 class Progress:
-    """``total`` units (steps, epochs, batches) from ``initial``.
-
-    ``update(n)`` after each unit; ``set_postfix(loss="6.123", ...)`` values shown beside the count;
-    ``poll()`` inside a long unit (a plain line falls due on time, not on units). On a terminal the
-    bar is tqdm's; elsewhere a line ``desc: 45/100 (45 %), loss 6.123, ETA 1m10s`` goes to stderr
-    when ``every`` seconds (default 30, or ``CLIM_PROGRESS_EVERY``) have passed since the last plain
-    line of any bar, at the first update when ``first_line``, and at ``close()`` when
-    ``last_line`` or a line was written before. ``extra()``, when given, returns more values, fresh
-    for each line or postfix (e.g. ``{"run ETA": "12m30s"}``).
-    """
+    """``total`` units from ``initial``: ``update(n)`` after each unit, ``set_postfix(loss="6.123")``,
+    ``poll()`` inside a long unit. On a terminal a tqdm bar; elsewhere ``desc: 45/100 (45 %), loss 6.123,
+    ETA 1m10s`` on stderr when ``every`` seconds (default 30, ``CLIM_PROGRESS_EVERY``) passed since the
+    last plain line of any bar, at the first update with ``first_line``, and at ``close()`` with
+    ``last_line`` or after an earlier line. ``extra()`` adds values, fresh for each line or postfix."""
 
     def __init__(self, total: int, desc: str, initial: int = 0, enabled: bool = True, leave: bool = True,
                  every: float | None = None, terminal: bool | None = None,
