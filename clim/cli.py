@@ -54,8 +54,7 @@ def _demo(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from clim.report import write_report
 
-    path = write_report(args.run_dir)
-    print(path)
+    print(write_report(args.run_dir))
     return 0
 
 

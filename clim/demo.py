@@ -1,9 +1,8 @@
 """``clim demo`` (``make demo``): pretrain on the embedded Fashion-MNIST subset, then compare.
 
-The table puts the trained backbone next to the same backbone at random initialisation and raw
-pixels, at the training resolution and at the dataset's native one, all with the same weighted kNN
-(METHOD §5) and the same ridge classifier on the embedded test split, so a user sees at once whether
-pretraining learned anything beyond what the architecture and the pixels give for free.
+The table puts the trained backbone next to what needs no training (:mod:`clim.evaluation.baselines`),
+all by the same weighted kNN (METHOD §5) and ridge classifier on the embedded test split, so a user sees
+whether pretraining learned anything beyond what the architecture and the pixels give for free.
 """
 
 from __future__ import annotations
@@ -109,12 +108,11 @@ def run_demo(out: str | Path, preset: str = "clim-demo-cpu", overrides: list[str
         (r["knn_seconds"] for r in reversed(done) if "knn_seconds" in r), 0.0), on_refresh=draw_refresh)
     train_seconds = time.perf_counter() - started
     rows = compare(out)
-    table = format_table(rows)
     last_selection = next((r["selection"] for r in reversed(history) if "selection" in r), None)
     print(f"\nkNN and ridge top-1 on the {rows['trained']['num_test']} test images of {config.data.name} after "
           f"{config.train.epochs} epochs of {preset} ({train_seconds / 60:.1f} min of pretraining, "
           f"{history[-1]['images_per_s']:.0f} images/s in the last epoch):\n")
-    print(table)
+    print(format_table(rows))
     print(f"\n{reference_words(rows)}.")
     if last_selection and "positive_precision" in last_selection:
         print("\npositives table at each refresh (precision = share of positives with the anchor's label):")

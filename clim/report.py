@@ -1,11 +1,9 @@
 """``clim report DIR``: a Markdown report with PNG plots of a run and every evaluation found for it.
 
-The kNN plots carry what needs no training as reference lines (raw pixels at the training resolution and
-at the dataset's native one, the backbone at random init), and the text says where the run's last kNN
-top-1 falls against each.
-
-Reads ``DIR/metrics.jsonl`` (one record per epoch), ``DIR/config.json`` and ``DIR/eval/*.json``;
-writes ``DIR/report.md`` and ``DIR/plots/*.png``.
+The kNN plots carry what needs no training (raw pixels, the backbone at random init) as reference
+lines, and the text says where the run's last kNN top-1 falls against each. Reads ``DIR/metrics.jsonl``
+(one record per epoch), ``DIR/config.json`` and ``DIR/eval/*.json``; writes ``DIR/report.md`` and
+``DIR/plots/*.png``.
 """
 
 from __future__ import annotations
@@ -32,8 +30,7 @@ def read_history(run_dir: str | Path) -> list[dict]:
 
 def _plot(path: Path, title: str, ylabel: str, series: dict[str, tuple[list, list]], xlabel: str = "epoch",
           levels: dict[str, float] | None = None, marks: dict[str, float] | None = None) -> None:
-    """Lines of ``series``; ``levels``: reference values as horizontal lines; ``marks``: events as
-    vertical lines at an x."""
+    """Lines of ``series``, ``levels`` (references) as horizontal lines, ``marks`` (events) as vertical ones."""
     figure, axis = plt.subplots(figsize=(5, 3.2), dpi=110)
     for label, (xs, ys) in series.items():
         axis.plot(xs, ys, marker="o", markersize=3, label=label)
@@ -55,13 +52,10 @@ def _plot(path: Path, title: str, ylabel: str, series: dict[str, tuple[list, lis
 
 
 def _series(history: list[dict], key: str, sub: str | None = None) -> tuple[list, list]:
-    xs, ys = [], []
-    for record in history:
-        value = record.get(key) if sub is None else (record.get(key) or {}).get(sub)
-        if isinstance(value, (int, float)):
-            xs.append(record["epoch"])
-            ys.append(value)
-    return xs, ys
+    values = [(record["epoch"], record.get(key) if sub is None else (record.get(key) or {}).get(sub))
+              for record in history]
+    values = [(epoch, value) for epoch, value in values if isinstance(value, (int, float))]
+    return [epoch for epoch, _ in values], [value for _, value in values]
 
 
 def training_minutes(history: list[dict]) -> list[float]:
@@ -87,10 +81,9 @@ def _plot_loss(path: Path, history: list[dict]) -> None:
 
 
 def _reference_file(run_dir: Path) -> dict:
-    """The result file holding the kNN references: ``eval/demo.json`` (``clim demo``) or
-    ``eval/knn_references.json``, preferring one that has raw pixels at the training resolution
-    (``raw_pixels_image_size``: files from before it have raw pixels at the native size only);
-    computed once when neither has them and it is cheap (clim.evaluation.baselines.write_references)."""
+    """The result file holding the kNN references: ``eval/demo.json`` or ``eval/knn_references.json``,
+    preferring one with raw pixels at the training resolution (``raw_pixels_image_size``; older files
+    lack them); computed once when neither has them and it is cheap (``write_references``)."""
     found = [json.loads((run_dir / "eval" / name).read_text()) for name in ("demo.json", "knn_references.json")
              if (run_dir / "eval" / name).exists()]
     current = [result for result in found if "raw_pixels_image_size" in result]
@@ -106,8 +99,7 @@ def _reference_file(run_dir: Path) -> dict:
 
 
 def _references(run_dir: Path) -> dict[str, float]:
-    """kNN top-1 (k=20) references by label: raw pixels at the training resolution and at the native one,
-    and the backbone at random init (:func:`_reference_file`)."""
+    """kNN top-1 (k=20) references by label (:func:`_reference_file`)."""
     result = _reference_file(run_dir)
 
     def size(prefix: str, fallback: str, suffix: str) -> str:
@@ -133,8 +125,7 @@ def reference_sentence(knn: tuple[list, list], references: dict[str, float]) -> 
 
 
 def _changes_section(changes: list[dict]) -> list[str]:
-    """What each epoch ran with: the configuration above holds from the last change on; the table
-    says which values the epochs before each change used."""
+    """The settings changed on resume: which values the epochs before each change used."""
     if not changes:
         return []
     rows = [[change["from_epoch"], change["step"], key, old, new]
@@ -146,14 +137,8 @@ def _changes_section(changes: list[dict]) -> list[str]:
 
 def _table(rows: list[list], header: list[str]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
-    return lines
-
-
-def _fmt(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
+    return lines + ["| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row) + " |"
+                    for row in rows]
 
 
 def write_report(run_dir: str | Path) -> Path:
@@ -168,9 +153,8 @@ def write_report(run_dir: str | Path) -> Path:
         lines += ["## Configuration", "", "```json", json.dumps(config, indent=1), "```", ""]
         lines += _changes_section(config.get("changes", []))
 
-    lines += ["## Training", ""]
     _plot_loss(plots / "loss.png", history)
-    lines += ["![loss](plots/loss.png)", ""]
+    lines += ["## Training", "", "![loss](plots/loss.png)", ""]
     knn = _series(history, "knn_top1")
     if knn[0]:
         references = _references(run_dir)
@@ -205,8 +189,8 @@ def write_report(run_dir: str | Path) -> Path:
         rows = [[r["epoch"]] + [r["selection"].get(k, "") for k in keys] for r in refreshes]
         lines += ["Label precision (share of pairs with the anchor's label): `positive_precision` of the "
                   "selected positives, `knn_top_p_precision` of the same number of nearest neighbours (what "
-                  "kNN-only selection picks), `knn_precision` of all k neighbours.", ""]
-        lines += _table(rows, ["epoch"] + keys) + [""]
+                  "kNN-only selection picks), `knn_precision` of all k neighbours.", "",
+                  *_table(rows, ["epoch"] + keys), ""]
         previews = {int(p.stem[6:]): p.name for p in (run_dir / "positives").glob("epoch_*.png")
                     if p.stem[6:].isdigit()}
         if previews:  # drawn at each refresh by the trainer; the latest is shown
@@ -214,14 +198,12 @@ def write_report(run_dir: str | Path) -> Path:
             lines += [f"Anchors and their positives at the refresh of epoch {latest} (`clim inspect` draws more):",
                       "", f"![positives](positives/{previews[latest]})", ""]
 
-    evaluations = sorted((run_dir / "eval").glob("*.json")) if (run_dir / "eval").exists() else []
+    evaluations = sorted((run_dir / "eval").glob("*.json"))
     if evaluations:
         lines += ["## Evaluations", ""]
         for path in evaluations:
-            result = json.loads(path.read_text())
-            lines += [f"### {path.stem}", ""]
-            flat = {k: v for k, v in result.items() if not isinstance(v, (dict, list))}
-            lines += _table([[k, v] for k, v in flat.items()], ["key", "value"]) + [""]
+            flat = [[k, v] for k, v in json.loads(path.read_text()).items() if not isinstance(v, (dict, list))]
+            lines += [f"### {path.stem}", ""] + _table(flat, ["key", "value"]) + [""]
             for image in sorted(path.parent.glob(f"{path.stem}*.png")):
                 lines += [f"![{image.stem}](eval/{image.name})", ""]
     out = run_dir / "report.md"

@@ -1,13 +1,9 @@
-"""What a pretraining run prints before its first step and after its last.
+"""What a pretraining run prints before its first step and after its last: plain text, one item per
+line, without torch.
 
-:func:`run_summary` states what will run — data, model, method, the global batch, the batch per
-process, the BatchNorm group size, the effective learning rate and where the outputs go — so a user
-sees the resolved configuration without reading YAML — and then one ``warning`` line for each quiet
-trap of the settings: a CLIM run too short to reach its first refresh, a queue as large as the
-dataset, an image folder whose evaluation holdout is part of the pretraining images.
-:func:`output_paths` lists the files a finished run left and the commands that read them. Both are
-plain text, one item per line, and import nothing but :mod:`clim.config` (no torch), so they can be
-tested and called anywhere.
+:func:`run_summary` states the resolved configuration (data, model, method, batch layout, effective
+lr, outputs), then one ``warning`` line per quiet trap of the settings. :func:`output_paths` lists the
+files a finished run left and the commands that read them.
 
 ``train.batch_size`` is the global batch (what papers report); each of ``world_size`` processes takes
 ``batch_size / world_size``. BatchNorm normalises groups of ``per-process batch / model.bn_splits``
@@ -111,11 +107,8 @@ def _trap_lines(config: Config, num_samples: int | None) -> list[str]:
 
 def run_summary(config: Config, world_size: int, out_dir: str | Path,
                 data_info: dict[str, Any] | None = None) -> str:
-    """The lines a run prints before its first step (no trailing newline).
-
-    ``data_info`` (the dataset's ``DatasetInfo`` as a dict: ``image_size``, ``in_channels``; and
-    ``num_samples`` if known) fills in what the config leaves automatic.
-    """
+    """The lines a run prints before its first step (no trailing newline); ``data_info`` (``image_size``,
+    ``in_channels``, ``num_samples`` when known) fills in what the config leaves automatic."""
     data, model = config.data, config.model
     info = data_info or {}
     size = data.image_size or info.get("image_size")
@@ -129,7 +122,7 @@ def run_summary(config: Config, world_size: int, out_dir: str | Path,
     else:
         stem = "small-image stem" if model.small_stem else "ImageNet stem"
     symmetric = ", symmetric loss" if model.symmetric else ""
-    lines = [
+    return "\n".join([
         "clim pretrain",
         f"data      {data.name}{where}{samples}, {size_text}{channels}, augmentation {data.augment}",
         f"model     {model.backbone} ({stem}), queue K {model.queue_size}, key momentum {model.momentum:g}, "
@@ -139,8 +132,7 @@ def run_summary(config: Config, world_size: int, out_dir: str | Path,
         _lr_line(config),
         f"output    {Path(out_dir).expanduser().resolve()}",
         *_trap_lines(config, info.get("num_samples")),
-    ]
-    return "\n".join(lines)
+    ])
 
 
 def output_paths(out_dir: str | Path) -> str:
@@ -160,9 +152,8 @@ def output_paths(out_dir: str | Path) -> str:
 
 def clim_command() -> str:
     """How the shell that started this process runs ``clim``: ``clim`` when that name on PATH is this
-    environment's script; else the script's path (relative when under the working directory, e.g.
-    ``.venv/bin/clim`` after ``make demo``, which does not put the venv on PATH); else
-    ``python -m clim`` with this interpreter."""
+    environment's script; else the script's path (relative under the working directory, e.g.
+    ``.venv/bin/clim`` after ``make demo``); else ``python -m clim`` with this interpreter."""
     script = Path(sys.executable).parent / ("clim.exe" if os.name == "nt" else "clim")
     found = shutil.which("clim")
     if not script.is_file():

@@ -1,15 +1,10 @@
 """``clim inspect``: see which images CLIM picks as positives (METHOD §2-3).
 
-Draws the figure of :mod:`clim.inspect.figure` (anchors, their positives framed by label, per-class
-precision, a CutMix example; :mod:`clim.inspect.mosaic` draws it) from the positives table saved with
-a checkpoint. ``--compare knn|random`` adds, per anchor, what kNN-only or random selection would have
-picked.
-
-Cluster sizes, |Ω_p| and the kNN picks are facts of the refresh, not of the table: the trainer saves
-them (``RUN_DIR/positives/selection.pt``, :mod:`clim.engine.refresh`) at every refresh. Where that
-file is missing or belongs to another refresh, they are recomputed once with the checkpoint's
-encoder, and the figure says so. :func:`draw_refresh` is the trainer's ``on_refresh`` hook that
-``clim pretrain`` and ``clim demo`` pass: it draws ``RUN_DIR/positives/epoch_NNN.png`` at every refresh.
+Draws the figure of :mod:`clim.inspect.figure` from the positives table saved with a checkpoint.
+Cluster sizes, |Ω_p| and the kNN picks are facts of the refresh, saved by the trainer
+(``RUN_DIR/positives/selection.pt``); where that file is missing or belongs to another refresh they
+are recomputed once with the checkpoint's encoder, and the figure says so. :func:`draw_refresh` is
+the trainer's ``on_refresh`` hook that ``clim pretrain`` and ``clim demo`` pass.
 """
 
 from __future__ import annotations
@@ -31,10 +26,6 @@ class NoPositivesError(ConfigError):
 def resolve_checkpoint(path: str | Path) -> Path:
     path = Path(path)
     return path / checkpoint.CHECKPOINT_NAME if path.is_dir() else path
-
-
-def _last_refresh_epoch(history: list[dict]) -> int | None:
-    return next((record["epoch"] for record in reversed(history) if "selection" in record), None)
 
 
 def _recompute_details(model, image_size: int, config: Config, dataset, epoch: int) -> dict:
@@ -70,8 +61,8 @@ def load_inspection(path: str | Path) -> Inspection:
     if len(dataset) != table.shape[0]:
         raise ConfigError(f"{config.data.name} now has {len(dataset)} images, the positives table "
                           f"{table.shape[0]} rows: the data changed since training")
-    history = list(state.get("history", []))
-    epoch = _last_refresh_epoch(history) or int(state.get("epoch", 0))
+    refreshed = (record["epoch"] for record in reversed(state.get("history", [])) if "selection" in record)
+    epoch = next(refreshed, None) or int(state.get("epoch", 0))
     details_path = ckpt_path.parent / PREVIEW_DIR / DETAILS_NAME
     details = checkpoint.load(details_path) if details_path.is_file() else None
     note = ""
@@ -92,8 +83,7 @@ def inspect_run(path: str | Path, anchors: int = PREVIEW_ANCHORS, seed: int = 0,
 
     out = out or resolve_checkpoint(path).parent / PREVIEW_DIR / "inspect.png"
     check_output(out)  # the default output too, before the checkpoint is read
-    inspection = load_inspection(path)
-    return render(inspection, out, anchors, seed, compare)
+    return render(load_inspection(path), out, anchors, seed, compare)
 
 
 def draw_refresh(refresh: Refresh) -> Path:

@@ -5,12 +5,7 @@ positives in table order, each framed green / red / grey by whether its label eq
 (grey: either unknown). The row title gives the anchor's class, its cluster size and |Ω_p|: how
 many positives the center-wise rule gave and how many were filled by kNN rank. Beside it: per-class
 positive precision and a CutMix example; ``compare`` rows add what kNN-only or random selection
-would have picked.
-
-The trainer saves each refresh's per-anchor facts (cluster sizes, |Ω_p|, kNN picks:
-``RUN_DIR/positives/selection.pt``, :mod:`clim.engine.refresh`); :func:`clim.inspect.draw_refresh`,
-the hook ``clim pretrain`` hands the trainer, draws ``RUN_DIR/positives/epoch_NNN.png`` right after
-each refresh, and ``clim inspect`` (:mod:`clim.inspect`) draws the same figure from a checkpoint later.
+would have picked. :mod:`clim.inspect` draws it after each refresh and from a checkpoint later.
 """
 
 from __future__ import annotations
@@ -133,16 +128,15 @@ def grid_rows(inspection: Inspection, anchors: torch.Tensor, compare: Sequence[s
     rows = []
     for position, anchor in enumerate(anchors.tolist()):
         picks = table[anchor]
-        frames = ["anchor"] + [frame_kind(int(labels[anchor]), int(labels[j])) for j in picks]
+        frames = [frame_kind(int(labels[anchor]), int(labels[j])) for j in picks]
         title = _anchor_title(inspection, anchor, _same_count(labels, anchor, picks))
-        rows.append(GridRow(title, [image(anchor)] + [image(int(j)) for j in picks], frames))
+        rows.append(GridRow(title, [image(anchor)] + [image(int(j)) for j in picks], ["anchor"] + frames))
         for name in compare:
             other = others[name][position]
             same = _same_count(labels, anchor, other)
             title = _COMPARE_TITLES[name] + ("" if same is None else f": {same}/{len(other)} same class")
-            rows.append(GridRow(title,
-                                [None] + [image(int(j)) for j in other],
-                                [None] + [frame_kind(int(labels[anchor]), int(labels[j])) for j in other]))
+            frames = [frame_kind(int(labels[anchor]), int(labels[j])) for j in other]
+            rows.append(GridRow(title, [None] + [image(int(j)) for j in other], [None] + frames))
     return rows
 
 
@@ -167,8 +161,8 @@ def _share_same(labels: torch.Tensor, table: torch.Tensor) -> float:
 
 
 def precision_panel(inspection: Inspection, max_bars: int = 20) -> tuple[dict[str, float] | None, str]:
-    """(bars, title) of the per-class precision chart: every class, or with more than
-    ``max_bars`` classes (ImageNet) the ``max_bars / 2`` lowest and highest; None without labels."""
+    """(bars, title) of the per-class precision chart: every class, or with more than ``max_bars``
+    classes (ImageNet) the ``max_bars / 2`` lowest and highest; None without labels."""
     table, labels = inspection.table, inspection.labels
     per_class = class_precision(table, labels)
     if not per_class:

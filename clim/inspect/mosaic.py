@@ -1,10 +1,9 @@
-"""Drawing for the positives figure (:mod:`clim.inspect.figure`, ``clim inspect``): a mosaic of
-framed image cells, and the figure around it.
+"""Drawing for the positives figure (:mod:`clim.inspect.figure`): a mosaic of framed image cells, and
+the figure around it.
 
-The mosaic is a plain uint8 array built here rather than one matplotlib axis per cell: the frame
-colours are then exact pixels that a test can read back, and a 12 × 11 grid costs one ``imshow``.
-The figure uses matplotlib's object API on the Agg canvas (no pyplot, no global backend switch),
-so a training process can draw without side effects on the user's matplotlib state.
+The mosaic is one uint8 array (frame colours are exact pixels a test can read back; one ``imshow``).
+The figure uses matplotlib's object API on the Agg canvas (no pyplot, no global backend switch), so a
+training process can draw without side effects on the user's matplotlib state.
 """
 
 from __future__ import annotations
@@ -46,8 +45,7 @@ class GridRow:
 
 @dataclass(frozen=True)
 class GridLayout:
-    """Pixel geometry: each row is a title strip above framed cells; the first column (the anchor)
-    stands a little apart from the others."""
+    """Pixel geometry: each row is a title strip above framed cells; the anchor column stands apart."""
 
     cell: int
     columns: int
@@ -78,8 +76,7 @@ class GridLayout:
 
 def mosaic(rows: list[GridRow], layout: GridLayout) -> np.ndarray:
     """All rows as one uint8 [H, W, 3] image, white between cells."""
-    canvas = np.empty((*layout.shape(len(rows)), 3), dtype=np.uint8)
-    canvas[:] = BACKGROUND
+    canvas = np.full((*layout.shape(len(rows)), 3), BACKGROUND, dtype=np.uint8)
     b, size = layout.border, layout.cell
     for r, row in enumerate(rows):
         for c, cell in enumerate(row.cells):
@@ -109,9 +106,8 @@ def _show_mosaic(axis, rows: list[GridRow], layout: GridLayout) -> None:
 
 def draw_figure(path: str | Path, heading: str, rows: list[GridRow], layout: GridLayout,
                 precision: dict[str, float] | None, precision_title: str, cutmix_row: GridRow) -> Path:
-    """Write the figure: the positives mosaic on the left; on the right the per-class precision bar
-    chart (or a note when no labels exist) and the CutMix example. Saved as a 256-colour PNG,
-    which keeps a dozen-anchor grid well under 200 KB."""
+    """Write the figure: the positives mosaic on the left, the per-class precision bars (or a note when
+    no labels exist) and the CutMix example on the right; a 256-colour PNG (a dozen anchors: < 200 KB)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -134,9 +130,8 @@ def draw_figure(path: str | Path, heading: str, rows: list[GridRow], layout: Gri
     title_h = 12 * (precision_title.count("\n") + 1)
     bars = _axes(figure, right + 110, top + 8 + title_h, side - 130, bars_h - 48 - title_h)
     if precision:
-        names = list(precision)
-        bars.barh(range(classes), [precision[n] for n in names], color="#%02x%02x%02x" % FRAMES["same"])
-        bars.set_yticks(range(classes), names, fontsize=7)
+        bars.barh(range(classes), list(precision.values()), color="#%02x%02x%02x" % FRAMES["same"])
+        bars.set_yticks(range(classes), list(precision), fontsize=7)
         bars.invert_yaxis()
         bars.set_xlim(0, 1)
         bars.tick_params(axis="x", labelsize=7)
@@ -146,8 +141,7 @@ def draw_figure(path: str | Path, heading: str, rows: list[GridRow], layout: Gri
         bars.set_axis_off()
     bars.set_title(precision_title, fontsize=8)
 
-    cut_axis = _axes(figure, right, top + bars_h + 30, cut_w, cut_h)
-    _show_mosaic(cut_axis, [cutmix_row], cut_layout)
+    _show_mosaic(_axes(figure, right, top + bars_h + 30, cut_w, cut_h), [cutmix_row], cut_layout)
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
