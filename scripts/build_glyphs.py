@@ -14,7 +14,6 @@ and writes ``manifest.json`` beside the arrays (uint8 .npy).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections import Counter

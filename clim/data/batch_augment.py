@@ -283,8 +283,8 @@ class MoCoV2BatchAugment(nn.Module):
         return {name: value.to(device) for name, value in params.items()} if device is not None else params
 
     def sample_photometric_params(self, batch_size: int, generator=None, device=None) -> dict:
-        """The per-sample parameters after the crop: ``flip`` and the photometric ones (same draws,
-        in the same order, as :meth:`sample_params` makes after the boxes)."""
+        """The per-sample parameters after the crop: ``flip`` and the photometric ones (the same draws, in the same
+        order, as :meth:`sample_params` makes after the boxes)."""
         draw = _draw_device(generator, device)
         coins = torch.rand((batch_size, 4), generator=generator, device=draw)
         low, high = self.jitter_range.to(draw)  # a buffer: no host-to-device copy (and sync) per call
@@ -305,10 +305,10 @@ class MoCoV2BatchAugment(nn.Module):
         return (views, params) if return_params else views
 
     def photometric(self, images: Tensor, params: dict, dtype: torch.dtype = torch.float32) -> Tensor:
-        """The photometric part alone: RandomApply(ColorJitter) → RandomGrayscale → RandomApply(GaussianBlur)
-        → Normalize, on float images in [0, 1] ``[B, C, out_size, out_size]`` (overwritten: pass a fresh
-        tensor), with the per-sample ``params`` of :meth:`sample_params` / :meth:`sample_photometric_params`
-        (``boxes`` and ``flip`` are not used here)."""
+        """The photometric part alone: RandomApply(ColorJitter) → RandomGrayscale → RandomApply(GaussianBlur) →
+        Normalize, on float images in [0, 1] ``[B, C, out_size, out_size]`` (overwritten: pass a fresh tensor),
+        with the per-sample ``params`` of :meth:`sample_params` / :meth:`sample_photometric_params` (``boxes`` and
+        ``flip`` are not used here)."""
         views = _color_jitter(images, params["jitter_factors"], params["jitter_order"], params["jitter"])
         if images.shape[1] == 3:
             views = torch.where(params["grayscale"][:, None, None, None], _luma(views).expand_as(views), views)
@@ -318,9 +318,9 @@ class MoCoV2BatchAugment(nn.Module):
 
     def augment_cropped(self, views_uint8: Tensor, generator: torch.Generator | None = None,
                         return_params: bool = False, dtype: torch.dtype = torch.float32):
-        """Photometric augmentation of views already cropped and flipped elsewhere (the per-sample
-        geometric part done in DataLoader workers, ``data.augment=device``): uint8
-        ``[B, C, out_size, out_size]`` → normalised float. ``params["flip"]`` is drawn but not applied."""
+        """Photometric augmentation of views already cropped and flipped elsewhere (the per-sample geometric part
+        done in DataLoader workers, ``data.augment=device``): uint8 ``[B, C, out_size, out_size]`` → normalised
+        float. ``params["flip"]`` is drawn but not applied."""
         params = self.sample_photometric_params(_checked(views_uint8).shape[0], generator, views_uint8.device)
         views = self.photometric(views_uint8.to(torch.float32).div_(255), params, dtype)
         return (views, params) if return_params else views

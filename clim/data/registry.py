@@ -1,9 +1,8 @@
 """Dataset registry: ``build_dataset(name, root, split)`` -> dataset of ``(image, index, label)``.
 
-Splits: ``pretrain`` (images for self-supervised training; STL-10: train + unlabeled),
-``train`` (the labelled training set: kNN bank, linear train set) and ``test``.
-Every dataset has ``.info`` (DatasetInfo), ``.labels`` (long [N], -1 = unknown) and ``.classes``
-(names or None); array-backed ones also ``.images`` (uint8 [N, C, H, W]).
+Splits: ``pretrain`` (images for self-supervised training; STL-10: train + unlabeled), ``train`` (the labelled
+training set: kNN bank, linear train set) and ``test``. Every dataset has ``.info`` (DatasetInfo), ``.labels``
+(long [N], -1 = unknown) and ``.classes`` (names or None); array-backed ones also ``.images`` (uint8 [N, C, H, W]).
 """
 
 from __future__ import annotations
@@ -30,10 +29,9 @@ FMNIST_MINI = Path(__file__).resolve().parent / "embedded" / "fmnist_mini.npz"
 class DatasetInfo:
     """What the rest of the code needs to know about a dataset without touching its images.
 
-    ``image_size``: the native side length; for imagefolder (arbitrary sizes) the configured one.
-    ``fixed_size``: every image has ``image_size`` already (False for imagefolder), which is what
-    decides between resizing and resize + centre crop at evaluation.
-    """
+    ``image_size``: the native side length; for imagefolder (arbitrary sizes) the configured one. ``fixed_size``:
+    every image has ``image_size`` already (False for imagefolder), which decides between resizing and resize +
+    centre crop at evaluation."""
 
     name: str
     num_classes: int | None
@@ -207,9 +205,8 @@ def _build_stl10(req: _Request) -> ArrayDataset:
 
 
 def _build_glyphs(req: _Request) -> ArrayDataset:
-    """The folder ``scripts/build_glyphs.py`` wrote (clim.data.glyphs; default root ~/.cache/clim/glyphs,
-    the script's default output): pretrain and train are its train split (the training fonts), test its
-    test split (fonts of other families)."""
+    """The folder ``scripts/build_glyphs.py`` wrote (clim.data.glyphs; default root ~/.cache/clim/glyphs, the
+    script's default output): pretrain and train are its train split (the training fonts), test its test split."""
     from clim.data.glyphs import load_glyphs
 
     root = req.root or CACHE_DIR / "glyphs"
@@ -249,11 +246,10 @@ def build_dataset(name: str, root: str | Path | None = None, split: str = "pretr
                   download: bool = False, verify: bool = True):
     """Build a dataset whose items are ``(transform(PIL image), index, label)``.
 
-    ``image_size`` only matters for imagefolder (recorded in ``info``; default 224): array datasets
-    report their native size. ``download`` lets cifar10/cifar100/stl10 fetch missing files through
-    torchvision (fmnist always falls back to a download into ~/.cache/clim). ``verify=False`` skips
-    imagefolder's per-file check for folders too large to scan.
-    """
+    ``image_size`` only matters for imagefolder (recorded in ``info``; default 224): array datasets report their
+    native size. ``download`` lets cifar10/cifar100/stl10 fetch missing files through torchvision (fmnist always
+    falls back to a download into ~/.cache/clim). ``verify=False`` skips imagefolder's per-file check for folders
+    too large to scan."""
     key = name.lower()
     if key not in BUILDERS:
         raise ValueError(f"unknown dataset {name!r}; known: {', '.join(dataset_names())}")
