@@ -19,7 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from clim.config import Config, ConfigError, batch_layout
+from clim.config import Config, ConfigError
+from clim.specs import batch_layout
 
 __all__ = ["CHECKPOINT_FILE", "CONFIG_FILE", "METRICS_FILE", "TENSORBOARD_DIR", "needs_holdout", "output_paths",
            "clim_command", "run_summary"]

@@ -27,6 +27,7 @@ from clim.models.backbones import build_backbone, uses_small_stem
 from clim.models.moco import MoCo, build_moco
 from clim.runtime import checkpoint
 from clim.runtime.checkpoint import CheckpointError
+from clim.specs import model_spec
 
 
 @dataclass
@@ -119,8 +120,9 @@ def load_strictly(module: nn.Module, weights: dict[str, Any], what: str) -> None
 def fitted_model(path: Path, state: dict[str, Any], config: Config, info: dict[str, Any]) -> MoCo:
     """The MoCo that ``config`` and ``info`` describe, holding the checkpoint's weights (loaded strictly;
     the positives table, a training-time buffer, is not part of the model)."""
-    model = build_moco(config, info["in_channels"], info["image_size"])
-    stem = "small" if uses_small_stem(info["image_size"], config.model.small_stem) else "ImageNet"
+    spec = model_spec(config, info["image_size"])
+    model = build_moco(spec, info["in_channels"])
+    stem = "small" if spec.small_stem else "ImageNet"
     weights = {key: value for key, value in state["model"].items() if key != TABLE_KEY}
     load_strictly(model, weights, f"{path} does not fit the model its config and data_info describe "
                                   f"({config.model.backbone}, {info['in_channels']} input channel(s), {stem} stem)")

@@ -34,14 +34,16 @@ def _recompute_details(model, image_size: int, config: Config, dataset, epoch: i
     from clim.data.transforms import eval_transform_for
     from clim.evaluation.common import resolve_device
     from clim.method.positives import build_bank, refresh_seed, selection_encoder
+    from clim.specs import selection_spec
 
     device = resolve_device(None)
     model = model.to(device).eval()
     embedded = copy.copy(dataset)
     embedded.transform = eval_transform_for(dataset.info, image_size)
-    bank = build_bank(config, len(dataset), device)
-    bank.refresh_from(selection_encoder(model, config), embedded, config.train.batch_size, device,
-                      seed=refresh_seed(config, epoch - 1))
+    spec = selection_spec(config)
+    bank = build_bank(spec, len(dataset), device)
+    bank.refresh_from(selection_encoder(model, spec), embedded, spec.batch_size, device,
+                      seed=refresh_seed(spec, epoch - 1))
     return bank.details
 
 
