@@ -57,11 +57,11 @@ def _ablate(args: argparse.Namespace) -> int:
 def register(subparsers) -> None:
     """Add ``ablate`` to the ``clim`` argparse sub-commands."""
     seeds = ", ".join(f"{group} {count}" for group, count in GROUPS.items())
-    parser = subparsers.add_parser(
-        "ablate", help="run the paper's ablations (Tables 6-10, 12) as a resumable study; RESULTS.md from its records")
+    parser = subparsers.add_parser("ablate", help="run the paper's ablations (Tables 6-10, 12) as a resumable study; "
+                                                  "RESULTS.md from its records")
     parser.add_argument("--scale", required=True, choices=list(SCALES),
-                        help="smoke: seconds per run (tests); cpu: 6-9 single-thread CPU minutes per run (~10 CPU hours in all); gpu: "
-                             "an estimate, not yet run")
+                        help="smoke: seconds per run (tests); cpu: 6-9 single-thread CPU minutes per run (~10 CPU hours "
+                             "in all); gpu: an estimate, not yet run")
     parser.add_argument("--records", help="folder of the finished runs' JSON records, the study's data (default: "
                                           "results/ablate-SCALE); a rerun skips every recorded run")
     parser.add_argument("--out", help="folder of the runs' checkpoints and logs (default: runs/ablate-SCALE); "

@@ -324,9 +324,9 @@ def status(regime: Regime, plan: bool = True) -> str:
 
 
 def _describe(regime: Regime) -> str:
-    parts = (f"`{regime.dataset}`" if regime.dataset else "", f"{regime.num_classes} classes" if regime.num_classes
-             else "", f"trained at {regime.image_size} px" if regime.image_size else "")
-    return ", ".join(part for part in parts if part)
+    parts = {f"`{regime.dataset}`": regime.dataset, f"{regime.num_classes} classes": regime.num_classes,
+             f"trained at {regime.image_size} px": regime.image_size}
+    return ", ".join(text for text, known in parts.items() if known)
 
 
 def focused_section(regime: Regime) -> list[str]:
@@ -354,13 +354,13 @@ def focused_section(regime: Regime) -> list[str]:
     lines += table(["arm", "", *(METRICS[m][0] for m in metrics), "records"], rows)
     lines += references_section(regime, arms)
     sentences = split_sentences(records)
-    rows = [(c, split) for c, split in (*SPLIT_ROWS, *((c, False) for c in FOCUSED_EXTRA))
-            if c.better in records.found and c.worse in records.found]
+    comparisons = [(c, split) for c, split in (*SPLIT_ROWS, *((c, False) for c in FOCUSED_EXTRA))
+                   if c.better in records.found and c.worse in records.found]
     lines += ["Paired comparisons. The first three rows use the seeds MoCo v2, random + CutMix and CLIM share, "
               "so mixing + selection = CLIM − MoCo v2 on them; the others the seeds their pair shares. "
-              f"*p (Holm)* adjusts all {2 * len(rows)} tests of this table for each other.", ""]
+              f"*p (Holm)* adjusts all {2 * len(comparisons)} tests of this table for each other.", ""]
     lines += [f"- {sentence}." for sentence in sentences] + ([""] if sentences else [])
-    return lines + comparison_table(records, rows, {c.label for c, _ in rows})
+    return lines + comparison_table(records, comparisons, {c.label for c, _ in comparisons})
 
 
 def regime_line(regime: Regime) -> str:
