@@ -52,7 +52,8 @@ def main() -> None:
         args.augment = mode
         config = make_config(args, "mocov2")
         config.data.num_workers = 0
-        batches = build_pipeline(dataset, view_spec(config, mine.image_size), loader_spec(config), torch.device("cpu")).epoch(round_index)
+        batches = build_pipeline(dataset, view_spec(config, mine.image_size), loader_spec(config),
+                                 torch.device("cpu")).epoch(round_index)
         next(batches)
         start, images = time.perf_counter(), 0
         for _ in range(mine.batches):
@@ -61,7 +62,8 @@ def main() -> None:
 
     def worker_rate(round_index: int) -> float:
         args.augment = "device"
-        views = CroppedViewsDataset(dataset, make_config(args, "mocov2"), mine.image_size)
+        config = make_config(args, "mocov2")
+        views = CroppedViewsDataset(dataset, view_spec(config, mine.image_size), config.train.seed)
         count = mine.batches * mine.batch_size
         offset = round_index * count % len(dataset)
         start = time.perf_counter()

@@ -50,8 +50,8 @@ import torch
 
 from clim.config import Config, load_config
 from clim.demo import compare
-from clim.engine.logging import METRICS_NAME
-from clim.runtime.checkpoint import CHECKPOINT_NAME
+from clim.specs import METRICS_FILE
+from clim.specs import CHECKPOINT_FILE
 from clim.engine.monitor import KnnMonitor
 from clim.engine.trainer import pretrain
 from clim.evaluation.common import eval_datasets, load_run
@@ -222,7 +222,7 @@ class Watchdog(threading.Thread):
 
 def _monitor_cpu_seconds(run_dir: Path) -> float:
     """CPU seconds of one call of the trainer's kNN monitor on the run's final backbone."""
-    run = load_run(run_dir / CHECKPOINT_NAME)
+    run = load_run(run_dir / CHECKPOINT_FILE)
     train_ds, _ = eval_datasets(run.config, run.data_info)
     monitor = KnnMonitor(run.config, train_ds.info, run.data_info["image_size"], torch.device("cpu"))
     started = time.process_time()
@@ -243,7 +243,7 @@ def train_and_measure(config_dict: dict, out: str, budget_minutes: float | None,
     torch.set_num_threads(threads)
     config = Config.from_dict(config_dict)
     load_start, started = os.getloadavg()[0], time.perf_counter()
-    watchdog, stopped = Watchdog(out_dir / METRICS_NAME, budget_minutes, clock), False
+    watchdog, stopped = Watchdog(out_dir / METRICS_FILE, budget_minutes, clock), False
     watchdog.start()
     try:
         pretrain(config, out_dir)
@@ -253,7 +253,7 @@ def train_and_measure(config_dict: dict, out: str, budget_minutes: float | None,
     watchdog.finish()
     wall = time.perf_counter() - started
     cpu_at_epoch = list(watchdog.cpu_at_epoch)
-    history = _read_history(out_dir / METRICS_NAME)
+    history = _read_history(out_dir / METRICS_FILE)
     while len(cpu_at_epoch) < len(history):  # a record that appeared after the last poll
         cpu_at_epoch.append(time.process_time() - watchdog.cpu_start)
     monitor_cpu = _monitor_cpu_seconds(out_dir)
@@ -328,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
                 runs.append(reused)
             else:
                 if (run_dir / "checkpoint.pt").exists():  # a stale or unfinished run: start it over
-                    for name in ("checkpoint.pt", METRICS_NAME, RESULT_NAME):
+                    for name in ("checkpoint.pt", METRICS_FILE, RESULT_NAME):
                         (run_dir / name).unlink(missing_ok=True)
                 jobs.append((config.to_dict(), str(run_dir), args.minutes, threads, args.clock))
     context = multiprocessing.get_context("spawn")

@@ -66,7 +66,7 @@ def main(argv=None) -> int:
     with open(out / "reference.log", "w") as log, open(out / "killed.log", "w") as killed_log:
         reference = subprocess.Popen(command(out / "reference"), stdout=log, stderr=subprocess.STDOUT, env=env)
         victim = subprocess.Popen(command(out / "resumed"), stdout=killed_log, stderr=subprocess.STDOUT, env=env)
-        ckpt, seen, started = out / "resumed" / checkpoint.CHECKPOINT_NAME, None, time.monotonic()
+        ckpt, seen, started = out / "resumed" / checkpoint.CHECKPOINT_FILE, None, time.monotonic()
         while victim.poll() is None and time.monotonic() - started < args.timeout:
             stamp = ckpt.stat().st_mtime_ns if ckpt.exists() else None
             if stamp is not None and stamp != seen:
@@ -94,7 +94,7 @@ def main(argv=None) -> int:
         print("resume_check: DIFFERENT")
         return 1
     mine = checkpoint.load(ckpt)
-    ref = checkpoint.load(out / "reference" / checkpoint.CHECKPOINT_NAME)
+    ref = checkpoint.load(out / "reference" / checkpoint.CHECKPOINT_FILE)
     keys = sorted(ref["model"])
     same = _compare("model tensors", [mine["model"][k] for k in keys], [ref["model"][k] for k in keys])
     buffers = [[s["momentum_buffer"] for s in run["optimizer"]["state"].values()] for run in (mine, ref)]

@@ -52,7 +52,8 @@ from clim.data.arrays import ArrayDataset
 from clim.data.pipeline import build_pipeline, prefetched, resolve_augment
 from clim.data.registry import DatasetInfo
 from clim.engine.step import StepRunner, cosine_lr
-from clim.models.backbones import build_backbone, uses_small_stem
+from clim.config import uses_small_stem
+from clim.models.backbones import build_backbone
 from clim.models.moco import build_moco
 from clim.runtime.machine import cpu_model
 from clim.specs import loader_spec, model_spec, view_spec

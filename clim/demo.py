@@ -17,7 +17,7 @@ import torch
 
 from clim.config import load_config
 from clim.summary import clim_command
-from clim.runtime.checkpoint import CHECKPOINT_NAME
+from clim.specs import CHECKPOINT_FILE
 from clim.engine.trainer import pretrain
 from clim.inspect import draw_refresh
 # What needs no training lives in clim.evaluation.baselines (clim report uses it too); its names stay here.
@@ -32,7 +32,7 @@ from clim.report import write_report
 def compare(run_dir: Path) -> dict[str, dict[str, float]]:
     """kNN top-1 (both settings) and ridge top-1 of the trained backbone, the same backbone at random
     init, and raw pixels at the native and the training resolution (:func:`pixel_rows`)."""
-    run = load_run(run_dir / CHECKPOINT_NAME)
+    run = load_run(run_dir / CHECKPOINT_FILE)
     config, info = run.config, run.data_info
     train_ds, test_ds = eval_datasets(config, info)
     trained, _ = plain_backbone(config, info, run.model)
@@ -91,7 +91,7 @@ def refresh_line(record: dict, config) -> str:
 def next_hint(out: str | Path) -> str:
     """The demo's last line: the README's next commands, spelled so that they run from this shell."""
     clim, run = clim_command(), shlex.quote(str(out))
-    return f"next: {clim} inspect {run}; {clim} eval knn --ckpt {shlex.quote(str(Path(out) / CHECKPOINT_NAME))}"
+    return f"next: {clim} inspect {run}; {clim} eval knn --ckpt {shlex.quote(str(Path(out) / CHECKPOINT_FILE))}"
 
 
 def run_demo(out: str | Path, preset: str = "clim-demo-cpu", overrides: list[str] | tuple[str, ...] = ()) -> dict:

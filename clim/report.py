@@ -17,14 +17,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from clim.engine.logging import METRICS_NAME  # noqa: E402
-from clim.runtime.checkpoint import CHECKPOINT_NAME  # noqa: E402
+from clim.specs import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE  # noqa: E402
 
 
 def read_history(run_dir: str | Path) -> list[dict]:
-    path = Path(run_dir) / METRICS_NAME
+    path = Path(run_dir) / METRICS_FILE
     if not path.exists():
-        raise FileNotFoundError(f"no {METRICS_NAME} in {run_dir}: is it a `clim pretrain --out` folder?")
+        raise FileNotFoundError(f"no {METRICS_FILE} in {run_dir}: is it a `clim pretrain --out` folder?")
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
@@ -89,7 +88,7 @@ def _reference_file(run_dir: Path) -> dict:
     current = [result for result in found if "raw_pixels_image_size" in result]
     if current:
         return current[0]
-    if (run_dir / CHECKPOINT_NAME).exists():
+    if (run_dir / CHECKPOINT_FILE).exists():
         from clim.evaluation.baselines import write_references  # torch and the data: only when needed
 
         path = write_references(run_dir)
@@ -147,7 +146,7 @@ def write_report(run_dir: str | Path) -> Path:
     plots = run_dir / "plots"
     plots.mkdir(exist_ok=True)
     lines = [f"# Run report: `{run_dir}`", ""]
-    config_path = run_dir / "config.json"
+    config_path = run_dir / CONFIG_FILE
     if config_path.exists():
         config = json.loads(config_path.read_text())
         lines += ["## Configuration", "", "```json", json.dumps(config, indent=1), "```", ""]

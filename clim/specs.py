@@ -16,6 +16,7 @@ from clim.config import CLUSTERED_SELECTIONS, MULTICROP_SCALE, Config, ConfigErr
 CHECKPOINT_FILE = "checkpoint.pt"
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.json"
+TENSORBOARD_DIR = "tensorboard"
 
 
 @dataclass(frozen=True)

@@ -19,20 +19,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from clim.config import Config, ConfigError
-from clim.specs import batch_layout
+from clim.config import SMALL_IMAGE_MAX, Config, ConfigError
+from clim.specs import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, TENSORBOARD_DIR, batch_layout
 
 __all__ = ["CHECKPOINT_FILE", "CONFIG_FILE", "METRICS_FILE", "TENSORBOARD_DIR", "needs_holdout", "output_paths",
            "clim_command", "run_summary"]
 
-# The names the trainer writes (clim.runtime.checkpoint.CHECKPOINT_NAME, clim.engine.logging.METRICS_NAME;
-# a test keeps them equal).
-CHECKPOINT_FILE = "checkpoint.pt"
-METRICS_FILE = "metrics.jsonl"
-TENSORBOARD_DIR = "tensorboard"
-CONFIG_FILE = "config.json"
-
-SMALL_IMAGE_MAX = 64  # clim.models.backbones.SMALL_IMAGE_MAX: the automatic small-image stem
 
 
 def _batch_line(config: Config, world_size: int) -> str:

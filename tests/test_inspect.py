@@ -112,7 +112,7 @@ def _save_run(folder: Path, config, num_samples: int, table: torch.Tensor | None
     if table is not None:
         bank.load_state_dict({"table": table})
     history = [{"epoch": 1, "loss": 1.0}, {"epoch": refresh_epoch, "loss": 1.0, "selection": {}}]
-    path = folder / checkpoint.CHECKPOINT_NAME
+    path = folder / checkpoint.CHECKPOINT_FILE
     checkpoint.save_atomic({"config": config.to_dict(), "model": checkpoint_model_state(model, bank),
                             "epoch": refresh_epoch,
                             "history": history, "data_info": data_info, "num_samples": num_samples}, path)
@@ -154,7 +154,7 @@ def test_inspect_run_folder_uses_saved_details_and_checkpoint_path_recomputes(di
 
     copied = tmp_path / "elsewhere" / "model.pt"  # a checkpoint file with no positives/ folder beside it
     copied.parent.mkdir()
-    shutil.copy(run / checkpoint.CHECKPOINT_NAME, copied)
+    shutil.copy(run / checkpoint.CHECKPOINT_FILE, copied)
     recomputed = load_inspection(copied)
     assert "recomputed" in recomputed.note
     assert recomputed.details["knn"].shape == table.shape
@@ -192,7 +192,7 @@ def test_run_without_positives_is_one_line_and_exit_2(tmp_path, tiny_config, sub
     _save_run(moco, tiny_config(), 256, None, DIGITS_INFO)
     early = tmp_path / "early"  # CLIM before its first refresh: the table is all -1
     _save_run(early, tiny_config(clim=True), 256, None, DIGITS_INFO)
-    for run in (moco, early / checkpoint.CHECKPOINT_NAME):
+    for run in (moco, early / checkpoint.CHECKPOINT_FILE):
         assert main(["inspect", str(run)]) == 2
         error = capsys.readouterr().err
         assert error.count("\n") == 1 and "no positives table" in error

@@ -17,9 +17,8 @@ from typing import Callable
 from tqdm import tqdm
 
 from clim.runtime.progress import Progress, format_seconds
-from clim.specs import selection_spec
+from clim.specs import METRICS_FILE, TENSORBOARD_DIR, selection_spec
 
-METRICS_NAME = "metrics.jsonl"
 
 
 class RunLogger:
@@ -30,7 +29,7 @@ class RunLogger:
 
     @property
     def metrics_path(self) -> Path:
-        return self.out_dir / METRICS_NAME
+        return self.out_dir / METRICS_FILE
 
     def rewrite(self, history: list[dict]) -> None:
         """Make metrics.jsonl hold exactly ``history`` (used on resume)."""
@@ -63,7 +62,7 @@ class RunLogger:
         if self._writer is None and self.enabled:
             from torch.utils.tensorboard import SummaryWriter  # slow import: only when logging
 
-            self._writer = SummaryWriter(str(self.out_dir / "tensorboard"))
+            self._writer = SummaryWriter(str(self.out_dir / TENSORBOARD_DIR))
         return self._writer
 
     def progress(self, total: int, epoch: int, epochs: int, initial: int = 0, first_line: bool = False,
@@ -110,7 +109,7 @@ def remaining_seconds(config, history: list[dict], epoch: int, steps_left: int, 
                       steps: int, monitored: bool) -> float:
     """The whole run's time left: its steps at this epoch's rate, plus each coming positives refresh
     and kNN monitor as long as the last one took (nothing for those not seen yet)."""
-    from clim.method.positives import is_refresh_epoch  # torch: not at import (clim report reads METRICS_NAME)
+    from clim.method.positives import is_refresh_epoch  # torch: not at import
 
     refresh = next((r["selection"]["seconds"] for r in reversed(history) if "seconds" in r.get("selection", {})), 0.0)
     knn = next((r["knn_seconds"] for r in reversed(history) if "knn_seconds" in r), 0.0)

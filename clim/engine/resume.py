@@ -19,6 +19,7 @@ from clim.engine.logging import RunLogger
 from clim.engine.step import StepRunner
 from clim.method.positives import load_checkpoint_model_state
 from clim.runtime import checkpoint
+from clim.specs import CONFIG_FILE
 
 # Keys that must match to resume: the rest (epochs, logging, eval cadence) may change.
 FIXED_ON_RESUME = ("data.name", "data.image_size", "model.backbone", "model.head_dim", "model.queue_size",
@@ -49,7 +50,7 @@ def start_afresh(out_dir: Path, config: Config, world_size: int, per_process: in
                "batch_size_per_process": per_process, "bn_splits_per_process": bn_splits,
                "bn_group_size": per_process // bn_splits, "lr": config.lr, "num_samples": num_samples}
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.json").write_text(json.dumps({**config.to_dict(), "run": run}, indent=2))
+        (out_dir / CONFIG_FILE).write_text(json.dumps({**config.to_dict(), "run": run}, indent=2))
     return StartPoint()
 
 
@@ -113,7 +114,7 @@ def jsonable(changes: dict[str, tuple]) -> dict[str, list]:
 def record_config_change(out_dir: Path, config: Config, changes: dict[str, tuple], epoch: int, step: int) -> None:
     """config.json holds the settings the run goes on with, and under ``"changes"`` every resume that
     changed one (from which epoch and step, old and new value)."""
-    path = out_dir / "config.json"
+    path = out_dir / CONFIG_FILE
     previous = json.loads(path.read_text()) if path.exists() else {}
     entry = {"from_epoch": epoch + 1, "step": step, "changed": jsonable(changes)}
     kept = {key: previous[key] for key in ("run", "changes") if key in previous}

@@ -113,7 +113,7 @@ def _pretrain(config: Config, out_dir: Path, stop: StopRequest, eta_after, on_re
     steps = len(pipeline)
 
     # ============ resume (or start afresh) ============
-    ckpt_path = out_dir / checkpoint.CHECKPOINT_NAME
+    ckpt_path = out_dir / checkpoint.CHECKPOINT_FILE
     if ckpt_path.exists():
         start = resume_from(ckpt_path, config, model, bank, runner, runtime.rank, steps, logger, runtime.is_main)
     else:

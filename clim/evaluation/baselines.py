@@ -13,8 +13,9 @@ import torch
 from clim.evaluation.cli import REFERENCE_MAX_IMAGES
 from clim.evaluation.common import eval_datasets, load_run, write_result
 from clim.evaluation.knn import KNN_SETTINGS, run_knn
-from clim.models.backbones import build_backbone, uses_small_stem
-from clim.runtime.checkpoint import CHECKPOINT_NAME
+from clim.config import uses_small_stem
+from clim.models.backbones import build_backbone
+from clim.specs import CHECKPOINT_FILE
 from clim.runtime.features import extract_features
 
 
@@ -83,7 +84,7 @@ def pixel_rows(train_ds, test_ds, image_size: int, num_classes: int) -> dict[str
 def write_references(run_dir: Path) -> Path | None:
     """``eval/knn_references.json`` (the rows of :func:`clim.demo.compare` but the trained one) when cheap:
     array data of at most REFERENCE_MAX_IMAGES images; else None."""
-    run = load_run(run_dir / CHECKPOINT_NAME)
+    run = load_run(run_dir / CHECKPOINT_FILE)
     train_ds, test_ds = eval_datasets(run.config, run.data_info)
     if not hasattr(train_ds, "images") or len(train_ds) + len(test_ds) > REFERENCE_MAX_IMAGES:
         return None

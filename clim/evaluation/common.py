@@ -23,7 +23,8 @@ from clim.config import Config, ConfigError
 from clim.data.splits import (HOLDOUT_SEED, RESIZE_RATIO, EvalSpec, HoldoutSplit, apply_overrides,  # noqa: F401
                               eval_dataset, eval_datasets, eval_spec, num_classes_of, stratified_holdout)
 from clim.method.positives import TABLE_KEY
-from clim.models.backbones import build_backbone, uses_small_stem
+from clim.config import uses_small_stem
+from clim.models.backbones import build_backbone
 from clim.models.moco import MoCo, build_moco
 from clim.runtime import checkpoint
 from clim.runtime.checkpoint import CheckpointError

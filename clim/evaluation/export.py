@@ -45,8 +45,8 @@ from typing import Any, Callable
 import torch
 
 from clim.evaluation.common import check_output, fitted_model, load_strictly, trainer_state
-from clim.models.backbones import (STANDARD_WIDTH, build_backbone, parse_backbone, torchvision_constructor,
-                                  uses_small_stem)
+from clim.config import uses_small_stem
+from clim.models.backbones import STANDARD_WIDTH, build_backbone, parse_backbone, torchvision_constructor
 
 BACKBONE_PREFIX = "encoder_q.0."
 

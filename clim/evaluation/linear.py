@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from clim.config import SMALL_IMAGE_MAX
 from clim.evaluation.common import stratified_holdout
 from clim.runtime.features import extract_features
 from clim.runtime.progress import Progress
@@ -50,7 +51,6 @@ LINEAR_PRESETS = {
     "small": LinearPreset(30, 30.0, 0.9, 0.0, (18, 24), 256, (0.5, 1.0)),
     "quick": LinearPreset(5, 30.0, 0.9, 0.0, (3, 4), 256, (0.5, 1.0)),
 }
-SMALL_IMAGE_MAX = 64
 
 
 def resolve_preset(name: str, image_size: int, presets: dict) -> tuple[str, object]:

@@ -25,7 +25,7 @@ class NoPositivesError(ConfigError):
 
 def resolve_checkpoint(path: str | Path) -> Path:
     path = Path(path)
-    return path / checkpoint.CHECKPOINT_NAME if path.is_dir() else path
+    return path / checkpoint.CHECKPOINT_FILE if path.is_dir() else path
 
 
 def _recompute_details(model, image_size: int, config: Config, dataset, epoch: int) -> dict:

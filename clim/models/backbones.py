@@ -20,8 +20,6 @@ from torch import nn
 from torchvision.models import resnet
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
-from clim.config import uses_small_stem  # noqa: F401  (the rule lives with SMALL_IMAGE_MAX)
-
 # resnet10 is not in torchvision: ResNet(BasicBlock, [1, 1, 1, 1]), a quick backbone for CPU demos.
 _LAYOUTS = {
     "resnet10": (BasicBlock, [1, 1, 1, 1]),

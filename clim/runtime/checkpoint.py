@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 
-# torch and numpy are imported inside the functions: `clim --help` and `clim ablate` import this
-# module for CHECKPOINT_NAME and CheckpointError without loading torch.
+from clim.specs import CHECKPOINT_FILE
 
-CHECKPOINT_NAME = "checkpoint.pt"
+# torch and numpy are imported inside the functions: `clim --help` and `clim ablate` import this
+# module for CheckpointError without loading torch.
 
 
 def save_atomic(state: dict[str, Any], path: str | Path) -> None:
@@ -192,7 +192,7 @@ def load_trainer_checkpoint(path: str | Path) -> tuple[Path, dict[str, Any]]:
     CheckpointError when the file is not one (e.g. an exported backbone)."""
     path = Path(path)
     if path.is_dir():
-        path = path / CHECKPOINT_NAME
+        path = path / CHECKPOINT_FILE
     state = load(path)
     missing = [key for key in TRAINER_KEYS if key not in state]
     if missing:

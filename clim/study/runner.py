@@ -144,13 +144,13 @@ def run_one(run_dir: str | Path) -> dict:
     from clim.engine.trainer import pretrain
     from clim.evaluation.common import resolve_device, write_result
     from clim.inspect import draw_refresh
-    from clim.runtime.checkpoint import CHECKPOINT_NAME
+    from clim.specs import CHECKPOINT_FILE
     from clim.runtime.machine import machine_info
 
     run_dir = Path(run_dir)
     job = json.loads((run_dir / SPEC_NAME).read_text())
     spec = job["spec"]
-    resumed = (run_dir / CHECKPOINT_NAME).exists()
+    resumed = (run_dir / CHECKPOINT_FILE).exists()
     cpu_earlier, cpu_complete = _cpu_before(run_dir, resumed)
     started, cpu_started = time.perf_counter(), time.process_time()
     config = load_config(spec["preset"], overrides=spec["overrides"])

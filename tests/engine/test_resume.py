@@ -66,7 +66,7 @@ def test_kill_and_resume_is_exact(run_clim, tiny_overrides, tmp_path_factory, re
     logs = tmp_path_factory.mktemp("logs")
     background = run_clim(_args(reference, tiny_overrides), log=logs / "reference.log")
     victim = run_clim(_args(resumed, tiny_overrides), log=logs / "killed.log")
-    ckpt = resumed / checkpoint.CHECKPOINT_NAME
+    ckpt = resumed / checkpoint.CHECKPOINT_FILE
     _kill_after_first_checkpoint(victim, ckpt)
     assert victim.returncode == -signal.SIGKILL
     killed_at = checkpoint.load(ckpt)["epoch"]
@@ -78,7 +78,7 @@ def test_kill_and_resume_is_exact(run_clim, tiny_overrides, tmp_path_factory, re
     assert background.wait(timeout=300) == 0, (logs / "reference.log").read_text()[-3000:]
 
     mine = checkpoint.load(ckpt)
-    ref = checkpoint.load(reference / checkpoint.CHECKPOINT_NAME)
+    ref = checkpoint.load(reference / checkpoint.CHECKPOINT_FILE)
     assert mine["epoch"] == ref["epoch"] == EPOCHS and mine["step"] == ref["step"]
     assert mine["model"].keys() == ref["model"].keys()
     different = [k for k in ref["model"] if not torch.equal(mine["model"][k], ref["model"][k])]
@@ -111,7 +111,7 @@ def test_kill_inside_an_epoch_and_resume_is_exact(run_clim, tiny_overrides, tmp_
     logs = tmp_path_factory.mktemp("logs-mid")
     background = run_clim(_args(reference, tiny_overrides, *extra), log=logs / "reference.log")
     victim = run_clim(_args(victim_dir, tiny_overrides, *extra), log=logs / "killed.log")
-    ckpt = victim_dir / checkpoint.CHECKPOINT_NAME
+    ckpt = victim_dir / checkpoint.CHECKPOINT_FILE
     started, killed_at = time.monotonic(), None
     while killed_at is None and time.monotonic() - started < 240:
         if victim.poll() is not None:
@@ -132,7 +132,7 @@ def test_kill_inside_an_epoch_and_resume_is_exact(run_clim, tiny_overrides, tmp_
     assert background.wait(timeout=300) == 0, (logs / "reference.log").read_text()[-3000:]
 
     mine = checkpoint.load(ckpt)
-    ref = checkpoint.load(reference / checkpoint.CHECKPOINT_NAME)
+    ref = checkpoint.load(reference / checkpoint.CHECKPOINT_FILE)
     assert "partial" not in mine and mine["epoch"] == ref["epoch"] == EPOCHS and mine["step"] == ref["step"]
     different = [k for k in ref["model"] if not torch.equal(mine["model"][k], ref["model"][k])]
     assert different == []
@@ -148,9 +148,9 @@ def test_kill_inside_an_epoch_and_resume_is_exact(run_clim, tiny_overrides, tmp_
 
 
 def test_raising_epochs_continues(resumed, small_digits, tiny_config, capsys):
-    if not (resumed / checkpoint.CHECKPOINT_NAME).exists():
+    if not (resumed / checkpoint.CHECKPOINT_FILE).exists():
         pytest.skip("needs the resumed run")
-    before = checkpoint.load(resumed / checkpoint.CHECKPOINT_NAME)
+    before = checkpoint.load(resumed / checkpoint.CHECKPOINT_FILE)
     config = tiny_config(f"train.epochs={EPOCHS + 1}", "train.knn_every=0", clim=True)
     history = trainer.pretrain(config, resumed)
     said = capsys.readouterr().err
@@ -159,7 +159,7 @@ def test_raising_epochs_continues(resumed, small_digits, tiny_config, capsys):
     assert [r["epoch"] for r in history] == [1, 2, 3]
     assert history[:2] == before["history"]  # earlier epochs kept, not re-run
     assert "selection" in history[2]  # the refresh schedule goes on
-    after = checkpoint.load(resumed / checkpoint.CHECKPOINT_NAME)
+    after = checkpoint.load(resumed / checkpoint.CHECKPOINT_FILE)
     assert after["epoch"] == 3 and after["step"] == before["step"] + 4
     assert not torch.equal(after["model"]["queue"], before["model"]["queue"])  # it trained
     lines = (resumed / "metrics.jsonl").read_text().splitlines()
@@ -169,13 +169,13 @@ def test_raising_epochs_continues(resumed, small_digits, tiny_config, capsys):
 @pytest.mark.parametrize("override, key", [("model.backbone=resnet18", "model.backbone"),
                                            ("method.name=mocov2", "method.name")])
 def test_changed_fixed_key_refuses_to_resume(override, key, resumed, small_digits, tiny_config):
-    if not (resumed / checkpoint.CHECKPOINT_NAME).exists():
+    if not (resumed / checkpoint.CHECKPOINT_FILE).exists():
         pytest.skip("needs the resumed run")
-    before = checkpoint.load(resumed / checkpoint.CHECKPOINT_NAME)["step"]
+    before = checkpoint.load(resumed / checkpoint.CHECKPOINT_FILE)["step"]
     config = tiny_config("train.epochs=9", "train.knn_every=0", override, clim=True)
     with pytest.raises(ConfigError, match=f"cannot resume: '{key}'"):
         trainer.pretrain(config, resumed)
-    assert checkpoint.load(resumed / checkpoint.CHECKPOINT_NAME)["step"] == before
+    assert checkpoint.load(resumed / checkpoint.CHECKPOINT_FILE)["step"] == before
 
 
 def test_resume_message_numbers_epochs_as_the_progress_bar(tmp_path):

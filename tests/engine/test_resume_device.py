@@ -24,7 +24,7 @@ def saved_runs(small_digits, tiny_config, tmp_path, monkeypatch):
     def save_and_keep_the_first_partial(state, path):
         real_save(state, path)
         if "partial" in state and state["epoch"] == 1 and not inside.exists():
-            real_save(state, inside / checkpoint.CHECKPOINT_NAME)
+            real_save(state, inside / checkpoint.CHECKPOINT_FILE)
 
     monkeypatch.setattr(checkpoint, "save_atomic", save_and_keep_the_first_partial)
     config = tiny_config("train.knn_every=0", "train.log_every=1", "train.checkpoint_every_minutes=0.000001")
@@ -37,7 +37,7 @@ def saved_runs(small_digits, tiny_config, tmp_path, monkeypatch):
 @pytest.mark.parametrize("which", ["epoch end", "inside an epoch"])
 def test_resume_on_a_non_cpu_device_restores_the_saved_generators(which, saved_runs, tiny_config, monkeypatch):
     folder = saved_runs[0] if which == "epoch end" else saved_runs[1]
-    saved = checkpoint.load(folder / checkpoint.CHECKPOINT_NAME)
+    saved = checkpoint.load(folder / checkpoint.CHECKPOINT_FILE)
     rng = saved["partial"]["ranks"][0]["rng"] if which == "inside an epoch" else saved["rng"]
     assert (which == "inside an epoch") == ("partial" in saved)
     meta = distributed.Runtime(0, 1, 0, torch.device("meta"))

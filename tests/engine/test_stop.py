@@ -57,8 +57,8 @@ def _stopped_inside_first_epoch(ckpt: Path, steps: int = STEPS) -> int:
 
 
 def _assert_same_weights(run_dir: Path, reference_dir: Path) -> None:
-    mine = checkpoint.load(run_dir / checkpoint.CHECKPOINT_NAME)
-    ref = checkpoint.load(reference_dir / checkpoint.CHECKPOINT_NAME)
+    mine = checkpoint.load(run_dir / checkpoint.CHECKPOINT_FILE)
+    ref = checkpoint.load(reference_dir / checkpoint.CHECKPOINT_FILE)
     assert "partial" not in mine and mine["epoch"] == ref["epoch"] == EPOCHS and mine["step"] == ref["step"]
     different = [k for k in ref["model"] if not torch.equal(mine["model"][k], ref["model"][k])]
     assert different == []
@@ -83,7 +83,7 @@ def test_signal_inside_first_epoch_saves_and_resumes_exactly(signum, code, refer
     _wait_for_first_step(victim, log)
     victim.send_signal(signum)
     assert victim.wait(timeout=120) == code, log.read_text()[-3000:]
-    ckpt = out / checkpoint.CHECKPOINT_NAME
+    ckpt = out / checkpoint.CHECKPOINT_FILE
     step = _stopped_inside_first_epoch(ckpt)
     text = log.read_text()
     lines = [line for line in text.splitlines() if "stopped by" in line]
@@ -135,7 +135,7 @@ def test_signal_to_rank_zero_stops_both_ranks_after_the_same_step(run_clim, tiny
     os.kill(rank_zero, signal.SIGTERM)  # rank 1 gets nothing: it learns of the stop through the collective
     victim.wait(timeout=120)
     text = log.read_text()
-    ckpt = out / checkpoint.CHECKPOINT_NAME
+    ckpt = out / checkpoint.CHECKPOINT_FILE
     step = _stopped_inside_first_epoch(ckpt, STEPS // 2)  # global batch 32: 8 steps per epoch
     assert sum("clim: stopped by SIGTERM" in line for line in text.splitlines()) == 1, text[-3000:]
     assert "resume with: the same torchrun launch of `clim pretrain" in text

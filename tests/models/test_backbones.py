@@ -6,7 +6,8 @@ from torch import nn
 from torchvision.models import resnet18
 
 from clim.config import Config
-from clim.models.backbones import backbone_names, build_backbone, uses_small_stem
+from clim.config import uses_small_stem
+from clim.models.backbones import backbone_names, build_backbone
 from clim.models.moco import build_moco
 from clim.specs import model_spec
 
