@@ -80,8 +80,7 @@ def paired(better: dict[int, float], worse: dict[int, float]) -> Paired | None:
 
     sd = math.sqrt(sum((d - mean) ** 2 for d in differences) / (n - 1))
     if sd == 0.0:  # every seed gave the same difference: the interval is the point itself
-        p = 1.0 if mean == 0.0 else 0.0
-        return Paired(n, mean, mean, mean, p, wins, losses)
+        return Paired(n, mean, mean, mean, 1.0 if mean == 0.0 else 0.0, wins, losses)
     standard_error = sd / math.sqrt(n)
     half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1)) * standard_error
     p = float(2.0 * stats.t.sf(abs(mean) / standard_error, n - 1))
