@@ -18,6 +18,8 @@ the paper's numbers (METHOD §6: ImageNet, ResNet-50, 200 epochs, linear top-1),
 judged on per-seed (paired) differences: mean, 95 % t interval, p, sign count, n and a verdict.
 
 Modules: ``matrix`` (scales, variants, the planned runs, records), ``runner`` (one run in its
-subprocess, the matrix loop), ``claims`` (statistics, the paper's numbers and claims), ``results``
-(RESULTS.md, the README headline), ``plots`` (its figures), ``cli`` (``clim ablate``).
+subprocess, the matrix loop), ``claims`` (statistics, the paper's numbers and claims), ``tables`` (the
+records by variant and seed, the full matrix's tables), ``regimes`` (a regime's records, raw-pixel
+references, the split of CLIM's gain), ``results`` (RESULTS.md, the README headline), ``plots`` (its
+figures), ``cli`` (``clim ablate``).
 """

@@ -144,8 +144,8 @@ def run_one(run_dir: str | Path) -> dict:
     from clim.engine.trainer import pretrain
     from clim.evaluation.common import resolve_device, write_result
     from clim.inspect import draw_refresh
-    from clim.specs import CHECKPOINT_FILE
     from clim.runtime.machine import machine_info
+    from clim.specs import CHECKPOINT_FILE
 
     run_dir = Path(run_dir)
     job = json.loads((run_dir / SPEC_NAME).read_text())
