@@ -55,7 +55,6 @@ def _ablate(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    """Add ``ablate`` to the ``clim`` argparse sub-commands."""
     seeds = ", ".join(f"{group} {count}" for group, count in GROUPS.items())
     parser = subparsers.add_parser("ablate", help="run the paper's ablations (Tables 6-10, 12) as a resumable study; "
                                                   "RESULTS.md from its records")

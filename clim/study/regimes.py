@@ -295,7 +295,6 @@ def split_sentence(records: Records, metric: str) -> str | None:
 
 
 def split_sentences(records: Records) -> list[str]:
-    """:func:`split_sentence` for each accuracy that has shared seeds."""
     return [s for s in (split_sentence(records, metric) for metric in ACCURACIES) if s]
 
 
