@@ -187,7 +187,7 @@ def _learning(records: Records) -> list[str]:
              *paired_cells(records.learned(name), 2)] for name in arms]
     return (["## Does the regime learn?", "",
              "kNN top-1 of the trained backbone minus that of the same backbone at random initialisation, drawn "
-             "with the run's seed (as `clim demo` draws it). The issue asks for ≥ 3 points for MoCo v2. Learning "
+             "with the run's seed (as `clim demo` draws it). The study asks ≥ 3 points of MoCo v2. Learning "
              "is not the same as beating raw pixels: see the section above.", ""]
             + table(["variant", "trained kNN %", "random init kNN %", *PAIRED_HEADER], rows))
 
