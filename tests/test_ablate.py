@@ -449,3 +449,22 @@ def test_a_scale_with_pixel_references_records_them_and_the_class_count(tmp_path
     assert metrics["pixel_knn_k20_top1"] == pytest.approx(expected["pixel_knn_top1"])
     assert metrics["pixel_linear_top1"] == pytest.approx(expected["pixel_linear_top1"])
     assert metrics["dataset_manifest_sha256"] is None  # digits is not a built dataset
+
+
+def test_refresh_precision_table_has_one_column_per_refresh_and_skips_arms_without_positives():
+    from types import SimpleNamespace
+
+    from clim.study.tables import refresh_precision
+
+    def record(*precisions):
+        curve = [{"epoch": 1, "loss": 5.0}] + [{"epoch": 2 * i + 3, "positive_precision": p}
+                                               for i, p in enumerate(precisions)]
+        return {"curve": curve}
+
+    records = SimpleNamespace(found={"mocov2": {0: {"curve": [{"epoch": 1}]}},
+                                     "clim": {0: record(0.1, 0.3), 1: record(0.2, 0.5), 2: record(0.9, 0.9)}})
+    lines = refresh_precision(records, ["mocov2", "clim"], seeds={0, 1})
+    assert "| arm | epoch 3 | epoch 5 |" in lines
+    assert "| `clim` | 0.150 ± 0.071 (n=2) | 0.400 ± 0.141 (n=2) |" in lines
+    assert not any("mocov2" in line for line in lines)
+    assert refresh_precision(records, ["mocov2"]) == []

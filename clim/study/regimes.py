@@ -21,7 +21,7 @@ from clim.config import ConfigError
 from clim.evaluation.cli import versus
 from clim.study.claims import METRICS, Paired, format_paired, format_probability, format_stat, holm, paired, summarize
 from clim.study.matrix import FULL_CLIM, SCALES, plan_runs, read_record
-from clim.study.tables import RANDOM_INIT, Records, seeds_text, table
+from clim.study.tables import RANDOM_INIT, Records, refresh_precision, seeds_text, table
 
 REFERENCES_NAME = "pixel_references.json"
 OTHER_REGIMES = {"cpu": ("glyphs",)}  # the regimes RESULTS.md of a scale reports beside its own
@@ -350,7 +350,7 @@ def focused_section(regime: Regime) -> list[str]:
     lines += [f"{said}.{chance} Cells: mean ± std over "
               + (f"seeds {seeds_text(shared)}, the seeds every arm has" if shared else "each arm's seeds")
               + " (n per cell).", ""]
-    lines += table(["arm", "", *(METRICS[m][0] for m in metrics), "records"], rows)
+    lines += table(["arm", "", *(METRICS[m][0] for m in metrics), "records"], rows) + refresh_precision(records, arms, shared)
     lines += references_section(regime, arms)
     sentences = split_sentences(records)
     comparisons = [(c, split) for c, split in (*SPLIT_ROWS, *((c, False) for c in FOCUSED_EXTRA))

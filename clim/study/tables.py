@@ -258,3 +258,22 @@ def every_variant(records: Records) -> list[str]:
         ["variant", "group", "overrides", *(title for title, _ in METRICS.values()), "records",
          "CPU minutes per run (fully counted)"], rows)
 
+
+
+def refresh_precision(records: Records, arms, seeds=None) -> list[str]:
+    """RESULTS.md's table of the positive precision at every refresh (the records' curves), per arm with positives."""
+    per_arm = {}
+    for arm in arms:
+        curves = [{row["epoch"]: row["positive_precision"] for row in record.get("curve", [])
+                   if "positive_precision" in row}
+                  for seed, record in records.found.get(arm, {}).items() if seeds is None or seed in seeds]
+        if any(curves):
+            per_arm[arm] = curves
+    if not per_arm:
+        return []
+    epochs = sorted({epoch for curves in per_arm.values() for curve in curves for epoch in curve})
+    rows = [[f"`{arm}`", *(format_stat(summarize(curve.get(epoch) for curve in curves), 3) for epoch in epochs)]
+            for arm, curves in per_arm.items()]
+    return (["Positive precision at each refresh: the share of a table's positives that have the anchor's class, "
+             "under the first epoch that trains with the table (mean ± std over the seeds above).", ""]
+            + table(["arm", *(f"epoch {epoch}" for epoch in epochs)], rows))
