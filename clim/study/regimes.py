@@ -351,6 +351,8 @@ def focused_section(regime: Regime) -> list[str]:
               + (f"seeds {seeds_text(shared)}, the seeds every arm has" if shared else "each arm's seeds")
               + " (n per cell).", ""]
     lines += table(["arm", "", *(METRICS[m][0] for m in metrics), "records"], rows) + refresh_precision(records, arms, shared)
+    lines += [f"`clim inspect RUN_DIR --anchors 8 --compare knn --compare random` (green: the anchor's class): "
+              f"![{png.stem}]({png.as_posix()})\n" for png in sorted(regime.folder.glob("*.png")) if not png.is_absolute()]
     lines += references_section(regime, arms)
     sentences = split_sentences(records)
     comparisons = [(c, split) for c, split in (*SPLIT_ROWS, *((c, False) for c in FOCUSED_EXTRA))
