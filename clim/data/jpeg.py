@@ -19,6 +19,8 @@ import os
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import suppress
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +33,7 @@ from clim.data.views import StepViews, ViewGroup, numpy_draws
 _SOF_BASELINE = (0xC0, 0xC1)  # baseline and extended sequential Huffman: nvJPEG's hardware path
 _SOF_PROGRESSIVE = (0xC2, 0xC6)
 _SOF_OTHER = (0xC3, 0xC5, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF)  # lossless, hierarchical, arithmetic
-_STANDALONE = set(range(0xD0, 0xD8)) | {0x01}  # RSTn, TEM: markers without a length
+_STANDALONE = set(range(0xD0, 0xD8)) | {0x01}  # RSTn, TEM
 _OTHER_FORMATS = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF8", "GIF"), (b"BM", "BMP"), (b"RIFF", "WebP"),
                   (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
 
@@ -49,20 +51,14 @@ def jpeg_size(data: bytes | bytearray | memoryview) -> tuple[int, int] | str:
         return next((f"{name} file" for magic, name in _OTHER_FORMATS if head.startswith(magic)), "not a JPEG")
     if bytes(data[-2:]) != b"\xff\xd9":
         return "JPEG without end marker (truncated?)"
-    adobe_transform = None
-    pos = 2
+    adobe_transform, pos = None, 2
     while pos + 4 <= len(data):
-        if data[pos] != 0xFF:
-            return "corrupt JPEG header"
         marker = data[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
-        if marker in _STANDALONE:
-            pos += 2
-            continue
-        if marker in (0xD9, 0xDA):  # end of image / start of scan before any frame header
+        if data[pos] != 0xFF or marker in (0xD9, 0xDA):  # or end of image / start of scan before any frame header
             return "corrupt JPEG header"
+        if marker == 0xFF or marker in _STANDALONE:  # a fill byte, or a marker without a length (RSTn, TEM)
+            pos += 1 if marker == 0xFF else 2
+            continue
         length = (data[pos + 2] << 8) | data[pos + 3]
         segment = data[pos + 4: pos + 2 + length]
         if length < 2 or len(segment) != length - 2:
@@ -97,9 +93,6 @@ def _pil_decode(encoded: torch.Tensor) -> torch.Tensor:
     with Image.open(io.BytesIO(encoded.numpy().tobytes())) as image:
         image.load()
         return TF.pil_to_tensor(ensure_mode(image, 3))
-
-
-# ------------------------------------------------------------------------------------------ workers
 
 
 def read_encoded(dataset, i: int) -> tuple[tuple[torch.Tensor, int, int, str | None], int, torch.Tensor]:
@@ -153,14 +146,11 @@ def collate_encoded(items: list[dict]) -> dict:
 
 
 class EncodedViews:
-    """``data.decode=gpu``'s part of :class:`~clim.data.views.SampleViews`: file bytes + every view's crop
-    box and flip in the worker, decoded and cropped on the device (:meth:`on_device`).
-
-    An item's ``images``: ``[(payload, reason)]`` for the anchor and (with a positives table) its positive
-    (:func:`read_encoded`); its ``views``: ``{name: (image number, (x0, y0, w, h), flip)}``, multi-crop
-    views named ``small_crops.<v>``. ``decode_stats``: the last epoch's ``{"images": n, "fallback":
-    Counter(reason)}``.
-    """
+    """``data.decode=gpu``'s part of :class:`~clim.data.views.SampleViews`: file bytes + every view's crop box and
+    flip in the worker, decoded and cropped on the device (:meth:`on_device`). An item's ``images``:
+    ``[(payload, reason)]`` for the anchor and (with a positives table) its positive (:func:`read_encoded`); its
+    ``views``: ``{name: (image number, (x0, y0, w, h), flip)}``, multi-crop views named ``small_crops.<v>``.
+    ``decode_stats``: the last epoch's ``{"images": n, "fallback": Counter(reason)}``."""
     draws, load, collate = staticmethod(numpy_draws), staticmethod(read_encoded), staticmethod(collate_encoded)
     pin = False  # file bytes are read by the decoder from ordinary memory
 
@@ -193,7 +183,7 @@ class EncodedViews:
                     # thread, never in the training loop.
                     torch.cuda.current_stream(device).synchronize()
                 cropped, reasons = decode_and_crop(batch, device, self.views.sizes[0], self.views.small_size,
-                                                   self._fallback_image(batch))
+                                                   partial(self._fallback_image, batch))
                 stats["images"] += len(batch["jpeg_ids"]) + len(batch["decoded_ids"])
                 stats["fallback"].update(reasons)
                 yield cropped
@@ -204,16 +194,11 @@ class EncodedViews:
                 warnings.warn(f"data.decode=gpu, epoch {epoch}: {fallback} of {stats['images']} images were "
                               f"decoded with PIL on the CPU instead of on {device} ({details})", stacklevel=2)
 
-    def _fallback_image(self, batch: dict) -> Callable[[int], torch.Tensor]:
+    def _fallback_image(self, batch: dict, k: int) -> torch.Tensor:
         """Image number k of ``batch`` (anchors, then positives) as the dataset gives it, in uint8."""
-        def load(k: int) -> torch.Tensor:
-            size = len(batch["index"])
-            index = (batch["index"] if k < size else batch["positive_index"])[k % size]
-            return TF.pil_to_tensor(self.dataset[int(index)][0])
-        return load
-
-
-# ------------------------------------------------------------------------------------ the device
+        size = len(batch["index"])
+        index = (batch["index"] if k < size else batch["positive_index"])[k % size]
+        return TF.pil_to_tensor(self.dataset[int(index)][0])
 
 
 def decode_jpegs(encoded: list[torch.Tensor], device: torch.device | str) -> tuple[list, list[str | None]]:
@@ -226,10 +211,8 @@ def decode_jpegs(encoded: list[torch.Tensor], device: torch.device | str) -> tup
     device = torch.device(device)
     if not encoded:
         return [], []
-    try:
+    with suppress(RuntimeError):
         return list(decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)), [None] * len(encoded)
-    except RuntimeError:
-        pass
     images, reasons = [], []
     for data in encoded:
         try:
@@ -248,9 +231,8 @@ def decode_jpegs(encoded: list[torch.Tensor], device: torch.device | str) -> tup
 def crop_views(images: list[torch.Tensor], image_ids: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor,
                size: int) -> torch.Tensor:
     """uint8 ``[V, C, size, size]``: view v is ``images[image_ids[v]]`` cropped to ``boxes[v]`` = (x0, y0, w, h),
-    resized with antialiased bilinear interpolation (as PIL's, which the CPU path uses) and mirrored
-    where ``flips[v]``. Boxes are clamped to their image (they always fit, unless a file was replaced
-    by another image after its header was read)."""
+    resized with antialiased bilinear interpolation (as PIL's, which the CPU path uses) and mirrored where
+    ``flips[v]``. Boxes are clamped to their image (they fit unless a file changed after its header was read)."""
     out = []
     for k, (x0, y0, w, h) in zip(image_ids.tolist(), boxes.tolist()):
         image = images[k]
@@ -259,8 +241,7 @@ def crop_views(images: list[torch.Tensor], image_ids: torch.Tensor, boxes: torch
         crop = image[:, y0: y0 + min(h, height - y0), x0: x0 + min(w, width - x0)]
         out.append(_resize(crop.unsqueeze(0).float(), size))
     views = torch.cat(out)
-    flips = flips.to(views.device)
-    views = torch.where(flips[:, None, None, None], views.flip(-1), views)
+    views = torch.where(flips.to(views.device)[:, None, None, None], views.flip(-1), views)
     return views.round_().clamp_(0, 255).to(torch.uint8)
 
 
@@ -280,16 +261,13 @@ def _resize(crop: torch.Tensor, size: int) -> torch.Tensor:
 
 def decode_and_crop(batch: dict, device: torch.device | str, size: int, small_size: int | None = None,
                     fallback: Callable[[int], torch.Tensor] | None = None) -> tuple[dict, Counter]:
-    """The training-process half of the GPU decode path, for any ``device``: a :func:`collate_encoded`
-    batch → ``(cropped, reasons)``. ``cropped`` holds what the CPU path's workers deliver (the keys of
-    :class:`~clim.data.views.CroppedViews` batches: index, label, query, key and, where
-    drawn, positive_index, positive_key, positive_query, small_crops ``[B, V, C, s, s]``), uint8 on
-    ``device``. ``reasons`` counts the images not decoded on the device, by reason.
-    ``fallback(k)``: image number k as uint8 ``[C, H, W]`` when neither the device nor PIL can decode
-    its bytes (the pipeline loads the dataset's replacement image)."""
+    """The training-process half of the GPU decode path, for any ``device``: a :func:`collate_encoded` batch →
+    ``(cropped, reasons)``. ``cropped``: what the CPU path's workers deliver (the keys of a
+    :class:`~clim.data.views.CroppedViews` batch, small_crops ``[B, V, C, s, s]``), uint8 on ``device``;
+    ``reasons`` counts the images not decoded on the device, by reason. ``fallback(k)``: image number k as uint8
+    ``[C, H, W]`` when neither the device nor PIL can decode its bytes (the dataset's replacement image)."""
     device = torch.device(device)
-    count = len(batch["jpeg_ids"]) + len(batch["decoded_ids"])
-    images: list[torch.Tensor | None] = [None] * count
+    images: list[torch.Tensor | None] = [None] * (len(batch["jpeg_ids"]) + len(batch["decoded_ids"]))
     encoded = list(torch.split(batch["jpeg"], batch["jpeg_sizes"].tolist())) if len(batch["jpeg_ids"]) else []
     decoded, failed = decode_jpegs(encoded, device)
     reasons = Counter(batch["fallback"]) + Counter(r for r in failed if r is not None)
@@ -301,18 +279,15 @@ def decode_and_crop(batch: dict, device: torch.device | str, size: int, small_si
         images[k] = image
     for k, image in zip(batch["decoded_ids"].tolist(), batch["decoded"]):
         images[k] = image.to(device, non_blocking=True)
-    cropped = {"index": batch["index"].to(device), "label": batch["label"].to(device)}
-    if "positive_index" in batch:
-        cropped["positive_index"] = batch["positive_index"].to(device)
+    cropped = {key: batch[key].to(device) for key in ("index", "label", "positive_index") if key in batch}
     views = batch["views"]
     for name in ("query", "key", "positive_key", "positive_query"):
         if name in views:
             cropped[name] = crop_views(images, views[name]["image"], views[name]["box"], views[name]["flip"], size)
     small = sorted(name for name in views if name.startswith("small_crops."))
     if small:
-        cropped["small_crops"] = torch.stack(
-            [crop_views(images, views[n]["image"], views[n]["box"], views[n]["flip"], small_size) for n in small],
-            dim=1)
+        cropped["small_crops"] = torch.stack([crop_views(images, views[n]["image"], views[n]["box"], views[n]["flip"],
+                                                         small_size) for n in small], dim=1)
     return cropped, reasons
 
 

@@ -40,12 +40,11 @@ KEYS = ("index", "label", "generator", "query", "key", "positive_index", "positi
 def resolve_augment(mode: str, dataset, device: torch.device) -> str:
     """The ``data.augment`` mode actually used: ``auto`` = batched for array datasets (held in memory);
     for file datasets ``device`` on CUDA and ``loader`` elsewhere."""
-    if mode == "auto":
-        if hasattr(dataset, "images"):
-            mode = "batched"
-        else:
-            mode = "device" if torch.device(device).type == "cuda" else "loader"
-    return mode
+    if mode != "auto":
+        return mode
+    if hasattr(dataset, "images"):
+        return "batched"
+    return "device" if torch.device(device).type == "cuda" else "loader"
 
 
 def resolve_decode(loader: LoaderSpec, dataset, device: torch.device | str) -> str:
@@ -55,8 +54,7 @@ def resolve_decode(loader: LoaderSpec, dataset, device: torch.device | str) -> s
     of an image folder on a CUDA device where torchvision can decode; ``gpu`` demands all of that.
     """
     device = torch.device(device)
-    mode = loader.decode
-    if mode == "cpu":
+    if loader.decode == "cpu":
         return "cpu"
     augment = resolve_augment(loader.augment, dataset, device)
     needs = []
@@ -66,22 +64,19 @@ def resolve_decode(loader: LoaderSpec, dataset, device: torch.device | str) -> s
         needs.append(f"a dataset read from image files ('{loader.dataset}' is not)")
     if device.type != "cuda":
         needs.append(f"a CUDA device (training runs on {device})")
-    if not needs:
-        problem = cuda_decode_problem(device)
-        if problem:
-            needs.append(f"torchvision decoding on {device} ({problem})")
+    if not needs and (problem := cuda_decode_problem(device)):
+        needs.append(f"torchvision decoding on {device} ({problem})")
     if not needs:
         return "gpu"
-    if mode == "gpu":
+    if loader.decode == "gpu":
         raise ValueError("data.decode=gpu needs " + " and ".join(needs) + "; use data.decode=auto or cpu")
     return "cpu"
 
 
 def build_pipeline(dataset, views: ViewSpec, loader: LoaderSpec, device: torch.device, rank: int = 0,
                    augment: str | None = None, decode: str | None = None, background: bool = True) -> Pipeline:
-    """The pipeline of ``data.augment`` and ``data.decode`` (or of ``augment`` / ``decode``) for this
-    process (``rank`` of ``loader.world_size``); ``background=False`` decodes JPEGs in the caller's thread
-    (same batches, no overlap)."""
+    """The pipeline of ``data.augment`` and ``data.decode`` (or of ``augment`` / ``decode``) for this process (``rank``
+    of ``loader.world_size``); ``background=False`` decodes JPEGs in the caller's thread (same batches, no overlap)."""
     augment = augment or resolve_augment(loader.augment, dataset, device)
     if augment == "batched" and not hasattr(dataset, "images"):
         raise ValueError(f"data.augment=batched needs an array dataset; '{loader.dataset}' is read from files")
@@ -135,9 +130,8 @@ class Pipeline:
         with the step generator's (read at checkpoint time) resume the epoch exactly."""
         seed, rank = self.source.seed, self.source.rank
         generator = torch.Generator(self.device).manual_seed(epoch_seed(seed, epoch, rank + 1))
-        if self.on_device is None:
-            views_generator, step_generator = None, generator
-        else:
+        views_generator, step_generator = None, generator
+        if self.on_device is not None:
             views_generator = generator
             step_generator = torch.Generator(self.device).manual_seed(epoch_seed(seed + 1, epoch, rank) + 7)
         if resume:
@@ -156,8 +150,7 @@ class Pipeline:
 
 
 class DeviceArrays:
-    """``data.augment=batched``: the dataset as one uint8 tensor on the training device; a step's samples
-    are rows of it."""
+    """``data.augment=batched``: the dataset as one uint8 tensor on the training device, a step's samples its rows."""
 
     def __init__(self, dataset, loader: LoaderSpec, device: torch.device, rank: int):
         self.images, self.labels = dataset.images.to(device), dataset.labels.to(device)
@@ -235,7 +228,7 @@ class DeviceViews:
         positive comes from the workers, else it is drawn here (METHOD §3), after the anchor's views."""
         batch = dict.fromkeys(KEYS)
         batch.update(index=sample["index"], label=sample["label"], positive_index=sample.get("positive_index"))
-        small = [] if self.views.small_size is not None else None
+        batch["small_crops"] = [] if self.views.small_size is not None else None
         for group in self.views.groups(positives is not None):
             if group.source == 1 and batch["positive_index"] is None:
                 batch["positive_index"] = draw_positives(positives, batch["index"], generator).to(self.device)
@@ -243,24 +236,19 @@ class DeviceViews:
             augment = self.augment if group.crop is None else self.small_augment
             made = (augment.augment_cropped if self.cropped else augment)(images, generator=generator)
             if group.crop is not None:
-                small.append(made)
+                batch["small_crops"].append(made)
                 continue
             for name, view in zip(group.names, made.chunk(len(group.names)) if len(group.names) > 1 else [made]):
                 batch[name] = at_resolutions(view, self.views.sizes)
-        batch["small_crops"] = small
         return batch
 
 
-# ------------------------------------------------------------------------------------ the look-ahead
-
-
 class LookAhead:
-    """The items of ``items``, each made ahead of its use: one ahead in the caller's thread, or ``depth``
-    ahead in a thread with ``background`` (for work that waits on the host: JPEG decoding). On CUDA they
-    are made on a side stream, so their kernels (augmentation, host-to-device copies) run concurrently
-    with the step's; the caller's stream waits for each through a stream dependency (no host sync).
-    The items are the same as without it: every pipeline draws from its own generators, in batch order,
-    and the step from its own (``batch["generator"]``).
+    """The items of ``items``, each made ahead of its use: one ahead in the caller's thread, or ``depth`` ahead in a
+    thread with ``background`` (for work that waits on the host: JPEG decoding). On CUDA they are made on a side stream,
+    so their kernels (augmentation, host-to-device copies) run concurrently with the step's; the caller's stream waits
+    for each through a stream dependency (no host sync). The items are the same as without it: every pipeline draws from
+    its own generators, in batch order, and the step from its own (``batch["generator"]``).
     """
 
     def __init__(self, items: Iterable[dict], device: torch.device | str, background: bool = False, depth: int = 2):
@@ -284,8 +272,7 @@ def prefetched(batches: Iterable[dict], device: torch.device | str) -> Iterator[
 def _ahead(items: Iterator[dict], device: torch.device, background: bool, depth: int) -> Iterator[dict]:
     cuda = device.type == "cuda"
     index = (device.index if device.index is not None else torch.cuda.current_device()) if cuda else None
-    stream = torch.cuda.Stream(index) if cuda else None
-    caller = torch.cuda.current_stream(index) if cuda else None
+    stream, caller = (torch.cuda.Stream(index), torch.cuda.current_stream(index)) if cuda else (None, None)
 
     def make() -> tuple:
         """The next item (None after the last), made on the side stream, and an event recorded after it."""

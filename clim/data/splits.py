@@ -1,12 +1,11 @@
-"""The labelled splits every evaluation uses: ``clim eval``'s protocols, the demo's comparison and
-the trainer's kNN monitor build them here, so that all of them evaluate on the same images.
+"""The labelled splits every evaluation uses: ``clim eval``'s protocols, the demo's comparison and the trainer's kNN
+monitor build them here, so that all of them evaluate on the same images.
 
-A dataset's own ``train`` and ``test`` splits at the pretraining image size, normalised with the
-pretraining mean/std (the model's input convention, as in MoCo's transfer code); an image folder of
-class folders with no ``val/`` or ``test/`` (:func:`clim.summary.needs_holdout`) has its test split
-held out: ``data.val_fraction`` of every class, by a fixed seed (:func:`stratified_holdout`).
-``overrides`` (``--set data.name=cifar10 data.root=...``) point the same model at other data; keys
-and values follow :mod:`clim.config`'s rules, so a typo is a one-line :class:`ConfigError`.
+A dataset's own ``train`` and ``test`` splits at the pretraining image size, normalised with the pretraining mean/std
+(the model's input convention, as in MoCo's transfer code); an image folder of class folders with no ``val/`` or
+``test/`` (:func:`clim.summary.needs_holdout`) has its test split held out: ``data.val_fraction`` of every class, by a
+fixed seed (:func:`stratified_holdout`). ``overrides`` (``--set data.name=cifar10 data.root=...``) point the same model
+at other data; keys and values follow :mod:`clim.config`'s rules, so a typo is a one-line :class:`ConfigError`.
 :mod:`clim.evaluation.common` re-exports every name.
 """
 
@@ -91,11 +90,8 @@ class HoldoutSplit(Dataset):
 
     def __init__(self, base, indices: torch.Tensor, split: str):
         self.base = copy.copy(base)  # own transform, shared file list
-        self.indices = indices
-        self.labels = base.labels[indices]
-        self.info = base.info
-        self.classes = getattr(base, "classes", None)
-        self.split = split
+        self.indices, self.labels, self.split = indices, base.labels[indices], split
+        self.info, self.classes = base.info, getattr(base, "classes", None)
 
     @property
     def transform(self):
@@ -118,9 +114,8 @@ class HoldoutSplit(Dataset):
 
 def eval_dataset(config: Config, data_info: dict[str, Any], overrides: Sequence[str], split: str,
                  transform: Callable | None = None):
-    """One labelled split (``train`` or ``test``) with ``transform``, by default the eval transform:
-    fixed-size (array) data resized straight to the image size, image folders resized + centre
-    cropped (ratio 0.875)."""
+    """One labelled split (``train`` or ``test``) with ``transform``, by default the eval transform: fixed-size (array)
+    data resized straight to the image size, image folders resized + centre cropped (ratio 0.875)."""
     from clim.data import build_dataset
     from clim.data.transforms import eval_transform
 

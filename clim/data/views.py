@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import operator
 from contextlib import contextmanager, nullcontext
+from types import SimpleNamespace
 from typing import NamedTuple
 
 import numpy as np
@@ -50,9 +51,6 @@ def draw_positives(table: torch.Tensor, index: torch.Tensor, generator: torch.Ge
     return rows[torch.arange(rows.shape[0], device=rows.device), pick.to(rows.device)].long()
 
 
-# ------------------------------------------------------------------------------ the step's views
-
-
 class ViewGroup(NamedTuple):
     """Views of one image made in one pass: their batch keys, the image (0: the anchor, 1: its positive)
     and, for a multi-crop view, its number (its batch key holds a list)."""
@@ -79,17 +77,17 @@ class StepViews:
         """The views in the order they are drawn (with a positive: it is drawn before its first view)."""
         groups = [ViewGroup(("query", "key"))]
         if with_positive:
-            groups.append(ViewGroup(("positive_key", "positive_query") if self.spec.positive_query else ("positive_key",),
-                                    source=1))
+            names = ("positive_key", "positive_query") if self.spec.positive_query else ("positive_key",)
+            groups.append(ViewGroup(names, source=1))
         if self.small_size is not None:
             groups += [ViewGroup(("small_crops",), crop=v) for v in range(MULTICROP_VIEWS)]
         return groups
 
     def draw_crop(self, group: ViewGroup, rng: np.random.Generator, height: int, width: int) -> tuple:
         """A worker view's geometry: its side, its crop box (:func:`crop_box`), then whether it is mirrored."""
-        size, scale = (self.sizes[0], self.spec.crop_scale) if group.crop is None else (self.small_size, MULTICROP_SCALE)
-        box = crop_box(rng, height, width, scale)
-        return size, box, bool(rng.random() < self.spec.flip_p)
+        small = group.crop is not None
+        size, scale = (self.small_size, MULTICROP_SCALE) if small else (self.sizes[0], self.spec.crop_scale)
+        return size, crop_box(rng, height, width, scale), bool(rng.random() < self.spec.flip_p)
 
 
 def crop_box(rng: np.random.Generator, height: int, width: int, scale: tuple[float, float],
@@ -109,9 +107,6 @@ def crop_box(rng: np.random.Generator, height: int, width: int, scale: tuple[flo
     return (width - w) // 2, (height - h) // 2, w, h
 
 
-# ------------------------------------------------------------------------------ per-sample builder
-
-
 class SampleViews(Dataset):
     """The one per-sample builder of the DataLoader paths: sample ``i``'s views (:class:`StepViews`),
     each made by ``part``: :class:`TransformedViews` (``data.augment=loader``), :class:`CroppedViews`
@@ -125,12 +120,9 @@ class SampleViews(Dataset):
     """
 
     def __init__(self, dataset, views: ViewSpec, seed: int, part: type | None = None, rank: int = 0):
-        self.dataset = dataset
-        self.views = StepViews(views)
+        self.dataset, self.views, self.seed, self.rank = dataset, StepViews(views), seed, rank
         self.part = (part or CroppedViews)(dataset, self.views)
-        self.seed, self.rank = seed, rank
-        self.epoch = 0
-        self.positives: torch.Tensor | None = None
+        self.epoch, self.positives = 0, None
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -154,20 +146,12 @@ class SampleViews(Dataset):
             return self.part.item(item, made, sources)
 
 
-class _TorchDraws:
-    """torch's global generator as a sample's generator."""
-
-    @staticmethod
-    def integers(n: int) -> int:
-        return torch.randint(n, ()).item()
-
-
 @contextmanager
 def torch_draws(seed: int, epoch: int, rank: int, index: int):
-    """torch's global generator, forked (nothing else is disturbed) and seeded from the sample (and rank)."""
+    """torch's global generator as the sample's: forked (nothing else is disturbed), seeded from sample and rank."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed((epoch_seed(seed, epoch, rank) * 1_000_003 + index) % 2**63)
-        yield _TorchDraws
+        yield SimpleNamespace(integers=lambda n: torch.randint(n, ()).item())
 
 
 def numpy_draws(seed: int, epoch: int, rank: int, index: int):
@@ -176,12 +160,9 @@ def numpy_draws(seed: int, epoch: int, rank: int, index: int):
 
 def moved(batches, device: torch.device, epoch: int):
     """Collated worker batches on ``device`` (lists of tensors too), copied without waiting."""
-    def to(value):
-        if isinstance(value, list):
-            return [v.to(device, non_blocking=True) for v in value]
-        return value.to(device, non_blocking=True)
     for batch in batches:
-        yield {key: to(value) for key, value in batch.items()}
+        yield {key: [v.to(device, non_blocking=True) for v in value] if isinstance(value, list)
+               else value.to(device, non_blocking=True) for key, value in batch.items()}
 
 
 class TransformedViews:
