@@ -6,8 +6,7 @@ from clim.config.files import PRESET_DIR, check_training, dump_yaml, load_config
 from clim.config.schema import (CLUSTERED_SELECTIONS, DEFAULT_K, DEFAULT_NUM_POSITIVES, KMEANS_SEED_LIMIT,
                                 MIN_IMAGE_SIZE, MULTICROP_SCALE, REFRESH_SEED_STRIDE, SEED_LIMIT, SMALL_IMAGE_MAX,
                                 STRATEGIES, Config, ConfigError, DataConfig, MethodConfig, ModelConfig,
-                                TrainConfig, default_num_clusters,
-                                uses_small_stem)
+                                TrainConfig, default_num_clusters, uses_small_stem)
 
 __all__ = ["CLUSTERED_SELECTIONS", "DEFAULT_K", "DEFAULT_NUM_POSITIVES", "KMEANS_SEED_LIMIT", "MIN_IMAGE_SIZE",
            "MULTICROP_SCALE", "PRESET_DIR", "REFRESH_SEED_STRIDE", "SEED_LIMIT", "SMALL_IMAGE_MAX", "STRATEGIES",

@@ -6,6 +6,7 @@ Every key is checked against the dataclasses, so a typo fails at once with a one
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import re
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import yaml
+
 
 class ConfigError(ValueError):
     """A bad config key or value; the CLI prints it on one line and exits with code 2."""
@@ -173,8 +175,7 @@ class Config:
             raise ConfigError(f"unknown config key '{key}' (sections: {', '.join(_sections())})")
         fields = {f.name: f for f in dataclasses.fields(section)}
         if name not in fields:
-            raise ConfigError(
-                f"unknown config key '{key}' (valid in '{section_name}': {', '.join(fields)})")
+            raise ConfigError(f"unknown config key '{key}' (valid in '{section_name}': {', '.join(fields)})")
         hint = typing.get_type_hints(type(section))[name]
         setattr(section, name, _coerce(key, value, hint))
 
@@ -264,19 +265,12 @@ def _type_words(hint: Any) -> str:
     return text + (" or null" if type(None) in args else "")
 
 
-def _probability(key: str) -> tuple[str, str, Callable[[Any], bool]]:
-    return key, "a probability: must be in [0, 1]", lambda value: 0 <= value <= 1
-
-
-def _positive(key: str) -> tuple[str, str, Callable[[Any], bool]]:
-    return key, "must be > 0", lambda value: value > 0
-
-
 # (key, what is allowed, rule) of every bound that Config.validate checks; a None value (automatic) is not checked.
 _RANGES: list[tuple[str, str, Callable[[Any], bool]]] = [
-    *map(_positive, ["train.epochs", "train.batch_size", "model.queue_size", "model.bn_splits", "method.knn_k",
-                     "method.num_positives", "method.refresh_every", "model.head_dim", "method.num_clusters",
-                     "train.lr", "model.temperature", "train.knn_k", "train.knn_temperature"]),
+    *((key, "must be > 0", lambda value: value > 0)
+      for key in ["train.epochs", "train.batch_size", "model.queue_size", "model.bn_splits", "method.knn_k",
+                  "method.num_positives", "method.refresh_every", "model.head_dim", "method.num_clusters",
+                  "train.lr", "model.temperature", "train.knn_k", "train.knn_temperature"]),
     ("method.alpha", "must be > 0: the parameter of Beta(alpha, alpha)", lambda value: value > 0),
     ("method.mixup_alpha", "must be > 0: the parameter of Beta(alpha, alpha)", lambda value: value > 0),
     ("data.val_fraction", "0 < f < 1", lambda value: 0 < value < 1),
@@ -288,10 +282,8 @@ _RANGES: list[tuple[str, str, Callable[[Any], bool]]] = [
      lambda value: 0 < value <= 1),
     ("data.jitter_strength", "must be in [0, 2]: the hue jitter is strength / 4, at most 0.5",
      lambda value: 0 <= value <= 2),
-    _probability("data.jitter_p"),
-    _probability("data.grayscale_p"),
-    _probability("data.blur_p"),
-    _probability("data.flip_p"),
+    *((key, "a probability: must be in [0, 1]", lambda value: 0 <= value <= 1)
+      for key in ["data.jitter_p", "data.grayscale_p", "data.blur_p", "data.flip_p"]),
     ("train.momentum", "must be in [0, 1)", lambda value: 0 <= value < 1),
     ("train.weight_decay", "must be >= 0", lambda value: value >= 0),
     ("train.warmup_epochs", "must be >= 0; 0: no warm-up", lambda value: value >= 0),
@@ -332,10 +324,8 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     if base is str:
         return str(value)
     if base is float and isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
-        try:
+        with contextlib.suppress(ValueError):
             value = float(value)
-        except ValueError:
-            pass
     if base not in (bool, int, float):
         raise ConfigError(f"unsupported type for '{key}'")
     if not _has_type(value, base):
