@@ -13,6 +13,7 @@ from clim.config.schema import (CLUSTERED_SELECTIONS, KMEANS_SEED_LIMIT, REFRESH
                                 _flatten)
 
 PRESET_DIR = Path(__file__).parents[1] / "presets"
+_PRESET_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 
 def preset_names() -> list[str]:
@@ -37,12 +38,7 @@ def _resolve(values: dict[str, Any], seen: tuple[str, ...] = (), source: str = "
     if base in seen:
         raise ConfigError(f"preset inheritance loops through '{base}'")
     path = _preset_path(base, f"'base' in {source}" if source else "'base'")
-    merged = _resolve(_load_yaml(path), seen + (base,), str(path))
-    merged.update(_flatten(values))
-    return merged
-
-
-_PRESET_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+    return {**_resolve(_load_yaml(path), seen + (base,), str(path)), **_flatten(values)}
 
 
 def _preset_path(name: Any, where: str = "--preset") -> Path:

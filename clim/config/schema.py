@@ -1,8 +1,6 @@
-"""The config's keys: typed dataclass defaults, each with its meaning, and the checks of every value.
-
-Every key is checked against the dataclasses, so a typo fails at once with a one-line
-:class:`ConfigError` that names the key, instead of being silently ignored.
-"""
+"""The config's keys: typed dataclass defaults, each with its meaning, and the checks of every value. Every key is
+checked against the dataclasses, so a typo fails at once with a one-line :class:`ConfigError` that names the key,
+instead of being silently ignored."""
 
 from __future__ import annotations
 
@@ -114,7 +112,8 @@ class TrainConfig:
     seed: int = 0  # seed of weights, augmentation and selection (rank r uses seed + r)
     device: str = "auto"  # auto | cpu | cuda
     amp: bool | None = None  # autocast; null: on CUDA only
-    amp_dtype: str = "bfloat16"  # bfloat16 | float16 (adds a GradScaler, saved in checkpoints, and a host sync per step)
+    # bfloat16 | float16 (adds a GradScaler, saved in checkpoints, and a host sync per step)
+    amp_dtype: str = "bfloat16"
     channels_last: bool | None = None  # channels-last activations; null: on CUDA only
     cudnn_benchmark: bool | None = None  # cuDNN autotunes the step's convolutions (null: on CUDA unless deterministic)
     knn_every: int = 5  # kNN monitor period in epochs (0: never)
@@ -187,16 +186,10 @@ class Config:
             value = self.get(key)
             if not _has_type(value, hint):
                 raise ConfigError(f"invalid value {value!r} for '{key}' (expected {_type_words(hint)})")
-        choices = {
-            "data.augment": ("auto", "batched", "loader", "device"),
-            "data.decode": ("auto", "cpu", "gpu"),
-            "train.device": ("auto", "cpu", "cuda"),
-            "train.amp_dtype": ("bfloat16", "float16"),
-            "method.name": ("mocov2", "clim"),
-            "method.selection": STRATEGIES,
-            "method.mixing": ("none", "cutmix", "mixup"),
-            "method.selection_features": ("head", "backbone"),
-        }
+        choices = {"data.augment": ("auto", "batched", "loader", "device"), "data.decode": ("auto", "cpu", "gpu"),
+                   "train.device": ("auto", "cpu", "cuda"), "train.amp_dtype": ("bfloat16", "float16"),
+                   "method.name": ("mocov2", "clim"), "method.selection": STRATEGIES,
+                   "method.mixing": ("none", "cutmix", "mixup"), "method.selection_features": ("head", "backbone")}
         for key, allowed in choices.items():
             value = self.get(key)
             if value not in allowed:
@@ -267,33 +260,31 @@ def _type_words(hint: Any) -> str:
 
 # (key, what is allowed, rule) of every bound that Config.validate checks; a None value (automatic) is not checked.
 _RANGES: list[tuple[str, str, Callable[[Any], bool]]] = [
-    *((key, "must be > 0", lambda value: value > 0)
+    *((key, "must be > 0", lambda v: v > 0)
       for key in ["train.epochs", "train.batch_size", "model.queue_size", "model.bn_splits", "method.knn_k",
                   "method.num_positives", "method.refresh_every", "model.head_dim", "method.num_clusters",
                   "train.lr", "model.temperature", "train.knn_k", "train.knn_temperature"]),
-    ("method.alpha", "must be > 0: the parameter of Beta(alpha, alpha)", lambda value: value > 0),
-    ("method.mixup_alpha", "must be > 0: the parameter of Beta(alpha, alpha)", lambda value: value > 0),
-    ("data.val_fraction", "0 < f < 1", lambda value: 0 < value < 1),
-    ("model.momentum", "0 <= m < 1", lambda value: 0 <= value < 1),
+    ("method.alpha", "must be > 0: the parameter of Beta(alpha, alpha)", lambda v: v > 0),
+    ("method.mixup_alpha", "must be > 0: the parameter of Beta(alpha, alpha)", lambda v: v > 0),
+    ("data.val_fraction", "0 < f < 1", lambda v: 0 < v < 1),
+    ("model.momentum", "0 <= m < 1", lambda v: 0 <= v < 1),
     ("data.image_size", f"must be >= {MIN_IMAGE_SIZE}: {_MIN_SIZE_REASON}; null: the dataset's native size",
-     lambda value: value >= MIN_IMAGE_SIZE),
-    ("data.num_workers", "must be >= 0; 0: load in the main process", lambda value: value >= 0),
-    ("data.crop_min_scale", "must be in (0, 1]: the smallest crop's share of the image area",
-     lambda value: 0 < value <= 1),
-    ("data.jitter_strength", "must be in [0, 2]: the hue jitter is strength / 4, at most 0.5",
-     lambda value: 0 <= value <= 2),
-    *((key, "a probability: must be in [0, 1]", lambda value: 0 <= value <= 1)
+     lambda v: v >= MIN_IMAGE_SIZE),
+    ("data.num_workers", "must be >= 0; 0: load in the main process", lambda v: v >= 0),
+    ("data.crop_min_scale", "must be in (0, 1]: the smallest crop's share of the image area", lambda v: 0 < v <= 1),
+    ("data.jitter_strength", "must be in [0, 2]: the hue jitter is strength / 4, at most 0.5", lambda v: 0 <= v <= 2),
+    *((key, "a probability: must be in [0, 1]", lambda v: 0 <= v <= 1)
       for key in ["data.jitter_p", "data.grayscale_p", "data.blur_p", "data.flip_p"]),
-    ("train.momentum", "must be in [0, 1)", lambda value: 0 <= value < 1),
-    ("train.weight_decay", "must be >= 0", lambda value: value >= 0),
-    ("train.warmup_epochs", "must be >= 0; 0: no warm-up", lambda value: value >= 0),
+    ("train.momentum", "must be in [0, 1)", lambda v: 0 <= v < 1),
+    ("train.weight_decay", "must be >= 0", lambda v: v >= 0),
+    ("train.warmup_epochs", "must be >= 0; 0: no warm-up", lambda v: v >= 0),
     ("train.seed", f"must be in [0, {SEED_LIMIT - 1}]: rank r seeds numpy with train.seed + r, which must stay "
-     "below 2**32", lambda value: 0 <= value < SEED_LIMIT),
-    ("train.knn_every", "must be >= 0; 0: never", lambda value: value >= 0),
-    ("train.log_every", "must be > 0: a period in steps", lambda value: value > 0),
-    ("train.checkpoint_every_minutes", "must be >= 0; 0: at epoch ends only", lambda value: value >= 0),
+     "below 2**32", lambda v: 0 <= v < SEED_LIMIT),
+    ("train.knn_every", "must be >= 0; 0: never", lambda v: v >= 0),
+    ("train.log_every", "must be > 0: a period in steps", lambda v: v > 0),
+    ("train.checkpoint_every_minutes", "must be >= 0; 0: at epoch ends only", lambda v: v >= 0),
     ("method.multicrop_size", f"must be >= {MIN_IMAGE_SIZE}: {_MIN_SIZE_REASON}; null: 96/224 of image_size",
-     lambda value: value >= MIN_IMAGE_SIZE),
+     lambda v: v >= MIN_IMAGE_SIZE),
 ]
 
 

@@ -9,8 +9,7 @@ the hardware decoder on A100 / H100 / H200) and crops, resizes (antialiased bili
 flips every view to uint8 (:func:`decode_and_crop`): what the CPU path's workers deliver. Files nvJPEG
 cannot take (PNG and other formats, progressive / CMYK / 12-bit / arithmetic-coded JPEGs, no end
 marker) are decoded with PIL in the worker, a failed device decode with PIL in the training process;
-each epoch ends with ONE warning counting them.
-"""
+each epoch ends with ONE warning counting them."""
 
 from __future__ import annotations
 
@@ -20,7 +19,7 @@ import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import suppress
-from functools import partial
+from functools import cache, partial
 
 import torch
 import torch.nn.functional as F
@@ -40,11 +39,9 @@ _OTHER_FORMATS = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF8", "GIF"), (b"BM", "BMP"
 
 def jpeg_size(data: bytes | bytearray | memoryview) -> tuple[int, int] | str:
     """``(height, width)`` of a JPEG that nvJPEG's batched path decodes, else why the file goes to PIL.
-
     Reads the markers up to the frame header only (no decoding): the format, the coding process
     (baseline / extended sequential Huffman only), 8-bit samples, 1 or 3 components not stored as RGB
-    (Adobe transform 0) and the end-of-image marker (a truncated file).
-    """
+    (Adobe transform 0) and the end-of-image marker (a truncated file)."""
     data = memoryview(data)
     if len(data) < 4 or data[0] != 0xFF or data[1] != 0xD8:
         head = bytes(data[:8])
@@ -74,17 +71,11 @@ def jpeg_size(data: bytes | bytearray | memoryview) -> tuple[int, int] | str:
                 return "corrupt JPEG header"
             precision, components = segment[0], segment[5]
             height, width = (segment[1] << 8) | segment[2], (segment[3] << 8) | segment[4]
-            if precision != 8:
-                return f"{precision}-bit JPEG"
-            if components == 4:
-                return "CMYK JPEG"
-            if components not in (1, 3):
-                return f"{components}-component JPEG"
-            if components == 3 and adobe_transform == 0:
-                return "RGB-coded JPEG"
-            if height == 0 or width == 0:
-                return "corrupt JPEG header"
-            return height, width
+            problems = {f"{precision}-bit JPEG": precision != 8, "CMYK JPEG": components == 4,  # the first one found
+                        f"{components}-component JPEG": components not in (1, 3),
+                        "RGB-coded JPEG": components == 3 and adobe_transform == 0,
+                        "corrupt JPEG header": height == 0 or width == 0}
+            return next((problem for problem, found in problems.items() if found), (height, width))
         pos += 2 + length
     return "corrupt JPEG header"
 
@@ -118,17 +109,10 @@ def collate_encoded(items: list[dict]) -> dict:
     positive (slot 1). The JPEG bytes travel as ONE flat tensor (one shared-memory segment per batch)
     with their lengths; PIL-decoded images as a list."""
     size = len(items)
-    jpeg, jpeg_ids, decoded, decoded_ids, fallback = [], [], [], [], []
-    for slot in range(len(items[0]["images"])):
-        for b, item in enumerate(items):
-            payload, reason = item["images"][slot]
-            if reason is None:
-                jpeg.append(payload)
-                jpeg_ids.append(slot * size + b)
-            else:
-                decoded.append(payload)
-                decoded_ids.append(slot * size + b)
-                fallback.append(reason)
+    images = [(slot * size + b, *item["images"][slot])  # (k, payload, reason)
+              for slot in range(len(items[0]["images"])) for b, item in enumerate(items)]
+    jpeg = [(k, payload) for k, payload, reason in images if reason is None]
+    decoded = [image for image in images if image[2] is not None]
     views = {}
     for name in items[0]["views"]:
         slots, boxes, flips = zip(*(item["views"][name] for item in items))
@@ -136,10 +120,12 @@ def collate_encoded(items: list[dict]) -> dict:
                        "box": torch.tensor(boxes, dtype=torch.long), "flip": torch.tensor(flips)}
     batch = {"index": torch.tensor([item["index"] for item in items]),
              "label": torch.tensor([item["label"] for item in items]),
-             "jpeg": torch.cat(jpeg) if jpeg else torch.empty(0, dtype=torch.uint8),
-             "jpeg_sizes": torch.tensor([len(p) for p in jpeg], dtype=torch.long),
-             "jpeg_ids": torch.tensor(jpeg_ids, dtype=torch.long), "decoded": decoded,
-             "decoded_ids": torch.tensor(decoded_ids, dtype=torch.long), "fallback": fallback, "views": views}
+             "jpeg": torch.cat([payload for _, payload in jpeg]) if jpeg else torch.empty(0, dtype=torch.uint8),
+             "jpeg_sizes": torch.tensor([len(payload) for _, payload in jpeg], dtype=torch.long),
+             "jpeg_ids": torch.tensor([k for k, _ in jpeg], dtype=torch.long),
+             "decoded": [payload for _, payload, _ in decoded],
+             "decoded_ids": torch.tensor([k for k, _, _ in decoded], dtype=torch.long),
+             "fallback": [reason for _, _, reason in decoded], "views": views}
     if "positive_index" in items[0]:
         batch["positive_index"] = torch.tensor([item["positive_index"] for item in items])
     return batch
@@ -291,22 +277,20 @@ def decode_and_crop(batch: dict, device: torch.device | str, size: int, small_si
     return cropped, reasons
 
 
-_PROBES: dict[str, str | None] = {}  # device -> why it cannot decode (None: it can), probed once
-
-
 def cuda_decode_problem(device: torch.device | str) -> str | None:
-    """None if torchvision decodes JPEGs on ``device`` (a tiny JPEG is decoded once), else why not."""
-    device = torch.device(device)
-    key = str(device)
-    if key not in _PROBES:
-        try:
-            from torchvision.io import decode_jpeg
+    """None if torchvision decodes JPEGs on ``device`` (a tiny JPEG is decoded once per device), else why not."""
+    return _decode_problem(str(torch.device(device)))
 
-            buffer = io.BytesIO()
-            Image.new("RGB", (16, 16), (200, 30, 30)).save(buffer, "JPEG")
-            encoded = torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8)
-            decode_jpeg([encoded], device=device)
-            _PROBES[key] = None
-        except Exception as error:  # no nvJPEG in this build, no driver, ...
-            _PROBES[key] = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-    return _PROBES[key]
+
+@cache
+def _decode_problem(device: str) -> str | None:
+    try:
+        from torchvision.io import decode_jpeg
+
+        buffer = io.BytesIO()
+        Image.new("RGB", (16, 16), (200, 30, 30)).save(buffer, "JPEG")
+        encoded = torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8)
+        decode_jpeg([encoded], device=torch.device(device))
+    except Exception as error:  # no nvJPEG in this build, no driver, ...
+        return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+    return None

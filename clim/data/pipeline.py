@@ -2,18 +2,16 @@
 
 One :class:`Pipeline`, assembled from parts by :func:`build_pipeline` (``data.augment``, ``data.decode``):
 
-* where a step's samples come from: an array dataset held as one uint8 tensor on the training device
-  (:class:`DeviceArrays`, ``batched``: no DataLoader, no worker start-up), or DataLoader workers running
-  the per-sample builder :class:`~clim.data.views.SampleViews` (:class:`Workers`) with one of its parts:
-  torchvision transforms (``loader``), PIL decode + crop + flip to uint8 (``device``, the CUDA default for
-  image folders), or file bytes + crop boxes decoded on the device (``data.decode=gpu``, :mod:`clim.data.jpeg`);
-* where they are augmented: whole batches on the device (:class:`DeviceViews`; for the workers' crops,
-  the photometric part only), or nowhere else (the loader's workers made every view).
+* a step's samples: rows of an array dataset held as one uint8 tensor on the training device
+  (:class:`DeviceArrays`, ``batched``: no DataLoader, no worker start-up), or what DataLoader workers
+  (:class:`Workers`) make with the per-sample builder :class:`~clim.data.views.SampleViews` and one of its
+  parts (``loader``, ``device``, ``data.decode=gpu``: :mod:`clim.data.jpeg`);
+* their views: augmented as whole batches on the device (:class:`DeviceViews`; for the workers' crops, the
+  photometric part only), or already made by the loader's workers.
 
 Every view is drawn, in the order :class:`~clim.data.views.StepViews` gives, from generators seeded per
 epoch, so that a run resumed at an epoch boundary or inside an epoch draws exactly the same crops,
-positives and CutMix boxes as an uninterrupted one. :class:`LookAhead` makes batches ahead of the step.
-"""
+positives and CutMix boxes as an uninterrupted one. :class:`LookAhead` makes batches ahead of the step."""
 
 from __future__ import annotations
 
@@ -48,11 +46,9 @@ def resolve_augment(mode: str, dataset, device: torch.device) -> str:
 
 
 def resolve_decode(loader: LoaderSpec, dataset, device: torch.device | str) -> str:
-    """``data.decode`` as used: ``gpu`` (:class:`~clim.data.jpeg.EncodedViews`) or ``cpu``.
-
-    ``auto`` is gpu when the pipeline is the device path (``data.augment`` device, or auto on CUDA)
-    of an image folder on a CUDA device where torchvision can decode; ``gpu`` demands all of that.
-    """
+    """``data.decode`` as used: ``gpu`` (:class:`~clim.data.jpeg.EncodedViews`) or ``cpu``. ``auto`` is gpu when
+    the pipeline is the device path (``data.augment`` device, or auto on CUDA) of an image folder on a CUDA device
+    where torchvision can decode; ``gpu`` demands all of that."""
     device = torch.device(device)
     if loader.decode == "cpu":
         return "cpu"
@@ -104,11 +100,9 @@ class Pipeline:
     """``epoch(epoch, positives=None, resume=None)`` yields the per-step dict (docs/ARCHITECTURE.md):
     ``source`` gives each step's samples, ``on_device`` makes their views (None: the workers made them).
     ``mode``, ``decode``: the ``data.augment``, ``data.decode`` it runs. ``background``: the batches are made
-    ahead in a thread (JPEG decoding waits on the host), which :func:`prefetched` then leaves as they are.
-    """
+    ahead in a thread (JPEG decoding waits on the host), which :func:`prefetched` then leaves as they are."""
 
-    def __init__(self, source, on_device: DeviceViews | None, mode: str, decode: str = "cpu",
-                 background: bool = False):
+    def __init__(self, source, on_device: DeviceViews | None, mode: str, decode: str = "cpu", background: bool = False):
         self.source, self.on_device, self.device = source, on_device, source.device
         self.mode, self.decode, self.background = mode, decode, background
 
@@ -248,8 +242,7 @@ class LookAhead:
     thread with ``background`` (for work that waits on the host: JPEG decoding). On CUDA they are made on a side stream,
     so their kernels (augmentation, host-to-device copies) run concurrently with the step's; the caller's stream waits
     for each through a stream dependency (no host sync). The items are the same as without it: every pipeline draws from
-    its own generators, in batch order, and the step from its own (``batch["generator"]``).
-    """
+    its own generators, in batch order, and the step from its own (``batch["generator"]``)."""
 
     def __init__(self, items: Iterable[dict], device: torch.device | str, background: bool = False, depth: int = 2):
         self._items = _ahead(iter(items), torch.device(device), background, depth if background else 1)

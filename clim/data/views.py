@@ -4,8 +4,7 @@
 A step needs, in the order every random draw follows: the anchor's query and key views, then (with a
 positives table) one positive drawn uniformly from the anchor's row and its key view (and query view
 when mixing), then the multi-crop views. Each full-size view is cropped and augmented once at the
-largest resolution and resized (antialiased) to the others (:func:`at_resolutions`, METHOD §4).
-"""
+largest resolution and resized (antialiased) to the others (:func:`at_resolutions`, METHOD §4)."""
 
 from __future__ import annotations
 
@@ -41,8 +40,7 @@ def at_resolutions(view: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:
     return out if view.dim() == 4 else [v.squeeze(0) for v in out]
 
 
-def draw_positives(table: torch.Tensor, index: torch.Tensor, generator: torch.Generator | None = None
-                   ) -> torch.Tensor:
+def draw_positives(table: torch.Tensor, index: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """One positive per anchor, uniformly among its table entries (METHOD §3): long, on the table's
     device; drawn on the generator's device (the table's without one, from torch's global RNG)."""
     rows = table[index.to(table.device)]
@@ -99,8 +97,7 @@ def crop_box(rng: np.random.Generator, height: int, width: int, scale: tuple[flo
     for _ in range(10):
         target_area = area * rng.uniform(scale[0], scale[1])
         aspect = math.exp(rng.uniform(log_low, log_high))
-        w = round(math.sqrt(target_area * aspect))
-        h = round(math.sqrt(target_area / aspect))
+        w, h = round(math.sqrt(target_area * aspect)), round(math.sqrt(target_area / aspect))
         if 0 < w <= width and 0 < h <= height:
             return int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1)), w, h
     w, h = fallback_crop_size(height, width, ratio)
@@ -111,13 +108,11 @@ class SampleViews(Dataset):
     """The one per-sample builder of the DataLoader paths: sample ``i``'s views (:class:`StepViews`),
     each made by ``part``: :class:`TransformedViews` (``data.augment=loader``), :class:`CroppedViews`
     (``data.augment=device``, the default) or :class:`~clim.data.jpeg.EncodedViews` (``data.decode=gpu``).
-
     A part gives ``draws(seed, epoch, rank, index)`` (a context: the sample's own generator, so that its
     views depend on neither the worker nor ``data.num_workers``), ``load(dataset, i) -> (image, i, label)``,
     ``view(image, group, rng)``, ``item(item, made, images)``; for the DataLoader ``collate`` and ``pin``,
     and ``on_device(batches, device, epoch)`` for the training process. The pipeline sets ``epoch`` and
-    ``positives`` (a CPU table) at the start of every epoch.
-    """
+    ``positives`` (a CPU table) at the start of every epoch."""
 
     def __init__(self, dataset, views: ViewSpec, seed: int, part: type | None = None, rank: int = 0):
         self.dataset, self.views, self.seed, self.rank = dataset, StepViews(views), seed, rank
@@ -172,8 +167,7 @@ class TransformedViews:
     collate, pin = staticmethod(default_collate), True
 
     def __init__(self, dataset, views: StepViews):
-        info = dataset.info
-        self.sizes = views.sizes
+        self.sizes, info = views.sizes, dataset.info
         self.transform, self.small_transform = views.augmenters(moco_v2_transform, info.mean, info.std,
                                                                 info.in_channels)
 
