@@ -1,9 +1,7 @@
 """Saving a run: ``checkpoint.pt`` at every epoch end and inside long epochs, never a non-finite state.
-
-:class:`Checkpointer` writes the whole training state (both encoders, queue, positives table,
-optimiser, AMP scaler, step, epoch, RNG states, the metrics history) and, inside an epoch, every
-rank's point in it, so that a resumed run goes on exactly (:mod:`clim.engine.resume` reads it back).
-A divergence puts the last epoch-end state back and says so (:class:`TrainingDiverged`).
+It holds the whole training state (both encoders, queue, positives table, optimiser, AMP scaler, step,
+epoch, RNG states, the metrics history) and, inside an epoch, every rank's point in it, so that a resumed
+run (:mod:`clim.engine.resume`) goes on exactly.
 """
 
 from __future__ import annotations
@@ -45,15 +43,13 @@ class EpochTally:
 class Checkpointer:
     """Writes ``checkpoint.pt`` and never lets a diverging run cost the last good epoch.
 
-    Before each save it reads, in one host sync, the meter's non-finite-loss flag (every step since
-    the epoch began) and whether any tensor about to be written (both encoders, queue, positives
-    table, optimiser buffers) is NaN or infinite: a non-finite state is never written.
-
-    Finite is not enough, though: a few steps at an absurd lr leave weights that are finite but
+    Before each save one host sync reads the meter's non-finite-loss flag (every step since the epoch
+    began) and whether any tensor about to be written is NaN or infinite: a non-finite state is never
+    written. Finite is not enough, though: a few steps at an absurd lr leave weights that are finite but
     already lost (they blow up again at a sane lr). So the first in-epoch save of an epoch keeps the
-    epoch-end checkpoint it replaces as ``checkpoint.epoch.pt`` (a hard link: no space until then),
-    and on a divergence :meth:`diverged` puts that epoch-end state back as ``checkpoint.pt`` and keeps
-    the newest in-epoch save aside as ``checkpoint.diverged.pt``. The next epoch-end save removes both.
+    epoch-end checkpoint it replaces as ``checkpoint.epoch.pt`` (a hard link: no space until then); on a
+    divergence :meth:`diverged` puts it back as ``checkpoint.pt`` and keeps the newest in-epoch save
+    aside as ``checkpoint.diverged.pt``. The next epoch-end save removes both.
     """
 
     def __init__(self, path: Path, config: Config, model: MoCo, bank, runner: StepRunner, static: dict,
@@ -100,9 +96,8 @@ class Checkpointer:
         ranks = distributed.all_gather_object({
             "pipeline": batch["resume"], "step_generator": batch["generator"].get_state(),
             "meter": self.runner.meter.state(), "rng": checkpoint.rng_state()})
-        self.save(epoch, step, history, {"record": record, "seen": tally.seen, "elapsed": tally.elapsed(),
-                                         "ranks": ranks},
-                  where=f"epoch {epoch + 1}, step {batch['resume']['step']} of {self.steps}")
+        partial = {"record": record, "seen": tally.seen, "elapsed": tally.elapsed(), "ranks": ranks}
+        self.save(epoch, step, history, partial, f"epoch {epoch + 1}, step {batch['resume']['step']} of {self.steps}")
         distributed.barrier()  # on a stop, no rank exits (and has a launcher kill the others) before the file is whole
 
     def read_meter(self, epoch: int, bar) -> dict:
@@ -132,18 +127,13 @@ class Checkpointer:
             os.replace(self.path, self.aside)
             if self.epoch_end_at is not None:
                 os.replace(self.backup, self.path)
-        if in_epoch:
-            aside = f"; the newest in-epoch save ({self.saved_at}) is kept aside as {self.aside}"
-        else:
-            aside = ""
+        aside = f"; the newest in-epoch save ({self.saved_at}) is kept aside as {self.aside}" if in_epoch else ""
         if self.epoch_end_at is not None:
-            kept = f"{self.path} holds the last good epoch end ({self.epoch_end_at}){aside}"
-            then = "then run the same command again to resume from it"
+            kept, then = f"{self.path} holds the last good epoch end ({self.epoch_end_at}){aside}", "resume from it"
         else:
-            kept = f"no epoch-end checkpoint is on disk, so {self.path} does not exist{aside}"
-            then = "then run the same command again to start afresh"
+            kept, then = f"no epoch-end checkpoint is on disk, so {self.path} does not exist{aside}", "start afresh"
         return TrainingDiverged(f"{what}; {kept}; likely causes: {divergence_causes(self.config, self.runner)}; "
-                                f"{then}")
+                                f"then run the same command again to {then}")
 
 
 def divergence_causes(config: Config, runner: StepRunner) -> str:

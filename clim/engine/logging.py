@@ -1,6 +1,5 @@
 """One logging path: progress per epoch (a bar on a terminal, a plain line every 30 s elsewhere) with
 the whole run's ETA beside the epoch's own, ``metrics.jsonl`` per epoch, TensorBoard per step.
-
 ``metrics.jsonl`` holds exactly one JSON object per finished epoch (key ``"epoch"``). The same
 records are kept in the checkpoint, and on resume the file is rewritten from them, so a kill between
 checkpoint and log line can neither lose nor duplicate an epoch.
@@ -20,16 +19,10 @@ from clim.runtime.progress import Progress, format_seconds
 from clim.specs import METRICS_FILE, TENSORBOARD_DIR, selection_spec
 
 
-
 class RunLogger:
     def __init__(self, out_dir: str | Path, enabled: bool = True):
-        self.out_dir = Path(out_dir)
-        self.enabled = enabled
-        self._writer = None
-
-    @property
-    def metrics_path(self) -> Path:
-        return self.out_dir / METRICS_FILE
+        self.out_dir, self.enabled, self._writer = Path(out_dir), enabled, None
+        self.metrics_path = self.out_dir / METRICS_FILE
 
     def rewrite(self, history: list[dict]) -> None:
         """Make metrics.jsonl hold exactly ``history`` (used on resume)."""
@@ -99,9 +92,8 @@ class RunEta:
         self.epoch, self.bar = epoch, bar
 
     def __call__(self) -> dict[str, str]:
-        bar = self.bar
-        seconds = remaining_seconds(self.config, self.history, self.epoch, bar.total - bar.n,
-                                    bar.seconds_per_unit() or 0.0, self.steps, self.monitored)
+        seconds = remaining_seconds(self.config, self.history, self.epoch, self.bar.total - self.bar.n,
+                                    self.bar.seconds_per_unit() or 0.0, self.steps, self.monitored)
         return {"run ETA": format_seconds(seconds + (self.after(self.history) if self.after else 0.0))}
 
 

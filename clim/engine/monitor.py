@@ -1,9 +1,7 @@
-"""The kNN monitor: weighted kNN top-1 of the query backbone's features (METHOD §5) during pretraining.
-
-It evaluates on the splits ``clim eval`` uses (:func:`clim.data.splits.eval_datasets`: a dataset's
-own train and test splits, or ``data.val_fraction`` of every class held out of a class folder with
-no ``val/``), with the classifier of ``clim eval knn`` (:func:`clim.runtime.features.weighted_knn`)
-at ``train.knn_k`` and ``train.knn_temperature``.
+"""The kNN monitor: weighted kNN top-1 of the query backbone's features (METHOD §5) during pretraining,
+on the splits ``clim eval`` uses (:func:`clim.data.splits.eval_datasets`: a dataset's own train and
+test splits, or ``data.val_fraction`` of every class held out of a class folder with no ``val/``), with
+``clim eval knn``'s classifier (:func:`clim.runtime.features.weighted_knn`, ``train.knn_k``, ``train.knn_temperature``).
 """
 
 from __future__ import annotations
@@ -28,8 +26,7 @@ class KnnMonitor:
     """Weighted kNN top-1 on the labelled splits (METHOD §5), query backbone features."""
 
     def __init__(self, config: Config, info, image_size: int, device: torch.device):
-        self.config = config
-        self.device = device
+        self.config, self.device = config, device
         self.train, self.test = eval_datasets(config, data_info_dict(info, image_size))
         self.num_classes = self.train.info.num_classes
 
@@ -42,13 +39,13 @@ class KnnMonitor:
             return None
         try:
             monitor = cls(config, info, image_size, device)
+            if monitor.num_classes:
+                return monitor
         except (FileNotFoundError, ValueError):  # ConfigError included: e.g. a flat folder, no labels
-            monitor = None
-        if monitor is None or not monitor.num_classes:
-            if warn is not None:
-                warn(f"kNN monitor off: '{config.data.name}' has no labelled train and test splits here")
-            return None
-        return monitor
+            pass
+        if warn is not None:
+            warn(f"kNN monitor off: '{config.data.name}' has no labelled train and test splits here")
+        return None
 
     def due(self, epoch: int) -> bool:
         """After every ``train.knn_every``-th epoch and after the last."""

@@ -1,11 +1,9 @@
 """What a positives refresh leaves behind: its log line, its per-anchor facts on disk, the app's hook.
 
-After every refresh (METHOD §2) the trainer logs the table's precision, and the main rank saves the
-refresh's per-anchor facts (cluster sizes, |Ω_p|, kNN picks: ``RUN_DIR/positives/selection.pt``),
-which the positives table alone does not hold. Drawing is the apps' business: the trainer hands a
-:class:`Refresh` to the caller's ``on_refresh`` hook (``clim pretrain`` and ``clim demo`` pass
-:func:`clim.inspect.draw_refresh`, which draws ``RUN_DIR/positives/epoch_NNN.png``); ``clim inspect``
-and ``clim report`` read the same file later.
+After every refresh (METHOD §2) the main rank saves its per-anchor facts, which the positives table
+alone does not hold (cluster sizes, |Ω_p|, kNN picks: ``RUN_DIR/positives/selection.pt``, read later by
+``clim inspect`` and ``clim report``). Drawing is the apps' business: ``clim pretrain`` and ``clim demo``
+pass :func:`clim.inspect.draw_refresh` (``RUN_DIR/positives/epoch_NNN.png``) as the ``on_refresh`` hook.
 """
 
 from __future__ import annotations

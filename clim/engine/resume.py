@@ -1,9 +1,7 @@
-"""Starting a run: afresh (``config.json``) or from ``checkpoint.pt``, at an epoch end or inside an epoch.
-
-Resuming restores both encoders, queue, positives table, optimiser, AMP scaler, step, epoch, RNG
-states and the metrics history; a checkpoint saved inside an epoch also gives every rank its point in
-it (data pipeline, step generator, meter sums, RNG). Keys that fix the model or the data
-(:data:`FIXED_ON_RESUME`) may not change; any other change is printed and recorded in config.json.
+"""Starting a run: afresh (``config.json``) or from ``checkpoint.pt``, at an epoch end or inside an epoch
+(then every rank also gets its point in it: data pipeline, step generator, meter sums, RNG). Keys that
+fix the model or the data (:data:`FIXED_ON_RESUME`) may not change on resume; any other change is
+printed and recorded in config.json.
 """
 
 from __future__ import annotations
@@ -65,10 +63,9 @@ def resume_from(path: Path, config: Config, model, bank, runner: StepRunner, ran
     runner.optimizer.load_state_dict(saved["optimizer"])
     runner.scaler.load_state_dict(saved["scaler"])
     checkpoint.set_rng_state(saved["rng"])
-    start = StartPoint(saved["epoch"], saved["step"], list(saved["history"]), saved.get("partial"), changes=changes)
+    start = StartPoint(saved["epoch"], saved["step"], list(saved["history"]), changes=changes)
     start.saved_at = start.epoch_end_at = f"epoch {start.epoch} (done)"
-    partial = start.partial
-    if partial is not None:  # saved inside an epoch: this rank's part of it
+    if (partial := saved.get("partial")) is not None:  # saved inside an epoch: this rank's part of it
         partial = start.partial = {**partial, **partial["ranks"][min(rank, len(partial["ranks"]) - 1)]}
         checkpoint.set_rng_state(partial["rng"])
         start.saved_at = f"epoch {start.epoch + 1}, step {partial['pipeline']['step']} of {steps}"

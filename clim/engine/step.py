@@ -1,8 +1,6 @@
-"""One optimisation step: the per-step cosine lr, the device-side loss meter and the step itself.
-
-:class:`StepRunner` is what the trainer (:mod:`clim.engine.trainer`) runs at every step, and what the
-benchmarks (``benchmarks/throughput.py``, ``op_count.py``, ``amp_curve.py``) time: objective →
-backward → gradient average → SGD step → enqueue, with no host synchronisation.
+"""One optimisation step (:class:`StepRunner`: objective → backward → gradient average → SGD step →
+enqueue, with no host synchronisation), its per-step cosine lr and its device-side loss meter. The
+trainer runs it at every step; ``benchmarks/throughput.py``, ``op_count.py`` and ``amp_curve.py`` time it.
 """
 
 from __future__ import annotations
@@ -36,13 +34,10 @@ def cosine_lr(base_lr: float, step: int, total_steps: int, warmup_steps: int) ->
 
 
 class StepMeter:
-    """The step losses, kept on the device: no host synchronisation in the steady-state loop.
-
-    Every step adds its loss (and a non-finite flag, with the value and step of the first bad loss)
-    to device scalars; :meth:`read` copies them to the host in one synchronisation, which the trainer
-    does every ``train.log_every`` steps and at the end of each epoch. A non-finite loss therefore
-    stops every rank within ``log_every`` steps (the weights after it are never saved).
-    """
+    """The step losses on the device: every step adds its loss (and a non-finite flag, with the value
+    and step of the first bad loss) to device scalars; :meth:`read` copies them to the host in one
+    sync, which the trainer does every ``train.log_every`` steps and at each epoch's end. A non-finite
+    loss therefore stops every rank within ``log_every`` steps (the weights after it are never saved)."""
 
     def __init__(self, device: torch.device):
         self.device = device
@@ -50,13 +45,12 @@ class StepMeter:
 
     def reset(self) -> None:
         zero = torch.zeros((), dtype=torch.float64, device=self.device)
-        self.loss_sum, self.images = zero.clone(), 0
-        self.last = zero.clone()
-        self.lam = None
+        self.loss_sum, self.last, self.bad_value = zero.clone(), zero.clone(), zero.clone()
+        self.images, self.lam = 0, None
         self.part_sums: dict[str, torch.Tensor] = {}
         self.part_last: dict[str, torch.Tensor] = {}
         self.bad = torch.zeros((), dtype=torch.bool, device=self.device)
-        self.bad_value, self.bad_step = zero.clone(), torch.zeros((), dtype=torch.long, device=self.device)
+        self.bad_step = torch.zeros((), dtype=torch.long, device=self.device)
 
     def add(self, loss: torch.Tensor, images: int, step: int, lam: torch.Tensor | None = None,
             parts: dict[str, torch.Tensor] | None = None) -> None:
@@ -106,13 +100,9 @@ class StepMeter:
 
 
 class StepRunner:
-    """One optimisation step, shared by the trainer and benchmarks/throughput.py.
-
-    Holds the precision settings (bf16 autocast and channels_last on CUDA by default; float16 adds
-    a GradScaler) and runs: objective → backward → gradient average → SGD step → enqueue, without
-    a host synchronisation (the loss goes to a device-side :class:`StepMeter`).
-    ``train.compile`` compiles both encoders with ``torch.compile`` (state_dict keys unchanged).
-    """
+    """One optimisation step with the run's precision settings (bf16 autocast and channels_last on CUDA
+    by default; float16 adds a GradScaler); the loss goes to a device-side :class:`StepMeter`.
+    ``train.compile`` compiles both encoders with ``torch.compile`` (state_dict keys unchanged)."""
 
     def __init__(self, model: MoCo, config: Config, device: torch.device):
         on_cuda = device.type == "cuda"
@@ -132,9 +122,7 @@ class StepRunner:
         if config.train.compile:  # None (the default) = off until a GPU measurement says otherwise
             model.encoder_q.compile()
             model.encoder_k.compile()
-        self.model = model
-        self.config, self.objective = config, objective_spec(config)
-        self.meter = StepMeter(device)
+        self.model, self.config, self.objective, self.meter = model, config, objective_spec(config), StepMeter(device)
         self.optimizer = torch.optim.SGD(model.encoder_q.parameters(), lr=config.lr, momentum=config.train.momentum,
                                          weight_decay=config.train.weight_decay)
 

@@ -1,17 +1,11 @@
 """Stopping a run on SIGINT / SIGTERM without losing it: finish the step, save, exit 130 / 143.
 
 Ctrl-C sends SIGINT; SLURM, Kubernetes and torchrun send SIGTERM on preemption. While
-:class:`StopRequest` is installed (the whole of ``pretrain``), the first of them only sets a flag
-that the loop reads after every step (a Python bool, no device sync; under DDP agreed by one host
-collective, so every rank stops after the same step). The loop then writes the in-epoch checkpoint
-and raises :class:`RunInterrupted`, which the CLI prints as one line and turns into exit code
-128 + signal number.
-
-:class:`StopCheck` is the loop's question after every step: stop, or save inside the epoch?
-
-A second signal stops at once, without saving (KeyboardInterrupt for SIGINT, the default action for
-SIGTERM), except one within ``SAME_STOP_SECONDS`` of the first: that is the same stop delivered
-twice (a terminal's Ctrl-C reaches torchrun's workers directly and again through torchrun).
+:class:`StopRequest` is installed (the whole of ``pretrain``), the first of them only sets a flag that
+:class:`StopCheck` reads after every step; the loop then writes the in-epoch checkpoint and raises
+:class:`RunInterrupted`. A second signal stops at once, without saving (KeyboardInterrupt for SIGINT,
+the default action for SIGTERM), except one within ``SAME_STOP_SECONDS`` of the first: that is the
+same stop delivered twice (a terminal's Ctrl-C reaches torchrun's workers directly and again through torchrun).
 """
 
 from __future__ import annotations
@@ -30,8 +24,8 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class RunInterrupted(Exception):
-    """The run stopped on a signal after saving; ``exit_code`` is 128 + the signal number.
-    ``show`` is False on the ranks that are not the main one (one line per run, not per rank)."""
+    """The run stopped on a signal after saving; the CLI prints it as one line and exits with ``exit_code``,
+    128 + the signal number. ``show`` is False on the ranks that are not the main one (one line per run)."""
 
     def __init__(self, signum: int, message: str, show: bool = True):
         super().__init__(message)
@@ -39,11 +33,8 @@ class RunInterrupted(Exception):
 
 
 class StopRequest:
-    """Context manager: SIGINT / SIGTERM set :attr:`signum` instead of ending the process.
-
-    Outside the main thread (signal handlers cannot be installed there) it does nothing and
-    :attr:`requested` stays False.
-    """
+    """Context manager: SIGINT / SIGTERM set :attr:`signum` instead of ending the process. Outside the
+    main thread (signal handlers cannot be installed there) it does nothing and :attr:`requested` stays False."""
 
     def __init__(self):
         self.signum: int | None = None
@@ -89,8 +80,8 @@ class StopRequest:
 
 class StopCheck:
     """After every step: stop (a signal arrived) or save inside the epoch (``train.checkpoint_every_minutes``
-    passed since this epoch began or the last in-epoch save)? A Python bool and a clock, agreed by
-    every rank in one host collective under DDP, so that all ranks stop, or save, after the same step."""
+    passed since this epoch began or the last in-epoch save)? A Python bool and a clock, no device sync;
+    under DDP agreed by one host collective, so that all ranks stop, or save, after the same step."""
 
     def __init__(self, request: StopRequest, every_minutes: float, checkpoint_path: Path, is_main: bool):
         self.request, self.every_minutes = request, every_minutes
@@ -103,15 +94,12 @@ class StopCheck:
 
     def after_step(self) -> tuple[bool, bool]:
         """``(stop, save)``, the same on every rank."""
-        return distributed.any_rank_on_host(self.request.requested, self._save_due())
+        save_due = self.every_minutes > 0 and time.monotonic() - self.last_save >= self.every_minutes * 60
+        return distributed.any_rank_on_host(self.request.requested, save_due)
 
     def after_epoch(self) -> bool:
         """A signal arrived during the monitor or the save (on any rank)."""
         return distributed.any_rank_on_host(self.request.requested)[0]
-
-    def _save_due(self) -> bool:
-        minutes = self.every_minutes
-        return minutes > 0 and time.monotonic() - self.last_save >= minutes * 60
 
     def interrupted(self, where: str) -> RunInterrupted:
         """The error that ends a stopped run (its checkpoint saved), naming the signal and ``where``."""

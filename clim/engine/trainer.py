@@ -1,21 +1,18 @@
 """Pretraining, top to bottom: set-up → data → model → resume → epochs (refresh, steps, monitor, save).
 
 Running the same command again on the same output folder resumes from ``checkpoint.pt``
-(:mod:`clim.engine.resume`): both encoders, queue, positives table, optimiser, AMP scaler, step,
-epoch, RNG states and the metrics history. ``train.epochs`` may be raised to go on (the cosine
-schedule is then stretched to the new length from the resumed step on). SIGINT / SIGTERM finish the
-step, save inside the epoch and stop (:mod:`clim.engine.stopping`).
-
-The parts: the step (:mod:`clim.engine.step`), saving (:mod:`clim.engine.checkpointer`), the kNN
-monitor (:mod:`clim.engine.monitor`), what a positives refresh leaves behind
-(:mod:`clim.engine.refresh`), progress, metrics and the run's ETA (:mod:`clim.engine.logging`).
+(:mod:`clim.engine.resume`); ``train.epochs`` may be raised to go on (the cosine schedule is then
+stretched to the new length from the resumed step on). SIGINT / SIGTERM finish the step, save inside
+the epoch and stop (:mod:`clim.engine.stopping`). The other parts: the step (:mod:`clim.engine.step`),
+saving (:mod:`clim.engine.checkpointer`), the kNN monitor (:mod:`clim.engine.monitor`), what a
+positives refresh leaves behind (:mod:`clim.engine.refresh`), progress, metrics and the run's ETA
+(:mod:`clim.engine.logging`).
 """
 
 from __future__ import annotations
 
 import copy
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -54,8 +51,7 @@ def pretrain(config: Config, out_dir: str | Path, eta_after: Callable[[list[dict
     lock = checkpoint.RunLock(out_dir)
     if distributed.launched_rank() == 0:  # one run per folder: a second one stops here, naming the first's PID
         lock.acquire()
-        stale = checkpoint.remove_stale_temp_files(out_dir)  # no live writer can own them now
-        if stale:
+        if stale := checkpoint.remove_stale_temp_files(out_dir):  # no live writer can own them now
             print(f"removed {len(stale)} temporary file(s) left in {out_dir} by a killed run", file=sys.stderr)
     try:
         with StopRequest() as stop:
@@ -97,7 +93,7 @@ def _pretrain(config: Config, out_dir: Path, stop: StopRequest, eta_after, on_re
 
     # ============ data: the pretraining set, its training path, the refresh's view, the monitor ============
     dataset = _pretraining_dataset(config)
-    info = dataset.info
+    info, num_samples = dataset.info, len(dataset)
     image_size = config.data.image_size or info.image_size
     pipeline = build_pipeline(dataset, view_spec(config, image_size), loader_spec(config, runtime.world_size), device,
                               runtime.rank)
@@ -108,7 +104,7 @@ def _pretrain(config: Config, out_dir: Path, stop: StopRequest, eta_after, on_re
     model: MoCo = build_moco(model_spec(config, image_size, runtime.world_size), info.in_channels).to(device)
     distributed.broadcast_module(model)  # one initial model on every rank
     selection = selection_spec(config)  # None for MoCo v2
-    bank = build_bank(selection, len(dataset), device)  # CLIM's positives table (None for MoCo v2)
+    bank = build_bank(selection, num_samples, device)  # CLIM's positives table (None for MoCo v2)
     runner = StepRunner(model, config, device)
     steps = len(pipeline)
 
@@ -117,12 +113,11 @@ def _pretrain(config: Config, out_dir: Path, stop: StopRequest, eta_after, on_re
     if ckpt_path.exists():
         start = resume_from(ckpt_path, config, model, bank, runner, runtime.rank, steps, logger, runtime.is_main)
     else:
-        start = start_afresh(out_dir, config, runtime.world_size, per_process, bn_splits, len(dataset),
-                             runtime.is_main)
+        start = start_afresh(out_dir, config, runtime.world_size, per_process, bn_splits, num_samples, runtime.is_main)
     logger.message(run_summary(config, runtime.world_size, out_dir, {
-        "image_size": image_size, "in_channels": info.in_channels, "num_samples": len(dataset)}))
+        "image_size": image_size, "in_channels": info.in_channels, "num_samples": num_samples}))
     saver = Checkpointer(ckpt_path, config, model, bank, runner,
-                         {"data_info": data_info_dict(info, image_size), "num_samples": len(dataset)},
+                         {"data_info": data_info_dict(info, image_size), "num_samples": num_samples},
                          runtime.is_main, start.saved_at, start.epoch_end_at, steps)
     run = Training(config, runner, pipeline, device, runtime.world_size, logger, saver,
                    StopCheck(stop, config.train.checkpoint_every_minutes, ckpt_path, runtime.is_main),
@@ -140,12 +135,10 @@ def _pretrain(config: Config, out_dir: Path, stop: StopRequest, eta_after, on_re
             logger.message(refresh_message(record["selection"], bank.num_clusters, epoch, config.method.num_positives))
             # epoch + 1: the metrics record (and first epoch) that trains with this table
             save_refresh(bank, dataset, config, out_dir, logger.message, epoch + 1, on_refresh)  # never raises
-        table = bank.table if needs_table(selection, epoch) else None
-        term = positive_term_message(selection, epoch, start.epoch)
-        if term is not None:
+        if (term := positive_term_message(selection, epoch, start.epoch)) is not None:
             logger.message(term)
 
-        train_one_epoch(run, epoch, table, record, resume)
+        train_one_epoch(run, epoch, bank.table if needs_table(selection, epoch) else None, record, resume)
 
         if monitor is not None and monitor.due(epoch):
             record.update(monitor.measure(model.backbone_q))
@@ -167,16 +160,16 @@ def train_one_epoch(run: Training, epoch: int, table: torch.Tensor | None, recor
     """The epoch's steps (from where ``resume`` left off, if given); adds the epoch's loss and its
     parts, the lr and the speed to ``record``. Reads the loss (one host sync) every ``log_every``
     steps; after every step a signal stops the run and the clock may save inside the epoch."""
-    config, runner, logger, steps = run.config, run.runner, run.logger, len(run.pipeline)
+    config, runner, steps = run.config, run.runner, len(run.pipeline)
     runner.model.train()
     runner.meter.reset()
-    tally, lr = EpochTally(0, time.perf_counter()), config.lr
+    tally, lr, resume_at = EpochTally(), config.lr, None
     if resume is not None:
         runner.meter.load_state(resume["meter"])
-        tally = EpochTally(resume["seen"], tally.started - resume["elapsed"])
-    resume_at = {**resume["pipeline"], "step_generator": resume["step_generator"]} if resume else None
-    bar = logger.progress(steps, epoch, config.train.epochs, initial=resume_at["step"] if resume_at else 0,
-                          first_line=epoch == run.first_epoch, eta=run.eta)
+        tally.seen, tally.started = resume["seen"], tally.started - resume["elapsed"]
+        resume_at = {**resume["pipeline"], "step_generator": resume["step_generator"]}
+    bar = run.logger.progress(steps, epoch, config.train.epochs, initial=resume_at["step"] if resume_at else 0,
+                              first_line=epoch == run.first_epoch, eta=run.eta)
     run.stop_check.restart_clock()
     total_steps, warmup_steps = config.train.epochs * steps, config.train.warmup_epochs * steps
     for batch in prefetched(run.pipeline.epoch(epoch, table, resume_at), run.device):
@@ -186,7 +179,11 @@ def train_one_epoch(run: Training, epoch: int, table: torch.Tensor | None, recor
         tally.seen += len(batch["index"]) * run.world_size
         run.step += 1
         if run.step % config.train.log_every == 0 or run.step == run.first_step + 1:  # the loop's only host sync
-            _log_step(run, epoch, bar, lr, tally)
+            reading, _ = _read_loss(run, epoch, bar, tally)
+            scalars = {"loss": reading["loss"], "lr": lr, **reading["parts"]}
+            if reading["lambda"] is not None:
+                scalars["lambda"] = reading["lambda"]
+            run.logger.step(run.step, scalars)
         bar.set_postfix(lr=f"{lr:.4f}")  # the current lr at every step (no sync); the loss is the last read
         bar.update()
         stop_now, save_now = run.stop_check.after_step()  # a Python bool and a clock: no device sync
@@ -195,27 +192,22 @@ def train_one_epoch(run: Training, epoch: int, table: torch.Tensor | None, recor
             run.stop_check.restart_clock()
         if stop_now:
             bar.close()  # the line then starts on its own
-            _close(logger)
+            _close(run.logger)
             raise run.stop_check.interrupted(f"at epoch {epoch + 1}/{config.train.epochs}, step "
                                              f"{batch['resume']['step']} of {steps} (saved inside the epoch)")
+    reading, elapsed = _read_loss(run, epoch, bar, tally, lr=f"{lr:.4f}")
+    bar.close()
+    record.update(loss=reading["loss_mean"], **reading["parts_mean"], lr=lr, images_per_s=tally.seen / elapsed,
+                  epoch_seconds=elapsed)
+
+
+def _read_loss(run: Training, epoch: int, bar, tally: EpochTally, **postfix: str) -> tuple[dict, float]:
+    """The meter's reading (one host sync) into the progress line, and the epoch's seconds so far."""
     reading = run.saver.read_meter(epoch, bar)
     elapsed = tally.elapsed()
-    bar.set_postfix(loss=f"{reading['loss']:.3f} (read at step {run.step})", lr=f"{lr:.4f}",
+    bar.set_postfix(loss=f"{reading['loss']:.3f} (read at step {run.step})", **postfix,
                     img_s=f"{tally.seen / elapsed:.0f}")
-    bar.close()
-    record.update(loss=reading["loss_mean"], **reading["parts_mean"], lr=lr if steps else config.lr,
-                  images_per_s=tally.seen / elapsed, epoch_seconds=elapsed)
-
-
-def _log_step(run: Training, epoch: int, bar, lr: float, tally: EpochTally) -> None:
-    """The loss read (one host sync) into the progress line and TensorBoard."""
-    reading = run.saver.read_meter(epoch, bar)
-    images_per_s = tally.seen / tally.elapsed()
-    bar.set_postfix(loss=f"{reading['loss']:.3f} (read at step {run.step})", img_s=f"{images_per_s:.0f}")
-    scalars = {"loss": reading["loss"], "lr": lr, **reading["parts"]}
-    if reading["lambda"] is not None:
-        scalars["lambda"] = reading["lambda"]
-    run.logger.step(run.step, scalars)
+    return reading, elapsed
 
 
 def _pretraining_dataset(config: Config):
