@@ -3,7 +3,9 @@
 Writes go to a fsynced temporary file renamed over the target, so a kill -9 leaves the previous or
 the new checkpoint, never a torn one. Loads use ``weights_only=True`` (a checkpoint cannot execute
 code) and read onto the CPU whatever the device: ``load_state_dict`` copies state to the live
-tensors, and :func:`set_rng_state` needs CPU tensors (the RNG setters reject CUDA ones).
+tensors, and :func:`set_rng_state` needs CPU tensors (the RNG setters reject CUDA ones). torch and
+numpy are imported inside the functions: ``clim --help`` and ``clim ablate`` import this module for
+:class:`CheckpointError` without loading torch.
 """
 
 from __future__ import annotations
@@ -15,11 +17,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-
 from clim.specs import CHECKPOINT_FILE
 
-# torch and numpy are imported inside the functions: `clim --help` and `clim ablate` import this
-# module for CheckpointError without loading torch.
+TEMP_PREFIX = "."  # save_atomic's temporary files: ".NAME.tmpPID" beside NAME
+TRAINER_KEYS = ("config", "model", "data_info")
 
 
 def save_atomic(state: dict[str, Any], path: str | Path) -> None:
@@ -46,17 +47,12 @@ def save_atomic(state: dict[str, Any], path: str | Path) -> None:
         os.close(directory)
 
 
-TEMP_PREFIX = "."  # save_atomic's temporary files: ".NAME.tmpPID" beside NAME
-
-
 def remove_stale_temp_files(folder: str | Path) -> list[Path]:
     """Remove the temporary files that killed writers left in ``folder`` (call it while holding the
     folder's :class:`RunLock`: no live writer is then using them); returns what was removed."""
-    removed = []
-    for stale in sorted(Path(folder).rglob(f"{TEMP_PREFIX}*.tmp[0-9]*")):
-        if stale.is_file():
-            stale.unlink(missing_ok=True)
-            removed.append(stale)
+    removed = [stale for stale in sorted(Path(folder).rglob(f"{TEMP_PREFIX}*.tmp[0-9]*")) if stale.is_file()]
+    for stale in removed:
+        stale.unlink(missing_ok=True)
     return removed
 
 
@@ -127,9 +123,6 @@ class RunFolderBusy(RuntimeError):
 class CheckpointError(ValueError):
     """A file that cannot be a clim checkpoint (not weights-only, corrupt, truncated, not a
     checkpoint at all); the CLI prints it on one line and exits with code 2."""
-
-
-TRAINER_KEYS = ("config", "model", "data_info")
 
 
 def load(path: str | Path) -> dict[str, Any]:
@@ -206,11 +199,9 @@ def rng_state() -> dict[str, Any]:
     import torch
 
     np_state = np.random.get_state()
-    state = {
-        "python": random.getstate(),
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2])},
-        "torch": torch.get_rng_state(),
-    }
+    state = {"python": random.getstate(),
+             "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2])},
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state

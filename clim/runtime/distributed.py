@@ -30,17 +30,13 @@ def setup(device: str = "auto") -> Runtime:
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
     if use_cuda and not torch.cuda.is_available():
         raise RuntimeError("train.device=cuda but no CUDA device is available")
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    world_size, local_rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_RANK", "0"))
     if use_cuda:
         torch.cuda.set_device(local_rank)
-        target = torch.device("cuda", local_rank)
-    else:
-        target = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    return Runtime(rank, world_size, local_rank, target)
+    return Runtime(launched_rank(), world_size, local_rank,
+                   torch.device("cuda", local_rank) if use_cuda else torch.device("cpu"))
 
 
 def teardown() -> None:
@@ -78,8 +74,7 @@ def all_gather_uneven(tensor: torch.Tensor) -> torch.Tensor:
     """Like :func:`all_gather_cat` for tensors whose first dimension differs between ranks."""
     if world_size() == 1:
         return tensor
-    size = torch.tensor([tensor.shape[0]], device=tensor.device)
-    sizes = all_gather_cat(size).tolist()
+    sizes = all_gather_cat(torch.tensor([tensor.shape[0]], device=tensor.device)).tolist()
     longest = max(sizes)
     padded = torch.zeros((longest,) + tuple(tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
     padded[: tensor.shape[0]] = tensor
@@ -104,8 +99,8 @@ def broadcast_module(module: torch.nn.Module, norm_only: bool = False) -> None:
     if world_size() == 1:
         return
     if norm_only:
-        tensors = [buffer for layer in module.modules() if isinstance(layer, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d))
-                   for buffer in layer.buffers(recurse=False)]
+        norms = [layer for layer in module.modules() if isinstance(layer, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d))]
+        tensors = [buffer for layer in norms for buffer in layer.buffers(recurse=False)]
     else:
         tensors = [*module.parameters(), *module.buffers()]
     for tensor in tensors:

@@ -81,9 +81,7 @@ def knn_predict(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feat
         votes = torch.zeros(queries.shape[0], num_classes, device=device)
         votes.scatter_add_(1, bank_labels[neighbours], (similarity / temperature).exp())
         predictions.append(votes.argmax(dim=1))
-    if not predictions:
-        return torch.zeros(0, dtype=torch.long, device=device)
-    return torch.cat(predictions)
+    return torch.cat(predictions) if predictions else torch.zeros(0, dtype=torch.long, device=device)
 
 
 def weighted_knn(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor,

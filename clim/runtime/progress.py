@@ -1,7 +1,6 @@
-"""Progress a user sees whatever the terminal: a tqdm bar on a TTY, a plain line every N seconds
-otherwise (a log file, ``nohup``, a CI job, a SLURM output file), with done/total, the caller's
-values (loss, images/s, ...) and an ETA. Every long command (pretraining, linear and semi-supervised
-evaluation, feature extraction) shows its progress through :class:`Progress`.
+"""Progress a user sees whatever the terminal: a tqdm bar on a TTY, a plain line every N seconds otherwise
+(a log file, ``nohup``, a CI job, a SLURM output file). Every long command (pretraining, linear and
+semi-supervised evaluation, feature extraction) shows its progress through :class:`Progress`.
 """
 
 from __future__ import annotations
@@ -58,8 +57,7 @@ class Progress:
             self.bar = tqdm(total=total, initial=initial, desc=desc, leave=leave, dynamic_ncols=True,
                             mininterval=0.5)
             _open_bars += 1
-        self._start_n, self._started = initial, time.monotonic()
-        self._printed_n = None
+        self._start_n, self._started, self._printed_n = initial, time.monotonic(), None
         self._first_line, self._last_line = first_line, last_line
 
     def set_postfix(self, **values: str) -> None:
@@ -102,10 +100,9 @@ class Progress:
 
     def _line(self) -> None:
         global _last_line_at
-        parts = [f"{self.desc}: {self.n}/{self.total}" + (f" ({100 * self.n / self.total:.0f} %)" if self.total else "")]
+        line = f"{self.desc}: {self.n}/{self.total}" + (f" ({100 * self.n / self.total:.0f} %)" if self.total else "")
         eta = self.eta_seconds()
         values = {**self.postfix, **({"ETA": format_seconds(eta)} if eta is not None and self.n < self.total else {}),
                   **(self.extra() if self.extra else {})}
-        parts += [f"{key} {value}" for key, value in values.items()]
-        tqdm.write(", ".join(parts), file=sys.stderr)
+        tqdm.write(", ".join([line, *(f"{key} {value}" for key, value in values.items())]), file=sys.stderr)
         self._printed_n, _last_line_at = self.n, time.monotonic()
