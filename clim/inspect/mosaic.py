@@ -96,12 +96,22 @@ def _axes(figure, left: float, top: float, width: float, height: float):
     return figure.add_axes((left / fig_w, 1 - (top + height) / fig_h, width / fig_w, height / fig_h))
 
 
+def label_fonts() -> list[str]:
+    """DejaVu Sans, then installed CJK families as per-glyph fallbacks: the glyphs dataset's class names are
+    characters DejaVu lacks."""
+    from matplotlib import font_manager
+
+    hints = ("CJK", "WenQuanYi", "Droid Sans Fallback", "IPAGothic")
+    cjk = sorted({font.name for font in font_manager.fontManager.ttflist if any(h in font.name for h in hints)})
+    return ["DejaVu Sans", *cjk[:2]]
+
+
 def _show_mosaic(axis, rows: list[GridRow], layout: GridLayout) -> None:
     axis.imshow(mosaic(rows, layout), interpolation="nearest")
     axis.set_axis_off()
     for r, row in enumerate(rows):
         axis.text(layout.gap, layout.gap + r * layout.row_height + layout.title - 3, row.title,
-                  fontsize=7.5, va="bottom", ha="left", clip_on=False)
+                  fontsize=7.5, va="bottom", ha="left", clip_on=False, fontfamily=label_fonts())
 
 
 def draw_figure(path: str | Path, heading: str, rows: list[GridRow], layout: GridLayout,
@@ -131,7 +141,7 @@ def draw_figure(path: str | Path, heading: str, rows: list[GridRow], layout: Gri
     bars = _axes(figure, right + 110, top + 8 + title_h, side - 130, bars_h - 48 - title_h)
     if precision:
         bars.barh(range(classes), list(precision.values()), color="#%02x%02x%02x" % FRAMES["same"])
-        bars.set_yticks(range(classes), list(precision), fontsize=7)
+        bars.set_yticks(range(classes), list(precision), fontsize=7, fontfamily=label_fonts())
         bars.invert_yaxis()
         bars.set_xlim(0, 1)
         bars.tick_params(axis="x", labelsize=7)
