@@ -1,15 +1,15 @@
 """torchvision ResNet backbones, with a small-image stem and any number of input channels.
 
 For inputs of at most 64 px the ImageNet stem (7x7 stride-2 conv + max-pool) throws away 75 % of
-the resolution before the first block; as in the MoCo CIFAR demo and solo-learn, we use a 3x3
-stride-1 conv without max-pool there. The module stays a ``torchvision.models.ResNet``, so its
-weights export to torchvision (stem shapes differ only with the small stem; see clim.evaluation.export).
+the resolution before the first block; as in the MoCo CIFAR demo and solo-learn, a 3x3 stride-1 conv
+without max-pool replaces it. The module stays a ``torchvision.models.ResNet`` (torchvision's
+state_dict keys), so its weights export to torchvision (only the small stem's shapes differ; see
+clim.evaluation.export).
 
-A ``_wN`` suffix (``resnet10_w16``) narrows the network: stage widths N, 2N, 4N, 8N instead of 64, 128,
-256, 512 (the stem has N channels). The module is still a ``torchvision.models.ResNet`` with the same
-state_dict keys, but its shapes match no torchvision constructor: load it with ``build_backbone``.
-On small images and a CPU a narrow ResNet with the small stem does many more epochs per minute
-(README "The CPU demo").
+A ``_wN`` suffix (``resnet10_w16``) narrows the network: stage widths N, 2N, 4N, 8N instead of 64,
+128, 256, 512, the stem N channels; such shapes match no torchvision constructor (load them with
+``build_backbone``). On small images and a CPU a narrow ResNet with the small stem does many more
+epochs per minute (README "The CPU demo").
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ _LAYOUTS = {
     "resnet34": (BasicBlock, [3, 4, 6, 3]),
     "resnet50": (Bottleneck, [3, 4, 6, 3]),
 }
-
 
 STANDARD_WIDTH = 64
 _NAME = re.compile(r"(resnet\d+)(?:_w(\d+))?")
@@ -51,17 +50,14 @@ def build_backbone(name: str, in_channels: int = 3, small_stem: bool = False) ->
     """Return a ResNet without classifier (``fc = Identity``) and its pooled feature dimension.
 
     ``name``: ``resnet10``, ``resnet18``, ``resnet34`` or ``resnet50``, optionally narrowed as
-    ``NAME_wN`` (stage widths N, 2N, 4N, 8N; the stem has N channels). ``small_stem``: ``conv1`` is a
-    3x3 stride-1 conv and ``maxpool`` is removed (what pretraining uses at 64 px or less); otherwise
-    the ImageNet 7x7 stride-2 stem, with ``in_channels`` input channels either way. The network is a
-    ``torchvision.models.ResNet`` with torchvision's state_dict keys, so a backbone exported with
-    ``clim export --to torchvision`` loads into it strictly::
+    ``NAME_wN``. ``small_stem``: ``conv1`` is a 3x3 stride-1 conv and ``maxpool`` is removed (what
+    pretraining uses at 64 px or less); otherwise the ImageNet 7x7 stride-2 stem; ``in_channels``
+    input channels either way. With torchvision's state_dict keys, a backbone exported with
+    ``clim export --to torchvision`` loads into it strictly (the export's ``load`` line names the
+    arguments of the checkpoint at hand; for standard widths torchvision alone builds it)::
 
         net, dim = build_backbone("resnet10_w8", in_channels=1, small_stem=True)
         net.load_state_dict(torch.load("backbone.pth", weights_only=True))   # features: net(x), [B, dim]
-
-    The export's ``load`` line names the arguments of the checkpoint at hand; for standard widths it
-    builds the same network from torchvision alone.
     """
     base, width = parse_backbone(name)
     block, layers = _LAYOUTS[base]
@@ -84,10 +80,8 @@ def _narrow(model: ResNet, block, layers: list[int], width: int) -> None:
     model.inplanes = width
     model.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
     model.bn1 = nn.BatchNorm2d(width)
-    model.layer1 = model._make_layer(block, width, layers[0])
-    model.layer2 = model._make_layer(block, 2 * width, layers[1], stride=2)
-    model.layer3 = model._make_layer(block, 4 * width, layers[2], stride=2)
-    model.layer4 = model._make_layer(block, 8 * width, layers[3], stride=2)
+    for i, blocks in enumerate(layers):  # layer1 .. layer4, stride 2 from layer2 on
+        setattr(model, f"layer{i + 1}", model._make_layer(block, 2**i * width, blocks, stride=2 if i else 1))
     model.fc = nn.Linear(8 * width * block.expansion, model.fc.out_features)
     for module in model.modules():  # torchvision's initialisation of the rebuilt layers
         if isinstance(module, nn.Conv2d):
@@ -101,4 +95,3 @@ def torchvision_constructor(name: str):
     """The torchvision constructor whose state_dict layout matches ``name`` (None for resnet10 and
     every narrowed ``NAME_wN``)."""
     return getattr(resnet, name, None)
-

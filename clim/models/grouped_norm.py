@@ -1,17 +1,15 @@
 """Split-batch BN for any memory layout as one autograd op with a hand-written backward (METHOD §1).
 
-``F.batch_norm`` (cuDNN) normalises channel ``c`` over the batch and the image. Split-BN needs the
-statistics per (batch chunk, sample group, channel); for an NCHW batch with one chunk that is the
-free ``[N/s, s·C, H, W]`` view through one ``F.batch_norm`` call (``SplitBatchNorm2d``'s other
-path), but for a channels-last batch, or several chunks, no view of the batch puts those three
-indices in one dimension, and letting autograd differentiate a composite costs ~40 small ops and
-~14 passes over the activation per layer. :class:`GroupedBatchNorm` is the composite done by hand:
-4-5 activation-sized ops forward and 6 backward, every one of them keeping the input's layout.
+Split-BN needs statistics per (batch chunk, sample group, channel). For an NCHW batch with one chunk
+that is one ``F.batch_norm`` call on the free ``[N/s, s·C, H, W]`` view (``SplitBatchNorm2d``'s other
+path); for a channels-last batch, or several chunks, no view puts those three indices in one
+dimension, and autograd through a composite costs ~40 small ops and ~14 passes over the activation
+per layer. :class:`GroupedBatchNorm` is the composite done by hand: 4-5 activation-sized ops forward
+and 6 backward, each keeping the input's layout.
 
-Precision follows cuDNN's BN: statistics and the affine map are computed in float32 (float64 for
-float64 input) and only the output is rounded to the input's dtype. Reducing bf16 activations
-in bf16 and applying scale and shift in bf16 cancels catastrophically once the activation's mean
-is large against its spread; benchmarks/op_count.py prints both errors.
+Precision follows cuDNN's BN: statistics and the affine map in float32 (float64 for float64 input),
+only the output rounded to the input's dtype (in bf16 they cancel catastrophically once the
+activation's mean is large against its spread; benchmarks/op_count.py prints both errors).
 """
 
 from __future__ import annotations
@@ -34,8 +32,7 @@ class GroupedBatchNorm(torch.autograd.Function):
     dtype and layout, and the running statistics updated by two ``addmv_`` (all chunks at once), or,
     inside :func:`deferred_running_stats`, together with every other layer's at the block's end.
     Backward (x̂ saved in float32): with ḡ = Σg and ĝ = Σg·x̂ per group over its n values,
-    ``dx = w·σ⁻¹·(g − (ḡ + ĝ·x̂)/n)``, ``dw = Σ ĝ``, ``db = Σ ḡ``.
-    """
+    ``dx = w·σ⁻¹·(g − (ḡ + ĝ·x̂)/n)``, ``dw = Σ ĝ``, ``db = Σ ḡ``."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, groups: int, chunks: int,
@@ -46,11 +43,10 @@ class GroupedBatchNorm(torch.autograd.Function):
         upcast = view.to(torch.float64 if x.dtype == torch.float64 else torch.float32)
         var, mean = torch.var_mean(upcast, dim=_DIMS, correction=0, keepdim=True)  # [chunks, 1, groups, C, 1, 1]
         invstd = torch.rsqrt(var + eps)
-        # x̂ in place in the upcast copy; full-precision input gets a fresh tensor instead
-        xhat = (upcast.sub_(mean) if upcast is not view else view - mean).mul_(invstd)
+        xhat = (upcast.sub_(mean) if upcast is not view else view - mean).mul_(invstd)  # in place if upcast
         # b + w·x̂ in float32, rounded once into a tensor of x's dtype and layout: x itself when the caller
-        # says nothing else reads it (x̂ holds all the backward needs), else a fresh one (a view would not
-        # do: the in-place ReLU after BN may not modify a custom Function's view output)
+        # says nothing else reads it (x̂ holds all the backward needs), else a fresh one (not a view: the
+        # in-place ReLU after BN may not modify a custom Function's view output)
         reuse = reuse_input and not (x.is_leaf and x.requires_grad) and not torch.compiler.is_compiling()
         out = x if reuse else torch.empty_like(x)
         affine = bias.view(c, 1, 1), xhat, weight.view(c, 1, 1)
@@ -73,8 +69,7 @@ class GroupedBatchNorm(torch.autograd.Function):
         c = weight.shape[0]
         grad_view = grad.view(xhat.shape)
         grad_sum = torch.sum(grad_view, dim=_DIMS, keepdim=True, dtype=xhat.dtype)
-        product = grad_view * xhat
-        grad_xhat_sum = torch.sum(product, dim=_DIMS, keepdim=True)
+        grad_xhat_sum = torch.sum(grad_view * xhat, dim=_DIMS, keepdim=True)
         grad_weight = grad_xhat_sum.sum((0, 2)).view(c)
         grad_bias = grad_sum.sum((0, 2)).view(c)
         scale = weight.view(c, 1, 1) * invstd
@@ -87,10 +82,9 @@ _WEIGHTS: dict[tuple, torch.Tensor] = {}
 
 
 def _chunk_weights(chunks: int, groups: int, momentum: float, like: torch.Tensor) -> torch.Tensor:
-    """Weights of the (chunk, group) statistics in the running average, cached per device: ``chunks``
-    momentum updates in turn, each with its chunk's mean over groups, are ``r ← (1 − m)^k·r + Σ w·s``
-    with ``w = m·(1 − m)^(k−1−i) / groups`` for chunk i: a tensor on ``like``'s device and of its dtype,
-    built once, not per step."""
+    """Weights of the (chunk, group) statistics in the running average (``like``'s device and dtype,
+    built once): ``chunks`` momentum updates in turn, each with its chunk's mean over groups, are
+    ``r ← (1 − m)^k·r + Σ w·s`` with ``w = m·(1 − m)^(k−1−i) / groups`` for chunk i."""
     key = (chunks, groups, momentum, like.device, like.dtype)
     if key not in _WEIGHTS:
         per_chunk = [momentum * (1.0 - momentum) ** (chunks - 1 - i) / groups for i in range(chunks)]
@@ -111,17 +105,16 @@ class _Update(NamedTuple):
 
 
 class _Pending(threading.local):
-    """The running-stat updates and batch counters held back by the innermost
-    :func:`deferred_running_stats` block of this thread (``updates`` is None outside one), and the
-    ids of their buffers."""
+    """The running-stat updates and batch counters held back by this thread's innermost
+    :func:`deferred_running_stats` block (``updates`` None outside one), and their buffers' ids."""
     updates: list | None = None
     counters: list | None = None
     buffers: set | None = None
 
     def hold(self, kind: str, buffer: torch.Tensor, entry: tuple) -> bool:
-        """Hold ``entry`` back if a block is open (False if not). A buffer already held (a layer run
-        twice in one block) first gets everything held so far applied: the updates do not commute, and
-        a multi-tensor op may not see one tensor twice."""
+        """Hold ``entry`` back if a block is open (False if not). A buffer already held (a layer run twice
+        in one block) first gets everything held applied: updates do not commute, and a multi-tensor op
+        may not see one tensor twice."""
         if self.updates is None:  # (callers check torch.compiler.is_compiling() first)
             return False
         if (kind, id(buffer)) in self.buffers:
@@ -144,15 +137,14 @@ _PENDING = _Pending()
 
 def _update_running_stats(running_mean, running_var, mean, var, chunks, groups, momentum, count) -> None:
     """``chunks`` momentum updates of the running statistics with each chunk's mean over its groups
-    (``mean`` / ``var`` [chunks, 1, groups, C, 1, 1], biased), now or at the end of the enclosing
-    :func:`deferred_running_stats` block. Under ``torch.compile`` always now: Inductor fuses them."""
-    unbias = count / max(1, count - 1)  # F.batch_norm keeps the unbiased variance
+    (see :class:`_Update`), now or at the end of the enclosing :func:`deferred_running_stats` block.
+    Under ``torch.compile`` always now: Inductor fuses them."""
+    unbias = count / max(1, count - 1)
     update = _Update(running_mean, running_var, mean, var, chunks, groups, momentum, unbias)
     if not torch.compiler.is_compiling() and _PENDING.hold("stats", running_mean, update):
         return
-    c = running_mean.shape[0]
+    c, decay = running_mean.shape[0], (1.0 - momentum) ** chunks
     weights = _chunk_weights(chunks, groups, momentum, running_mean)
-    decay = (1.0 - momentum) ** chunks
     running_mean.addmv_(mean.view(chunks * groups, c).t().to(running_mean.dtype), weights, beta=decay)
     running_var.addmv_(var.view(chunks * groups, c).t().to(running_var.dtype), weights, beta=decay, alpha=unbias)
 
@@ -160,15 +152,14 @@ def _update_running_stats(running_mean, running_var, mean, var, chunks, groups, 
 @contextlib.contextmanager
 def deferred_running_stats():
     """Within the block, split-BN layers (:func:`grouped_batch_norm`) hold back their running-stat and
-    ``num_batches_tracked`` updates, and the block's end applies them all in six ops instead of three
-    per layer: one concatenation of every layer's statistics, one matrix-vector product with the
-    chunk weights, one multiply by each value's factor (the variance's n/(n−1)), then two multi-tensor
-    updates of the running buffers (``r ← (1 − m)^k·r + update``) and one of the counters. The
-    buffers end as the per-layer updates would leave them (to float rounding); nothing reads them
-    inside the block (training-mode BN uses batch statistics). An exception inside the block drops
-    the updates still held, as an interrupted forward pass would have left some layers un-updated.
-    ``MoCo`` encodes every batch inside one: on a GPU that is 54 fewer kernel launches per
-    ResNet-18 forward. Blocks nest; the inner one applies its own layers' updates."""
+    ``num_batches_tracked`` updates; the block's end applies them all in six ops instead of three per
+    layer (one concatenation of the statistics, one matrix-vector product with the chunk weights, one
+    multiply by the variance's n/(n−1), two multi-tensor updates ``r ← (1 − m)^k·r + update``, one of
+    the counters). The buffers end as the per-layer updates would leave them (to float rounding);
+    nothing reads them inside the block (training-mode BN uses batch statistics). An exception drops
+    the updates still held, as an interrupted forward pass leaves some layers un-updated. ``MoCo``
+    encodes every batch inside one: 54 fewer kernel launches per ResNet-18 forward on a GPU. Blocks
+    nest; the inner one applies its own layers' updates."""
     outer = _PENDING.updates, _PENDING.counters, _PENDING.buffers
     _PENDING.updates, _PENDING.counters, _PENDING.buffers = [], [], set()
     try:
@@ -205,8 +196,7 @@ _FACTORS: dict[tuple, torch.Tensor] = {}
 
 
 def _value_factors(batch: list[_Update], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """1 for each mean, n/(n−1) for each variance, in :func:`_apply_running_stats`' order; cached
-    per layer shapes, so a steady training loop builds it once."""
+    """1 per mean, n/(n−1) per variance, in :func:`_apply_running_stats`' order; cached per layer shapes."""
     key = (tuple((u.running_mean.shape[0], u.unbias) for u in batch), dtype, device)
     if key not in _FACTORS:
         _FACTORS[key] = torch.cat([torch.full((c,), value, dtype=dtype) for c, unbias in key[0]
@@ -218,12 +208,11 @@ def grouped_batch_norm(x: torch.Tensor, bn: nn.BatchNorm2d, groups: int, chunks:
                        reuse_input: bool = False) -> torch.Tensor:
     """Training-mode BN of ``x`` [N, C, H, W] (any memory layout), ``chunks`` consecutive batches of
     N/chunks samples, each with its ``groups`` groups (samples ``g::groups`` of the chunk)
-    normalised by their own statistics. ``bn``'s running statistics get, per chunk and in order, the
-    mean of its groups' updates: what ``groups`` separate ``F.batch_norm`` calls per chunk would give.
-    The output is a fresh tensor of ``x``'s dtype and layout (not a view: the in-place ReLU / residual
-    add after it need no CopySlices), or, with ``reuse_input``, ``x`` itself overwritten: one
-    activation-sized allocation less per layer, for callers whose ``x`` nothing else reads (a
-    convolution's output, as everywhere in a ResNet; a leaf that requires grad is never overwritten)."""
+    normalised by their own statistics; ``bn``'s running statistics get, per chunk and in order, the
+    mean of its groups' updates (as ``groups`` separate ``F.batch_norm`` calls per chunk would). The
+    output is a fresh tensor of ``x``'s dtype and layout (not a view: the in-place ReLU / residual add
+    after it need no CopySlices), or with ``reuse_input`` ``x`` itself, overwritten (for an ``x``
+    nothing else reads, such as a convolution's output; a leaf that requires grad never is)."""
     track = bn.track_running_stats
     out = GroupedBatchNorm.apply(x, bn.weight, bn.bias, bn.running_mean if track else None,
                                  bn.running_var if track else None, groups, chunks, bn.momentum, bn.eps,

@@ -1,8 +1,7 @@
 """The MoCo v2 core (METHOD §1) as one small module: encoders, queue, momentum update, BN tricks.
 
-All of MoCo's state lives here and is saved with it: the negative-key queue is a registered buffer,
-so a checkpoint of the module is a checkpoint of the method. CLIM's positives table is a module of
-its own, :class:`clim.method.bank.PositiveBank` (the trainer saves both).
+All of MoCo's state, the negative-key queue included (a buffer), is saved with the module. CLIM's
+positives table is a module of its own, :class:`clim.method.bank.PositiveBank` (the trainer saves both).
 """
 
 from __future__ import annotations
@@ -21,40 +20,31 @@ from clim.runtime import distributed
 
 
 class SplitBatchNorm2d(nn.BatchNorm2d):
-    """BatchNorm over ``num_splits`` groups of the batch, each normalised alone.
+    """BatchNorm over ``num_splits`` groups of the batch (group ``g``: samples ``g, g + s, g + 2s,
+    ...``), each normalised alone; the state_dict is a plain BatchNorm2d's. On one device this
+    mimics MoCo's multi-GPU setting, where each GPU normalises its own small batch, which keeps BN
+    from leaking information between query and key (METHOD §1). A batch that does not divide evenly
+    uses the largest divisor of its size not above ``num_splits``.
 
-    On one device this mimics MoCo's multi-GPU setting, where each GPU normalises its own small
-    batch, which is what keeps BN from leaking information between query and key (METHOD §1).
-    Group ``g`` holds samples ``g, g + s, g + 2s, ...``. When the batch does not divide evenly, the
-    largest divisor of the batch size not above ``num_splits`` is used, so any batch size works.
-    Its state_dict is a plain BatchNorm2d's.
+    ``chunks`` (set by :meth:`MoCo.encode_queries` / :meth:`MoCo.encode_keys` for one call): the
+    batch is ``chunks`` same-sized batches concatenated, each normalised exactly as if alone (own
+    groups; running statistics updated once per chunk, in order).
 
-    ``chunks`` (set by :meth:`MoCo.encode_queries` / :meth:`MoCo.encode_keys` for one call) says
-    that the batch is ``chunks`` same-sized batches concatenated: each is then normalised exactly as
-    if it had gone through alone (its own groups; the running statistics updated once per chunk,
-    in order), so several views share one forward pass without sharing BN statistics.
-
-    Two implementations, numerically the same normalisation, chosen by the input's memory layout
-    so that neither ever copies an activation into another layout:
-
-    * NCHW-contiguous input, one chunk: the batch viewed as ``[N/s, s·C, H, W]`` (a free view)
-      through one ``F.batch_norm`` call, each (group, channel) pair a channel (fastest on CPU; on
-      CUDA the ``train.channels_last=false`` variant, one cuDNN call);
-    * otherwise (channels-last on a GPU, or several chunks):
-      :func:`~clim.models.grouped_norm.grouped_batch_norm`, one autograd op with a hand-written
-      backward on a ``[chunks, N/(chunks·s), s, C, H, W]`` view that keeps the input's layout,
-      statistics and affine map in float32.
-
-    ``reuse_input`` lets the second path write its output over its input (one activation-sized
-    allocation less per layer): only for inputs nothing else reads, such as the convolution outputs
-    every BN of a torchvision ResNet normalises (``MoCo`` sets it for its backbones).
+    Two implementations of the same normalisation, chosen by memory layout so that neither copies
+    an activation into another layout: an NCHW-contiguous input with one chunk is viewed as
+    ``[N/s, s·C, H, W]`` (free) through one ``F.batch_norm`` call (fastest on CPU; on CUDA the
+    ``train.channels_last=false`` variant); otherwise (channels-last on a GPU, or several chunks)
+    :func:`~clim.models.grouped_norm.grouped_batch_norm`, one autograd op that keeps the layout,
+    statistics and affine map in float32. ``reuse_input`` lets that path write its output over its
+    input (one activation-sized allocation less per layer): only for inputs nothing else reads,
+    such as the convolution outputs every BN of a torchvision ResNet normalises (``MoCo``'s).
     """
 
     def __init__(self, num_features: int, num_splits: int = 1, reuse_input: bool = False, **kwargs):
         super().__init__(num_features, **kwargs)
         self.num_splits = num_splits
         self.chunks = 1
-        self.reuse_input = reuse_input  # the grouped path may overwrite its input (nothing else reads it)
+        self.reuse_input = reuse_input
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
@@ -65,12 +55,9 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
         if splits == 1:
             return super().forward(x)
         n, c, h, w = x.shape
-        mean = self.running_mean.repeat(splits)
-        var = self.running_var.repeat(splits)
-        out = F.batch_norm(
-            x.view(n // splits, c * splits, h, w), mean, var,
-            self.weight.repeat(splits), self.bias.repeat(splits),
-            True, self.momentum, self.eps)
+        mean, var = self.running_mean.repeat(splits), self.running_var.repeat(splits)
+        out = F.batch_norm(x.view(n // splits, c * splits, h, w), mean, var, self.weight.repeat(splits),
+                           self.bias.repeat(splits), True, self.momentum, self.eps)
         with torch.no_grad():
             self.running_mean.copy_(mean.view(splits, c).mean(0))
             self.running_var.copy_(var.view(splits, c).mean(0))
@@ -83,8 +70,7 @@ def _largest_divisor(n: int, at_most: int) -> int:
 
 
 def _use_split_bn(module: nn.Module, reuse_input: bool = False) -> nn.Module:
-    """Replace every BatchNorm2d of ``module`` with a SplitBatchNorm2d holding the same state
-    (``reuse_input``: see :class:`SplitBatchNorm2d`)."""
+    """Every BatchNorm2d of ``module`` replaced by a SplitBatchNorm2d of the same state (and ``reuse_input``)."""
     for name, child in module.named_children():
         if isinstance(child, nn.BatchNorm2d) and not isinstance(child, SplitBatchNorm2d):
             split = SplitBatchNorm2d(child.num_features, eps=child.eps, momentum=child.momentum,
@@ -112,8 +98,7 @@ class MoCo(nn.Module):
         self.encoder_k = copy.deepcopy(self.encoder_q)
         for param in self.encoder_k.parameters():
             param.requires_grad_(False)
-        self.momentum = momentum
-        self.feature_dim = feature_dim
+        self.momentum, self.feature_dim = momentum, feature_dim
         self.batch_views = False  # encode_queries / encode_keys: one pass for same-shaped views (CUDA default)
         self.set_bn_splits(bn_splits)
         self.register_buffer("queue", F.normalize(torch.randn(queue_size, head_dim), dim=1))
@@ -150,8 +135,7 @@ class MoCo(nn.Module):
 
     def encode_queries(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
         """:meth:`encode_query` of several batches; with ``batch_views`` (on by default on CUDA),
-        same-shaped batches share one forward pass, each normalised by its own BN groups, which is
-        the same computation in fewer, larger kernels."""
+        same-shaped batches share one forward pass, each with its own BN groups (fewer, larger kernels)."""
         if not self._can_batch(views):
             return [self.encode_query(view) for view in views]
         with self._bn_chunks(self.encoder_q, len(views)):
@@ -205,8 +189,8 @@ class MoCo(nn.Module):
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor) -> None:
         """Write the keys of all ranks into the ring buffer; any batch size wraps around K."""
-        keys = distributed.all_gather_cat(keys.to(self.queue.dtype))[-self.queue.shape[0]:]
         size = self.queue.shape[0]
+        keys = distributed.all_gather_cat(keys.to(self.queue.dtype))[-size:]
         slots = (self.queue_ptr + torch.arange(keys.shape[0], device=keys.device)) % size
         self.queue[slots] = keys
         self.queue_ptr.copy_((self.queue_ptr + keys.shape[0]) % size)
