@@ -3,8 +3,8 @@
 The bank holds one row of ``num_positives`` dataset indices per image (a buffer, so it travels with
 ``state_dict`` and ``.to(device)``), refreshes it from features with the center-wise rule
 (:func:`~clim.method.selection.select_positives`) and hands out one positive per anchor per batch.
-It is what the training loop of this package uses (:mod:`clim.method.positives` adds the config),
-and what a user drops into their own MoCo / SimCLR / BYOL loop::
+The training loop of this package uses it (:mod:`clim.method.positives` adds the config), and a user
+drops it into their own MoCo / SimCLR / BYOL loop::
 
     bank = PositiveBank(num_samples=len(dataset))
     bank.refresh_from(key_encoder, eval_dataset)          # every few epochs: embed in index order, select
@@ -40,24 +40,18 @@ def embed_dataset(encoder: nn.Module, dataset: Dataset, batch_size: int = 256, d
     """``(features [N, d], labels [N])`` of every item, L2-normalised, ordered by dataset index, on
     every rank (METHOD §2).
 
-    Items of ``dataset`` (``dataset[i]``), one of:
-
-    - ``(image, index, label)`` (this package's datasets),
-    - ``(image, label)`` (torchvision's datasets),
-    - ``(image,)`` or a bare ``image`` (labels −1),
-
-    where ``image`` is a tensor [C, H, W] (a PIL image needs a transform ending in ``ToTensor()``)
-    and ``label`` an int (−1 = unknown). Lists work as tuples; other items (dicts, PIL images,
-    string labels) are refused before any embedding.
+    ``dataset[i]`` is ``(image, index, label)`` (this package's datasets), ``(image, label)``
+    (torchvision's), ``(image,)`` or a bare ``image`` (labels −1), with ``image`` a tensor [C, H, W]
+    (a PIL image needs a transform ending in ``ToTensor()``) and ``label`` an int (−1 = unknown);
+    lists work as tuples, other items are refused before any embedding.
 
     Under DDP each rank embeds a strided shard and the (index, feature, label) triples are gathered
     and placed by index, so sampler padding can neither duplicate nor drop an image. The encoder
-    runs in eval mode; labels are −1 where the items carry none.
+    runs in eval mode.
     """
     if len(dataset) > 0:
         check_item(dataset[0])
-    rank, world = distributed.rank(), distributed.world_size()
-    shard = list(range(rank, len(dataset), world))
+    shard = list(range(distributed.rank(), len(dataset), distributed.world_size()))
     features, labels = extract_features(encoder, Subset(dataset, shard), batch_size=batch_size, device=device,
                                         num_workers=num_workers)
     on = torch.device(device) if device is not None else module_device(encoder)
@@ -68,9 +62,6 @@ def embed_dataset(encoder: nn.Module, dataset: Dataset, batch_size: int = 256, d
     ordered_labels = torch.empty(len(dataset), device=on, dtype=torch.long)
     ordered_labels[index] = distributed.all_gather_uneven(labels)
     return ordered, ordered_labels
-
-
-ITEM_FORMATS = ("(image, index, label)", "(image, label)", "(image,)", "image")
 
 
 def _is_int_label(label) -> bool:
@@ -99,8 +90,8 @@ def check_item(item) -> None:
         problem = f"'s label (its last part) is {_not_a_tensor(item[-1])}"
     else:
         return
-    raise TypeError(f"dataset items must be {', '.join(ITEM_FORMATS[:-1])} or a bare image, with image a tensor "
-                    f"(such as [C, H, W]) and label an int (−1 = unknown), but item 0{problem}")
+    raise TypeError("dataset items must be (image, index, label), (image, label), (image,) or a bare image, with image "
+                    f"a tensor (such as [C, H, W]) and label an int (−1 = unknown), but item 0{problem}")
 
 
 def _as_tensor(value, name: str, dtype: torch.dtype | None = None) -> Tensor:
@@ -144,8 +135,7 @@ class PositiveBank(nn.Module):
     Args:
         num_samples: N, the size of the dataset the indices refer to.
         num_positives: P, the positives kept per anchor (METHOD: 10).
-        strategy: how they are selected: ``center_wise`` (CLIM), or the ablations ``knn_kmeans``,
-            ``kmeans``, ``knn``, ``random`` (paper Table 6).
+        strategy: ``center_wise`` (CLIM), or the ablations ``knn_kmeans``, ``kmeans``, ``knn``, ``random`` (Table 6).
         num_clusters: m of the spherical k-means; None is METHOD's N/100 (at least 2).
         k: neighbours of the exact kNN (METHOD: 40).
         backend: ``auto``, ``faiss`` or ``torch`` (see :mod:`clim.method.knn`).
@@ -189,12 +179,12 @@ class PositiveBank(nn.Module):
     def refresh(self, features: Tensor, labels: Tensor | None = None, seed: int | None = None) -> dict:
         """Select a new table from ``features`` [N, d] (row i = image i; normalised here).
 
-        ``labels`` [N] ints (−1 = unknown) add the positive precision to the diagnostics; features
-        and labels may also be lists or numpy arrays. ``seed`` seeds
-        k-means and the draws; None draws a fresh one from torch's global generator (METHOD: a fresh
-        seed at every refresh). Under DDP rank 0 selects and broadcasts, so pass the same features
-        on every rank. Returns :func:`~clim.method.selection.selection_diagnostics` plus ``seed``
-        and ``seconds`` (rank 0; ``{"seconds": ...}`` elsewhere).
+        ``labels`` [N] ints (−1 = unknown) add the positive precision to the diagnostics (both may be
+        lists or numpy arrays). ``seed`` seeds k-means and the draws; None draws a fresh one from
+        torch's global generator (METHOD: a fresh seed at every refresh). Under DDP rank 0 selects and
+        broadcasts: pass the same features on every rank. Returns
+        :func:`~clim.method.selection.selection_diagnostics` plus ``seed`` and ``seconds`` (rank 0;
+        ``{"seconds": ...}`` elsewhere).
         """
         features = _as_tensor(features, "features")
         if features.dim() != 2 or features.shape[0] != self.num_samples:
@@ -209,8 +199,7 @@ class PositiveBank(nn.Module):
                                       self.num_positives, seed=seed, backend=self.backend)
             table.copy_(result.positives.to(table.device))
             known = labels is not None and bool((labels >= 0).any())
-            diagnostics = selection_diagnostics(result, labels.cpu() if known else None)
-            diagnostics["seed"] = seed
+            diagnostics = {**selection_diagnostics(result, labels.cpu() if known else None), "seed": seed}
             self.details = {"strategy": self.strategy, **anchor_details(result)}
         distributed.broadcast(table)
         self.table.copy_(table)
@@ -220,11 +209,10 @@ class PositiveBank(nn.Module):
 
     def refresh_from(self, encoder: nn.Module, dataset: Dataset, batch_size: int = 256,
                      device: torch.device | str | None = None, num_workers: int = 0, seed: int | None = None) -> dict:
-        """Embed ``dataset`` with ``encoder`` in index order (:func:`embed_dataset`, DDP-aware) and
-        :meth:`refresh` from it; labels the items carry feed the positive precision.
+        """Embed ``dataset`` with ``encoder`` in index order (:func:`embed_dataset`, DDP-aware; items
+        ``(image, index, label)``, ``(image, label)``, ``(image,)`` or ``image``) and :meth:`refresh`
+        from it; labels the items carry feed the positive precision.
 
-        ``dataset[i]`` is ``(image, index, label)``, ``(image, label)``, ``(image,)`` or ``image``,
-        with image a tensor and label an int (−1 = unknown): see :func:`embed_dataset`.
         METHOD §2: the encoder is the momentum (key) encoder with its head, and ``dataset`` gives
         the images un-augmented (the evaluation transform). ``seconds`` covers both parts.
         """
@@ -243,9 +231,8 @@ class PositiveBank(nn.Module):
 
         ``index``: dataset indices, a tensor, list or numpy array of ints. ``check``: refuse indices
         outside [0, N) (a negative one would silently wrap around). None (default) checks an index on
-        the CPU (free: a DataLoader's) and not one on a GPU, where reading its range would be a host
-        synchronisation per step; True checks there too, False never. Without a check, no host
-        synchronisation.
+        the CPU (free: a DataLoader's), not on a GPU (a host synchronisation per step); True checks
+        there too, False never.
         """
         if not self.filled:
             raise RuntimeError("the PositiveBank is empty: call refresh() or refresh_from() (or load a filled "

@@ -1,8 +1,7 @@
 """Exact kNN and spherical k-means on a feature table, the two searches behind positive selection.
 
 METHOD §2 needs Ω2 (the k exact L2 nearest neighbours of every point, itself excluded) and Ω1 (a
-spherical k-means with m clusters, 20 iterations, seeded). :mod:`clim.method.selection` applies the
-selection rule to their output.
+spherical k-means with m clusters, 20 iterations, seeded); :mod:`clim.method.selection` applies the rule.
 
 Backends (``backend=`` of :func:`~clim.method.selection.select_positives`, resolved by :func:`uses_faiss`):
 - ``"auto"``: faiss on CPU tensors; on CUDA tensors faiss-gpu when ``faiss.StandardGpuResources``
@@ -12,12 +11,13 @@ Backends (``backend=`` of :func:`~clim.method.selection.select_positives`, resol
   certified in fp32) and a torch spherical k-means on the tensors' device (the GPU path without
   faiss-gpu; selectable on CPU so that it is tested without a GPU).
 
-kNN agrees between backends up to ties; k-means differs in its initialisation.
+kNN agrees between backends up to ties; k-means on CPU up to float rounding (see :func:`kmeans_torch`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import math
 
 import torch
@@ -26,6 +26,10 @@ from torch import Tensor
 
 BACKENDS = ("auto", "faiss", "torch")
 KMEANS_ITERS = 20  # METHOD §2
+GROUP = 128  # columns per group in the two-stage top-k
+HALF_MARGIN = 40  # extra fp16 candidates per row, re-ranked exactly in fp32 (CUDA)
+HALF_MIN_N = 1 << 15  # below this many points the fp32 path alone is fast enough
+CPU_BLOCK = 1 << 26  # elements of one CPU distance block (256 MB of fp32)
 
 
 def has_faiss() -> bool:
@@ -37,11 +41,7 @@ def has_faiss() -> bool:
 
 
 def has_faiss_gpu() -> bool:
-    if not has_faiss():
-        return False
-    import faiss
-
-    return hasattr(faiss, "StandardGpuResources")
+    return has_faiss() and hasattr(importlib.import_module("faiss"), "StandardGpuResources")
 
 
 @contextlib.contextmanager
@@ -63,9 +63,8 @@ def _cuda_matmul_settings(device: torch.device, **settings):
 
 @contextlib.contextmanager
 def _ieee_fp32_matmul(device: torch.device):
-    """Full fp32 matmuls on CUDA (no TF32) for the block, so that the torch kNN stays exact.
-
-    torch >= 2.9 has two APIs for this, and cuBLAS raises ("a mix of the legacy and new APIs") once
+    """Full fp32 matmuls on CUDA (no TF32) for the block, so that the torch kNN stays exact. torch
+    >= 2.9 has two APIs for this, and cuBLAS raises ("a mix of the legacy and new APIs") once
     both have been used: the flags are changed and restored through the one the process uses. The
     legacy state (``set_float32_matmul_precision`` / ``allow_tf32``) is readable unless the new one
     (``fp32_precision``) was set, where reading it raises; untouched, matmuls are IEEE already.
@@ -89,27 +88,30 @@ def _ieee_fp32_matmul(device: torch.device):
         torch.set_float32_matmul_precision(legacy)
 
 
-def _chunk_rows(n_cols: int, device: torch.device, cap: int = 8192) -> int:
-    """Query rows per chunk so that a [rows, n_cols] float32 block (+ topk workspace) fits.
+def _fp32_accumulation(device: torch.device):
+    """fp16 matmuls on CUDA accumulate in fp32 throughout (the error bound of :func:`knn_half`)."""
+    return _cuda_matmul_settings(device, allow_fp16_reduced_precision_reduction=False)
 
-    On CUDA a quarter of the free memory, at most ``cap`` rows (≈ 2k rows for N = 1.28M on an
-    H100); on CPU blocks of 2^26 elements (256 MB).
+
+def _block_rows(n_cols: int, device: torch.device, elem_bytes: int = 4, cuda_cap: int = 16384,
+                cpu_cap: int = 1024) -> int:
+    """Query rows per block: a [rows, n_cols] block of ``elem_bytes`` entries plus its top-k workspace fits.
+
+    CUDA: an eighth of the free memory for the block, at most ``cuda_cap`` rows. CPU: blocks of
+    ``CPU_BLOCK`` elements, at most ``cpu_cap`` rows (per-block temporaries stay small).
     """
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        budget = free // 4 // (4 * 2)
+        budget, cap = free // 8 // elem_bytes, cuda_cap
     else:
-        budget = 1 << 26
+        budget, cap = CPU_BLOCK, cpu_cap
     return int(max(1, min(cap, budget // max(1, n_cols))))
 
 
 def drop_self(ids: Tensor) -> Tensor:
-    """[N, k+1] neighbour ids -> [N, k] without the query itself, matched by index.
-
-    With exact duplicates, another index may tie with the query at distance 0 (even ahead of
-    it), so self is located per row rather than assumed in column 0; when many duplicates push
-    self out of the k+1 returned, the last (farthest) column is dropped instead.
-    """
+    """[N, k+1] neighbour ids -> [N, k] without the query itself, matched by index: with exact
+    duplicates another index may tie with it at distance 0 (even ahead of it), so self is located per
+    row, not assumed in column 0; where duplicates push self out of the k+1, the last column goes."""
     n, k1 = ids.shape
     is_self = ids == torch.arange(n, device=ids.device).unsqueeze(1)
     self_col = torch.where(is_self.any(1), is_self.int().argmax(1), k1 - 1)
@@ -132,41 +134,15 @@ def knn_faiss(x: Tensor, k: int) -> Tensor:
     return drop_self(torch.from_numpy(ids).to(x.device))
 
 
-GROUP = 128  # columns per group in the two-stage top-k
-HALF_MARGIN = 40  # extra fp16 candidates per row, re-ranked exactly in fp32 (CUDA)
-HALF_MIN_N = 1 << 15  # below this many points the fp32 path alone is fast enough
-CPU_BLOCK = 1 << 26  # elements of one CPU distance block (256 MB of fp32)
-
-
-def _fp32_accumulation(device: torch.device):
-    """fp16 matmuls on CUDA accumulate in fp32 throughout (the error bound of :func:`knn_half`)."""
-    return _cuda_matmul_settings(device, allow_fp16_reduced_precision_reduction=False)
-
-
-def _knn_block_rows(n_cols: int, device: torch.device, elem_bytes: int) -> int:
-    """Query rows per kNN block: a [rows, n_cols] score block plus its top-k workspace fits.
-
-    CUDA: an eighth of the free memory for the block, at most 16,384 rows. CPU: blocks of
-    ``CPU_BLOCK`` elements, at most 1,024 rows (per-block temporaries stay small).
-    """
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        budget, cap = free // 8 // elem_bytes, 16384
-    else:
-        budget, cap = CPU_BLOCK, 1024
-    return int(max(1, min(cap, budget // max(1, n_cols))))
-
-
 def group_topk(scores: Tensor, k: int, group: int, largest: bool) -> tuple[Tensor, Tensor]:
     """Exact top-k per row of ``scores`` [r, c] (c a multiple of ``group``), best first.
 
-    Two stages instead of one top-k over all c columns: every ``group`` consecutive columns are
-    reduced to their extreme (one cheap pass), the k groups with the best extremes are kept, and
-    the top k of their k·group entries are selected. This is exact: the k kept extremes are k
-    distinct entries at least as good as the k-th kept one, so the true k-th best value is at
-    least that good, and any entry strictly better lies in a group whose extreme beats every
-    dropped group's; ties at the boundary are resolved arbitrarily, as ``torch.topk`` does.
-    Returns (values, column indices).
+    Every ``group`` consecutive columns are reduced to their extreme (one cheap pass), the k groups
+    with the best extremes kept and the top k of their k·group entries selected. Exact: the k kept
+    extremes are k distinct entries at least as good as the k-th kept one, so the true k-th best is
+    at least that good, and any entry strictly better lies in a group whose extreme beats every
+    dropped group's; ties at the boundary fall arbitrarily, as in ``torch.topk``. Returns (values,
+    column indices).
     """
     r, c = scores.shape
     n_groups = c // group
@@ -183,29 +159,25 @@ def group_topk(scores: Tensor, k: int, group: int, largest: bool) -> tuple[Tenso
 def knn_exact(x: Tensor, k: int, queries: Tensor | None = None, group: int = GROUP) -> Tensor:
     """Exact fp32 L2 kNN of ``queries`` (all points by default) among all points, self excluded.
 
-    Blocks of query rows; each block's [rows, N] distances ``||y||² − 2 q·y`` (the query's own
-    norm is constant per row) come from one matmul, then :func:`group_topk` selects. Columns
-    are padded to a multiple of ``group`` with zero vectors of norm +inf; self is excluded by
-    setting its own column to +inf, so duplicates cannot confuse the exclusion.
-    """
+    Blocks of query rows; each block's [rows, N] distances ``||y||² − 2 q·y`` (the query's own norm
+    is constant per row) come from one matmul, then :func:`group_topk` selects. Columns are padded to
+    a multiple of ``group`` with zero vectors of norm +inf; self is excluded by setting its own
+    column to +inf, so duplicates cannot confuse the exclusion."""
     n = x.shape[0]
     n_pad = -(-n // group) * group
     xp = F.pad(x, (0, 0, 0, n_pad - n))
     sq = F.pad((x * x).sum(1), (0, n_pad - n), value=math.inf).unsqueeze(0)
     nq = n if queries is None else queries.numel()
     out = torch.empty(nq, k, dtype=torch.long, device=x.device)
-    rows = min(nq, _knn_block_rows(n_pad, x.device, 4))
+    rows = min(nq, _block_rows(n_pad, x.device))
     # one block buffer for all blocks: a fresh CPU allocation of this size per block would be
     # mmap-ed and page-faulted every time (slower than the matmul's own writes)
     buffer = torch.empty(rows, n_pad, device=x.device)
     with _ieee_fp32_matmul(x.device):
         for start in range(0, nq, rows):
             end = min(start + rows, nq)
-            if queries is None:
-                ids, q = torch.arange(start, end, device=x.device), x[start:end]
-            else:
-                ids = queries[start:end]
-                q = x[ids]
+            ids = torch.arange(start, end, device=x.device) if queries is None else queries[start:end]
+            q = x[start:end] if queries is None else x[ids]
             dist = torch.addmm(sq, q, xp.T, alpha=-2.0, out=buffer[: end - start])
             dist.scatter_(1, ids.unsqueeze(1), math.inf)
             out[start:end] = group_topk(dist, k, group, largest=False)[1]
@@ -221,10 +193,8 @@ def knn_half(x: Tensor, k: int, margin: int = HALF_MARGIN, group: int = GROUP) -
     exact fp32 distances. Every other column has s̃ ≤ the last candidate's s̃, so its distance is
     at least ``min ||y||² − 2·(s̃_last + bound) / scale²``; the row is certified when that lower
     bound exceeds the k-th exact distance (plus the fp32 rounding of the distances), and then its
-    neighbours equal the fp32 exact kNN's up to ties. Returns (ids [N, k], certified [N] bool).
-    """
+    neighbours equal the fp32 exact kNN's up to ties. Returns (ids [N, k], certified [N] bool)."""
     n, d = x.shape
-    c = k + margin
     sq = (x * x).sum(1)
     sq_max = float(sq.max())
     scale = 1.0 / math.sqrt(sq_max)
@@ -235,7 +205,7 @@ def knn_half(x: Tensor, k: int, margin: int = HALF_MARGIN, group: int = GROUP) -
     xh = F.pad(x * scale, (0, 0, 0, n_pad - n)).half()
     ids = torch.empty(n, k, dtype=torch.long, device=x.device)
     certified = torch.empty(n, dtype=torch.bool, device=x.device)
-    rows = _knn_block_rows(n_pad, x.device, 2)
+    rows = _block_rows(n_pad, x.device, elem_bytes=2)
     with _fp32_accumulation(x.device), _ieee_fp32_matmul(x.device):
         for start in range(0, n, rows):
             end = min(start + rows, n)
@@ -243,9 +213,8 @@ def knn_half(x: Tensor, k: int, margin: int = HALF_MARGIN, group: int = GROUP) -
             scores = xh[start:end] @ xh.T
             scores[:, n:] = -math.inf
             scores[local, local + start] = -math.inf  # self, by index
-            top, cand = group_topk(scores, c, group, largest=True)
-            q = x[start:end]
-            dist = sq[cand] - 2 * torch.bmm(x[cand], q.unsqueeze(2)).squeeze(2)
+            top, cand = group_topk(scores, k + margin, group, largest=True)
+            dist = sq[cand] - 2 * torch.bmm(x[cand], x[start:end].unsqueeze(2)).squeeze(2)
             best, order = dist.topk(k, dim=1, largest=False, sorted=True)
             ids[start:end] = cand.gather(1, order)
             lower = sq_min - 2 * (top[:, -1].float() + bound) / scale**2
@@ -267,8 +236,7 @@ def use_half(x: Tensor, k: int) -> bool:
 def knn_torch(x: Tensor, k: int, low_precision: bool | None = None) -> Tensor:
     """Exact L2 kNN in torch, self excluded by index; no N×N matrix is ever materialised.
 
-    ``low_precision`` (default: on CUDA with at least ``HALF_MIN_N`` points of nearly equal
-    norm, as L2-normalised features are) first runs :func:`knn_half`; the rows it cannot
+    ``low_precision`` (default: :func:`use_half`) first runs :func:`knn_half`; the rows it cannot
     certify are recomputed by :func:`knn_exact`, so the result is the fp32 exact kNN either way.
     """
     if low_precision is None:
@@ -287,8 +255,7 @@ def kmeans_faiss(x: Tensor, m: int, seed: int) -> tuple[Tensor, Tensor]:
     import faiss
 
     xn = x.detach().cpu().numpy()
-    use_gpu = x.is_cuda and has_faiss_gpu()
-    km = faiss.Kmeans(x.shape[1], m, niter=KMEANS_ITERS, spherical=True, seed=seed, gpu=use_gpu)
+    km = faiss.Kmeans(x.shape[1], m, niter=KMEANS_ITERS, spherical=True, seed=seed, gpu=x.is_cuda and has_faiss_gpu())
     km.train(xn)
     _, assign = km.assign(xn)
     return torch.from_numpy(km.centroids).to(x.device), torch.from_numpy(assign).long().to(x.device)
@@ -299,33 +266,24 @@ def _nearest_centroid(x: Tensor, centroids: Tensor) -> tuple[Tensor, Tensor]:
 
     Computed in the dtype of ``x`` (fp16 for the CUDA k-means iterations), similarities as fp32.
     """
-    rows = _chunk_rows(centroids.shape[0], x.device, cap=1 << 16 if x.is_cuda else 2048)
+    rows = _block_rows(centroids.shape[0], x.device, cuda_cap=1 << 16, cpu_cap=2048)
     c = centroids.to(x.dtype)
-    sims, ids = [], []
-    for start in range(0, x.shape[0], rows):
-        s, i = (x[start : start + rows] @ c.T).max(1)
-        sims.append(s.float())
-        ids.append(i)
-    return torch.cat(sims), torch.cat(ids)
+    best = [(x[start : start + rows] @ c.T).max(1) for start in range(0, x.shape[0], rows)]
+    return torch.cat([s.float() for s, _ in best]), torch.cat([i for _, i in best])
 
 
 def kmeans_torch(x: Tensor, m: int, seed: int) -> tuple[Tensor, Tensor]:
     """Spherical k-means in torch (METHOD §2: m clusters, 20 iterations, seeded).
 
-    Init: m distinct points, ``randperm`` of a generator seeded by ``seed + 1``: faiss draws its
-    initial centroids with its own permutation seeded by ``seed + 1``, and on CPU the two agree, so
-    the same ``seed`` gives the same clusters on both backends (when faiss does not subsample,
-    N ≤ 256·m; up to float rounding). Each iteration assigns by
-    maximum cosine (chunked) and sets centroids to the normalised member means. An empty cluster
-    is re-seeded deterministically with the worst-fitting points (lowest similarity to their
-    centroid), as many as there are empty clusters. Final assignment = nearest final centroid.
-    When an assignment step changes no assignment (and no cluster is empty), the centroids are a
-    fixed point and the remaining iterations would repeat it: the loop stops there (as faiss does).
-
-    On CUDA the 20 assignment steps use fp16 matmuls (fp32 accumulation; similarities within
-    about 1e-3, so only near-tied points may change cluster, which k-means tolerates); the
-    centroid means and the final assignment are fp32 (IEEE), so every point's returned cluster
-    is its nearest final centroid exactly.
+    Init: m distinct points by ``randperm`` of a generator seeded with ``seed + 1``, as faiss draws
+    its initial centroids; on CPU the two agree, so the same ``seed`` gives the same clusters on both
+    backends (when faiss does not subsample, N ≤ 256·m; up to float rounding). Each iteration
+    assigns by maximum cosine (chunked) and sets centroids to the normalised member means; empty
+    clusters are re-seeded with the worst-fitting points (lowest similarity to their centroid). At
+    a fixed point (no assignment changed, no cluster empty) the loop stops, as faiss does. On CUDA
+    the assignment steps use fp16 matmuls (fp32 accumulation; similarities within about 1e-3, so
+    only near-tied points may change cluster); the centroid means and the final assignment (to the
+    nearest final centroid) are fp32 (IEEE), exact.
     """
     n = x.shape[0]
     g = torch.Generator(device=x.device).manual_seed(seed + 1)  # faiss' rand_perm(seed + 1)

@@ -1,22 +1,13 @@
 """Contrastive losses of CLIM (METHOD §1 and §3; paper Eq. 1 and Eq. 3).
 
-Both losses share one implementation, :func:`_nce_terms`: the negative logits ``q · negativesᵀ / τ``
-are computed once per query batch and reused by every positive key, so the mixed loss (two
-InfoNCE terms on the same mixed query) costs one B×K matmul instead of two.
+Both losses share :func:`_nce_terms`: the negative logits ``q · negativesᵀ / τ`` are computed once
+per query batch and reused by every positive key, so the mixed loss costs one B×K matmul, not two.
 
-Made hard to misuse, with no host synchronisation on the common path:
-
-* every input is L2-normalised along its feature dimension (a no-op, up to rounding, for unit
-  vectors), so a raw head output gives the cosine loss and not a silently wrong one;
-  ``normalize=False`` skips it (and the check below) for inputs normalised by construction (the
-  trainer's);
-* the queue is ``[K, d]``, one negative per row. lightly's ``MemoryBankModule`` returns its bank as
-  ``(d, K)`` by default (``feature_dim_first=True``): pass ``bank.T``. A queue whose second
-  dimension is not d is rejected; when K == d the shape cannot tell, and the loss compares the
-  rows' and the columns' norms (one host synchronisation, in that case only) and rejects a queue
-  whose columns, not rows, are the unit vectors;
-* ``queue=None`` uses in-batch negatives (SimCLR / MoCo v3 style): for query b, the keys of the
-  other anchors ``k_j, j ≠ b``.
+Hard to misuse, with no host synchronisation on the common path: inputs are L2-normalised, so a raw
+head output gives the cosine loss (``normalize=False`` skips this and the check below). The queue is
+``[K, d]`` (lightly's ``MemoryBankModule`` default ``(d, K)`` needs ``bank.T``): any other shape is
+rejected, and when K == d one whose columns, not rows, are unit vectors (one host synchronisation,
+in that case only). ``queue=None`` uses in-batch negatives (SimCLR / MoCo v3 style).
 """
 
 from __future__ import annotations
@@ -28,7 +19,6 @@ from torch import Tensor
 __all__ = ["TEMPERATURE", "info_nce", "mixed_info_nce"]
 
 TEMPERATURE = 0.2  # τ of METHOD §1
-_REDUCTIONS = ("mean", "none")
 
 
 def _nce_terms(q: Tensor, keys: tuple[Tensor, ...], negatives: Tensor, temperature: float,
@@ -37,10 +27,9 @@ def _nce_terms(q: Tensor, keys: tuple[Tensor, ...], negatives: Tensor, temperatu
     (all of them, or with ``in_batch`` every row but b).
 
     Eq. 1 is the cross-entropy of the logits ``[q·k, q·n_1, …, q·n_K] / τ`` with target 0, i.e.
-    ``logsumexp(logits) − q·k/τ``. Written as ``logaddexp(q·k/τ, logsumexp_j(q·n_j/τ)) − q·k/τ``
-    it stays numerically stable (no explicit exp) and lets every key reuse the negatives'
-    logsumexp. Computed in float32 with autocast off, so bf16/fp16 inputs or an enclosing
-    autocast region do not degrade the loss (METHOD §1).
+    ``logsumexp(logits) − q·k/τ``; as ``logaddexp(q·k/τ, logsumexp_j(q·n_j/τ)) − q·k/τ`` it is stable
+    (no explicit exp) and every key reuses the negatives' logsumexp. Float32 with autocast off, so
+    bf16/fp16 inputs or an enclosing autocast region do not degrade the loss (METHOD §1).
     """
     with torch.autocast(device_type=q.device.type, enabled=False):
         q32 = q.float()
@@ -49,11 +38,8 @@ def _nce_terms(q: Tensor, keys: tuple[Tensor, ...], negatives: Tensor, temperatu
             negative_logits = negative_logits.masked_fill(
                 torch.eye(q.shape[0], dtype=torch.bool, device=q.device), float("-inf"))
         neg_lse = torch.logsumexp(negative_logits, dim=1)  # [B]
-        terms = []
-        for key in keys:
-            pos = (q32 * key.float()).sum(dim=1) / temperature  # [B]
-            terms.append(torch.logaddexp(pos, neg_lse) - pos)
-    return terms
+        positive_logits = [(q32 * key.float()).sum(dim=1) / temperature for key in keys]  # [B] each
+        return [torch.logaddexp(pos, neg_lse) - pos for pos in positive_logits]
 
 
 def _reduce(loss: Tensor, reduction: str) -> Tensor:
@@ -61,13 +47,12 @@ def _reduce(loss: Tensor, reduction: str) -> Tensor:
         return loss.mean()
     if reduction == "none":
         return loss
-    raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    raise ValueError(f"reduction must be one of ('mean', 'none'), got {reduction!r}")
 
 
 def _checked(q: Tensor, keys: tuple[Tensor, ...], queue: Tensor | None, normalize: bool
              ) -> tuple[Tensor, tuple[Tensor, ...], Tensor | None]:
-    """Shape checks (host-side only) and, with ``normalize``, the square-queue check and the inputs
-    L2-normalised along dim 1."""
+    """Shape checks (host-side only); with ``normalize`` the square-queue check and unit inputs (dim 1)."""
     for name, value in (("queries", q), *(("keys", key) for key in keys), ("queue", queue)):
         if not isinstance(value, Tensor) and (value is not None or name != "queue"):
             raise TypeError(f"{name} must be a tensor, got {type(value).__name__}")
@@ -107,50 +92,38 @@ def info_nce(q: Tensor, k: Tensor, queue: Tensor | None = None, temperature: flo
     """MoCo InfoNCE (paper Eq. 1, METHOD §1): one positive key per query, negatives from the queue
     or, with ``queue=None``, the batch's other keys.
 
-    Gradient flows through every input that carries it; which do depends on the loop:
-
-    - MoCo (a queue): ``q`` from the query encoder carries gradient; ``k`` from the momentum
-      encoder and the queue do not (compute them under ``torch.no_grad()`` or detach them).
-    - in-batch (``queue=None``, SimCLR style): ``q`` and ``k`` come from the same encoder and both
-      carry gradient (``k`` is also the negatives); the symmetric loss is
-      ``(info_nce(z1, z2) + info_nce(z2, z1)) / 2``.
+    Gradient flows through every input that carries it: in a MoCo loop (a queue) only ``q``; ``k``
+    from the momentum encoder and the queue do not (compute them under ``torch.no_grad()`` or
+    detach them). In-batch (``queue=None``, SimCLR style) ``q`` and ``k`` come from the same
+    encoder and both carry gradient (``k`` is also the negatives); the symmetric loss is
+    ``(info_nce(z1, z2) + info_nce(z2, z1)) / 2``.
 
     Args:
         q: queries [B, d].
         k: positive keys [B, d].
-        queue: negative keys ``[K, d]`` — one per row; lightly's ``MemoryBankModule`` gives
-            ``(d, K)``: pass ``bank.T``. None: in-batch negatives ``k_j, j ≠ b`` (SimCLR style).
+        queue: negative keys ``[K, d]``, one per row (lightly's ``MemoryBankModule`` gives
+            ``(d, K)``: pass ``bank.T``); None: in-batch negatives ``k_j, j ≠ b``.
         temperature: τ (METHOD: 0.2).
         reduction: ``"mean"`` (batch mean, a scalar) or ``"none"`` (float32 [B]).
-        normalize: L2-normalise q, k and queue along dim 1 first and check a square queue's
-            layout (default). Pass False only for unit-vector inputs in the right layout (the
-            trainer's): no value check, no host synchronisation, three kernels fewer.
+        normalize: L2-normalise q, k and queue along dim 1 first and check a square queue's layout
+            (default). False only for unit vectors in the right layout (the trainer's): no value
+            check, no host synchronisation, three kernels fewer.
     """
     q, (k,), queue = _checked(q, (k,), queue, normalize)
-    negatives = k if queue is None else queue
-    return _reduce(_nce_terms(q, (k,), negatives, temperature, in_batch=queue is None)[0], reduction)
+    return _reduce(_nce_terms(q, (k,), k if queue is None else queue, temperature, in_batch=queue is None)[0],
+                   reduction)
 
 
-def mixed_info_nce(
-    q: Tensor,
-    k_anchor: Tensor,
-    k_positive: Tensor,
-    queue: Tensor | None = None,
-    lam: Tensor | float | None = None,
-    temperature: float = TEMPERATURE,
-    reduction: str = "mean",
-    normalize: bool = True,
-) -> Tensor:
+def mixed_info_nce(q: Tensor, k_anchor: Tensor, k_positive: Tensor, queue: Tensor | None = None,
+                   lam: Tensor | float | None = None, temperature: float = TEMPERATURE, reduction: str = "mean",
+                   normalize: bool = True) -> Tensor:
     """Mixture loss of paper Eq. 3 (METHOD §3), batch mean of
-    ``λ_b·L_nce(q_b, k_anchor_b) + (1−λ_b)·L_nce(q_b, k_positive_b)``.
-
-    Two separate InfoNCE terms, each with one positive and the same negatives (the queue, or with
-    ``queue=None`` the other anchors' keys ``k_anchor_j, j ≠ b``), weighted by the anchor's pixel
-    share λ of the mixed query (not one loss with two positives).
-
-    Gradient, as in :func:`info_nce`: in a MoCo loop only ``q`` carries it (the keys come from the
-    momentum encoder, no gradient); in an in-batch loop (``queue=None``) the keys come from the
-    trained encoder and carry gradient too.
+    ``λ_b·L_nce(q_b, k_anchor_b) + (1−λ_b)·L_nce(q_b, k_positive_b)``: two InfoNCE terms, each with
+    one positive and the same negatives (the queue, or with ``queue=None`` the other anchors' keys
+    ``k_anchor_j, j ≠ b``), weighted by the anchor's pixel share λ of the mixed query (not one loss
+    with two positives). Gradient as in :func:`info_nce`: in a MoCo loop only ``q`` carries it (the
+    keys come from the momentum encoder, no gradient); in an in-batch loop (``queue=None``) the keys
+    come from the trained encoder and carry gradient too.
 
     Args:
         q: queries of the mixed images [B, d].
@@ -170,7 +143,6 @@ def mixed_info_nce(
     if lam.dim() != 0 and lam.shape != q.shape[:1]:
         raise ValueError(f"lam must be a float or one anchor share per query, [B] = [{q.shape[0]}] for queries of "
                          f"shape {tuple(q.shape)}, got lam of shape {tuple(lam.shape)}")
-    negatives = k_anchor if queue is None else queue
-    loss_anchor, loss_positive = _nce_terms(q, (k_anchor, k_positive), negatives, temperature,
-                                            in_batch=queue is None)
+    loss_anchor, loss_positive = _nce_terms(q, (k_anchor, k_positive), k_anchor if queue is None else queue,
+                                            temperature, in_batch=queue is None)
     return _reduce(lam * loss_anchor + (1.0 - lam) * loss_positive, reduction)

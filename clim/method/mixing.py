@@ -1,10 +1,8 @@
 """Image mixing of an anchor batch with its positives (METHOD §3, paper §3.2.2).
 
-All random draws go through the caller's ``torch.Generator`` so a seeded run is reproducible.
-``torch.distributions.Beta`` cannot do that (its Gamma sampler only reads the global RNG), so
-Beta(α, α) is sampled here as ``X / (X + Y)`` with ``X, Y ~ Gamma(α)`` drawn by the
-Marsaglia–Tsang rejection method from generator-aware ``randn``/``rand`` calls (see
-:func:`sample_beta`). Draws happen on the generator's device and are moved to the images' device.
+All random draws go through the caller's ``torch.Generator`` (on its device, then moved to the
+images'), so a seeded run is reproducible. ``torch.distributions.Beta`` only reads the global RNG,
+so :func:`sample_beta` draws Beta(α, α) as ``X / (X + Y)``, ``X, Y ~ Gamma(α)`` by Marsaglia–Tsang.
 """
 
 from __future__ import annotations
@@ -18,12 +16,6 @@ __all__ = ["CUTMIX_ALPHA", "MIXUP_ALPHA", "sample_beta", "cutmix_boxes", "cutmix
 
 CUTMIX_ALPHA = 2.0  # METHOD §3 (paper Table 9: the best α)
 MIXUP_ALPHA = 0.2  # METHOD §3 (paper Table 10)
-
-
-def _draw_device(generator: torch.Generator | None, device: torch.device) -> torch.device:
-    return generator.device if generator is not None else device
-
-
 _GAMMA_ROUNDS = 4  # rejection candidates drawn at once; each is accepted with probability >= 0.95
 
 
@@ -31,12 +23,10 @@ def _log_gamma_variates(alpha: float, shape: tuple[int, ...], generator, device)
     """``log X`` with ``X ~ Gamma(alpha, 1)``, Marsaglia & Tsang (2000), float32.
 
     For α < 1 the boost ``Gamma(α) = Gamma(α + 1) · U^(1/α)`` is applied in log space, so tiny
-    variates (mixup's α = 0.2) do not underflow. The rejection step draws ``_GAMMA_ROUNDS``
-    candidates per entry in one pass and keeps the first accepted one (acceptance ≥ 95 % each, so
-    all four fail with probability < 1e-5). On CPU the rare entries still pending get further
-    rounds (a cheap check there). On a GPU that check would be a host synchronisation per draw,
-    so the last candidate is kept instead. This changes the distribution by less than 1e-5 in
-    total variation.
+    variates (mixup's α = 0.2) do not underflow. Each pass draws ``_GAMMA_ROUNDS`` candidates per
+    entry and keeps the first accepted (each ≥ 95 %, all four fail with probability < 1e-5). On CPU
+    the rare pending entries get further passes; on a GPU that check would be a host
+    synchronisation per draw, so the last candidate is kept (< 1e-5 in total variation).
     """
     boost = alpha < 1.0
     d = (alpha + 1.0 if boost else alpha) - 1.0 / 3.0
@@ -65,36 +55,26 @@ def _log_gamma_variates(alpha: float, shape: tuple[int, ...], generator, device)
     return out
 
 
-def sample_beta(
-    alpha: float, n: int, generator: torch.Generator | None = None, device: torch.device | str = "cpu"
-) -> Tensor:
-    """``n`` independent draws of Beta(α, α) as float32 on ``device``, honouring ``generator``.
-
-    ``λ = X / (X + Y) = sigmoid(log X − log Y)`` with ``X, Y ~ Gamma(α)``; the log-space form is
-    exact and never divides 0 by 0.
-    """
+def sample_beta(alpha: float, n: int, generator: torch.Generator | None = None, device: torch.device | str = "cpu"
+                ) -> Tensor:
+    """``n`` independent draws of Beta(α, α) as float32 on ``device``, honouring ``generator``:
+    ``λ = X / (X + Y) = sigmoid(log X − log Y)``, ``X, Y ~ Gamma(α)`` (exact, never 0 / 0)."""
     if alpha <= 0:
         raise ValueError(f"alpha must be > 0, got {alpha}")
-    draw_on = _draw_device(generator, torch.device(device))
+    draw_on = torch.device(device) if generator is None else generator.device
     log_g = _log_gamma_variates(float(alpha), (2, n), generator, draw_on)
     return torch.sigmoid(log_g[0] - log_g[1]).to(device)
 
 
-def cutmix_boxes(
-    n: int, height: int, width: int, alpha: float = CUTMIX_ALPHA, generator: torch.Generator | None = None,
-    device="cpu",
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Per-sample CutMix boxes (Yun et al. 2019, METHOD §3): ``(y1, y2, x1, x2, lam_drawn)``.
-
-    ``λ ~ Beta(α, α)``; the box is ``int(H·√(1−λ))`` by ``int(W·√(1−λ))`` pixels with its centre
-    uniform over the pixel grid, then clipped to the image. Rows ``[y1, y2)`` and columns
-    ``[x1, x2)`` are replaced; all int64 [n] on ``device``.
-    """
-    draw_on = _draw_device(generator, torch.device(device))
+def cutmix_boxes(n: int, height: int, width: int, alpha: float = CUTMIX_ALPHA, generator: torch.Generator | None = None,
+                 device="cpu") -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Per-sample CutMix boxes (Yun et al. 2019, METHOD §3): ``(y1, y2, x1, x2, lam_drawn)``, [n] on
+    ``device`` (the box int64). ``λ ~ Beta(α, α)``; the box, rows ``[y1, y2)`` by columns ``[x1, x2)``, is
+    ``int(H·√(1−λ))`` by ``int(W·√(1−λ))`` pixels centred uniformly on the grid, clipped to the image."""
+    draw_on = torch.device(device) if generator is None else generator.device
     lam = sample_beta(alpha, n, generator, draw_on)
     ratio = torch.sqrt(1.0 - lam)
-    cut_h = (height * ratio).long()
-    cut_w = (width * ratio).long()
+    cut_h, cut_w = (height * ratio).long(), (width * ratio).long()
     cy = torch.randint(height, (n,), generator=generator, device=draw_on)
     cx = torch.randint(width, (n,), generator=generator, device=draw_on)
     y1, x1 = cy - cut_h // 2, cx - cut_w // 2
@@ -118,46 +98,33 @@ def _check_pair(name: str, anchor: Tensor, positive: Tensor, images: bool) -> No
                          f"{tuple(anchor.shape)}, positive {tuple(positive.shape)}")
 
 
-def cutmix(
-    anchor: Tensor, positive: Tensor, alpha: float = CUTMIX_ALPHA, generator: torch.Generator | None = None
-) -> tuple[Tensor, Tensor]:
+def cutmix(anchor: Tensor, positive: Tensor, alpha: float = CUTMIX_ALPHA, generator: torch.Generator | None = None
+           ) -> tuple[Tensor, Tensor]:
     """CutMix of anchors [B, C, H, W] with positives of the same shape (METHOD §3); other shapes are
     refused with both shapes named.
 
     ``λ ~ Beta(α, α)``, α = 2 by default (METHOD). The box region of each anchor is replaced by
     the same region of its positive; ``lam`` is then reset to the exact share of anchor pixels,
-    ``1 − box_area / (H·W)``, because clipping makes the drawn λ only approximate. The mask is
-    built by broadcasting row/column coordinates, one pass for the whole batch. Works for any dtype
-    and device.
-
-    Returns:
-        ``(mixed, lam)``: mixed images (anchor's dtype/device), lam float32 [B] on that device.
+    ``1 − box_area / (H·W)``, because clipping makes the drawn λ only approximate. Any dtype and
+    device. Returns ``(mixed, lam)``: mixed images (anchor's dtype/device), lam float32 [B] there.
     """
     _check_pair("cutmix", anchor, positive, images=True)
     b, _, h, w = anchor.shape
     y1, y2, x1, x2, _ = cutmix_boxes(b, h, w, alpha, generator, anchor.device)
     rows = torch.arange(h, device=anchor.device).view(1, h, 1)
     cols = torch.arange(w, device=anchor.device).view(1, 1, w)
-    box = (
-        (rows >= y1.view(b, 1, 1)) & (rows < y2.view(b, 1, 1))
-        & (cols >= x1.view(b, 1, 1)) & (cols < x2.view(b, 1, 1))
-    )
-    mixed = torch.where(box.unsqueeze(1), positive, anchor)
-    lam = 1.0 - ((y2 - y1) * (x2 - x1)).float() / float(h * w)
-    return mixed, lam
+    box = ((rows >= y1.view(b, 1, 1)) & (rows < y2.view(b, 1, 1))
+           & (cols >= x1.view(b, 1, 1)) & (cols < x2.view(b, 1, 1)))
+    return torch.where(box.unsqueeze(1), positive, anchor), 1.0 - ((y2 - y1) * (x2 - x1)).float() / float(h * w)
 
 
-def mixup(
-    anchor: Tensor, positive: Tensor, alpha: float = MIXUP_ALPHA, generator: torch.Generator | None = None
-) -> tuple[Tensor, Tensor]:
+def mixup(anchor: Tensor, positive: Tensor, alpha: float = MIXUP_ALPHA, generator: torch.Generator | None = None
+          ) -> tuple[Tensor, Tensor]:
     """Pixel mixup (METHOD §3, paper Table 10): ``mixed_b = λ_b·anchor_b + (1−λ_b)·positive_b``.
 
     ``λ_b ~ Beta(α, α)`` per sample (METHOD: α = 0.2, the default). Anchors [B, ...] and positives
     of the same shape; floating-point images only, since a convex combination of integer images
-    would need rounding.
-
-    Returns:
-        ``(mixed, lam)``: mixed images (anchor's dtype/device), lam float32 [B] on that device.
+    would need rounding. Returns ``(mixed, lam)`` as :func:`cutmix` does.
     """
     _check_pair("mixup", anchor, positive, images=False)
     if not anchor.is_floating_point():

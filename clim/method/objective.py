@@ -1,7 +1,7 @@
 """The training objective of one step: MoCo v2 (METHOD §1) or CLIM (METHOD §3, §4).
 
-Given the views of a step (see :mod:`clim.data.pipeline`) it encodes queries and keys, updates the
-momentum encoder (before encoding keys, as MoCo does) and returns the loss and the keys to enqueue.
+Encodes a step's views (:mod:`clim.data.pipeline`), updates the momentum encoder before encoding keys
+(as MoCo does) and returns the loss and the keys to enqueue.
 
 * MoCo v2: ``L_nce(q, k)``.
 * CLIM, ``mixing: none``:   ``L_nce(q, k) + L_nce(q, k~)``.
@@ -11,9 +11,8 @@ momentum encoder (before encoding keys, as MoCo does) and returns the loss and t
 * Multi-resolution: the mean over ordered pairs (r, r') of the above with queries at r and keys at r'
   (the paper sums; the mean keeps the learning rate comparable — documented deviation).
 * Multi-crop baseline: + the mean over small crops of ``L_nce(q_small, k)``.
-Before the first positives refresh CLIM has no positives and trains exactly as MoCo v2.
-The parts of the loss (MoCo term, positive term, multi-crop term) are returned separately too, so a
-log can show why the loss jumps when the positives join.
+Before the first positives refresh CLIM trains exactly as MoCo v2. The loss's parts are returned too,
+so a log can show why the loss jumps when the positives join.
 """
 
 from __future__ import annotations
@@ -39,16 +38,10 @@ class StepOutput:
     parts: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-def _mix(spec: ObjectiveSpec, anchor: torch.Tensor, positive: torch.Tensor, generator: torch.Generator):
-    mix = cutmix if spec.mixing == "cutmix" else mixup
-    return mix(anchor, positive, spec.alpha, generator=generator)
-
-
 def _per_resolution(encode, inputs: list[list[torch.Tensor]]) -> list[list[torch.Tensor]]:
     """``encode`` (``MoCo.encode_queries`` / ``encode_keys``) of several inputs, each a list of views
-    by resolution: the same-shaped views of one resolution share a call (one forward pass on CUDA,
-    each with its own BN groups, so this equals encoding every view alone). Returns, per input, its
-    encodings by resolution."""
+    by resolution, as per input its encodings by resolution; the views of one resolution share a call
+    (one forward pass on CUDA, each with its own BN groups: the same as encoding every view alone)."""
     by_size = [encode([views[r] for views in inputs]) for r in range(len(inputs[0]))]
     return [list(per_input) for per_input in zip(*by_size)]
 
@@ -60,19 +53,18 @@ def compute_step(model: MoCo, batch: dict, spec: ObjectiveSpec) -> StepOutput:
     queue = model.queue.clone()
     use_positives = spec.clim and batch["positive_key"] is not None
     mixing = use_positives and spec.mixing != "none"
-    sizes = [view.shape[-1] for view in batch["query"]]
     lam = None
     # Query-encoder inputs per resolution: the query view, the mixed query, the key view (symmetric).
     query_inputs = [batch["query"]]
     if mixing:
-        mixed, lam = _mix(spec, batch["query"][0], batch["positive_query"][0], batch["generator"])
+        mix = cutmix if spec.mixing == "cutmix" else mixup
+        mixed, lam = mix(batch["query"][0], batch["positive_query"][0], spec.alpha, generator=batch["generator"])
         # mixed once at the largest resolution, then resized like the views (METHOD §4)
-        query_inputs.append(at_resolutions(mixed, sizes))
+        query_inputs.append(at_resolutions(mixed, [view.shape[-1] for view in batch["query"]]))
     if symmetric:
         query_inputs.append(batch["key"])
     encoded = _per_resolution(model.encode_queries, query_inputs)
-    queries = encoded[0]
-    mixed_queries = encoded[1] if mixing else None
+    queries, mixed_queries = encoded[0], encoded[1] if mixing else None
     symmetric_queries = encoded[-1] if symmetric else None
 
     with torch.no_grad():
@@ -83,8 +75,7 @@ def compute_step(model: MoCo, batch: dict, spec: ObjectiveSpec) -> StepOutput:
         if symmetric:
             key_inputs.append(batch["query"])
         encoded_keys = _per_resolution(model.encode_keys, key_inputs)
-        keys = encoded_keys[0]
-        positive_keys = encoded_keys[1] if use_positives else None
+        keys, positive_keys = encoded_keys[0], encoded_keys[1] if use_positives else None
         symmetric_keys = encoded_keys[-1] if symmetric else None
 
     # Over every (query resolution i, key resolution j) pair: the MoCo term and CLIM's positive term.

@@ -2,14 +2,10 @@
 its :class:`~clim.specs.SelectionSpec` (METHOD §2), and its place in the trainer's checkpoints.
 
 Every ``method.refresh_every`` epochs the momentum encoder (eval mode, eval transform) embeds the
-whole pretraining set and the bank selects a new table (:meth:`PositiveBank.refresh_from`: DDP-aware,
-rank 0 selects and broadcasts). The bank keeps the refresh's per-anchor facts in ``bank.details``
-(not saved in checkpoints); the training hook of ``clim inspect`` saves them beside the checkpoint
-(``RUN_DIR/positives/selection.pt``).
-
-Checkpoints keep the format they had when the table was a buffer of the model: the trainer's
-``"model"`` entry holds the model's state and the table under ``"positives"``
-(:func:`checkpoint_model_state`, :func:`load_checkpoint_model_state`), so older runs still load.
+whole pretraining set and the bank selects a new table (:meth:`PositiveBank.refresh_from`); its
+``bank.details`` are not checkpointed (``clim inspect`` saves them to ``RUN_DIR/positives/selection.pt``).
+The trainer's ``"model"`` entry holds the model's state and the table under ``"positives"`` (the
+format of when the table was a model buffer, so older runs still load).
 """
 
 from __future__ import annotations

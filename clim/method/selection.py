@@ -1,9 +1,8 @@
 """Positive selection for CLIM (METHOD §2, paper §3.2.1 and Appendix A.2).
 
-Pipeline: exact kNN (Ω2) and spherical k-means (Ω1, centroids) on the whole feature table
-(:mod:`clim.method.knn`), then the selection rule, vectorised in torch over all N anchors on [N, k]
-tensors (gathers, masks, random priority keys + sort). Only the loops over chunks and over the
-P ≤ k table columns remain.
+Exact kNN (Ω2) and spherical k-means (Ω1, centroids) on the whole feature table (:mod:`clim.method.knn`),
+then the selection rule, vectorised over all N anchors on [N, k] tensors (gathers, masks, random
+priority keys + sort): only loops over chunks and over the P ≤ k table columns remain.
 """
 
 from __future__ import annotations
@@ -21,7 +20,6 @@ from clim.method.knn import BACKENDS, kmeans_faiss, kmeans_torch, knn_faiss, knn
 
 __all__ = ["DEFAULT_K", "DEFAULT_NUM_POSITIVES", "STRATEGIES", "SelectionResult", "default_num_clusters",
            "select_positives", "selection_diagnostics"]
-
 
 
 @dataclass
@@ -45,16 +43,11 @@ class SelectionResult:
     filled: Tensor
 
 
-# ----------------------------------------------------------------------------------------------
-# Selection rule (vectorised over N)
-# ----------------------------------------------------------------------------------------------
-
-
 def _floyd_sample(pop: Tensor, p: int, g: torch.Generator) -> Tensor:
     """Per row, min(pop, p) distinct offsets uniform in [0, pop) (Floyd's algorithm).
 
     ``pop`` is [N] long; returns [N, p] long whose first ``min(pop, p)`` columns are the sample
-    (later columns are meaningless). Loops over the p columns only, never over N.
+    (later columns are meaningless).
     """
     n = pop.shape[0]
     size = pop.clamp(max=p)
@@ -70,34 +63,28 @@ def _floyd_sample(pop: Tensor, p: int, g: torch.Generator) -> Tensor:
 def _draw_or_fill(neighbors: Tensor, omega: Tensor, p: int, g: torch.Generator) -> Tensor:
     """METHOD §2 fill rule on Ω2 = ``neighbors`` [N, k] with Ω ⊆ Ω2 given as mask ``omega``.
 
-    Priority key: members of Ω get a uniform key in [0, 1), the rest ``1 + rank/k``; the p
-    smallest keys are p members of Ω drawn without replacement when |Ω| ≥ p, else all of Ω and
-    then the nearest remaining Ω2 members by kNN rank. Neighbour rows are distinct and exclude
-    self, so rows of the result are too.
+    Members of Ω get a uniform key in [0, 1), the rest ``1 + rank/k``: the p smallest keys are p
+    members of Ω drawn without replacement when |Ω| ≥ p, else all of Ω then the nearest remaining
+    Ω2 members by kNN rank. Neighbour rows are distinct and exclude self, so result rows are too.
     """
     n, k = neighbors.shape
     rank_key = 1.0 + torch.arange(k, device=neighbors.device, dtype=torch.float32) / k
     random_key = torch.rand(n, k, generator=g, device=neighbors.device)
     key = torch.where(omega, random_key, rank_key.expand(n, k))
-    cols = key.topk(p, dim=1, largest=False, sorted=True).indices
-    return neighbors.gather(1, cols)
+    return neighbors.gather(1, key.topk(p, dim=1, largest=False, sorted=True).indices)
 
 
 def _random_positives(n: int, p: int, g: torch.Generator, device) -> Tensor:
     """p distinct indices per row, uniform over the dataset minus the anchor itself."""
     offsets = _floyd_sample(torch.full((n,), n - 1, dtype=torch.long, device=device), p, g)
-    anchors = torch.arange(n, device=device).unsqueeze(1)
-    return offsets + (offsets >= anchors).long()
+    return offsets + (offsets >= torch.arange(n, device=device).unsqueeze(1)).long()
 
 
 def _kmeans_positives(assign: Tensor, neighbors: Tensor, m: int, p: int, g: torch.Generator):
-    """p random members of the anchor's cluster (self excluded), drawn without replacement.
-
-    A cluster with fewer than p + 1 members gives all its other members, then is filled with the
-    anchor's nearest neighbours from *other* clusters by kNN rank (same-cluster neighbours are
-    already in the row, so this is "nearest remaining Ω2", without duplicates). Returns
-    (positives [N, p], filled [N]).
-    """
+    """p random members of the anchor's cluster (self excluded), drawn without replacement; a cluster
+    with fewer than p + 1 members gives all its other members, then the anchor's nearest neighbours
+    from *other* clusters by kNN rank (same-cluster ones are already in the row: "nearest remaining
+    Ω2", without duplicates). Returns (positives [N, p], filled [N])."""
     n, k = neighbors.shape
     device = assign.device
     order = torch.argsort(assign, stable=True)  # members grouped by cluster
@@ -125,8 +112,7 @@ class _Clock:
     """Seconds since the previous call, stored under a name (no-op without a dict)."""
 
     def __init__(self, device: torch.device, timings: dict | None):
-        self.device, self.timings = device, timings
-        self.last = time.perf_counter()
+        self.device, self.timings, self.last = device, timings, time.perf_counter()
 
     def __call__(self, name: str) -> None:
         if self.timings is None:
@@ -134,20 +120,12 @@ class _Clock:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         now = time.perf_counter()
-        self.timings[name] = now - self.last
-        self.last = now
+        self.timings[name], self.last = now - self.last, now
 
 
-def select_positives(
-    features: Tensor,
-    strategy: str = "center_wise",
-    num_clusters: int | None = None,
-    k: int = DEFAULT_K,
-    num_positives: int = DEFAULT_NUM_POSITIVES,
-    seed: int = 0,
-    backend: str = "auto",
-    timings: dict | None = None,
-) -> SelectionResult:
+def select_positives(features: Tensor, strategy: str = "center_wise", num_clusters: int | None = None,
+                     k: int = DEFAULT_K, num_positives: int = DEFAULT_NUM_POSITIVES, seed: int = 0,
+                     backend: str = "auto", timings: dict | None = None) -> SelectionResult:
     """Build the positives table of METHOD §2 from L2-normalised features [N, d].
 
     Strategies (paper Table 6): ``random`` (uniform over the dataset, never self), ``knn``
@@ -157,19 +135,17 @@ def select_positives(
     last two, P are drawn without replacement when |Ω| ≥ P, else all of Ω then the nearest
     remaining Ω2 members by rank.
 
-    kNN is exact L2 with self excluded by index; k-means is spherical, ``num_clusters`` clusters
-    (None: N/100, at least 2), 20 iterations, seeded by ``seed`` (also the seed of the random
-    draws). The defaults are METHOD §2's: ``center_wise``, k = 40, P = 10. Runs on the device of
-    ``features``; see :mod:`clim.method.knn` for ``backend`` (on CPU, faiss and torch give the
-    same clusters for the same seed). A ``timings`` dict receives the seconds spent in ``knn``,
-    ``kmeans`` and ``rule`` (CUDA synchronised; for benchmarks).
+    kNN is exact L2, self excluded by index; k-means is spherical, ``num_clusters`` clusters (None:
+    N/100, at least 2), 20 iterations, seeded by ``seed`` (also the random draws' seed). Defaults
+    are METHOD §2's: ``center_wise``, k = 40, P = 10. Runs on the device of ``features``; ``backend``:
+    see :mod:`clim.method.knn` (on CPU faiss and torch give the same clusters for the same seed). A
+    ``timings`` dict receives the seconds spent in ``knn``, ``kmeans`` and ``rule`` (CUDA synchronised).
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; valid strategies: {', '.join(STRATEGIES)}")
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
-    n = features.shape[0]
-    p = num_positives
+    n, p = features.shape[0], num_positives
     if num_clusters is None:
         num_clusters = default_num_clusters(n)
     if k < p:
@@ -189,15 +165,11 @@ def select_positives(
     clock("knn")
     assign = centroids = omega_sizes = None
     if strategy in CLUSTERED_SELECTIONS:
-        kmeans = kmeans_faiss if use_faiss else kmeans_torch
-        centroids, assign = kmeans(x, num_clusters, seed)
+        centroids, assign = (kmeans_faiss if use_faiss else kmeans_torch)(x, num_clusters, seed)
     clock("kmeans")
 
-    if strategy == "random":
-        positives = _random_positives(n, p, g, device)
-        filled = torch.zeros(n, dtype=torch.bool, device=device)
-    elif strategy == "knn":
-        positives = neighbors[:, :p].clone()
+    if strategy in ("random", "knn"):
+        positives = _random_positives(n, p, g, device) if strategy == "random" else neighbors[:, :p].clone()
         filled = torch.zeros(n, dtype=torch.bool, device=device)
     elif strategy == "kmeans":
         positives, filled = _kmeans_positives(assign, neighbors, num_clusters, p, g)
@@ -213,22 +185,15 @@ def select_positives(
     return SelectionResult(positives, neighbors, assign, centroids, omega_sizes, filled)
 
 
-# ----------------------------------------------------------------------------------------------
-# Diagnostics (METHOD §2: logged at every refresh)
-# ----------------------------------------------------------------------------------------------
-
-
 def _label_precision(labels: Tensor, table: Tensor) -> tuple[float | None, int]:
     """Share of (anchor, entry) pairs of ``table`` with equal labels, over the pairs whose two labels
     are known (label ≥ 0; an entry < 0 is no pair); returns (precision or None, number of such pairs).
 
     Counting an unlabelled positive as a miss would make a perfect table on STL-10 (≈ 5 % labelled)
-    read ≈ 0.05, so unknown labels are left out and the count of labelled pairs is reported instead.
-    """
-    valid = table >= 0
+    read ≈ 0.05, so unknown labels are left out and the count of labelled pairs is reported instead."""
     entry_labels = labels[table.clamp(min=0)]
     anchor_labels = labels.unsqueeze(1).expand_as(table)
-    known = valid & (entry_labels >= 0) & (anchor_labels >= 0)
+    known = (table >= 0) & (entry_labels >= 0) & (anchor_labels >= 0)
     count = int(known.sum())
     if count == 0:
         return None, 0
@@ -238,12 +203,11 @@ def _label_precision(labels: Tensor, table: Tensor) -> tuple[float | None, int]:
 def selection_diagnostics(result: SelectionResult, labels: Tensor | None = None) -> dict:
     """JSON-friendly statistics of a selection (METHOD §2), plain Python floats / lists.
 
-    ``labels`` [N]: a tensor, a list or a numpy array of ints, −1 = unknown.
+    ``labels`` [N]: a tensor, a list or a numpy array of ints, −1 = unknown. Keys present only where they apply:
 
-    Keys present only where they apply:
     - with clusters: ``cluster_size_min`` / ``_median`` / ``_max`` (empty clusters count as 0),
-      ``cluster_size_hist`` (counts) over ``cluster_size_bin_edges`` ``[0, 1, 2, 4, …]``
-      (bin i = [edges[i], edges[i+1]));
+      ``cluster_size_hist`` (counts) over ``cluster_size_bin_edges`` ``[0, 1, 2, 4, …]`` (bin i =
+      [edges[i], edges[i+1]));
     - with Ω sizes: ``omega_mean`` (mean |Ω_p|, or |Ω1 ∩ Ω2| for ``knn_kmeans``);
     - always: ``fill_fraction`` (share of anchors that needed filling);
     - with labels (−1 = unknown): ``labelled_pairs``, the number of (anchor, positive) pairs whose
@@ -251,9 +215,7 @@ def selection_diagnostics(result: SelectionResult, labels: Tensor | None = None)
       with equal labels (pairs with an unknown label are left out, not counted as misses). The same
       for the P nearest neighbours (P = the table's width; what kNN-only selection picks, the fair
       comparison with ``positive_precision``) as ``knn_top_p_labelled_pairs`` and
-      ``knn_top_p_precision``, and for all k neighbours (Ω2) as ``knn_labelled_pairs`` and
-      ``knn_precision`` — how the user sees whether selection finds same-class positives, and on
-      how much labelled data.
+      ``knn_top_p_precision``, and for all k neighbours (Ω2) as ``knn_labelled_pairs`` and ``knn_precision``.
     """
     stats: dict = {"fill_fraction": float(result.filled.float().mean())}
     if result.assignments is not None:
