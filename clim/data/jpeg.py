@@ -38,10 +38,8 @@ _OTHER_FORMATS = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF8", "GIF"), (b"BM", "BMP"
 
 
 def jpeg_size(data: bytes | bytearray | memoryview) -> tuple[int, int] | str:
-    """``(height, width)`` of a JPEG that nvJPEG's batched path decodes, else why the file goes to PIL.
-    Reads the markers up to the frame header only (no decoding): the format, the coding process
-    (baseline / extended sequential Huffman only), 8-bit samples, 1 or 3 components not stored as RGB
-    (Adobe transform 0) and the end-of-image marker (a truncated file)."""
+    """``(height, width)`` of a JPEG that nvJPEG's batched path decodes, else why the file goes to PIL; reads the
+    markers up to the frame header only (no decoding), and checks the end-of-image marker (a truncated file)."""
     data = memoryview(data)
     if len(data) < 4 or data[0] != 0xFF or data[1] != 0xD8:
         head = bytes(data[:8])
@@ -174,8 +172,7 @@ class EncodedViews:
                 stats["fallback"].update(reasons)
                 yield cropped
         finally:
-            fallback = sum(stats["fallback"].values())
-            if fallback:
+            if fallback := sum(stats["fallback"].values()):
                 details = ", ".join(f"{n} {reason}" for reason, n in stats["fallback"].most_common())
                 warnings.warn(f"data.decode=gpu, epoch {epoch}: {fallback} of {stats['images']} images were "
                               f"decoded with PIL on the CPU instead of on {device} ({details})", stacklevel=2)

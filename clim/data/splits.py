@@ -78,8 +78,7 @@ def stratified_holdout(labels: torch.Tensor, fraction: float, seed: int = HOLDOU
     test_index = torch.sort(torch.cat(test)).values if test else torch.empty(0, dtype=torch.long)
     in_test = torch.zeros(len(labels), dtype=torch.bool)
     in_test[test_index] = True
-    train_index = ((labels >= 0) & ~in_test).nonzero().flatten()
-    return train_index, test_index
+    return ((labels >= 0) & ~in_test).nonzero().flatten(), test_index
 
 
 class HoldoutSplit(Dataset):
