@@ -125,3 +125,17 @@ def run_python():
     def run(args, launcher: list[str] | None = None, log: Path | None = None, timeout: float = 300):
         return _run((launcher or [sys.executable]) + [str(a) for a in args], log, timeout)
     return run
+
+
+@pytest.fixture(scope="session")
+def load_script():
+    """``load_script("scripts/NAME.py")`` -> the script imported as a module (its ``main`` not run)."""
+    import importlib.util
+
+    def load(relative: str):
+        path = Path(__file__).resolve().parents[1] / relative
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    return load

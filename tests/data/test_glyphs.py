@@ -6,7 +6,6 @@ four families, enough for a family-disjoint split of a tiny dataset that builds 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -17,17 +16,13 @@ import torch
 
 from clim.data import build_dataset, glyphs, registry
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "build_glyphs.py"
 FONTS = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
 CHARS = "AGKRΓΔΘΛБДЖЯ"  # Latin, Greek, Cyrillic letters of distinct shapes
 
 
 @pytest.fixture(scope="module")
-def script():
-    spec = importlib.util.spec_from_file_location("build_glyphs", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def script(load_script):
+    return load_script("scripts/build_glyphs.py")
 
 
 def tiny_args(out: Path, *extra: str) -> list[str]:
