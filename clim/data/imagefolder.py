@@ -25,6 +25,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -47,10 +48,6 @@ _OUTSIDE = "file outside the class folders"
 _NOT_IMAGE = "not an image file extension"
 _NOT_TRAIN_CLASS = "class folder absent from the train split"
 _REPORTED: set[tuple] = set()  # what this process has said about a folder (see _log_once)
-
-
-def _is_hidden(name: str) -> bool:
-    return name.startswith(".")
 
 
 def _has_image_ext(name: str) -> bool:
@@ -80,9 +77,9 @@ def _walk(folder: Path, guard: _LinkGuard | None = None) -> Iterator[Path]:
     are followed as ``guard`` allows (by default one rooted at ``folder``: loops are cut)."""
     guard = guard or _LinkGuard(folder)
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = [d for d in sorted(dirnames) if not _is_hidden(d)
+        dirnames[:] = [d for d in sorted(dirnames) if not d.startswith(".")
                        and (not os.path.islink(os.path.join(dirpath, d)) or guard.follow(os.path.join(dirpath, d)))]
-        yield from (Path(dirpath, name) for name in sorted(filenames) if not _is_hidden(name))
+        yield from (Path(dirpath, name) for name in sorted(filenames) if not name.startswith("."))
 
 
 def _has_images(folder: Path, *covered: Path) -> bool:
@@ -91,14 +88,7 @@ def _has_images(folder: Path, *covered: Path) -> bool:
 
 
 def _children(folder: Path, dirs: bool) -> list[Path]:
-    """The non-hidden sub-folders (``dirs``) or files directly in ``folder``, sorted."""
-    return sorted(p for p in folder.iterdir() if (p.is_dir() if dirs else p.is_file()) and not _is_hidden(p.name))
-
-
-def _jpeg_ends_with_eoi(path: Path) -> bool:
-    with open(path, "rb") as f:
-        f.seek(-2, os.SEEK_END)
-        return f.read(2) == b"\xff\xd9"
+    return sorted(p for p in folder.iterdir() if (p.is_dir() if dirs else p.is_file()) and not p.name.startswith("."))
 
 
 def check_image(path: str | os.PathLike) -> str | None:
@@ -113,9 +103,13 @@ def check_image(path: str | os.PathLike) -> str | None:
         with Image.open(path) as image:
             fmt = image.format
             image.verify()
-        if fmt == "JPEG" and not _jpeg_ends_with_eoi(path):
-            with Image.open(path) as image:
-                image.load()
+        if fmt == "JPEG":
+            with open(path, "rb") as f:
+                f.seek(-2, os.SEEK_END)
+                end = f.read(2)
+            if end != b"\xff\xd9":
+                with Image.open(path) as image:
+                    image.load()
     except Exception as error:  # PIL signals bad data with many types (OSError, SyntaxError, struct.error, ...)
         return f"{type(error).__name__}: {error}"
     return None
@@ -148,23 +142,6 @@ def _split_folder(root: Path, split: str) -> tuple[Path, Path]:
         if (root / name).is_dir():
             return root / name, train
     raise FileNotFoundError(f"imagefolder: no test split: neither {root / 'val'} nor {root / 'test'} exists")
-
-
-def _classes(train_folder: Path) -> tuple[list[str], list[str]]:
-    """Class names (sorted sub-folders holding at least one image file) and the empty ones."""
-    classes, empty = [], []
-    for sub in _children(train_folder, dirs=True):
-        (classes if _has_images(sub, train_folder) else empty).append(sub.name)
-    return classes, empty
-
-
-def _verify_all(paths: list[Path], threads: int) -> list[str | None]:
-    """check_image over all paths with a thread pool (the check is file I/O bound)."""
-    reasons: list[str | None] = []
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        for lo in range(0, len(paths), _VERIFY_BATCH):
-            reasons.extend(pool.map(check_image, paths[lo:lo + _VERIFY_BATCH]))
-    return reasons
 
 
 def index_cache_dir() -> Path:
@@ -202,20 +179,6 @@ def _fingerprint(folder: Path, names: list[str]) -> str:
     return digest.hexdigest()
 
 
-def _index_file(folder: Path) -> Path:
-    return index_cache_dir() / (hashlib.sha256(os.fsencode(str(folder))).hexdigest()[:32] + ".json")
-
-
-def _read_index(index_file: Path, folder: Path, fingerprint: str) -> dict | None:
-    try:
-        index = json.loads(index_file.read_text())
-    except (OSError, ValueError):
-        return None  # absent, unreadable or half-written: verify again
-    current = isinstance(index, dict) and (index.get("version"), index.get("folder"), index.get("fingerprint")) == (
-        _INDEX_VERSION, str(folder), fingerprint)
-    return index if current else None
-
-
 def _write_index(index_file: Path, index: dict) -> str | None:
     """Atomic write (several ranks may scan at once); the reason on failure (a read-only home)."""
     try:
@@ -234,9 +197,13 @@ def _verify_with_index(folder: Path, paths: list[Path], threads: int) -> list[st
     names = _relative(folder, paths)
     fingerprint = _fingerprint(folder, names)
     key = folder.resolve()
-    index_file = _index_file(key)
-    index = _read_index(index_file, key, fingerprint)
-    if index is not None:
+    index_file = index_cache_dir() / (hashlib.sha256(os.fsencode(str(key))).hexdigest()[:32] + ".json")
+    try:
+        index = json.loads(index_file.read_text())
+    except (OSError, ValueError):
+        index = None  # absent, unreadable or half-written: verify again
+    if isinstance(index, dict) and (index.get("version"), index.get("folder"), index.get("fingerprint")) == (
+            _INDEX_VERSION, str(key), fingerprint):
         rejected = dict(index["rejected"])
         reasons = [rejected.get(name) for name in names]
         recheck = [i for i, reason in enumerate(reasons) if reason is not None]
@@ -247,7 +214,9 @@ def _verify_with_index(folder: Path, paths: list[Path], threads: int) -> list[st
                    f"{len(recheck)}; index {index_file})")
     else:
         started = time.perf_counter()
-        reasons = _verify_all(paths, threads)
+        with ThreadPoolExecutor(max_workers=threads) as pool:  # check_image is file I/O bound
+            reasons = list(chain.from_iterable(pool.map(check_image, paths[lo:lo + _VERIFY_BATCH])
+                                               for lo in range(0, len(paths), _VERIFY_BATCH)))
         rejected = [[name, reason] for name, reason in zip(names, reasons) if reason is not None]
         failed = _write_index(index_file, {
             "version": _INDEX_VERSION, "folder": str(key), "fingerprint": fingerprint, "files": len(paths),
@@ -269,7 +238,8 @@ def scan_image_folder(root: str | os.PathLike, split: str = "pretrain", verify: 
     if not root.is_dir():
         raise FileNotFoundError(f"imagefolder root not found: {root}")
     folder, train_folder = _split_folder(root, split)
-    classes, empty = _classes(train_folder)
+    has_images = {sub.name: _has_images(sub, train_folder) for sub in _children(train_folder, dirs=True)}
+    classes = [name for name, has in has_images.items() if has]  # sorted; a folder without images is no class
     skipped: list[tuple[str, str]] = []
     candidates: list[tuple[Path, int]] = []
 
@@ -301,7 +271,7 @@ def scan_image_folder(root: str | os.PathLike, split: str = "pretrain", verify: 
                                 + (f" ({len(skipped)} files skipped, e.g. {skipped[0]})" if skipped else ""))
 
     scan = ImageFolderScan(folder, _relative(folder, [p for p, _ in images]), [y for _, y in images], classes or None,
-                           skipped, empty, guard.skipped)
+                           skipped, [name for name, has in has_images.items() if not has], guard.skipped)
     _report_skipped(scan)
     return scan
 
@@ -309,29 +279,24 @@ def scan_image_folder(root: str | os.PathLike, split: str = "pretrain", verify: 
 def _report_skipped(scan: ImageFolderScan) -> None:
     """One line that counts what the scan left out (the counts add up to the files found), then the
     first ``_LISTED`` paths; said once per process for the same folder and result."""
-    if not scan.skipped and not scan.empty_classes and not scan.skipped_links:
-        return
     files = [(path, reason) for path, reason in scan.skipped if reason != _NOT_TRAIN_CLASS]
-    folders = [path for path, reason in scan.skipped if reason == _NOT_TRAIN_CLASS]
-    parts = []
-    if files:
-        kinds = Counter(reason if reason in (_OUTSIDE, _NOT_IMAGE) else "unreadable" for _, reason in files)
-        counts = ", ".join(f"{kinds[kind]} {label}" for kind, label in (
-            ("unreadable", "unreadable images"), (_NOT_IMAGE, "without an image extension"),
-            (_OUTSIDE, "outside the class folders")) if kinds[kind])
-        parts.append(f"skipped {len(files)} of {len(scan.files) + len(files)} files ({counts})")
-    if folders:
-        parts.append(f"skipped {len(folders)} class folder(s) absent from the train split: "
-                     + ", ".join(Path(path).name for path in folders))
-    if scan.empty_classes:
-        parts.append(f"ignored {len(scan.empty_classes)} class folder(s) without images: "
-                     + ", ".join(scan.empty_classes))
-    if scan.skipped_links:
-        links = [f"{os.path.relpath(link, scan.folder)} -> {real}" for link, real in scan.skipped_links[:_LISTED]]
-        more = len(scan.skipped_links) - len(links)
-        parts.append(f"did not follow {len(scan.skipped_links)} symlinked folder(s) whose files are listed once "
-                     "already (a loop, or a second way into a scanned folder): " + ", ".join(links)
-                     + (f" and {more} more" if more else ""))
+    folders = [Path(path).name for path, reason in scan.skipped if reason == _NOT_TRAIN_CLASS]
+    kinds = Counter(reason if reason in (_OUTSIDE, _NOT_IMAGE) else "unreadable" for _, reason in files)
+    counts = ", ".join(f"{kinds[kind]} {label}" for kind, label in (
+        ("unreadable", "unreadable images"), (_NOT_IMAGE, "without an image extension"),
+        (_OUTSIDE, "outside the class folders")) if kinds[kind])
+    links = [f"{os.path.relpath(link, scan.folder)} -> {real}" for link, real in scan.skipped_links[:_LISTED]]
+    more = len(scan.skipped_links) - len(links)
+    parts = [part for found, part in (
+        (files, f"skipped {len(files)} of {len(scan.files) + len(files)} files ({counts})"),
+        (folders, f"skipped {len(folders)} class folder(s) absent from the train split: {', '.join(folders)}"),
+        (scan.empty_classes, f"ignored {len(scan.empty_classes)} class folder(s) without images: "
+                             f"{', '.join(scan.empty_classes)}"),
+        (links, f"did not follow {len(scan.skipped_links)} symlinked folder(s) whose files are listed once already "
+                f"(a loop, or a second way into a scanned folder): {', '.join(links)}"
+                + (f" and {more} more" if more else ""))) if found]
+    if not parts:
+        return
     advice = ("Repair or remove them to use them (or to silence this)" if files or folders or scan.empty_classes
               else "Remove those links to silence this")
     lines = [f"imagefolder {scan.folder}: using {len(scan.files)} images; " + "; ".join(parts)
@@ -364,11 +329,6 @@ class ImageFolderDataset(Dataset):
     def path(self, index: int) -> Path:
         return self.root / os.fsdecode(self._files[index])
 
-    def _load(self, index: int) -> Image.Image:
-        with Image.open(self.path(index)) as image:
-            image.load()
-            return ensure_mode(image, self.info.in_channels)
-
     def __getitem__(self, index):
         """A file that fails to decode (it passed the scan, or changed since) is replaced by the next decodable
         one, so one bad file cannot stop training. The index and label stay those of ``index``: index-keyed tables
@@ -378,7 +338,9 @@ class ImageFolderDataset(Dataset):
         for step in range(min(_FALLBACK_TRIES, len(self))):
             candidate = (index + step) % len(self)
             try:
-                image = self._load(candidate)
+                with Image.open(self.path(candidate)) as image:
+                    image.load()
+                    image = ensure_mode(image, self.info.in_channels)
                 break
             except Exception as error:  # any decoding failure; see check_image
                 if not self._warned_decode:
