@@ -59,20 +59,13 @@ _FMNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")
                  "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 
 
-def _fmnist_info(name: str) -> DatasetInfo:
-    return DatasetInfo(name, 10, 1, 28, (0.2860,), (0.3530,))
-
-
-def _find_idx(folder: Path, stem: str) -> Path | None:
-    return next((folder / name for name in (stem, stem + ".gz") if (folder / name).is_file()), None)
-
-
-def _find_fmnist(folders: list[Path], split: str) -> tuple[Path, Path] | None:
-    """The (images, labels) idx files of a split, both from the same folder, or None."""
+def _find_fmnist(folders: list[Path], split: str) -> list[Path] | None:
+    """The (images, labels) idx files of a split, plain or .gz, both from the same folder, or None."""
     for folder in folders:
-        found = [_find_idx(folder, stem) for stem in _FMNIST_FILES[split]]
+        found = [next((folder / name for name in (stem, stem + ".gz") if (folder / name).is_file()), None)
+                 for stem in _FMNIST_FILES[split]]
         if all(found):
-            return found[0], found[1]
+            return found
     return None
 
 
@@ -85,10 +78,9 @@ def _download_fashion_mnist(cache: Path) -> Path:
     return cache / "FashionMNIST" / "raw"
 
 
-def _build_fmnist(req: _Request) -> ArrayDataset:
+def _fmnist_files(req: _Request, split: str) -> list[Path]:
     base = req.root or FMNIST_ROOT
     folders = [base, base / "FashionMNIST" / "raw", CACHE_DIR / "FashionMNIST" / "raw"]
-    split = "test" if req.split == "test" else "train"
     files = _find_fmnist(folders, split)
     if files is None:
         try:
@@ -103,22 +95,20 @@ def _build_fmnist(req: _Request) -> ArrayDataset:
             ) from error
         if files is None:
             raise FileNotFoundError(f"fmnist: download into {CACHE_DIR} did not produce the idx files")
-    images, labels = read_idx(files[0]), read_idx(files[1])
-    return ArrayDataset(images[:, None], labels.astype(np.int64), _fmnist_info("fmnist"), req.transform,
-                        FMNIST_CLASSES)
+    return files
 
 
-def _build_fmnist_mini(req: _Request) -> ArrayDataset:
-    """The embedded subset (10,000 train + 2,000 test, stratified); ``root`` is ignored."""
-    prefix = "test" if req.split == "test" else "train"
-    with np.load(FMNIST_MINI) as data:
-        images, labels = data[f"{prefix}_images"], data[f"{prefix}_labels"]
-    return ArrayDataset(images[:, None], labels.astype(np.int64), _fmnist_info("fmnist-mini"), req.transform,
-                        FMNIST_CLASSES)
-
-
-# Mean / std of all 1,797 images after scaling 0..16 -> 0..255 (fixed, so both splits agree).
-_DIGITS_MEAN, _DIGITS_STD = (0.3053,), (0.3759,)
+def _build_fmnist(req: _Request) -> ArrayDataset:
+    """fmnist from its idx files; fmnist-mini from the embedded subset (10,000 train + 2,000 test, stratified;
+    ``root`` is ignored)."""
+    split = "test" if req.split == "test" else "train"
+    if req.name == "fmnist-mini":
+        with np.load(FMNIST_MINI) as data:
+            images, labels = data[f"{split}_images"], data[f"{split}_labels"]
+    else:
+        images, labels = map(read_idx, _fmnist_files(req, split))
+    info = DatasetInfo(req.name, 10, 1, 28, (0.2860,), (0.3530,))
+    return ArrayDataset(images[:, None], labels.astype(np.int64), info, req.transform, FMNIST_CLASSES)
 
 
 def _build_digits(req: _Request) -> ArrayDataset:
@@ -131,7 +121,8 @@ def _build_digits(req: _Request) -> ArrayDataset:
     train_idx, test_idx = train_test_split(np.arange(len(images)), test_size=0.2, stratify=digits.target,
                                            random_state=0)
     idx = np.sort(test_idx if req.split == "test" else train_idx)
-    info = DatasetInfo("digits", 10, 1, 8, _DIGITS_MEAN, _DIGITS_STD)
+    # mean / std of all 1,797 images after scaling 0..16 -> 0..255 (fixed, so both splits agree)
+    info = DatasetInfo("digits", 10, 1, 8, (0.3053,), (0.3759,))
     return ArrayDataset(images[idx], digits.target[idx].astype(np.int64), info, req.transform,
                         [str(d) for d in range(10)])
 
@@ -144,17 +135,14 @@ class _CifarSpec:
     label_key: str
     meta: tuple[str, str]  # (file, key of the class names)
     info: DatasetInfo
-    torchvision_class: str
 
 
 _CIFAR = {
     "cifar10": _CifarSpec("cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)), ("test_batch",),
                           "labels", ("batches.meta", "label_names"),
-                          DatasetInfo("cifar10", 10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-                          "CIFAR10"),
+                          DatasetInfo("cifar10", 10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))),
     "cifar100": _CifarSpec("cifar-100-python", ("train",), ("test",), "fine_labels", ("meta", "fine_label_names"),
-                           DatasetInfo("cifar100", 100, 3, 32, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-                           "CIFAR100"),
+                           DatasetInfo("cifar100", 100, 3, 32, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))),
 }
 
 
@@ -180,12 +168,9 @@ def _torchvision_folder(req: _Request, name: str, needed: Sequence[str], torchvi
 def _build_cifar(req: _Request) -> ArrayDataset:
     spec = _CIFAR[req.name]
     files = spec.test if req.split == "test" else spec.train
-    folder = _torchvision_folder(req, spec.folder, files, spec.torchvision_class, " (python pickles)")
+    folder = _torchvision_folder(req, spec.folder, files, req.name.upper(), " (python pickles)")  # CIFAR10 / 100
     images, labels = read_cifar_batches(folder, files, spec.label_key)
     return ArrayDataset(images, labels, spec.info, req.transform, read_cifar_meta(folder / spec.meta[0], spec.meta[1]))
-
-
-_STL10_INFO = DatasetInfo("stl10", 10, 3, 96, (0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713))
 
 
 def _build_stl10(req: _Request) -> ArrayDataset:
@@ -201,7 +186,8 @@ def _build_stl10(req: _Request) -> ArrayDataset:
     labels[:len(known)] = known
     names_file = folder / "class_names.txt"
     classes = names_file.read_text().split() if names_file.is_file() else None
-    return ArrayDataset(images, labels, _STL10_INFO, req.transform, classes)
+    info = DatasetInfo("stl10", 10, 3, 96, (0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713))
+    return ArrayDataset(images, labels, info, req.transform, classes)
 
 
 def _build_glyphs(req: _Request) -> ArrayDataset:
@@ -227,7 +213,7 @@ def _build_imagefolder(req: _Request) -> ImageFolderDataset:
 
 BUILDERS: dict[str, Callable[[_Request], object]] = {
     "fmnist": _build_fmnist,
-    "fmnist-mini": _build_fmnist_mini,
+    "fmnist-mini": _build_fmnist,
     "digits": _build_digits,
     "cifar10": _build_cifar,
     "cifar100": _build_cifar,
