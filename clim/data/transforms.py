@@ -17,8 +17,8 @@ from torchvision.transforms import functional as TF
 
 from clim.data.batch_augment import BLUR_REFERENCE_SIZE, blur_kernel_size
 
-__all__ = ["MultiViewTransform", "blur_kernel_size", "blur_sigma_pixels", "ensure_mode", "eval_transform",
-           "eval_transform_for", "moco_v2_transform"]
+__all__ = ["MultiViewTransform", "blur_kernel_size", "ensure_mode", "eval_transform", "eval_transform_for",
+           "moco_v2_transform"]
 
 _SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
 _ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
@@ -73,12 +73,6 @@ class _ToMode:
         return f"{type(self).__name__}(in_channels={self.in_channels})"
 
 
-def blur_sigma_pixels(image_size: int, blur_sigma: Sequence[float] = (0.1, 2.0)) -> tuple[float, float]:
-    """The σ range in pixels of an ``image_size`` view: METHOD's [0.1, 2.0] is meant for 224 pixels."""
-    scale = image_size / BLUR_REFERENCE_SIZE
-    return (blur_sigma[0] * scale, blur_sigma[1] * scale)
-
-
 def _normalize(mean: Sequence[float], std: Sequence[float], in_channels: int) -> T.Normalize:
     if len(mean) != in_channels or len(std) != in_channels:
         raise ValueError(f"mean/std need {in_channels} values, got {len(mean)} and {len(std)}")
@@ -99,6 +93,7 @@ def moco_v2_transform(image_size: int, mean: Sequence[float], std: Sequence[floa
     brightness, contrast, saturation, hue = jitter
     if in_channels == 1:
         saturation, hue = 0.0, 0.0
+    sigma = tuple(s * (image_size / BLUR_REFERENCE_SIZE) for s in blur_sigma)  # in pixels of this view
     steps: list[Callable] = [
         _ToMode(in_channels),
         T.RandomResizedCrop(image_size, scale=tuple(crop_scale), ratio=(3 / 4, 4 / 3)),
@@ -107,8 +102,7 @@ def moco_v2_transform(image_size: int, mean: Sequence[float], std: Sequence[floa
     if in_channels == 3:
         steps.append(T.RandomGrayscale(p=grayscale_p))
     steps += [
-        T.RandomApply([T.GaussianBlur(blur_kernel_size(image_size), sigma=blur_sigma_pixels(image_size, blur_sigma))],
-                      p=blur_p),
+        T.RandomApply([T.GaussianBlur(blur_kernel_size(image_size), sigma=sigma)], p=blur_p),
         T.RandomHorizontalFlip(p=flip_p),
         T.ToTensor(),
         _normalize(mean, std, in_channels),
