@@ -274,13 +274,9 @@ def decode_and_crop(batch: dict, device: torch.device | str, size: int, small_si
     return cropped, reasons
 
 
+@cache
 def cuda_decode_problem(device: torch.device | str) -> str | None:
     """None if torchvision decodes JPEGs on ``device`` (a tiny JPEG is decoded once per device), else why not."""
-    return _decode_problem(str(torch.device(device)))
-
-
-@cache
-def _decode_problem(device: str) -> str | None:
     try:
         from torchvision.io import decode_jpeg
 

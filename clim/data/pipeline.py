@@ -53,13 +53,11 @@ def resolve_decode(loader: LoaderSpec, dataset, device: torch.device | str) -> s
     if loader.decode == "cpu":
         return "cpu"
     augment = resolve_augment(loader.augment, dataset, device)
-    needs = []
-    if augment != "device":
-        needs.append(f"data.augment=device (it is {loader.augment} -> {augment})")
-    if not (callable(getattr(dataset, "path", None)) and not hasattr(dataset, "images")):
-        needs.append(f"a dataset read from image files ('{loader.dataset}' is not)")
-    if device.type != "cuda":
-        needs.append(f"a CUDA device (training runs on {device})")
+    needs = [need for need, missing in (
+        (f"data.augment=device (it is {loader.augment} -> {augment})", augment != "device"),
+        (f"a dataset read from image files ('{loader.dataset}' is not)",
+         not callable(getattr(dataset, "path", None)) or hasattr(dataset, "images")),
+        (f"a CUDA device (training runs on {device})", device.type != "cuda")) if missing]
     if not needs and (problem := cuda_decode_problem(device)):
         needs.append(f"torchvision decoding on {device} ({problem})")
     if not needs:
