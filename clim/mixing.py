@@ -1,9 +1,5 @@
 """Public home of the mixing functions (METHOD §3): ``from clim.mixing import cutmix, mixup``.
-
-The code lives in :mod:`clim.method.mixing`; this module only re-exports its public names for users
-(the layers contract in pyproject.toml keeps it at the top: code inside ``clim`` imports
-:mod:`clim.method.mixing`).
-"""
+Re-exports :mod:`clim.method.mixing`, which code inside ``clim`` imports (pyproject.toml's layers: this is on top)."""
 
 from clim.method.mixing import CUTMIX_ALPHA, MIXUP_ALPHA, cutmix, cutmix_boxes, mixup, sample_beta
 
