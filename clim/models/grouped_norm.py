@@ -15,6 +15,7 @@ activation's mean is large against its spread; benchmarks/op_count.py prints bot
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 from typing import NamedTuple
 
@@ -181,7 +182,7 @@ def _apply_running_stats(updates: list) -> None:
         with _no_autocast(device):  # CUDA autocast runs mv in bf16 / fp16 (the in-place addmv_ it replaces
             # was never cast): running statistics stay float32
             target = torch.mv(stats.t().to(dtype), _chunk_weights(chunks, groups, momentum, batch[0].running_mean))
-        target.mul_(_value_factors(batch, dtype, device))
+        target.mul_(_value_factors(tuple((u.running_mean.shape[0], u.unbias) for u in batch), dtype, device))
         buffers = [buffer for u in batch for buffer in (u.running_mean, u.running_var)]
         torch._foreach_mul_(buffers, (1.0 - momentum) ** chunks)
         torch._foreach_add_(buffers, list(target.split([b.shape[0] for b in buffers])))
@@ -192,16 +193,10 @@ def _no_autocast(device: torch.device):
     return torch.autocast(device.type, enabled=False) if available(device.type) else contextlib.nullcontext()
 
 
-_FACTORS: dict[tuple, torch.Tensor] = {}
-
-
-def _value_factors(batch: list[_Update], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """1 per mean, n/(n−1) per variance, in :func:`_apply_running_stats`' order; cached per layer shapes."""
-    key = (tuple((u.running_mean.shape[0], u.unbias) for u in batch), dtype, device)
-    if key not in _FACTORS:
-        _FACTORS[key] = torch.cat([torch.full((c,), value, dtype=dtype) for c, unbias in key[0]
-                                   for value in (1.0, unbias)]).to(device)
-    return _FACTORS[key]
+@functools.cache
+def _value_factors(layers: tuple[tuple[int, float], ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """1 per mean, n/(n−1) per variance of each ``(channels, n/(n−1))``, in :func:`_apply_running_stats`' order."""
+    return torch.cat([torch.full((c,), value, dtype=dtype) for c, unbias in layers for value in (1, unbias)]).to(device)
 
 
 def grouped_batch_norm(x: torch.Tensor, bn: nn.BatchNorm2d, groups: int, chunks: int = 1,

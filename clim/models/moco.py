@@ -30,15 +30,12 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
     batch is ``chunks`` same-sized batches concatenated, each normalised exactly as if alone (own
     groups; running statistics updated once per chunk, in order).
 
-    Two implementations of the same normalisation, chosen by memory layout so that neither copies
-    an activation into another layout: an NCHW-contiguous input with one chunk is viewed as
-    ``[N/s, s·C, H, W]`` (free) through one ``F.batch_norm`` call (fastest on CPU; on CUDA the
-    ``train.channels_last=false`` variant); otherwise (channels-last on a GPU, or several chunks)
-    :func:`~clim.models.grouped_norm.grouped_batch_norm`, one autograd op that keeps the layout,
-    statistics and affine map in float32. ``reuse_input`` lets that path write its output over its
-    input (one activation-sized allocation less per layer): only for inputs nothing else reads,
-    such as the convolution outputs every BN of a torchvision ResNet normalises (``MoCo``'s).
-    """
+    Two implementations, chosen by memory layout so that neither copies an activation: an NCHW input with
+    one chunk goes through one ``F.batch_norm`` on the free ``[N/s, s·C, H, W]`` view (fastest on CPU; on
+    CUDA with ``train.channels_last=false``); otherwise (channels-last, or several chunks) through
+    :func:`~clim.models.grouped_norm.grouped_batch_norm`, one autograd op in float32 that keeps the layout.
+    ``reuse_input`` lets it write its output over its input (one activation-sized allocation less per layer):
+    only for inputs nothing else reads, such as the conv outputs every BN of a torchvision ResNet normalises."""
 
     def __init__(self, num_features: int, num_splits: int = 1, reuse_input: bool = False, **kwargs):
         super().__init__(num_features, **kwargs)
@@ -49,7 +46,8 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return super().forward(x)
-        splits = _largest_divisor(x.shape[0] // self.chunks, self.num_splits)
+        per_chunk = x.shape[0] // self.chunks
+        splits = next(d for d in range(min(per_chunk, self.num_splits), 0, -1) if per_chunk % d == 0)
         if self.chunks > 1 or (splits > 1 and not x.is_contiguous()):
             return grouped_batch_norm(x, self, splits, self.chunks, self.reuse_input)
         if splits == 1:
@@ -65,10 +63,6 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
         return out.view(n, c, h, w)
 
 
-def _largest_divisor(n: int, at_most: int) -> int:
-    return next(d for d in range(min(n, at_most), 0, -1) if n % d == 0)
-
-
 def _use_split_bn(module: nn.Module, reuse_input: bool = False) -> nn.Module:
     """Every BatchNorm2d of ``module`` replaced by a SplitBatchNorm2d of the same state (and ``reuse_input``)."""
     for name, child in module.named_children():
@@ -82,23 +76,19 @@ def _use_split_bn(module: nn.Module, reuse_input: bool = False) -> nn.Module:
     return module
 
 
-def projection_head(in_dim: int, out_dim: int) -> nn.Sequential:
-    """MoCo v2 MLP head: Linear(D, D) -> ReLU -> Linear(D, out_dim) (METHOD §1)."""
-    return nn.Sequential(nn.Linear(in_dim, in_dim), nn.ReLU(inplace=True), nn.Linear(in_dim, out_dim))
-
-
 class MoCo(nn.Module):
     def __init__(self, backbone: str = "resnet18", in_channels: int = 3, small_stem: bool = False,
                  head_dim: int = 128, queue_size: int = 65536, momentum: float = 0.999,
                  bn_splits: int = 8):
         super().__init__()
-        net, feature_dim = build_backbone(backbone, in_channels, small_stem)
-        # every BN of a torchvision ResNet reads a convolution's output that nothing else reads
-        self.encoder_q = nn.Sequential(_use_split_bn(net, reuse_input=True), projection_head(feature_dim, head_dim))
+        net, dim = build_backbone(backbone, in_channels, small_stem)
+        head = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(inplace=True), nn.Linear(dim, head_dim))
+        # MoCo v2's MLP head (METHOD §1); every BN of a torchvision ResNet reads a conv output nothing else reads
+        self.encoder_q = nn.Sequential(_use_split_bn(net, reuse_input=True), head)
         self.encoder_k = copy.deepcopy(self.encoder_q)
         for param in self.encoder_k.parameters():
             param.requires_grad_(False)
-        self.momentum, self.feature_dim = momentum, feature_dim
+        self.momentum, self.feature_dim = momentum, dim
         self.batch_views = False  # encode_queries / encode_keys: one pass for same-shaped views (CUDA default)
         self.set_bn_splits(bn_splits)
         self.register_buffer("queue", F.normalize(torch.randn(queue_size, head_dim), dim=1))
@@ -162,21 +152,16 @@ class MoCo(nn.Module):
         """Key embeddings with shuffled BN groups: across ranks under DDP (MoCo's shuffle-BN),
         within the batch on one device, so query and key never share BN statistics."""
         if distributed.world_size() > 1:
-            return self._encode_key_shuffled_across_ranks(images)
+            local, ranks, rank = images.shape[0], distributed.world_size(), distributed.rank()
+            everything = distributed.all_gather_cat(images)
+            order = distributed.broadcast(torch.randperm(everything.shape[0], device=images.device))
+            with deferred_running_stats():
+                keys = F.normalize(self.encoder_k(everything[order.view(ranks, local)[rank]]), dim=1)
+            return distributed.all_gather_cat(keys)[torch.argsort(order)].view(ranks, local, -1)[rank]
         order = torch.randperm(images.shape[0], device=images.device)
         with deferred_running_stats():
             keys = F.normalize(self.encoder_k(images[order]), dim=1)
         return keys[torch.argsort(order)]
-
-    def _encode_key_shuffled_across_ranks(self, images: torch.Tensor) -> torch.Tensor:
-        local = images.shape[0]
-        everything = distributed.all_gather_cat(images)
-        order = distributed.broadcast(torch.randperm(everything.shape[0], device=images.device))
-        mine = order.view(distributed.world_size(), local)[distributed.rank()]
-        with deferred_running_stats():
-            keys = F.normalize(self.encoder_k(everything[mine]), dim=1)
-        gathered = distributed.all_gather_cat(keys)
-        return gathered[torch.argsort(order)].view(distributed.world_size(), local, -1)[distributed.rank()]
 
     @torch.no_grad()
     def momentum_update(self) -> None:

@@ -133,7 +133,13 @@ def load(path: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} is not a file")
-    _check_format(path)
+    with open(path, "rb") as handle:  # torch.save writes a zip archive (PK) or, in the legacy format, a pickle (0x80)
+        head = handle.read(512)
+    if not head:
+        raise CheckpointError(f"{path} is not a readable checkpoint (empty: 0 bytes)")
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+        kind = "a text file" if _is_text(head) else "not a PyTorch file"
+        raise CheckpointError(f"{path} is not a readable checkpoint ({kind}, not written by torch.save)")
     import torch
 
     try:
@@ -156,28 +162,13 @@ def load(path: str | Path) -> dict[str, Any]:
     return state
 
 
-def _check_format(path: Path) -> None:
-    """A torch.save file starts as a zip archive (``PK``) or, in the legacy format, a pickle (0x80)."""
-    with open(path, "rb") as handle:
-        head = handle.read(512)
-    if not head:
-        raise CheckpointError(f"{path} is not a readable checkpoint (empty: 0 bytes)")
-    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
-        return
-    kind = "a text file" if _is_text(head) else "not a PyTorch file"
-    raise CheckpointError(f"{path} is not a readable checkpoint ({kind}, not written by torch.save)")
-
-
 def _is_text(head: bytes) -> bool:
-    if b"\x00" in head:
-        return False
-    for cut in range(4):  # the 512-byte window may end inside a multi-byte character
-        try:
-            head[: len(head) - cut].decode("utf-8")
-            return True
-        except UnicodeDecodeError:
-            continue
-    return False
+    """No NUL byte, and UTF-8 up to the last 3 bytes at most (the window may end inside a multi-byte character)."""
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return b"\x00" not in head and error.start >= len(head) - 3
+    return b"\x00" not in head
 
 
 def load_trainer_checkpoint(path: str | Path) -> tuple[Path, dict[str, Any]]:

@@ -113,13 +113,6 @@ def broadcast(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
     return tensor
 
 
-def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
-    if world_size() > 1:
-        dist.all_reduce(tensor)
-        tensor /= world_size()
-    return tensor
-
-
 def any_rank(flag: bool) -> bool:
     """True on every rank when ``flag`` is true on at least one (e.g. a non-finite loss)."""
     if world_size() == 1:
@@ -155,7 +148,8 @@ def average_gradients(parameters) -> None:
     for dtype in {g.dtype for g in grads}:
         group = [g for g in grads if g.dtype == dtype]
         flat = torch.cat([g.reshape(-1) for g in group])
-        all_reduce_mean(flat)
+        dist.all_reduce(flat)
+        flat /= world_size()
         offset = 0
         for g in group:
             g.copy_(flat[offset: offset + g.numel()].view_as(g))

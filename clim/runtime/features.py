@@ -37,10 +37,11 @@ def extract_features(module: nn.Module, dataset: Dataset, batch_size: int = 256,
     feats, labels = [], []
     try:
         for batch in loader:
-            images, targets = _images_and_labels(batch)
+            images, *rest = (batch,) if isinstance(batch, torch.Tensor) else batch
             out = module(images.to(device, non_blocking=True))
             feats.append(out.float().flatten(1).cpu())
-            labels.append(torch.as_tensor(targets, dtype=torch.long))
+            labels.append(torch.as_tensor(rest[-1], dtype=torch.long) if rest else
+                          torch.full((images.shape[0],), -1, dtype=torch.long))
             bar.update()
     finally:
         bar.close()
@@ -48,14 +49,6 @@ def extract_features(module: nn.Module, dataset: Dataset, batch_size: int = 256,
     if not feats:
         raise ValueError("cannot extract features from an empty dataset")
     return torch.cat(feats), torch.cat(labels)
-
-
-def _images_and_labels(batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """A collated batch of any item format of :func:`extract_features`: (images, labels)."""
-    if isinstance(batch, torch.Tensor):
-        batch = (batch,)
-    images = batch[0]
-    return images, batch[-1] if len(batch) > 1 else torch.full((images.shape[0],), -1, dtype=torch.long)
 
 
 _MAX_SIMILARITIES = 1 << 28  # floats per chunk (1 GiB in float32)
