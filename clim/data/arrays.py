@@ -36,10 +36,7 @@ class ArrayDataset(Dataset):
             raise ValueError(f"labels shape {tuple(labels.shape)} does not match {images.shape[0]} images")
         if images.shape[1] != info.in_channels:
             raise ValueError(f"{info.name}: images have {images.shape[1]} channels, info says {info.in_channels}")
-        self.images = images.contiguous()
-        self.labels = labels
-        self.info = info
-        self.transform = transform
+        self.images, self.labels, self.info, self.transform = images.contiguous(), labels, info, transform
         self.classes = list(classes) if classes is not None else None
 
     def __len__(self) -> int:

@@ -48,9 +48,7 @@ def _checked(images_uint8: Tensor) -> Tensor:
 
 def _draw_device(generator: torch.Generator | None, device: torch.device | str | None) -> torch.device:
     """Random numbers must be drawn where the generator lives (a CPU generator may serve CUDA images)."""
-    if generator is not None:
-        return generator.device
-    return torch.device(device) if device is not None else torch.device("cpu")
+    return generator.device if generator is not None else torch.device(device if device is not None else "cpu")
 
 
 def _uniform(shape: tuple[int, ...], low: float, high: float, generator, device) -> Tensor:
@@ -82,12 +80,10 @@ def random_resized_crop_params(batch_size: int, height: int, width: int, scale: 
     heights = torch.round(torch.sqrt(target_area / aspect))
     fits = (widths > 0) & (widths <= width) & (heights > 0) & (heights <= height)
     first_fit = fits.to(torch.uint8).argmax(dim=1, keepdim=True)  # argmax returns the first maximum
-    w = widths.gather(1, first_fit).squeeze(1)
-    h = heights.gather(1, first_fit).squeeze(1)
     fallback_w, fallback_h = fallback_crop_size(height, width, ratio)
     found = fits.any(dim=1)
-    w = torch.where(found, w, float(fallback_w))
-    h = torch.where(found, h, float(fallback_h))
+    w = torch.where(found, widths.gather(1, first_fit).squeeze(1), float(fallback_w))
+    h = torch.where(found, heights.gather(1, first_fit).squeeze(1), float(fallback_h))
 
     offsets = torch.rand((batch_size, 2), generator=generator, device=draw)
     x0 = torch.minimum(torch.floor(offsets[:, 0] * (width - w + 1)), width - w)
@@ -259,18 +255,12 @@ class MoCoV2BatchAugment(nn.Module):
         brightness, contrast, saturation, hue = jitter
         if not 0 <= hue <= 0.5:
             raise ValueError(f"hue jitter must be in [0, 0.5], got {hue}")
-        self.out_size = out_size
-        self.crop_scale = tuple(crop_scale)
-        self.ratio = tuple(ratio)
+        self.out_size, self.crop_scale, self.ratio = out_size, tuple(crop_scale), tuple(ratio)
         self.jitter_low = tuple(max(0.0, 1 - s) for s in (brightness, contrast, saturation)) + (-hue,)
         self.jitter_high = tuple(1 + s for s in (brightness, contrast, saturation)) + (hue,)
-        self.jitter_p = jitter_p
-        self.grayscale_p = grayscale_p
-        self.blur_p = blur_p
-        self.blur_sigma = tuple(blur_sigma)
-        self.blur_sigma_scale = out_size / BLUR_REFERENCE_SIZE
+        self.jitter_p, self.grayscale_p, self.blur_p, self.flip_p = jitter_p, grayscale_p, blur_p, flip_p
+        self.blur_sigma, self.blur_sigma_scale = tuple(blur_sigma), out_size / BLUR_REFERENCE_SIZE
         self.blur_kernel_size = blur_kernel_size(out_size)
-        self.flip_p = flip_p
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32), persistent=False)
         self.register_buffer("jitter_range", torch.tensor([self.jitter_low, self.jitter_high]), persistent=False)

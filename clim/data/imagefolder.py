@@ -145,7 +145,6 @@ def _split_folder(root: Path, split: str) -> tuple[Path, Path]:
 
 
 def index_cache_dir() -> Path:
-    """Where verification indexes are kept: ``$CLIM_CACHE/index``, else ``~/.cache/clim/index``."""
     base = os.environ.get("CLIM_CACHE")
     return (Path(base).expanduser() if base else Path.home() / ".cache" / "clim") / "index"
 
@@ -179,18 +178,6 @@ def _fingerprint(folder: Path, names: list[str]) -> str:
     return digest.hexdigest()
 
 
-def _write_index(index_file: Path, index: dict) -> str | None:
-    """Atomic write (several ranks may scan at once); the reason on failure (a read-only home)."""
-    try:
-        index_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = index_file.with_name(f"{index_file.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(index))
-        os.replace(tmp, index_file)
-    except OSError as error:
-        return f"{type(error).__name__}: {error}"
-    return None
-
-
 def _verify_with_index(folder: Path, paths: list[Path], threads: int) -> list[str | None]:
     """check_image's verdict for every path (all under ``folder``), from the folder's cached index when
     its fingerprint matches, else by checking every file (and caching the verdicts)."""
@@ -218,12 +205,18 @@ def _verify_with_index(folder: Path, paths: list[Path], threads: int) -> list[st
             reasons = list(chain.from_iterable(pool.map(check_image, paths[lo:lo + _VERIFY_BATCH])
                                                for lo in range(0, len(paths), _VERIFY_BATCH)))
         rejected = [[name, reason] for name, reason in zip(names, reasons) if reason is not None]
-        failed = _write_index(index_file, {
-            "version": _INDEX_VERSION, "folder": str(key), "fingerprint": fingerprint, "files": len(paths),
-            "created": time.strftime("%Y-%m-%d %H:%M:%S"), "rejected": rejected})
+        try:  # an atomic write: several ranks may scan at once
+            index_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = index_file.with_name(f"{index_file.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({
+                "version": _INDEX_VERSION, "folder": str(key), "fingerprint": fingerprint, "files": len(paths),
+                "created": time.strftime("%Y-%m-%d %H:%M:%S"), "rejected": rejected}))
+            os.replace(tmp, index_file)
+            cached = f"cached in {index_file}"
+        except OSError as error:  # a read-only home
+            cached = f"not cached ({type(error).__name__}: {error})"
         message = (f"dataset index: checked {len(paths)} image files in {time.perf_counter() - started:.1f} s "
-                   f"({key}, {len(rejected)} unreadable); "
-                   + (f"not cached ({failed})" if failed else f"cached in {index_file}"))
+                   f"({key}, {len(rejected)} unreadable); {cached}")
     _log_once(("index", str(key), fingerprint), message)
     return reasons
 
@@ -314,13 +307,10 @@ class ImageFolderDataset(Dataset):
     process would otherwise copy every string page as reference counts change."""
 
     def __init__(self, scan: ImageFolderScan, info, transform: Callable | None = None):
-        self.root = scan.folder
+        self.root, self.classes, self.skipped = scan.folder, scan.classes, scan.skipped
+        self.info, self.transform = info, transform
         self._files = np.array([os.fsencode(f) for f in scan.files])
         self.labels = torch.tensor(scan.labels, dtype=torch.long)
-        self.classes = scan.classes
-        self.skipped = scan.skipped
-        self.info = info
-        self.transform = transform
         self._warned_decode = False
 
     def __len__(self) -> int:

@@ -1,15 +1,12 @@
-"""``data.decode=gpu``: JPEGs decoded on the training device, so that CPU decoding (about 250
-ImageNet-sized images/s per core) does not cap an epoch.
+"""``data.decode=gpu``: JPEGs decoded on the training device, so that CPU decoding (about 250 ImageNet-sized
+images/s per core) does not cap an epoch.
 
-The workers (:class:`EncodedViews`, a part of :class:`~clim.data.views.SampleViews`) only read each
-file's bytes, parse its header (:func:`jpeg_size`) and draw every view's geometry as
-:class:`~clim.data.views.CroppedViews` does, so the views are the CPU path's; the training process
-decodes the whole batch in one ``torchvision.io.decode_jpeg(list, device=...)`` call (batched nvJPEG,
-the hardware decoder on A100 / H100 / H200) and crops, resizes (antialiased bilinear, as PIL) and
-flips every view to uint8 (:func:`decode_and_crop`): what the CPU path's workers deliver. Files nvJPEG
-cannot take (PNG and other formats, progressive / CMYK / 12-bit / arithmetic-coded JPEGs, no end
-marker) are decoded with PIL in the worker, a failed device decode with PIL in the training process;
-each epoch ends with ONE warning counting them."""
+The workers (:class:`EncodedViews`) only read each file's bytes, parse its header (:func:`jpeg_size`) and draw every
+view's geometry as :class:`~clim.data.views.CroppedViews` does; the training process decodes the whole batch in one
+``torchvision.io.decode_jpeg(list, device=...)`` call (batched nvJPEG, the hardware decoder on A100 / H100 / H200) and
+crops, resizes and flips every view to uint8 (:func:`decode_and_crop`). Files nvJPEG cannot take (PNG and other
+formats, progressive / CMYK / 12-bit / arithmetic-coded JPEGs, no end marker) are decoded with PIL in the worker, a
+failed device decode with PIL in the training process; each epoch ends with ONE warning counting them."""
 
 from __future__ import annotations
 
@@ -130,10 +127,9 @@ def collate_encoded(items: list[dict]) -> dict:
 
 
 class EncodedViews:
-    """``data.decode=gpu``'s part of :class:`~clim.data.views.SampleViews`: file bytes + every view's crop box and
-    flip in the worker, decoded and cropped on the device (:meth:`on_device`). An item's ``images``:
-    ``[(payload, reason)]`` for the anchor and (with a positives table) its positive (:func:`read_encoded`); its
-    ``views``: ``{name: (image number, (x0, y0, w, h), flip)}``, multi-crop views named ``small_crops.<v>``.
+    """``data.decode=gpu``'s part of :class:`~clim.data.views.SampleViews`. An item's ``images``: ``[(payload,
+    reason)]`` for the anchor and (with a positives table) its positive (:func:`read_encoded`); its ``views``:
+    ``{name: (image number, (x0, y0, w, h), flip)}``, multi-crop views named ``small_crops.<v>``.
     ``decode_stats``: the last epoch's ``{"images": n, "fallback": Counter(reason)}``."""
     draws, load, collate = staticmethod(numpy_draws), staticmethod(read_encoded), staticmethod(collate_encoded)
     pin = False  # file bytes are read by the decoder from ordinary memory

@@ -2,16 +2,15 @@
 
 One :class:`Pipeline`, assembled from parts by :func:`build_pipeline` (``data.augment``, ``data.decode``):
 
-* a step's samples: rows of an array dataset held as one uint8 tensor on the training device
-  (:class:`DeviceArrays`, ``batched``: no DataLoader, no worker start-up), or what DataLoader workers
-  (:class:`Workers`) make with the per-sample builder :class:`~clim.data.views.SampleViews` and one of its
-  parts (``loader``, ``device``, ``data.decode=gpu``: :mod:`clim.data.jpeg`);
+* a step's samples: rows of an array dataset held as one uint8 tensor on the training device (:class:`DeviceArrays`,
+  ``batched``: no DataLoader, no worker start-up), or what DataLoader workers (:class:`Workers`) make with the
+  per-sample builder :class:`~clim.data.views.SampleViews` and one of its parts (``loader``, ``device``, ``gpu``);
 * their views: augmented as whole batches on the device (:class:`DeviceViews`; for the workers' crops, the
   photometric part only), or already made by the loader's workers.
 
-Every view is drawn, in the order :class:`~clim.data.views.StepViews` gives, from generators seeded per
-epoch, so that a run resumed at an epoch boundary or inside an epoch draws exactly the same crops,
-positives and CutMix boxes as an uninterrupted one. :class:`LookAhead` makes batches ahead of the step."""
+Every view is drawn, in the order :class:`~clim.data.views.StepViews` gives, from generators seeded per epoch, so
+that a run resumed at an epoch boundary or inside an epoch draws exactly the same crops, positives and CutMix boxes
+as an uninterrupted one. :class:`LookAhead` makes batches ahead of the step."""
 
 from __future__ import annotations
 
@@ -122,10 +121,9 @@ class Pipeline:
         with the step generator's (read at checkpoint time) resume the epoch exactly."""
         seed, rank = self.source.seed, self.source.rank
         generator = torch.Generator(self.device).manual_seed(epoch_seed(seed, epoch, rank + 1))
-        views_generator, step_generator = None, generator
-        if self.on_device is not None:
-            views_generator = generator
-            step_generator = torch.Generator(self.device).manual_seed(epoch_seed(seed + 1, epoch, rank) + 7)
+        views_generator = None if self.on_device is None else generator
+        step_generator = generator if self.on_device is None else torch.Generator(self.device).manual_seed(
+            epoch_seed(seed + 1, epoch, rank) + 7)
         if resume:
             if views_generator is not None and resume.get("views") is not None:
                 views_generator.set_state(resume["views"])
