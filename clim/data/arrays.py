@@ -1,10 +1,9 @@
 """In-memory datasets (fmnist, digits, cifar, stl10) and the readers for their on-disk formats.
 
-All of them hold one uint8 tensor [N, C, H, W] and one label tensor, so the batched augmentation path can
-index ``dataset.images`` directly, while ``dataset[i]`` serves the per-sample path. The CIFAR pickles and
-STL-10 binaries are read here rather than through torchvision, whose classes insist on the official files'
-md5 sums and would load the whole file via Python objects.
-"""
+All of them hold one uint8 tensor [N, C, H, W] and one label tensor, so the batched augmentation path can index
+``dataset.images`` directly, while ``dataset[i]`` serves the per-sample path. The CIFAR pickles and STL-10 binaries are
+read here rather than through torchvision, whose classes insist on the official files' md5 sums and would load the whole
+file via Python objects."""
 
 from __future__ import annotations
 

@@ -1,21 +1,20 @@
 """MoCo v2 augmentation (METHOD §1) applied to whole uint8 batches in one vectorised pass.
 
-The per-sample torchvision pipeline (one Python call chain per image) runs at about a thousand images/s per CPU
-core whatever the device, which starves a GPU on small images; here every per-sample random parameter is drawn
-for the whole batch at once from the same distributions as torchvision's transforms, and each stage is a handful
-of batched tensor ops on the batch's device.
+The per-sample torchvision pipeline (one Python call chain per image) runs at about a thousand images/s per CPU core
+whatever the device, which starves a GPU on small images; here every per-sample random parameter is drawn for the whole
+batch at once from the same distributions as torchvision's transforms, and each stage is a handful of batched tensor ops
+on the batch's device.
 
-Semantics follow torchvision v2 on float images (``ToDtype(float32, scale=True)`` first): RandomResizedCrop
-(antialiased bilinear) → horizontal flip → RandomApply(ColorJitter, p) → RandomGrayscale →
-RandomApply(GaussianBlur, p) → Normalize. MoCo v2 flips last; flipping is applied during the resize instead,
-which is the same because every later op is mirror-symmetric. Deviations, all deliberate:
+Semantics follow torchvision v2 on float images (``ToDtype(float32, scale=True)`` first): RandomResizedCrop (antialiased
+bilinear) → horizontal flip → RandomApply(ColorJitter, p) → RandomGrayscale → RandomApply(GaussianBlur, p) → Normalize.
+MoCo v2 flips last; flipping is applied during the resize instead, which is the same because every later op is
+mirror-symmetric. Deviations, all deliberate:
 
 - Values stay float between ops (the PIL / uint8 pipeline rounds to 8 bits after every op).
 - The blur σ range is in pixels of a 224-pixel image and is scaled by ``out_size / 224`` with the kernel size
   (≈ 10 % of ``out_size``, odd, ≥ 3), so a 32-pixel view is blurred like a 224-pixel one seen at the same
   relative scale (σ ≤ 0.29 px at 32, i.e. nearly no blur, as in most CIFAR MoCo setups) instead of being
-  smeared by a 2-pixel σ.
-"""
+  smeared by a 2-pixel σ."""
 
 from __future__ import annotations
 
@@ -240,12 +239,10 @@ class MoCoV2BatchAugment(nn.Module):
     """MoCo v2 views of a uint8 batch ``[B, C, H, W]`` (C ∈ {1, 3}) → normalised ``[B, C, out_size, out_size]``.
 
     Call once per view; all randomness comes from ``generator`` so a seeded generator reproduces a run.
-    ``return_params=True`` also returns the drawn per-sample parameters (for tests and diagnostics): ``boxes``
-    (x0, y0, w, h) in source pixels, ``flip``, ``jitter`` (applied mask), ``jitter_factors`` (brightness,
-    contrast, saturation, hue), ``jitter_order`` (op indices in application order), ``grayscale``, ``blur`` and
-    ``blur_sigma`` (in 224-pixel units; the pixel σ is ``blur_sigma * blur_sigma_scale``). Masks and factors are
-    drawn for every sample.
-    """
+    ``return_params=True`` also returns the drawn per-sample parameters (for tests and diagnostics): ``boxes`` (x0, y0,
+    w, h) in source pixels, ``flip``, ``jitter`` (applied mask), ``jitter_factors`` (brightness, contrast, saturation,
+    hue), ``jitter_order`` (op indices in application order), ``grayscale``, ``blur`` and ``blur_sigma`` (in 224-pixel
+    units; the pixel σ is ``blur_sigma * blur_sigma_scale``). Masks and factors are drawn for every sample."""
 
     def __init__(self, out_size: int, mean: Sequence[float], std: Sequence[float],
                  crop_scale: Sequence[float] = (0.2, 1.0), ratio: Sequence[float] = (3 / 4, 4 / 3),

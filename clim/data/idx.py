@@ -1,8 +1,7 @@
 """Reader for the idx format of (Fashion-)MNIST, plain or gzip-compressed.
 
-Read with numpy directly: torchvision's readers are tied to its own folder layout and checksums,
-while the Debian package and hand-made test files only share the file format.
-"""
+Read with numpy directly: torchvision's readers are tied to its own folder layout and checksums, while the Debian
+package and hand-made test files only share the file format."""
 
 from __future__ import annotations
 

@@ -4,14 +4,12 @@ Layouts (``root`` is ``data.root``): ``root/train/<class>/**/*`` and ``root/val/
 accepted for val); ``root/<class>/**/*``, the train split only; ``root/*.jpg`` with no class folders, unlabelled
 (labels -1), split ``pretrain`` only. Symlinked folders are followed once by real path (:class:`_LinkGuard`).
 
-Broken files are found once, at construction (extension, then :func:`check_image`), and reported in one line on
-stderr instead of crashing an epoch hours later; one that still fails to decode in a worker is replaced by the next
-decodable image (``ImageFolderDataset.__getitem__``). The check opens every file (about 2 minutes for ImageNet's
-1.28M), so its verdicts are cached in ``$CLIM_CACHE/index`` (default ``~/.cache/clim/index``), one JSON index per
-split folder keyed by its absolute path and a fingerprint of the listing (:func:`_fingerprint`): an unchanged
-folder is only listed, a changed one checked again. Rejected files are re-checked at every start (a repaired one
-comes back).
-"""
+Broken files are found once, at construction (extension, then :func:`check_image`), and reported in one line on stderr
+instead of crashing an epoch hours later; one that still fails to decode in a worker is replaced by the next decodable
+image (``ImageFolderDataset.__getitem__``). The check opens every file (about 2 minutes for ImageNet's 1.28M), so its
+verdicts are cached in ``$CLIM_CACHE/index`` (default ``~/.cache/clim/index``), one JSON index per split folder keyed by
+its absolute path and a fingerprint of the listing (:func:`_fingerprint`): an unchanged folder is only listed, a changed
+one checked again. Rejected files are re-checked at every start (a repaired one comes back)."""
 
 from __future__ import annotations
 
@@ -320,10 +318,9 @@ class ImageFolderDataset(Dataset):
         return self.root / os.fsdecode(self._files[index])
 
     def __getitem__(self, index):
-        """A file that fails to decode (it passed the scan, or changed since) is replaced by the next decodable
-        one, so one bad file cannot stop training. The index and label stay those of ``index``: index-keyed tables
-        (positives, features) remain complete, at the cost of one mislabelled image per bad file. One warning per
-        worker process."""
+        """A file that fails to decode (it passed the scan, or changed since) is replaced by the next decodable one, so
+        one bad file cannot stop training. The index and label stay those of ``index``: index-keyed tables (positives,
+        features) remain complete, at the cost of one mislabelled image per bad file. One warning per worker process."""
         index = int(index)
         for step in range(min(_FALLBACK_TRIES, len(self))):
             candidate = (index + step) % len(self)

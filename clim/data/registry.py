@@ -1,9 +1,8 @@
 """Dataset registry: ``build_dataset(name, root, split)`` -> dataset of ``(image, index, label)``.
 
-Splits: ``pretrain`` (images for self-supervised training; STL-10: train + unlabeled), ``train`` (the labelled
-training set: kNN bank, linear train set) and ``test``. Every dataset has ``.info`` (DatasetInfo), ``.labels``
-(long [N], -1 = unknown) and ``.classes`` (names or None); array-backed ones also ``.images`` (uint8 [N, C, H, W]).
-"""
+Splits: ``pretrain`` (images for self-supervised training; STL-10: train + unlabeled), ``train`` (the labelled training
+set: kNN bank, linear train set) and ``test``. Every dataset has ``.info`` (DatasetInfo), ``.labels`` (long [N], -1 =
+unknown) and ``.classes`` (names or None); array-backed ones also ``.images`` (uint8 [N, C, H, W])."""
 
 from __future__ import annotations
 

@@ -1,9 +1,8 @@
 """Per-sample transforms for the DataLoader path: MoCo v2 augmentation (METHOD §1) and evaluation.
 
-Every transform starts by bringing its input to the dataset's mode (``L`` or ``RGB``), so a PIL image of any
-mode or a uint8 tensor [C, H, W] can be fed in and the output always has ``in_channels`` channels. The batched
-GPU path lives in ``batch_augment.py``; this one mirrors MoCo v2's reference pipeline on PIL images.
-"""
+Every transform starts by bringing its input to the dataset's mode (``L`` or ``RGB``), so a PIL image of any mode or a
+uint8 tensor [C, H, W] can be fed in and the output always has ``in_channels`` channels. The batched GPU path lives in
+``batch_augment.py``; this one mirrors MoCo v2's reference pipeline on PIL images."""
 
 from __future__ import annotations
 

@@ -105,14 +105,13 @@ def crop_box(rng: np.random.Generator, height: int, width: int, scale: tuple[flo
 
 
 class SampleViews(Dataset):
-    """The one per-sample builder of the DataLoader paths: sample ``i``'s views (:class:`StepViews`),
-    each made by ``part``: :class:`TransformedViews` (``data.augment=loader``), :class:`CroppedViews`
-    (``data.augment=device``, the default) or :class:`~clim.data.jpeg.EncodedViews` (``data.decode=gpu``).
-    A part gives ``draws(seed, epoch, rank, index)`` (a context: the sample's own generator, so that its
-    views depend on neither the worker nor ``data.num_workers``), ``load(dataset, i) -> (image, i, label)``,
-    ``view(image, group, rng)``, ``item(item, made, images)``; for the DataLoader ``collate`` and ``pin``,
-    and ``on_device(batches, device, epoch)`` for the training process. The pipeline sets ``epoch`` and
-    ``positives`` (a CPU table) at the start of every epoch."""
+    """The one per-sample builder of the DataLoader paths: sample ``i``'s views (:class:`StepViews`), each made by
+    ``part``: :class:`TransformedViews` (``data.augment=loader``), :class:`CroppedViews` (``data.augment=device``, the
+    default) or :class:`~clim.data.jpeg.EncodedViews` (``data.decode=gpu``). A part gives ``draws(seed, epoch, rank,
+    index)`` (a context: the sample's own generator, so that its views depend on neither the worker nor
+    ``data.num_workers``), ``load(dataset, i) -> (image, i, label)``, ``view(image, group, rng)``, ``item(item, made,
+    images)``; for the DataLoader ``collate`` and ``pin``, and ``on_device(batches, device, epoch)`` for the training
+    process. The pipeline sets ``epoch`` and ``positives`` (a CPU table) at the start of every epoch."""
 
     def __init__(self, dataset, views: ViewSpec, seed: int, part: type | None = None, rank: int = 0):
         self.dataset, self.views, self.seed, self.rank = dataset, StepViews(views), seed, rank
