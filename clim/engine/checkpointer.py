@@ -67,7 +67,15 @@ class Checkpointer:
         where = where or f"epoch {epoch_done} (done)"
         model_state = checkpoint_model_state(self.model, self.bank)
         optimizer_state = self.runner.optimizer.state_dict()
-        self._check_finite(model_state, optimizer_state, where)
+        tensors = [t for t in model_state.values() if torch.is_tensor(t) and t.is_floating_point()]
+        tensors += [t for buffers in optimizer_state["state"].values() for t in buffers.values()
+                    if torch.is_tensor(t) and t.is_floating_point()]
+        bad_weights = torch.stack([~torch.isfinite(t).all() for t in tensors]).any()
+        bad_loss, bad_weights = torch.stack([self.runner.meter.bad, bad_weights.to(self.runner.meter.bad.device)]
+                                            ).tolist()  # the save's one host sync
+        if distributed.any_rank(bad_loss or bad_weights):
+            what = "the loss became non-finite" if bad_loss else "the weights became non-finite"
+            raise self.diverged(f"{what} before the save at {where}")
         distributed.broadcast_module(self.model, norm_only=True)  # every rank then holds what the file holds
         if self.is_main:
             if partial is not None and self.saved_at == self.epoch_end_at and self.path.exists():
@@ -108,17 +116,6 @@ class Checkpointer:
             bar.close()  # the error message then starts on its own line
             raise self.diverged(f"loss became {reading['bad_value']} at epoch {epoch + 1}, step {reading['bad_step']}")
         return reading
-
-    def _check_finite(self, model_state: dict, optimizer_state: dict, where: str) -> None:
-        tensors = [t for t in model_state.values() if torch.is_tensor(t) and t.is_floating_point()]
-        tensors += [t for buffers in optimizer_state["state"].values() for t in buffers.values()
-                    if torch.is_tensor(t) and t.is_floating_point()]
-        bad_weights = torch.stack([~torch.isfinite(t).all() for t in tensors]).any()
-        bad_loss, bad_weights = torch.stack([self.runner.meter.bad, bad_weights.to(self.runner.meter.bad.device)]
-                                            ).tolist()  # the save's one host sync
-        if distributed.any_rank(bad_loss or bad_weights):
-            what = "the loss became non-finite" if bad_loss else "the weights became non-finite"
-            raise self.diverged(f"{what} before the save at {where}")
 
     def diverged(self, what: str) -> TrainingDiverged:
         """Put the last epoch-end state back as checkpoint.pt (the in-epoch one aside) and say so."""

@@ -66,7 +66,7 @@ class RunLogger:
         bar = Progress(total, f"epoch {epoch + 1}/{epochs}", initial=initial, enabled=self.enabled,
                        first_line=first_line, last_line=True, extra=eta)
         if eta is not None:
-            eta.follow(epoch, bar)
+            eta.epoch, eta.bar = epoch, bar
         return bar
 
     def message(self, text: str) -> None:
@@ -86,10 +86,7 @@ class RunEta:
     def __init__(self, config, history: list[dict], steps: int, monitored: bool,
                  after: Callable[[list[dict]], float] | None = None):
         self.config, self.history, self.steps, self.monitored, self.after = config, history, steps, monitored, after
-        self.epoch, self.bar = 0, None
-
-    def follow(self, epoch: int, bar: Progress) -> None:
-        self.epoch, self.bar = epoch, bar
+        self.epoch, self.bar = 0, None  # the epoch and the bar it follows (RunLogger.progress sets them)
 
     def __call__(self) -> dict[str, str]:
         seconds = remaining_seconds(self.config, self.history, self.epoch, self.bar.total - self.bar.n,

@@ -90,11 +90,8 @@ def _ieee_fp32_matmul(device: torch.device):
 
 def _block_rows(n_cols: int, device: torch.device, elem_bytes: int = 4, cuda_cap: int = 16384,
                 cpu_cap: int = 1024) -> int:
-    """Query rows per block: a [rows, n_cols] block of ``elem_bytes`` entries plus its top-k workspace fits.
-
-    CUDA: an eighth of the free memory for the block, at most ``cuda_cap`` rows. CPU: blocks of
-    ``CPU_BLOCK`` elements, at most ``cpu_cap`` rows (per-block temporaries stay small).
-    """
+    """Query rows per [rows, n_cols] block of ``elem_bytes`` entries, so that it and its top-k workspace fit: on
+    CUDA an eighth of the free memory; on CPU ``CPU_BLOCK`` elements (per-block temporaries stay small)."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         budget, cap = free // 8 // elem_bytes, cuda_cap

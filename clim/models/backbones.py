@@ -3,14 +3,10 @@
 For inputs of at most 64 px the ImageNet stem (7x7 stride-2 conv + max-pool) throws away 75 % of
 the resolution before the first block; as in the MoCo CIFAR demo and solo-learn, a 3x3 stride-1 conv
 without max-pool replaces it. The module stays a ``torchvision.models.ResNet`` (torchvision's
-state_dict keys), so its weights export to torchvision (only the small stem's shapes differ; see
-clim.evaluation.export).
-
-A ``_wN`` suffix (``resnet10_w16``) narrows the network: stage widths N, 2N, 4N, 8N instead of 64,
-128, 256, 512, the stem N channels; such shapes match no torchvision constructor (load them with
-``build_backbone``). On small images and a CPU a narrow ResNet with the small stem does many more
-epochs per minute (README "The CPU demo").
-"""
+state_dict keys; only the small stem's shapes differ, see clim.evaluation.export). A ``_wN`` suffix
+(``resnet10_w16``) narrows the stages to N, 2N, 4N, 8N channels, which no torchvision constructor
+builds (:func:`build_backbone` does): on small images and a CPU many more epochs per minute (README
+"The CPU demo")."""
 
 from __future__ import annotations
 
