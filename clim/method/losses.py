@@ -1,14 +1,11 @@
-"""Contrastive losses of CLIM (METHOD §1 and §3; paper Eq. 1 and Eq. 3).
+"""Contrastive losses of CLIM (METHOD §1 and §3; paper Eq. 1 and Eq. 3). Both share :func:`_nce_terms`: the
+negative logits ``q · negativesᵀ / τ`` are computed once per query batch and reused by every positive key, so the
+mixed loss costs one B×K matmul, not two.
 
-Both losses share :func:`_nce_terms`: the negative logits ``q · negativesᵀ / τ`` are computed once
-per query batch and reused by every positive key, so the mixed loss costs one B×K matmul, not two.
-
-Hard to misuse, with no host synchronisation on the common path: inputs are L2-normalised, so a raw
-head output gives the cosine loss (``normalize=False`` skips this and the check below). The queue is
-``[K, d]`` (lightly's ``MemoryBankModule`` default ``(d, K)`` needs ``bank.T``): any other shape is
-rejected, and when K == d one whose columns, not rows, are unit vectors (one host synchronisation,
-in that case only). ``queue=None`` uses in-batch negatives (SimCLR / MoCo v3 style).
-"""
+Hard to misuse, with no host synchronisation on the common path: inputs are L2-normalised (a raw head output gives
+the cosine loss; ``normalize=False`` skips this and the check below); a queue that is not ``[K, d]`` is rejected,
+and when K == d one whose columns, not rows, are unit vectors (lightly's ``(d, K)``: one host synchronisation,
+in that case only). ``queue=None`` uses in-batch negatives (SimCLR / MoCo v3 style)."""
 
 from __future__ import annotations
 

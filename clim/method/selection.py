@@ -108,19 +108,15 @@ def _kmeans_positives(assign: Tensor, neighbors: Tensor, m: int, p: int, g: torc
     return positives, pop < p
 
 
-class _Clock:
-    """Seconds since the previous call, stored under a name (no-op without a dict)."""
-
-    def __init__(self, device: torch.device, timings: dict | None):
-        self.device, self.timings, self.last = device, timings, time.perf_counter()
-
-    def __call__(self, name: str) -> None:
-        if self.timings is None:
-            return
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        now = time.perf_counter()
-        self.timings[name], self.last = now - self.last, now
+def _lap(timings: dict | None, name: str, device: torch.device, since: float) -> float:
+    """Store the seconds since ``since`` under ``name`` (CUDA synchronised; no-op without a dict); returns now."""
+    if timings is None:
+        return since
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    now = time.perf_counter()
+    timings[name] = now - since
+    return now
 
 
 def select_positives(features: Tensor, strategy: str = "center_wise", num_clusters: int | None = None,
@@ -159,14 +155,14 @@ def select_positives(features: Tensor, strategy: str = "center_wise", num_cluste
     device = x.device
     use_faiss = uses_faiss(backend, device)
     g = torch.Generator(device=device).manual_seed(seed)
-    clock = _Clock(device, timings)
+    lap = time.perf_counter()
 
     neighbors = knn_faiss(x, k) if use_faiss else knn_torch(x, k)
-    clock("knn")
+    lap = _lap(timings, "knn", device, lap)
     assign = centroids = omega_sizes = None
     if strategy in CLUSTERED_SELECTIONS:
         centroids, assign = (kmeans_faiss if use_faiss else kmeans_torch)(x, num_clusters, seed)
-    clock("kmeans")
+    lap = _lap(timings, "kmeans", device, lap)
 
     if strategy in ("random", "knn"):
         positives = _random_positives(n, p, g, device) if strategy == "random" else neighbors[:, :p].clone()
@@ -181,7 +177,7 @@ def select_positives(features: Tensor, strategy: str = "center_wise", num_cluste
         omega_sizes = omega.sum(1)
         positives = _draw_or_fill(neighbors, omega, p, g)
         filled = omega_sizes < p
-    clock("rule")
+    _lap(timings, "rule", device, lap)
     return SelectionResult(positives, neighbors, assign, centroids, omega_sizes, filled)
 
 

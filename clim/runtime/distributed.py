@@ -150,10 +150,8 @@ def average_gradients(parameters) -> None:
         flat = torch.cat([g.reshape(-1) for g in group])
         dist.all_reduce(flat)
         flat /= world_size()
-        offset = 0
-        for g in group:
-            g.copy_(flat[offset: offset + g.numel()].view_as(g))
-            offset += g.numel()
+        for g, part in zip(group, flat.split([g.numel() for g in group])):
+            g.copy_(part.view_as(g))
 
 
 def barrier() -> None:
