@@ -36,9 +36,8 @@ def summarize(values) -> Stat | None:
 def format_stat(stat: Stat | None, digits: int = 2) -> str:
     if stat is None:
         return "—"
-    if stat.std is None:
-        return f"{stat.mean:.{digits}f} (n=1)"
-    return f"{stat.mean:.{digits}f} ± {stat.std:.{digits}f} (n={stat.n})"
+    spread = "" if stat.std is None else f" ± {stat.std:.{digits}f}"  # None: a single run
+    return f"{stat.mean:.{digits}f}{spread} (n={stat.n})"
 
 
 AGREES, DISAGREES, INCONCLUSIVE, NOT_RUN = "agrees", "disagrees", "inconclusive", "not run"
@@ -68,20 +67,19 @@ class Paired:
 
 def paired(better: dict[int, float], worse: dict[int, float]) -> Paired | None:
     """Paired statistics of ``better[s] − worse[s]`` over the seeds ``s`` in both (None: no such seed)."""
-    seeds = sorted(set(better) & set(worse))
-    differences = [float(better[s]) - float(worse[s]) for s in seeds]
-    if not differences:
+    differences = [float(better[s]) - float(worse[s]) for s in sorted(set(better) & set(worse))]
+    stat = summarize(differences)
+    if stat is None:
         return None
-    n, mean = len(differences), sum(differences) / len(differences)
+    n, mean = stat.n, stat.mean
     wins, losses = sum(d > 0 for d in differences), sum(d < 0 for d in differences)
-    if n < 2:
+    if stat.std is None:
         return Paired(n, mean, None, None, None, wins, losses)
+    if stat.std == 0.0:  # every seed gave the same difference: the interval is the point itself
+        return Paired(n, mean, mean, mean, 1.0 if mean == 0.0 else 0.0, wins, losses)
     from scipy import stats
 
-    sd = math.sqrt(sum((d - mean) ** 2 for d in differences) / (n - 1))
-    if sd == 0.0:  # every seed gave the same difference: the interval is the point itself
-        return Paired(n, mean, mean, mean, 1.0 if mean == 0.0 else 0.0, wins, losses)
-    standard_error = sd / math.sqrt(n)
+    standard_error = stat.std / math.sqrt(n)
     half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1)) * standard_error
     p = float(2.0 * stats.t.sf(abs(mean) / standard_error, n - 1))
     return Paired(n, mean, mean - half, mean + half, p, wins, losses)

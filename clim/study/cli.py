@@ -13,8 +13,8 @@ from clim.study.runner import run_matrix
 
 def command_line(args: argparse.Namespace) -> str:
     """The call that runs or resumes the whole matrix (``--only`` left out), for RESULTS.md."""
-    parts = ["clim", "ablate", "--scale", args.scale, "--records", portable_path(_records(args)),
-             "--out", portable_path(_out(args))]
+    records, out = _folders(args)
+    parts = ["clim", "ablate", "--scale", args.scale, "--records", portable_path(records), "--out", portable_path(out)]
     if args.seeds is not None:
         parts += ["--seeds", str(args.seeds)]
     for item in args.overrides:
@@ -27,29 +27,27 @@ def command_line(args: argparse.Namespace) -> str:
     return shlex.join(parts)
 
 
-def _records(args: argparse.Namespace) -> str:
-    return args.records or f"results/ablate-{args.scale}"
-
-
-def _out(args: argparse.Namespace) -> str:
-    return args.out or f"runs/ablate-{args.scale}"
+def _folders(args: argparse.Namespace) -> tuple[str, str]:
+    """``--records`` and ``--out``, or their defaults."""
+    return args.records or f"results/ablate-{args.scale}", args.out or f"runs/ablate-{args.scale}"
 
 
 def _ablate(args: argparse.Namespace) -> int:
+    records, out = _folders(args)
     if args.report:
-        path = write_results(args.scale, _records(args), args.results, command_line(args), args.overrides, args.seeds,
+        path = write_results(args.scale, records, args.results, command_line(args), args.overrides, args.seeds,
                              args.regimes)
         print(f"results: {path}")
         if args.readme:
-            write_readme_headline(args.readme, headline_text(args.scale, _records(args), args.seeds, args.regimes))
+            write_readme_headline(args.readme, headline_text(args.scale, records, args.seeds, args.regimes))
             print(f"headline: {args.readme}")
         return 0
     if args.dry_run:
-        for run in plan_runs(args.scale, _out(args), _records(args), args.seeds, args.only, args.overrides):
+        for run in plan_runs(args.scale, out, records, args.seeds, args.only, args.overrides):
             state = "recorded" if read_record(run.record_path, run.spec) else "to run"
             print(f"{run.label:24s} {run.variant.group:10s} {state:8s} {' '.join(run.spec['overrides'])}")
         return 0
-    summary = run_matrix(args.scale, _out(args), _records(args), args.seeds, args.only, args.overrides,
+    summary = run_matrix(args.scale, out, records, args.seeds, args.only, args.overrides,
                          args.results, command_line(args), args.jobs)
     return 1 if summary["failed"] else 0
 
@@ -59,8 +57,8 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser("ablate", help="run the paper's ablations (Tables 6-10, 12) as a resumable study; "
                                                   "RESULTS.md from its records")
     parser.add_argument("--scale", required=True, choices=list(SCALES),
-                        help="smoke: seconds per run (tests); cpu: 6-9 single-thread CPU minutes per run (~10 CPU hours "
-                             "in all); gpu: an estimate, not yet run")
+                        help="smoke: seconds per run (tests); cpu: 6-9 single-thread CPU minutes per run (~10 CPU "
+                             "hours in all); gpu: an estimate, not yet run")
     parser.add_argument("--records", help="folder of the finished runs' JSON records, the study's data (default: "
                                           "results/ablate-SCALE); a rerun skips every recorded run")
     parser.add_argument("--out", help="folder of the runs' checkpoints and logs (default: runs/ablate-SCALE); "

@@ -164,11 +164,9 @@ def same_spec(recorded: dict, planned: dict) -> bool:
     """Whether a record was made for the planned run: the same variant, seed, preset, overrides and
     evaluation, and every config key it recorded resolves to the same value today (so editing a preset
     invalidates its records; a key added to the code later, absent from the record, is not compared)."""
-    plain = {key: value for key, value in planned.items() if key != "config"}
-    if {key: value for key, value in recorded.items() if key != "config"} != plain:
-        return False
     config = planned.get("config", {})
-    return all(key in config and config[key] == value for key, value in recorded.get("config", {}).items())
+    return ({**recorded, "config": None} == {**planned, "config": None}
+            and all(key in config and config[key] == value for key, value in recorded.get("config", {}).items()))
 
 
 def read_record(path: str | Path, spec: dict | None = None) -> dict | None:

@@ -8,15 +8,17 @@ from pathlib import Path
 from clim.study.matrix import MIXINGS, SELECTIONS, selection_variant
 
 
-def _mean_curve(curves: list[list[dict]], key: str) -> tuple[list[int], list[float]]:
-    """Mean over runs at every epoch where all runs have a value."""
+def _plot_mean(axis, curves: list[list[dict]], key: str, label: str, colour, style: str = "-") -> None:
+    """The mean over runs at every epoch where all runs have a value, if there is one."""
     per_epoch: dict[int, list[float]] = {}
     for curve in curves:
         for point in curve:
             if point.get(key) is not None:
                 per_epoch.setdefault(point["epoch"], []).append(point[key])
     epochs = sorted(e for e, values in per_epoch.items() if len(values) == len(curves))
-    return epochs, [sum(per_epoch[e]) / len(per_epoch[e]) for e in epochs]
+    if epochs:
+        axis.plot(epochs, [sum(per_epoch[e]) / len(per_epoch[e]) for e in epochs], style, marker="o", markersize=3,
+                  color=colour, label=f"{label} (n={len(curves)})")
 
 
 def plot_results(curves: dict[str, list[list[dict]]], differences: list[tuple[str, object]], random_init: float | None,
@@ -53,10 +55,7 @@ def plot_results(curves: dict[str, list[list[dict]]], differences: list[tuple[st
 
     figure, axis = plt.subplots(figsize=(8, 4.5), dpi=110)
     for position, name in enumerate(headline):
-        epochs, values = _mean_curve(curves.get(name, []), "knn_top1")
-        if epochs:
-            axis.plot(epochs, values, marker="o", markersize=3, color=colours(position),
-                      label=f"{name} (n={len(curves[name])})")
+        _plot_mean(axis, curves.get(name, []), "knn_top1", name, colours(position))
     if random_init is not None:
         axis.axhline(random_init, color="grey", linestyle=":", label="random init (mean over seeds)")
     for (label, value), style in zip(levels.items(), ("--", "-.", (0, (1, 3)))):
@@ -67,11 +66,8 @@ def plot_results(curves: dict[str, list[list[dict]]], differences: list[tuple[st
     figure, axis = plt.subplots(figsize=(8, 4.5), dpi=110)
     for position, selection in enumerate(SELECTIONS):
         for mixing, style in zip(MIXINGS, ("--", "-")):
-            runs = curves.get(selection_variant(selection, mixing), [])
-            epochs, values = _mean_curve(runs, "positive_precision")
-            if epochs:
-                axis.plot(epochs, values, style, marker="o", markersize=3, color=colours(position),
-                          label=f"{selection}, {mixing} (n={len(runs)})")
+            _plot_mean(axis, curves.get(selection_variant(selection, mixing), []), "positive_precision",
+                       f"{selection}, {mixing}", colours(position), style)
     axis.set(xlabel="epoch (positives refreshed at its start)", ylabel="positive precision",
              title="share of selected positives with the anchor's label (mean over seeds)")
     figures["positive_precision.png"] = (figure, axis, "positive precision over refreshes", True)

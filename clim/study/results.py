@@ -81,16 +81,13 @@ README_END = "<!-- clim ablate headline: end -->"
 
 def _where_the_gain_comes_from(records: Records) -> str:
     """Table 6 in one line: what CutMix adds over the five selections, and center-wise vs random positives."""
-    mixing = records.mixing_effect()
-    selection = records.paired(FULL_CLIM, selection_variant("random", "cutmix"), "linear_top1")
-    if mixing is None or selection is None:
+    results = records.mixing_effect(), records.paired(FULL_CLIM, selection_variant("random", "cutmix"), "linear_top1")
+    if None in results:
         return "Table 6 (where the gain comes from): not enough paired seeds yet"
-
-    def text(result: Paired) -> str:
-        return f"{format_paired(result, 2)} points (n = {result.n}, **{result.verdict}**)"
-
+    mixing, selection = (f"{format_paired(result, 2)} points (n = {result.n}, **{result.verdict}**)"
+                         for result in results)
     return (f"Where the gain comes from (Table 6, linear top-1): CutMix − no mixing, over the five selections, "
-            f"{text(mixing)}; center-wise − random positives, both with CutMix, {text(selection)}")
+            f"{mixing}; center-wise − random positives, both with CutMix, {selection}")
 
 
 def _pixel_sentence(regime: Regime) -> str:
@@ -171,13 +168,12 @@ def headline_text(scale_name: str, records_dir: str | Path, seeds: int | None = 
 
 def write_readme_headline(readme: str | Path, text: str) -> bool:
     """Replace the block between the markers in ``readme``; returns whether it changed."""
-    readme = Path(readme)
-    current = readme.read_text()
+    current = Path(readme).read_text()
     if README_BEGIN not in current or README_END not in current:
         raise ValueError(f"{readme} has no headline markers ({README_BEGIN} ... {README_END})")
     head, rest = current.split(README_BEGIN, 1)
     updated = head + text + rest.split(README_END, 1)[1]
-    readme.write_text(updated)
+    Path(readme).write_text(updated)
     return updated != current
 
 

@@ -33,7 +33,7 @@ def evaluate_run(run_dir: Path, evaluation: dict, seed: int) -> dict:
     part of the train split), 1 % semi-supervised and intra-class similarity (METHOD §5)."""
     from torch.utils.data import Subset
 
-    from clim.demo import references
+    from clim.evaluation.baselines import references
     from clim.evaluation.common import (crop_flip_transform, eval_dataset, eval_datasets, eval_spec, load_run,
                                         num_classes_of, plain_backbone, resolve_device)
     from clim.evaluation.knn import run_knn
@@ -65,9 +65,8 @@ def evaluate_run(run_dir: Path, evaluation: dict, seed: int) -> dict:
     spec = eval_spec(config, info)
     train_aug = eval_dataset(config, info, (), "train", crop_flip_transform(spec, preset.crop_scale))
     subset = balanced_subset(train_aug.labels, evaluation["semisup_fraction"], seed)
-    network, feature_dim = plain_backbone(config, info, run.model)
-    semisup = finetune(network, feature_dim, Subset(train_aug, subset.tolist()), test_ds, classes, preset, seed,
-                       device, workers, False)
+    semisup = finetune(*plain_backbone(config, info, run.model), Subset(train_aug, subset.tolist()), test_ds, classes,
+                       preset, seed, device, workers, False)
     return {**results, "random_init_knn_k20_top1": reference["knn_k20_top1"], "num_classes": classes,
             **_pixel_references(config, spec.image_size, evaluation),
             "linear_top1": linear["linear_top1"], "linear_lr": linear["linear_lr"],
@@ -229,8 +228,7 @@ def run_matrix(scale: str, out: str | Path, records: str | Path, seeds: int | No
                       f"{duration(mean)} per run, {jobs} at a time", flush=True)
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:  # FIFO: priority order is kept
-        for future in [pool.submit(execute, position, run) for position, run in enumerate(todo, 1)]:
-            future.result()
+        list(pool.map(execute, range(1, len(todo) + 1), todo))
     path = write_results(scale, records, results, command, overrides, seeds)
     print(f"results: {path}" + (f"; {len(failed)} run(s) failed: {', '.join(failed)}" if failed else ""), flush=True)
     return {"runs": len(runs), "ran": len(todo), "failed": failed, "results": path}

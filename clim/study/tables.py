@@ -245,13 +245,11 @@ def probe_section(records: Records, num_classes: int | None) -> list[str]:
 
 
 def every_variant(records: Records) -> list[str]:
-    rows = []
-    for name, planned in records.planned.items():
-        done = len(records.found.get(name, {}))
-        rows.append([f"`{name}`", planned[0].variant.group,
-                     " ".join(f"`{o}`" for o in planned[0].variant.overrides) or "(the preset)",
-                     *(records.cell(name, m) for m in METRICS), f"{done}/{len(planned)}",
-                     format_stat(records.cost(name), 2)])  # "—" when none is fully counted
+    rows = [[f"`{name}`", planned[0].variant.group,
+             " ".join(f"`{o}`" for o in planned[0].variant.overrides) or "(the preset)",
+             *(records.cell(name, m) for m in METRICS), f"{len(records.found.get(name, {}))}/{len(planned)}",
+             format_stat(records.cost(name), 2)]  # "—" when none is fully counted
+            for name, planned in records.planned.items()]
     return ["## Every variant, every metric", "",
             "Each variant over all of its seeds (n per cell): an inventory. Compare variants in the tables above, "
             "which show them on the seeds they share.", ""] + table(
