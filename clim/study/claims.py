@@ -41,7 +41,6 @@ def format_stat(stat: Stat | None, digits: int = 2) -> str:
 
 
 AGREES, DISAGREES, INCONCLUSIVE, NOT_RUN = "agrees", "disagrees", "inconclusive", "not run"
-VERDICTS = (AGREES, DISAGREES, INCONCLUSIVE, NOT_RUN)
 
 
 @dataclass(frozen=True)
@@ -116,11 +115,11 @@ def holm(p_values: list[float | None]) -> list[float | None]:
 
 def agreement_summary(verdicts: list[str]) -> str:
     """One sentence counting the verdicts, for the top of RESULTS.md."""
-    count = {verdict: verdicts.count(verdict) for verdict in VERDICTS}
-    return (f"Of the paper's {len(verdicts)} claims tested here, {count[AGREES]} agree with our runs (the 95 % "
-            f"interval of the paired difference excludes 0 on the paper's side), {count[DISAGREES]} disagree (it "
-            f"excludes 0 on the other side), {count[INCONCLUSIVE]} are inconclusive (the interval contains 0, or "
-            f"fewer than 2 paired seeds) and {count[NOT_RUN]} lack runs.")
+    count = verdicts.count
+    return (f"Of the paper's {len(verdicts)} claims tested here, {count(AGREES)} agree with our runs (the 95 % "
+            f"interval of the paired difference excludes 0 on the paper's side), {count(DISAGREES)} disagree (it "
+            f"excludes 0 on the other side), {count(INCONCLUSIVE)} are inconclusive (the interval contains 0, or "
+            f"fewer than 2 paired seeds) and {count(NOT_RUN)} lack runs.")
 
 
 @dataclass(frozen=True)

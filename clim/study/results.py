@@ -1,9 +1,7 @@
-"""RESULTS.md and the README headline from the study's records alone: paired statistics per claim, every
-table, plots, setup, the records still missing, and the other regimes (:data:`OTHER_REGIMES`) after it.
-
-The plan (:func:`clim.study.matrix.plan_runs`) says which records should exist; nothing but the records
-and the raw-pixel references (cached beside them, :mod:`clim.study.regimes`) is read, so RESULTS.md can
-be regenerated anywhere from the records in git (``clim ablate --scale cpu --report``).
+"""RESULTS.md and the README headline from the study's records alone, the other regimes
+(:data:`OTHER_REGIMES`) after the scale's own. The plan (:func:`clim.study.matrix.plan_runs`) says which
+records should exist; nothing but the records and the raw-pixel references (cached beside them,
+:mod:`clim.study.regimes`) is read, so RESULTS.md can be regenerated anywhere from the records in git.
 """
 
 from __future__ import annotations
@@ -117,14 +115,12 @@ def _readme_block(scale_name: str, regime: Regime, others: list[Regime], seeds: 
     records = regime.records
 
     def sentence(worse: str, label: str) -> str:
-        parts = []
-        for metric, name in (("knn_k20_top1", "kNN top-1 (k=20)"), ("linear_top1", "linear top-1")):
-            result = records.paired(FULL_CLIM, worse, metric)
-            if result is None:
-                return f"{label}: no paired seeds yet"
-            parts.append(f"{name} {format_paired(result, 2)} points (p {format_p(result)}, CLIM ahead on "
-                         f"{result.wins} of {result.n} seeds, **{result.verdict}**)")
-        return f"{label}: " + "; ".join(parts)
+        results = {name: records.paired(FULL_CLIM, worse, metric)
+                   for metric, name in (("knn_k20_top1", "kNN top-1 (k=20)"), ("linear_top1", "linear top-1"))}
+        if None in results.values():
+            return f"{label}: no paired seeds yet"
+        return f"{label}: " + "; ".join(f"{name} {format_paired(r, 2)} points (p {format_p(r)}, CLIM ahead on {r.wins} "
+                                        f"of {r.n} seeds, **{r.verdict}**)" for name, r in results.items())
 
     learned, split = records.learned("mocov2"), split_sentences(records)
     pairs = f"{len(records.found.get(FULL_CLIM, {}))} of {seeds_of('headline', seeds)}"
