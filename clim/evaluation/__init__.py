@@ -6,10 +6,9 @@ The names below are imported on first use, so that ``clim.evaluation.cli`` (the 
 
 import importlib
 
-__all__ = ["extract_features", "intra_class_similarity", "run_knn", "weighted_knn"]
-
 _HOME = {"extract_features": "clim.runtime.features", "run_knn": "clim.evaluation.knn",
          "weighted_knn": "clim.evaluation.knn", "intra_class_similarity": "clim.evaluation.similarity"}
+__all__ = sorted(_HOME)
 
 
 def __getattr__(name: str):

@@ -12,7 +12,7 @@ import argparse
 import functools
 import json
 import sys
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from clim.config import Config, ConfigError, parse_overrides
@@ -66,57 +66,7 @@ def _add_protocol(protocols, name: str, handler, help: str) -> argparse.Argument
     return parser
 
 
-class _Session:
-    """The state every handler starts from: checkpoint, device, data spec, output path."""
-
-    def __init__(self, args: argparse.Namespace, protocol: str):
-        import torch
-
-        from clim.evaluation import common
-
-        torch.manual_seed(args.seed)
-        self.args = args
-        self.device = common.resolve_device(args.device)
-        self.run = common.load_run(args.ckpt, self.device)
-        self.spec = common.eval_spec(self.run.config, self.run.data_info, args.overrides)
-        self.out = Path(args.out) if args.out else common.default_out(self.run.path, protocol)
-        common.check_output(self.out)  # before any data is read, the default output too (a read-only run folder)
-        self.progress = False if args.no_progress else None
-        self.num_workers = (args.num_workers if args.num_workers is not None
-                            else self.run.config.data.num_workers)
-
-    def datasets(self, train_transform=None):
-        from clim.evaluation import common
-
-        return common.eval_datasets(self.run.config, self.run.data_info, self.args.overrides, train_transform)
-
-    def dataset(self, split: str):
-        from clim.evaluation import common
-
-        return common.eval_dataset(self.run.config, self.run.data_info, self.args.overrides, split)
-
-    def features(self, dataset):
-        """``(feats, labels)`` of the query backbone on ``dataset``."""
-        from clim.runtime.features import extract_features
-
-        return extract_features(self.run.model.backbone_q, dataset, self.args.batch_size, self.device,
-                                self.num_workers, self.progress)
-
-    def settings(self, protocol: str, **splits) -> dict:
-        """Shared settings; ``splits`` maps split names to the datasets used (for their sizes)."""
-        from clim.evaluation import common
-
-        sizes = {name: len(dataset) for name, dataset in splits.items()}
-        return {"protocol": protocol, **common.run_settings(self.run, self.spec, sizes, self.args.seed, self.device)}
-
-    def finish(self, record: dict, summary: str) -> int:
-        from clim.evaluation import common
-
-        print(f"{summary} -> {common.write_result(self.out, record)}")
-        return 0
-
-
-def _pixel_reference(session: "_Session", train_ds, test_ds, linear: bool) -> dict:
+def _pixel_reference(session, train_ds, test_ds, linear: bool) -> dict:
     """Raw pixels at the evaluated resolution (the checkpoint's training one unless ``--set data.image_size``)
     by the same kNN (k = 20, T = 0.07) and, with ``linear``, a ridge classifier, when cheap (array data of at
     most REFERENCE_MAX_IMAGES images); else why not. Flat ``raw_pixels_*`` keys for the result file."""
@@ -156,7 +106,7 @@ def _knn(args: argparse.Namespace) -> int:
     from clim.evaluation import common
     from clim.evaluation.knn import KNN_SETTINGS, run_knn
 
-    session = _Session(args, "knn")
+    session = common.Session(args, "knn")
     train_ds, test_ds = session.datasets()
     results = run_knn(*session.features(train_ds), *session.features(test_ds), common.num_classes_of(train_ds),
                       device=session.device)
@@ -179,7 +129,7 @@ def _lr_value(text: str) -> str | float:
         raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
 
 
-def _linear_lr(args: argparse.Namespace, session: _Session, preset, train_features) -> tuple[float, dict]:
+def _linear_lr(args: argparse.Namespace, session, preset, train_features) -> tuple[float, dict]:
     """The linear classifier's lr and what the result file says about its choice: ``--lr auto`` (the
     default) picks it on cached features of held-out training images (``train_features()``), never
     the test split; a number is used as given (30: the paper's protocol)."""
@@ -202,9 +152,9 @@ def _linear_lr(args: argparse.Namespace, session: _Session, preset, train_featur
 def _linear(args: argparse.Namespace) -> int:
     from clim.evaluation import common
     from clim.evaluation.linear import (LINEAR_PRESETS, above_chance_loss, linear_on_backbone, linear_on_features,
-                                        preset_settings, resolve_preset)
+                                        resolve_preset)
 
-    session = _Session(args, "linear")
+    session = common.Session(args, "linear")
     name, preset = resolve_preset(args.preset, session.spec.image_size, LINEAR_PRESETS)
     if args.epochs is not None:  # the decay points stay at the same fractions of training
         milestones = {max(1, round(m * args.epochs / preset.epochs)) for m in preset.milestones if m < preset.epochs}
@@ -231,8 +181,8 @@ def _linear(args: argparse.Namespace) -> int:
                                      session.device, session.num_workers, session.progress)
     above = above_chance_loss(results["final_train_loss"], classes)
     reference = _pixel_reference(session, train_ds, test_ds, linear=True)
-    record = {**session.settings("linear", train=train_ds, test=test_ds), **results, **preset_settings(name, preset),
-              **lr_record, "train_loss_above_chance": above, "num_classes": classes, **reference,
+    record = {**session.settings("linear", train=train_ds, test=test_ds), **results, "preset": name,
+              **asdict(preset), **lr_record, "train_loss_above_chance": above, "num_classes": classes, **reference,
               "cached_features": args.cached_features,
               "train_augmentation": ("none (cached features of un-augmented images; deviation from METHOD §5)"
                                      if args.cached_features else
@@ -247,7 +197,7 @@ def _semisup(args: argparse.Namespace) -> int:
     from torch.utils.data import Subset
 
     from clim.evaluation import common
-    from clim.evaluation.linear import preset_settings, resolve_preset
+    from clim.evaluation.linear import resolve_preset
     from clim.evaluation.semisup import SEMISUP_PRESETS, balanced_subset, finetune, save_subset, split_file_subset
 
     if (args.fraction is None) == (args.split_file is None):
@@ -255,7 +205,7 @@ def _semisup(args: argparse.Namespace) -> int:
     if args.fraction is not None and not 0.0 < args.fraction <= 1.0:
         raise ConfigError(f"--fraction must be in (0, 1], got {args.fraction}")
     tag = f"{args.fraction * 100:g}pct" if args.fraction is not None else Path(args.split_file).stem
-    session = _Session(args, f"semisup_{tag}")
+    session = common.Session(args, f"semisup_{tag}")
     name, preset = resolve_preset(args.preset, session.spec.image_size, SEMISUP_PRESETS)
     if args.epochs is not None:
         preset = replace(preset, epochs=args.epochs,
@@ -278,7 +228,7 @@ def _semisup(args: argparse.Namespace) -> int:
     backbone, feature_dim = common.plain_backbone(session.run.config, session.run.data_info, session.run.model)
     results = finetune(backbone, feature_dim, Subset(train_ds, indices.tolist()), test_ds, classes, preset,
                        args.seed, session.device, session.num_workers, session.progress)
-    record = {**session.settings("semisup", train=train_ds, test=test_ds), **results, **preset_settings(name, preset),
+    record = {**session.settings("semisup", train=train_ds, test=test_ds), **results, "preset": name, **asdict(preset),
               **subset_source, "labelled_size": int(indices.numel()), "subset_file": str(subset_path),
               "num_classes": classes,
               "train_augmentation": f"RandomResizedCrop(scale={list(preset.crop_scale)}) + horizontal flip"}
@@ -286,9 +236,10 @@ def _semisup(args: argparse.Namespace) -> int:
 
 
 def _similarity(args: argparse.Namespace) -> int:
+    from clim.evaluation.common import Session
     from clim.evaluation.similarity import intra_class_similarity
 
-    session = _Session(args, "similarity")
+    session = Session(args, "similarity")
     dataset = session.dataset(args.split)
     results = intra_class_similarity(*session.features(dataset))
     results["per_class"] = {str(k): v for k, v in results["per_class"].items()}
@@ -308,9 +259,10 @@ def _class_list(text: str | None) -> list[int] | None:
 
 
 def _tsne(args: argparse.Namespace) -> int:
+    from clim.evaluation.common import Session
     from clim.evaluation.tsne import run_tsne
 
-    session = _Session(args, "tsne")
+    session = Session(args, "tsne")
     dataset = session.dataset(args.split)
     feats, labels = session.features(dataset)
     title = f"{session.run.config.method.name} {session.run.config.model.backbone}, epoch {session.run.epoch}"

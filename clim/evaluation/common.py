@@ -19,15 +19,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from clim.config import Config, ConfigError
+from clim.config import Config, ConfigError, uses_small_stem
 from clim.data.splits import (HOLDOUT_SEED, RESIZE_RATIO, EvalSpec, HoldoutSplit, apply_overrides,  # noqa: F401
                               eval_dataset, eval_datasets, eval_spec, num_classes_of, stratified_holdout)
+from clim.data.transforms import moco_v2_transform
 from clim.method.positives import TABLE_KEY
-from clim.config import uses_small_stem
 from clim.models.backbones import build_backbone
 from clim.models.moco import MoCo, build_moco
 from clim.runtime import checkpoint
 from clim.runtime.checkpoint import CheckpointError
+from clim.runtime.features import extract_features
 from clim.specs import model_spec
 
 
@@ -137,13 +138,6 @@ def load_run(ckpt_path: str | Path, device: str | torch.device | None = "cpu") -
     return PretrainedRun(path, config, model, info, state.get("epoch"), state.get("step"))
 
 
-def load_pretrained(ckpt_path: str | Path, device: str | torch.device | None = "cpu"
-                    ) -> tuple[Config, MoCo, dict[str, Any]]:
-    """``(config, model, data_info)`` of a trainer checkpoint; see :func:`load_run`."""
-    run = load_run(ckpt_path, device)
-    return run.config, run.model, run.data_info
-
-
 def plain_backbone(config: Config, data_info: dict[str, Any], model: MoCo) -> tuple[nn.Module, int]:
     """A fresh torchvision ResNet (plain BatchNorm) holding the query backbone's weights: fine-tuning
     needs ordinary BatchNorm rather than MoCo's split-batch BN (in eval mode both are the same)."""
@@ -153,22 +147,20 @@ def plain_backbone(config: Config, data_info: dict[str, Any], model: MoCo) -> tu
     return net.to(next(model.parameters()).device), feature_dim
 
 
-def holdout_settings(spec: EvalSpec) -> dict[str, Any]:
-    """What a result file says about a held-out test split (empty when the data has its own)."""
-    if not spec.holdout:
-        return {}
-    return {"test_split": {
-        "kind": "stratified holdout", "val_fraction": spec.val_fraction, "seed": HOLDOUT_SEED,
-        "reason": f"{Path(spec.root).expanduser().resolve()} has no val/ or test/ folder",
-        "rule": f"round({spec.val_fraction} x images) of every class (at least 1) is the test split, "
-                "the rest the train split; set with --set data.val_fraction=F"}}
+def per_class_sample(labels: torch.Tensor, classes: list[int], take, seed: int) -> torch.Tensor:
+    """Sorted indices of ``take(n)`` random members of each of ``classes`` (``n``: the class's size),
+    drawn class by class with one generator seeded by ``seed``."""
+    generator = torch.Generator().manual_seed(seed)
+    chosen = []
+    for label in classes:
+        members = (labels == label).nonzero().flatten()
+        chosen.append(members[torch.randperm(members.numel(), generator=generator)[:take(members.numel())]])
+    return torch.cat(chosen).sort().values
 
 
 def crop_flip_transform(spec: EvalSpec, crop_scale: tuple[float, float]):
     """RandomResizedCrop + horizontal flip only (linear / semi-supervised training, METHOD §5):
     MoCo v2's transform with every photometric step switched off."""
-    from clim.data.transforms import moco_v2_transform
-
     return moco_v2_transform(spec.image_size, spec.mean, spec.std, spec.in_channels, crop_scale=crop_scale,
                              jitter_p=0.0, grayscale_p=0.0, blur_p=0.0, flip_p=0.5)
 
@@ -200,16 +192,6 @@ def check_output(path: str | Path, flag: str = "--out") -> None:
                           f"({error.strerror or error}); choose another {flag}") from None
 
 
-def run_settings(run: PretrainedRun, spec: EvalSpec, sizes: dict[str, int], seed: int,
-                 device: torch.device) -> dict[str, Any]:
-    """The settings every result file records beside its numbers."""
-    return {"checkpoint": str(run.path.resolve()), "checkpoint_epoch": run.epoch, "checkpoint_step": run.step,
-            "method": run.config.method.name, "backbone": run.config.model.backbone,
-            "pretrain_dataset": run.data_info["name"], "dataset": spec.name, "data_root": spec.root,
-            "image_size": spec.image_size, **{f"{split}_size": size for split, size in sizes.items()},
-            **holdout_settings(spec), "seed": seed, "device": str(device)}
-
-
 def write_result(path: str | Path, result: dict[str, Any]) -> Path:
     """Write ``result`` as JSON, atomically, with a UTC timestamp."""
     path = Path(path)
@@ -219,3 +201,48 @@ def write_result(path: str | Path, result: dict[str, Any]) -> Path:
     tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
     os.replace(tmp, path)
     return path
+
+
+class Session:
+    """What every ``clim eval`` protocol (:mod:`clim.evaluation.cli`) starts from: the checkpoint's run,
+    the device, the evaluation data and the output path, checked writable before any data is read."""
+
+    def __init__(self, args, protocol: str):
+        torch.manual_seed(args.seed)
+        self.args = args
+        self.device = resolve_device(args.device)
+        self.run = load_run(args.ckpt, self.device)
+        self.spec = eval_spec(self.run.config, self.run.data_info, args.overrides)
+        self.out = Path(args.out) if args.out else default_out(self.run.path, protocol)
+        check_output(self.out)  # the default output too (a read-only run folder)
+        self.progress = False if args.no_progress else None
+        self.num_workers = args.num_workers if args.num_workers is not None else self.run.config.data.num_workers
+
+    def datasets(self, train_transform=None):
+        return eval_datasets(self.run.config, self.run.data_info, self.args.overrides, train_transform)
+
+    def dataset(self, split: str):
+        return eval_dataset(self.run.config, self.run.data_info, self.args.overrides, split)
+
+    def features(self, dataset) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(feats, labels)`` of the query backbone on ``dataset``."""
+        return extract_features(self.run.model.backbone_q, dataset, self.args.batch_size, self.device,
+                                self.num_workers, self.progress)
+
+    def settings(self, protocol: str, **splits) -> dict[str, Any]:
+        """What every result file records beside its numbers; ``splits``: the datasets used by split name."""
+        spec, run = self.spec, self.run
+        holdout = {"test_split": {
+            "kind": "stratified holdout", "val_fraction": spec.val_fraction, "seed": HOLDOUT_SEED,
+            "reason": f"{Path(spec.root).expanduser().resolve()} has no val/ or test/ folder",
+            "rule": f"round({spec.val_fraction} x images) of every class (at least 1) is the test split, "
+                    "the rest the train split; set with --set data.val_fraction=F"}} if spec.holdout else {}
+        return {"protocol": protocol, "checkpoint": str(run.path.resolve()), "checkpoint_epoch": run.epoch,
+                "checkpoint_step": run.step, "method": run.config.method.name, "backbone": run.config.model.backbone,
+                "pretrain_dataset": run.data_info["name"], "dataset": spec.name, "data_root": spec.root,
+                "image_size": spec.image_size, **{f"{split}_size": len(data) for split, data in splits.items()},
+                **holdout, "seed": self.args.seed, "device": str(self.device)}
+
+    def finish(self, record: dict[str, Any], summary: str) -> int:
+        print(f"{summary} -> {write_result(self.out, record)}")
+        return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from clim.evaluation.common import resolve_device
 from clim.runtime.features import knn_predict, weighted_knn  # noqa: F401
 
 # The two settings METHOD §5 reports: (k, temperature).
@@ -21,8 +22,7 @@ def run_knn(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: t
             device: str | torch.device | None = None) -> dict[str, float]:
     """Both METHOD §5 settings as ``{"knn_k20_top1": ..., "knn_k200_top1": ...}``; the bank is moved to
     ``device`` (default: CUDA when available) once for all settings."""
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(device)
     bank, bank_labels = train_feats.to(device), train_labels.to(device)
     return {f"knn_k{k}_top1": weighted_knn(bank, bank_labels, test_feats, test_labels, k, t, num_classes)
             for k, t in settings}

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import sys
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Callable, Iterable
 
 import torch
@@ -174,10 +174,6 @@ def linear_on_backbone(backbone: nn.Module, train_ds: Dataset, test_ds: Dataset,
     with torch.no_grad():
         logits = classifier(test_feats.to(device))
     return {**accuracy_report(logits, test_labels, "linear"), "final_train_loss": loss}
-
-
-def preset_settings(name: str, preset) -> dict[str, object]:
-    return {"preset": name, **asdict(preset)}
 
 
 PROBE_LRS = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0)

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from clim.evaluation.common import per_class_sample
 from clim.evaluation.linear import accuracy_report, fit_classifier, linear_classifier
 from clim.runtime.features import extract_features
 
@@ -48,17 +49,10 @@ def balanced_subset(labels: torch.Tensor, fraction: float, seed: int = 0) -> tor
     drawn with one generator seeded by ``seed``."""
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
-    generator = torch.Generator().manual_seed(seed)
-    chosen = []
-    for label in labels.unique().tolist():
-        if label < 0:
-            continue
-        members = (labels == label).nonzero().flatten()
-        take = max(1, round(fraction * members.numel()))
-        chosen.append(members[torch.randperm(members.numel(), generator=generator)[:take]])
-    if not chosen:
+    classes = [label for label in labels.unique().tolist() if label >= 0]
+    if not classes:
         raise ValueError("no labelled samples to draw a subset from")
-    return torch.cat(chosen).sort().values
+    return per_class_sample(labels, classes, lambda size: max(1, round(fraction * size)), seed)
 
 
 def split_file_subset(sample_paths: list[str], split_file: str | Path) -> torch.Tensor:

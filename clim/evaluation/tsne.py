@@ -7,31 +7,7 @@ from typing import Sequence
 
 import torch
 
-
-def sample_points(labels: torch.Tensor, classes: Sequence[int], max_points: int, seed: int) -> torch.Tensor:
-    """Indices of up to ``max_points`` samples of ``classes``, an equal seeded share per class."""
-    generator = torch.Generator().manual_seed(seed)
-    per_class = max(1, max_points // max(1, len(classes)))
-    chosen = []
-    for label in classes:
-        members = (labels == label).nonzero().flatten()
-        chosen.append(members[torch.randperm(members.numel(), generator=generator)[:per_class]])
-    return torch.cat(chosen).sort().values
-
-
-def default_classes(labels: torch.Tensor, count: int = 10) -> list[int]:
-    """The first ``count`` labels present (the figure shows 10 classes)."""
-    present = labels[labels >= 0].unique().tolist()
-    return [int(c) for c in present[:count]]
-
-
-def tsne_embedding(feats: torch.Tensor, seed: int, perplexity: float = 30.0):
-    """2-D t-SNE (sklearn, PCA init, seeded) of L2-normalised features, as a numpy array."""
-    from sklearn.manifold import TSNE
-
-    data = torch.nn.functional.normalize(feats.float(), dim=1).numpy()
-    perplexity = min(perplexity, max(1.0, (data.shape[0] - 1) / 3))
-    return TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed).fit_transform(data)
+from clim.evaluation.common import per_class_sample
 
 
 def plot_tsne(embedding, labels: torch.Tensor, out_path: str | Path, class_names: Sequence[str] | None = None,
@@ -61,10 +37,18 @@ def plot_tsne(embedding, labels: torch.Tensor, out_path: str | Path, class_names
 def run_tsne(feats: torch.Tensor, labels: torch.Tensor, out_png: str | Path, classes: Sequence[int] | None = None,
              max_points: int = 2000, seed: int = 0, perplexity: float = 30.0,
              class_names: Sequence[str] | None = None, title: str = "") -> dict[str, object]:
-    """Sample, embed and plot; returns the settings that reproduce the figure."""
-    classes = list(classes) if classes is not None else default_classes(labels)
+    """2-D t-SNE (sklearn, PCA init, seeded) of up to ``max_points`` L2-normalised features of ``classes``
+    (default: the first 10 labels present, as the figure), an equal seeded share per class, plotted into
+    ``out_png``; returns the settings that reproduce the figure."""
+    from sklearn.manifold import TSNE
+
+    classes = list(classes) if classes is not None else [int(c) for c in labels[labels >= 0].unique().tolist()[:10]]
     if not classes:
         raise ValueError("t-SNE needs labelled features")
-    chosen = sample_points(labels, classes, max_points, seed)
-    path = plot_tsne(tsne_embedding(feats[chosen], seed, perplexity), labels[chosen], out_png, class_names, title)
+    per_class = max(1, max_points // len(classes))
+    chosen = per_class_sample(labels, classes, lambda size: per_class, seed)
+    data = torch.nn.functional.normalize(feats[chosen].float(), dim=1).numpy()
+    tsne = TSNE(n_components=2, init="pca", perplexity=min(perplexity, max(1.0, (data.shape[0] - 1) / 3)),
+                random_state=seed)
+    path = plot_tsne(tsne.fit_transform(data), labels[chosen], out_png, class_names, title)
     return {"png": str(path), "classes": classes, "num_points": int(chosen.numel()), "perplexity": perplexity}
