@@ -14,9 +14,13 @@ from pathlib import Path
 from typing import Sequence
 
 from clim.config import Config, ConfigError
+from clim.data.transforms import eval_transform_for
 from clim.engine.refresh import DETAILS_NAME, PREVIEW_DIR, Refresh
+from clim.evaluation.common import check_output, fitted_model, resolve_device, trainer_state
 from clim.inspect.figure import PREVIEW_ANCHORS, Inspection, raw_images, render
+from clim.method.positives import build_bank, refresh_seed, selection_encoder
 from clim.runtime import checkpoint
+from clim.specs import selection_spec
 
 
 class NoPositivesError(ConfigError):
@@ -31,11 +35,6 @@ def resolve_checkpoint(path: str | Path) -> Path:
 def _recompute_details(model, image_size: int, config: Config, dataset, epoch: int) -> dict:
     """The refresh's per-anchor facts again, from the checkpoint's (later) encoder ``model``: same
     strategy, cluster count and k-means seed as the refresh that made the table."""
-    from clim.data.transforms import eval_transform_for
-    from clim.evaluation.common import resolve_device
-    from clim.method.positives import build_bank, refresh_seed, selection_encoder
-    from clim.specs import selection_spec
-
     device = resolve_device(None)
     model = model.to(device).eval()
     embedded = copy.copy(dataset)
@@ -49,8 +48,7 @@ def _recompute_details(model, image_size: int, config: Config, dataset, epoch: i
 
 def load_inspection(path: str | Path) -> Inspection:
     """Table, labels, images and per-anchor details of a run folder or a checkpoint file."""
-    from clim.data import build_dataset
-    from clim.evaluation.common import fitted_model, trainer_state
+    from clim.data import build_dataset  # looked up at each call (tests replace it)
 
     # a file that lacks a key or whose weights do not fit its model: one line, before anything is drawn
     ckpt_path, state, config, info = trainer_state(resolve_checkpoint(path))
@@ -81,8 +79,6 @@ def inspect_run(path: str | Path, anchors: int = PREVIEW_ANCHORS, seed: int = 0,
     """``clim inspect``: draw the figure; default output ``<run>/positives/inspect.png``."""
     if anchors < 1:
         raise ConfigError(f"--anchors must be at least 1, got {anchors}")
-    from clim.evaluation.common import check_output
-
     out = out or resolve_checkpoint(path).parent / PREVIEW_DIR / "inspect.png"
     check_output(out)  # the default output too, before the checkpoint is read
     return render(load_inspection(path), out, anchors, seed, compare)

@@ -11,6 +11,7 @@ would have picked. :mod:`clim.inspect` draws it after each refresh and from a ch
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -23,7 +24,6 @@ from clim.inspect.mosaic import GridLayout, GridRow, draw_figure, frame_kind, to
 from clim.method.mixing import cutmix
 
 PREVIEW_ANCHORS = 12
-COMPARE = ("knn", "random")
 _COMPARE_TITLES = {"knn": "kNN only (same features)", "random": "random"}
 
 
@@ -106,37 +106,29 @@ def _anchor_title(inspection: Inspection, anchor: int, same: int | None) -> str:
     return " · ".join(parts)
 
 
-def _same_count(labels: torch.Tensor, anchor: int, picks: torch.Tensor) -> int | None:
-    if labels[anchor] < 0:
-        return None
-    return int((labels[picks] == labels[anchor]).sum())
-
-
 def grid_rows(inspection: Inspection, anchors: torch.Tensor, compare: Sequence[str], cell: int,
               seed: int) -> list[GridRow]:
     """Per anchor: its positives row, then one row per ``compare`` strategy (anchor slot empty)."""
-    cache: dict[int, np.ndarray] = {}
-
+    @functools.cache
     def image(index: int) -> np.ndarray:
-        if index not in cache:
-            cache[index] = to_cell(inspection.images[index][0], cell)
-        return cache[index]
+        return to_cell(inspection.images[index][0], cell)
 
     labels, table = inspection.labels, inspection.table
     others = {name: (inspection.details["knn"][anchors].long() if name == "knn"
                      else random_picks(anchors, len(labels), table.shape[1], seed)) for name in compare}
     rows = []
     for position, anchor in enumerate(anchors.tolist()):
-        picks = table[anchor]
-        frames = [frame_kind(int(labels[anchor]), int(labels[j])) for j in picks]
-        title = _anchor_title(inspection, anchor, _same_count(labels, anchor, picks))
-        rows.append(GridRow(title, [image(anchor)] + [image(int(j)) for j in picks], ["anchor"] + frames))
-        for name in compare:
-            other = others[name][position]
-            same = _same_count(labels, anchor, other)
-            title = _COMPARE_TITLES[name] + ("" if same is None else f": {same}/{len(other)} same class")
-            frames = [frame_kind(int(labels[anchor]), int(labels[j])) for j in other]
-            rows.append(GridRow(title, [None] + [image(int(j)) for j in other], [None] + frames))
+        for name in ("table", *compare):
+            picks = table[anchor] if name == "table" else others[name][position]
+            same = None if labels[anchor] < 0 else int((labels[picks] == labels[anchor]).sum())
+            cells = [image(int(j)) for j in picks]
+            frames = [frame_kind(int(labels[anchor]), int(labels[j])) for j in picks]
+            if name == "table":
+                rows.append(GridRow(_anchor_title(inspection, anchor, same), [image(anchor), *cells],
+                                    ["anchor", *frames]))
+            else:
+                title = _COMPARE_TITLES[name] + ("" if same is None else f": {same}/{len(picks)} same class")
+                rows.append(GridRow(title, [None] + cells, [None] + frames))
     return rows
 
 
