@@ -24,6 +24,9 @@ _FOLDER_OUT = ("pretrain", "demo", "ablate")
 # OSErrors that are the user's environment (a path), not a bug: one line, exit 2.
 _USER_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EEXIST, errno.ENOTDIR, errno.EISDIR,
                 errno.ENOENT)
+# Errors of modules imported on demand: user errors (2) and a run that stopped (1).
+_ERROR_CODES = (("clim.runtime.checkpoint", "CheckpointError", 2), ("clim.runtime.checkpoint", "RunFolderBusy", 2),
+                ("clim.runtime.checkpoint", "CheckpointWriteError", 1), ("clim.engine.trainer", "TrainingDiverged", 1))
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser, require_source: bool) -> None:
@@ -83,10 +86,8 @@ def check_writable(path: str | os.PathLike, folder: bool) -> None:
     (``folder``) or a file. Nothing is created; the nearest existing ancestor must be a writable folder."""
     target = Path(path).expanduser().absolute()
     if target.exists():
-        if folder and not target.is_dir():
-            raise ConfigError(f"--out {path} exists and is not a folder")
-        if not folder and target.is_dir():
-            raise ConfigError(f"--out {path} is a folder, not a file")
+        if folder != target.is_dir():
+            raise ConfigError(f"--out {path} {'exists and is not a folder' if folder else 'is a folder, not a file'}")
         if not os.access(target if folder else target.parent, os.W_OK | os.X_OK) or \
                 (not folder and not os.access(target, os.W_OK)):
             raise ConfigError(f"--out {path} cannot be written (permission denied)")
@@ -102,19 +103,12 @@ def check_writable(path: str | os.PathLike, folder: bool) -> None:
 
 def _exit_code(error: BaseException) -> int | None:
     """2 for a user error, 1 for a diverged run, None for a bug (the traceback is shown)."""
-    if isinstance(error, (ConfigError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)):
+    if isinstance(error, (ConfigError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)) \
+            or isinstance(error, OSError) and error.errno in _USER_ERRNOS:
         return 2
-    if isinstance(error, OSError) and error.errno in _USER_ERRNOS:
-        return 2
-    # Only modules that were imported can have raised their errors: no torch import here.
-    checkpoint = sys.modules.get("clim.runtime.checkpoint")
-    if checkpoint is not None and isinstance(error, (checkpoint.CheckpointError, checkpoint.RunFolderBusy)):
-        return 2
-    if checkpoint is not None and isinstance(error, checkpoint.CheckpointWriteError):
-        return 1
-    trainer = sys.modules.get("clim.engine.trainer")
-    if trainer is not None and isinstance(error, trainer.TrainingDiverged):
-        return 1
+    for module, name, code in _ERROR_CODES:  # only imported modules can have raised theirs: no torch import here
+        if module in sys.modules and isinstance(error, getattr(sys.modules[module], name)):
+            return code
     return None
 
 

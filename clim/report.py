@@ -20,13 +20,6 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from clim.specs import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE  # noqa: E402
 
 
-def read_history(run_dir: str | Path) -> list[dict]:
-    path = Path(run_dir) / METRICS_FILE
-    if not path.exists():
-        raise FileNotFoundError(f"no {METRICS_FILE} in {run_dir}: is it a `clim pretrain --out` folder?")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def _plot(path: Path, title: str, ylabel: str, series: dict[str, tuple[list, list]], xlabel: str = "epoch",
           levels: dict[str, float] | None = None, marks: dict[str, float] | None = None) -> None:
     """Lines of ``series``, ``levels`` (references) as horizontal lines, ``marks`` (events) as vertical ones."""
@@ -142,7 +135,9 @@ def _table(rows: list[list], header: list[str]) -> list[str]:
 
 def write_report(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
-    history = read_history(run_dir)
+    if not (run_dir / METRICS_FILE).exists():
+        raise FileNotFoundError(f"no {METRICS_FILE} in {run_dir}: is it a `clim pretrain --out` folder?")
+    history = [json.loads(line) for line in (run_dir / METRICS_FILE).read_text().splitlines() if line.strip()]
     plots = run_dir / "plots"
     plots.mkdir(exist_ok=True)
     lines = [f"# Run report: `{run_dir}`", ""]

@@ -19,12 +19,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from clim.config import SMALL_IMAGE_MAX, Config, ConfigError
+from clim.config import SMALL_IMAGE_MAX, Config, ConfigError, uses_small_stem
 from clim.specs import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, TENSORBOARD_DIR, batch_layout
 
 __all__ = ["CHECKPOINT_FILE", "CONFIG_FILE", "METRICS_FILE", "TENSORBOARD_DIR", "needs_holdout", "output_paths",
            "clim_command", "run_summary"]
-
 
 
 def _batch_line(config: Config, world_size: int) -> str:
@@ -109,11 +108,10 @@ def run_summary(config: Config, world_size: int, out_dir: str | Path,
     samples = f", {info['num_samples']} images" if info.get("num_samples") else ""
     size_text = f"{size} px" if size else "native size"
     channels = f", {info['in_channels']} channel(s)" if info.get("in_channels") else ""
-    if model.small_stem is None:
-        stem = ("small-image stem" if size <= SMALL_IMAGE_MAX else "ImageNet stem") if size else \
-            f"stem auto (small-image at <= {SMALL_IMAGE_MAX} px)"
+    if model.small_stem is None and not size:
+        stem = f"stem auto (small-image at <= {SMALL_IMAGE_MAX} px)"
     else:
-        stem = "small-image stem" if model.small_stem else "ImageNet stem"
+        stem = "small-image stem" if uses_small_stem(size, model.small_stem) else "ImageNet stem"
     symmetric = ", symmetric loss" if model.symmetric else ""
     return "\n".join([
         "clim pretrain",
