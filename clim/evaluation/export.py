@@ -14,21 +14,7 @@ Two formats:
   detectron2's ResNet names (:func:`detectron2_name`), without the ``num_batches_tracked`` counters
   (detectron2's norms have no such buffer; MoCo's script keeps them and detectron2 lists them unused).
 
-Transfer with MoCo's detection code (github.com/facebookresearch/moco, ``detection/``), which sets
-the torchvision conventions (RGB input, ImageNet mean/std in 0–255, ``STRIDE_IN_1X1: False``, SyncBN):
-
-    clim export --ckpt run/checkpoint.pt --to detectron2 --out clim_r50.pkl
-    # VOC07+12 detection, Faster R-CNN R50-C4 (Table 3)
-    python train_net.py --config-file configs/pascal_voc_R_50_C4_24k_moco.yaml \\
-        --num-gpus 8 MODEL.WEIGHTS ./clim_r50.pkl
-    # COCO detection / instance segmentation, Mask R-CNN R50-C4 (Table 4)
-    python train_net.py --config-file configs/coco_R_50_C4_2x_moco.yaml \\
-        --num-gpus 8 MODEL.WEIGHTS ./clim_r50.pkl
-    # LVIS instance segmentation (Table 5): detectron2's LVIS config with MoCo's input conventions
-    python train_net.py --config-file configs/LVISv0.5-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml \\
-        --num-gpus 8 MODEL.WEIGHTS ./clim_r50.pkl INPUT.FORMAT RGB \\
-        MODEL.PIXEL_MEAN "[123.675,116.280,103.530]" MODEL.PIXEL_STD "[58.395,57.120,57.375]" \\
-        MODEL.RESNETS.STRIDE_IN_1X1 False MODEL.RESNETS.NORM SyncBN MODEL.FPN.NORM SyncBN
+Transfer with MoCo's detection code: the commands for Tables 3–5 are in docs/USAGE.md.
 
 The detectron2 stem is the ImageNet one (7×7 conv, 3 channels); a small-stem checkpoint's ``conv1``
 does not fit it, which the returned info says.
