@@ -6,7 +6,7 @@ A dataset's own ``train`` and ``test`` splits at the pretraining image size, nor
 ``test/`` (:func:`clim.summary.needs_holdout`) has its test split held out: ``data.val_fraction`` of every class, by a
 fixed seed (:func:`stratified_holdout`). ``overrides`` (``--set data.name=cifar10 data.root=...``) point the same model
 at other data; keys and values follow :mod:`clim.config`'s rules, so a typo is a one-line :class:`ConfigError`.
-:mod:`clim.evaluation.common` re-exports every name."""
+:mod:`clim.evaluation.common` re-exports what the protocols use."""
 
 from __future__ import annotations
 

@@ -1,10 +1,5 @@
-"""What every evaluation protocol shares: loading a checkpoint, the labelled splits, result files.
-
-Evaluation data default to the checkpoint's own labelled ``train`` and ``test`` splits at the
-pretraining image size and mean/std (the model's input convention, as in MoCo's transfer code);
-``--set data.name=cifar10 data.root=...`` points the model at other data (a typo: one ConfigError
-line). The splits are built by :mod:`clim.data.splits` (re-exported here), as for the kNN monitor.
-"""
+"""What every evaluation protocol shares: loading a checkpoint, the labelled splits (:mod:`clim.data.splits`,
+re-exported here: the checkpoint's own data by default, other data by ``--set``), result files."""
 
 from __future__ import annotations
 
@@ -20,8 +15,8 @@ import torch
 from torch import nn
 
 from clim.config import Config, ConfigError, uses_small_stem
-from clim.data.splits import (HOLDOUT_SEED, RESIZE_RATIO, EvalSpec, HoldoutSplit, apply_overrides,  # noqa: F401
-                              eval_dataset, eval_datasets, eval_spec, num_classes_of, stratified_holdout)
+from clim.data.splits import (HOLDOUT_SEED, EvalSpec, eval_dataset, eval_datasets, eval_spec,  # noqa: F401
+                              num_classes_of, stratified_holdout)
 from clim.data.transforms import moco_v2_transform
 from clim.method.positives import TABLE_KEY
 from clim.models.backbones import build_backbone

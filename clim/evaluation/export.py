@@ -1,6 +1,4 @@
-"""Export the pretrained query backbone for transfer (METHOD §5, paper Tables 3–5).
-
-Two formats:
+"""Export the pretrained query backbone for transfer (METHOD §5, paper Tables 3–5) in two formats.
 
 * **torchvision** (``.pth`` via ``torch.save``, or ``.safetensors``): a ``torchvision.models.ResNet``
   state_dict without ``fc.*``. The result's ``load`` is ONE line of Python that builds the network
@@ -14,10 +12,8 @@ Two formats:
   detectron2's ResNet names (:func:`detectron2_name`), without the ``num_batches_tracked`` counters
   (detectron2's norms have no such buffer; MoCo's script keeps them and detectron2 lists them unused).
 
-Transfer with MoCo's detection code: the commands for Tables 3–5 are in docs/USAGE.md.
-
-The detectron2 stem is the ImageNet one (7×7 conv, 3 channels); a small-stem checkpoint's ``conv1``
-does not fit it, which the returned info says.
+Transfer with MoCo's detection code: the commands for Tables 3–5 are in docs/USAGE.md. The detectron2 stem is the
+ImageNet one (7×7 conv, 3 channels); a small-stem checkpoint's ``conv1`` does not fit it, which the returned info says.
 """
 
 from __future__ import annotations

@@ -1,20 +1,9 @@
 """Linear evaluation: a linear classifier on the frozen backbone's pooled features (METHOD §5).
 
-``paper`` is the protocol as MoCo / CLIM run it on ImageNet: the backbone in eval mode, SGD lr 30,
-momentum 0.9, weight decay 0, 100 epochs, lr ×0.1 at epochs 60 and 80, batch 256, RandomResizedCrop
-(scale 0.08–1) + horizontal flip for training, resize + centre crop for validation.
-
-The learning rate is chosen by default (``--lr auto``, :func:`choose_lr`) on held-out training
-images, never the test split: MoCo's lr 30 was tuned for ImageNet ResNet-50 features and on small
-networks' features can end with a train loss above ln C. ``--lr 30`` gives the paper's protocol.
-
-Scaled presets (documented deviations; ``auto`` picks ``paper`` above 64 px, else ``small``):
-``small`` keeps the 60 % / 80 % decay points over 30 epochs with crop scale 0.5–1 (at 28–64 px an
-8 % crop keeps only a few pixels) and validates at native size (no crop); ``quick`` is a CPU smoke test.
-
-``cached_features=True`` trains on features of un-augmented training images extracted once: one
-backbone pass instead of one per epoch, but without the training augmentation (a deviation the result
-JSON records; numbers are usually close but not equal).
+Presets: ``paper`` is METHOD §5's protocol; ``small`` (what ``auto`` picks at or below 64 px) keeps the 60 % / 80 %
+decay points over 30 epochs with crop scale 0.5–1 and validates at native size (no crop); ``quick`` is a CPU smoke
+test. ``--lr auto`` (:func:`choose_lr`), ``small`` and ``cached_features`` (one backbone pass on un-augmented images
+instead of one per epoch) are documented deviations: METHOD, "Where clim departs"; docs/USAGE.md.
 """
 
 from __future__ import annotations

@@ -1,13 +1,9 @@
-"""Semi-supervised fine-tuning on 1 % / 10 % of the labels (paper Table 2; METHOD §5).
+"""Semi-supervised fine-tuning on 1 % / 10 % of the labels (paper Table 2; METHOD §5 and its departures).
 
-All layers are fine-tuned (BatchNorm in training mode) with a fresh linear classifier. ``paper`` keeps
-the paper's values (weight decay 0: the paper states none; the classifier lr of 10 belongs to its
-ImageNet setup, ``--lr-fc`` / ``--lr-backbone`` override it); ``small`` and ``quick`` are scaled
-presets for small data and CPUs (documented deviations, see clim.evaluation.linear).
-
-Labelled subsets: on ImageNet the SimCLR split files (``1percent.txt`` / ``10percent.txt``) select the
-images; elsewhere :func:`balanced_subset` draws a seeded, class-balanced subset. The chosen indices
-are saved next to the result.
+All layers are fine-tuned (BatchNorm in training mode) with a fresh linear classifier. ``paper`` keeps the paper's
+values (its classifier lr of 10 belongs to its ImageNet setup: ``--lr-fc`` / ``--lr-backbone`` override it);
+``small`` is METHOD's small-image preset, ``quick`` a CPU smoke test. The labelled subset (on ImageNet a SimCLR split
+file, ``1percent.txt`` / ``10percent.txt``; else :func:`balanced_subset`) is saved next to the result.
 """
 
 from __future__ import annotations
