@@ -1,17 +1,8 @@
-"""CLIM's positives table as a module: ``PositiveBank`` (METHOD §2-3).
-
-The bank holds one row of ``num_positives`` dataset indices per image (a buffer, so it travels with
-``state_dict`` and ``.to(device)``), refreshes it from features with the center-wise rule
-(:func:`~clim.method.selection.select_positives`) and hands out one positive per anchor per batch.
-The training loop of this package uses it (:mod:`clim.method.positives` adds the config), and a user
-drops it into their own MoCo / SimCLR / BYOL loop::
-
-    bank = PositiveBank(num_samples=len(dataset))
-    bank.refresh_from(key_encoder, eval_dataset)          # every few epochs: embed in index order, select
-    positive_index = bank.sample(index, generator)        # every step: one positive per anchor
-
-Indices are ``torch.long`` throughout (the table, the selection result, what :meth:`~PositiveBank.sample`
-returns), the dtype indexing wants.
+"""CLIM's positives table as a module, ``PositiveBank`` (METHOD §2-3): a buffer of ``num_positives`` dataset indices
+per image, refreshed from features with the center-wise rule, one positive per anchor per batch. This package's
+trainer uses it (:mod:`clim.method.positives` adds the config); README "Use CLIM in your own loop" drops it into
+another. Indices are ``torch.long`` throughout (the table, the selection result, what
+:meth:`~PositiveBank.sample` returns), the dtype indexing wants.
 """
 
 from __future__ import annotations

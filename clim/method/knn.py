@@ -1,16 +1,11 @@
-"""Exact kNN and spherical k-means on a feature table, the two searches behind positive selection.
+"""Exact kNN (Ω2: the k L2 nearest neighbours, self excluded) and spherical k-means (Ω1: m clusters, 20 iterations,
+seeded), the two searches behind positive selection (METHOD §2); :mod:`clim.method.selection` applies the rule.
 
-METHOD §2 needs Ω2 (the k exact L2 nearest neighbours of every point, itself excluded) and Ω1 (a
-spherical k-means with m clusters, 20 iterations, seeded); :mod:`clim.method.selection` applies the rule.
-
-Backends (``backend=`` of :func:`~clim.method.selection.select_positives`, resolved by :func:`uses_faiss`):
-- ``"auto"``: faiss on CPU tensors; on CUDA tensors faiss-gpu when ``faiss.StandardGpuResources``
-  exists, else the torch implementation on the GPU. Without faiss installed: torch everywhere.
-- ``"faiss"``: faiss (GPU indexes for CUDA tensors when faiss-gpu is installed, else CPU).
-- ``"torch"``: blocked matmul + two-stage top-k kNN (on CUDA: fp16 candidates, re-ranked and
-  certified in fp32) and a torch spherical k-means on the tensors' device (the GPU path without
-  faiss-gpu; selectable on CPU so that it is tested without a GPU).
-
+Backends (``backend=`` of :func:`~clim.method.selection.select_positives`, resolved by :func:`uses_faiss`): ``"auto"``
+is faiss on CPU tensors and, on CUDA tensors, faiss-gpu where ``faiss.StandardGpuResources`` exists, else torch on
+the GPU; without faiss installed, torch everywhere. ``"faiss"``: faiss (GPU indexes for CUDA tensors with faiss-gpu,
+else CPU). ``"torch"``: blocked matmul + two-stage top-k kNN (on CUDA: fp16 candidates, re-ranked and certified in
+fp32) and a torch spherical k-means on the tensors' device (selectable on CPU so that it is tested without a GPU).
 kNN agrees between backends up to ties; k-means on CPU up to float rounding (see :func:`kmeans_torch`).
 """
 

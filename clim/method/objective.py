@@ -1,18 +1,8 @@
-"""The training objective of one step: MoCo v2 (METHOD §1) or CLIM (METHOD §3, §4).
+"""The training objective of one step: MoCo v2 (METHOD §1) or CLIM (METHOD §3, §4, whose formulas it computes).
 
-Encodes a step's views (:mod:`clim.data.pipeline`), updates the momentum encoder before encoding keys
-(as MoCo does) and returns the loss and the keys to enqueue.
-
-* MoCo v2: ``L_nce(q, k)``.
-* CLIM, ``mixing: none``:   ``L_nce(q, k) + L_nce(q, k~)``.
-* CLIM, ``cutmix``/``mixup``: ``L_nce(q, k) + λ·L_nce(q_mix, k) + (1−λ)·L_nce(q_mix, k~)``,
-  where ``q_mix`` encodes the anchor's query view with a box (or a blend) of an independently
-  augmented positive view, ``k`` a second anchor view and ``k~`` a view of the positive.
-* Multi-resolution: the mean over ordered pairs (r, r') of the above with queries at r and keys at r'
-  (the paper sums; the mean keeps the learning rate comparable — documented deviation).
-* Multi-crop baseline: + the mean over small crops of ``L_nce(q_small, k)``.
-Before the first positives refresh CLIM trains exactly as MoCo v2. The loss's parts are returned too,
-so a log can show why the loss jumps when the positives join.
+Encodes a step's views (:mod:`clim.data.pipeline`), updates the momentum encoder before encoding keys (as MoCo
+does) and returns the loss, its parts (so a log can show why the loss jumps when the positives join) and the keys
+to enqueue.
 """
 
 from __future__ import annotations
