@@ -1,13 +1,8 @@
-"""What a pretraining run prints before its first step and after its last: plain text, one item per
-line, without torch.
+"""What a pretraining run prints before its first step and after its last: plain text, one item per line, no torch.
 
-:func:`run_summary` states the resolved configuration (data, model, method, batch layout, effective
-lr, outputs), then one ``warning`` line per quiet trap of the settings. :func:`output_paths` lists the
-files a finished run left and the commands that read them.
-
-``train.batch_size`` is the global batch (what papers report); each of ``world_size`` processes takes
-``batch_size / world_size``. BatchNorm normalises groups of ``per-process batch / model.bn_splits``
-images on a single device (split-BN) and the whole per-process batch under DDP (per-GPU BN).
+:func:`run_summary` states the resolved configuration (data, model, method, batch layout, effective lr, outputs),
+then one ``warning`` line per quiet trap of the settings. :func:`output_paths` lists the files a finished run left
+and the commands that read them. The batch layout's keys: docs/CONFIG.md.
 """
 
 from __future__ import annotations

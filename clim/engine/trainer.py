@@ -1,12 +1,7 @@
 """Pretraining, top to bottom: set-up → data → model → resume → epochs (refresh, steps, monitor, save).
 
-Running the same command again on the same output folder resumes from ``checkpoint.pt``
-(:mod:`clim.engine.resume`); ``train.epochs`` may be raised to go on (the cosine schedule is then
-stretched to the new length from the resumed step on). SIGINT / SIGTERM finish the step, save inside
-the epoch and stop (:mod:`clim.engine.stopping`). The other parts: the step (:mod:`clim.engine.step`),
-saving (:mod:`clim.engine.checkpointer`), the kNN monitor (:mod:`clim.engine.monitor`), what a
-positives refresh leaves behind (:mod:`clim.engine.refresh`), progress, metrics and the run's ETA
-(:mod:`clim.engine.logging`).
+Resuming and raising ``train.epochs``: docs/USAGE.md; stopping on a signal and the engine's other modules:
+docs/ARCHITECTURE.md.
 """
 
 from __future__ import annotations

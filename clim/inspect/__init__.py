@@ -9,7 +9,6 @@ the trainer's ``on_refresh`` hook that ``clim pretrain`` and ``clim demo`` pass.
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Sequence
 
@@ -37,8 +36,7 @@ def _recompute_details(model, image_size: int, config: Config, dataset, epoch: i
     strategy, cluster count and k-means seed as the refresh that made the table."""
     device = resolve_device(None)
     model = model.to(device).eval()
-    embedded = copy.copy(dataset)
-    embedded.transform = eval_transform_for(dataset.info, image_size)
+    embedded = raw_images(dataset, eval_transform_for(dataset.info, image_size))
     spec = selection_spec(config)
     bank = build_bank(spec, len(dataset), device)
     bank.refresh_from(selection_encoder(model, spec), embedded, spec.batch_size, device,

@@ -1,11 +1,5 @@
-"""The positives preview: which images CLIM picked as positives, drawn as one figure (METHOD §2-3).
-
-One row per anchor (seeded, stratified over classes where labels exist): the anchor, then its
-positives in table order, each framed green / red / grey by whether its label equals the anchor's
-(grey: either unknown). The row title gives the anchor's class, its cluster size and |Ω_p|: how
-many positives the center-wise rule gave and how many were filled by kNN rank. Beside it: per-class
-positive precision and a CutMix example; ``compare`` rows add what kNN-only or random selection
-would have picked. :mod:`clim.inspect` draws it after each refresh and from a checkpoint later.
+"""The positives preview: which images CLIM picked as positives, drawn as one figure (METHOD §2-3; what it shows:
+docs/USAGE.md, "Looking at the positives"). :mod:`clim.inspect` draws it after each refresh and from a checkpoint later.
 """
 
 from __future__ import annotations
@@ -76,10 +70,10 @@ def random_picks(anchors: torch.Tensor, num_samples: int, count: int, seed: int)
     return torch.stack(rows)
 
 
-def raw_images(dataset):
-    """A shallow copy of ``dataset`` without its transform: items are the PIL images themselves."""
+def raw_images(dataset, transform=None):
+    """A shallow copy of ``dataset`` with ``transform`` (by default none: items are the PIL images themselves)."""
     images = copy.copy(dataset)
-    images.transform = None
+    images.transform = transform
     return images
 
 
