@@ -83,6 +83,14 @@ def _ieee_fp32_matmul(device: torch.device):
         torch.set_float32_matmul_precision(legacy)
 
 
+@contextlib.contextmanager
+def _exact_accumulation(device: torch.device):
+    """On CUDA, for the block: fp16 matmuls accumulate in fp32 throughout (the error bound of :func:`knn_half`) and
+    fp32 matmuls run in IEEE fp32 (:func:`_ieee_fp32_matmul`)."""
+    with _cuda_matmul_settings(device, allow_fp16_reduced_precision_reduction=False), _ieee_fp32_matmul(device):
+        yield
+
+
 def _block_rows(n_cols: int, device: torch.device, elem_bytes: int = 4, cuda_cap: int = 16384,
                 cpu_cap: int = 1024) -> int:
     """Query rows per [rows, n_cols] block of ``elem_bytes`` entries, so that it and its top-k workspace fit: on
@@ -193,7 +201,7 @@ def knn_half(x: Tensor, k: int, margin: int = HALF_MARGIN, group: int = GROUP) -
     ids = torch.empty(n, k, dtype=torch.long, device=x.device)
     certified = torch.empty(n, dtype=torch.bool, device=x.device)
     rows = _block_rows(n_pad, x.device, elem_bytes=2)
-    with _cuda_matmul_settings(x.device, allow_fp16_reduced_precision_reduction=False), _ieee_fp32_matmul(x.device):
+    with _exact_accumulation(x.device):
         for start in range(0, n, rows):
             end = min(start + rows, n)
             local = torch.arange(end - start, device=x.device)
@@ -277,7 +285,7 @@ def kmeans_torch(x: Tensor, m: int, seed: int) -> tuple[Tensor, Tensor]:
     centroids = x[torch.randperm(n, generator=g, device=x.device)[:m]].clone()
     xa = x.half() if x.is_cuda else x
     previous, n_empty = None, 0
-    with _cuda_matmul_settings(x.device, allow_fp16_reduced_precision_reduction=False), _ieee_fp32_matmul(x.device):
+    with _exact_accumulation(x.device):
         for _ in range(KMEANS_ITERS):
             sim, assign = _nearest_centroid(xa, centroids)
             if previous is not None and n_empty == 0 and torch.equal(assign, previous):
