@@ -121,9 +121,10 @@ class Pipeline:
         with the step generator's (read at checkpoint time) resume the epoch exactly."""
         seed, rank = self.source.seed, self.source.rank
         generator = torch.Generator(self.device).manual_seed(epoch_seed(seed, epoch, rank + 1))
-        views_generator = None if self.on_device is None else generator
-        step_generator = generator if self.on_device is None else torch.Generator(self.device).manual_seed(
-            epoch_seed(seed + 1, epoch, rank) + 7)
+        views_generator, step_generator = None, generator
+        if self.on_device is not None:
+            views_generator = generator
+            step_generator = torch.Generator(self.device).manual_seed(epoch_seed(seed + 1, epoch, rank) + 7)
         if resume:
             if views_generator is not None and resume.get("views") is not None:
                 views_generator.set_state(resume["views"])
